@@ -1,0 +1,127 @@
+"""Training throughput of ``fit``'s loop against a bare PyTorch loop, in one process.
+
+Both train the same ``simple_cnn`` + softmax head (same init seed) on the same ``shapes``
+tensors with the same batch size and optimiser. The bare loop is the floor a notebook
+would write: the images normalised to float32 once up front, a random permutation per
+epoch, slicing, forward, cross-entropy, backward, step, nothing else. ``fit``'s loop is
+``train_one_epoch`` exactly as ``fit`` calls it: the uint8 loader with batched
+normalisation (and random crop + flip in the "crop + flip" row), the head's loss, the
+learning-rate schedule, the on-device accumulators and the progress hooks.
+
+Epochs alternate between the two loops (ours, bare, ours, bare, ...) so that drifts in
+machine speed hit both alike; the ratio is the median of the per-pair ratios, with the
+spread (min-max) over pairs. One warm-up epoch of each is not counted.
+
+    python benchmarks/bench_loop.py [--pairs 8] [--train-size 4000] [--batch-size 128] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from softmaxlab import load_config, load_data
+from softmaxlab.config import Config
+from softmaxlab.data import ImageData
+from softmaxlab.models import build_model
+from softmaxlab.progress import Progress
+from softmaxlab.train import build_optimizer, lr_factor, make_loaders, seed_everything, train_one_epoch
+
+
+def _timed(device: torch.device, run: Callable[[], int]) -> float:
+    """Images/second of one call of ``run`` (which returns the number of images)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    images = run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return images / (time.perf_counter() - t0)
+
+
+def fit_loop(cfg: Config, data: ImageData, device: torch.device, epochs: int) -> Callable[[], int]:
+    """One epoch of ``fit``'s own loop per call."""
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg, data.image_shape[0], data.num_classes).to(device)
+    loader = make_loaders(data, cfg, device)["train"]
+    opt = build_optimizer(model, cfg.train)
+    total = epochs * len(loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, "onecycle", 0.2))
+    state = {"epoch": 0}
+
+    def run() -> int:
+        state["epoch"] += 1
+        loader.set_epoch(state["epoch"])
+        first = (state["epoch"] - 1) * len(loader)
+        return train_one_epoch(model, loader, opt, sched, Progress(), first, total)["images"]
+
+    return run
+
+
+def bare_loop(cfg: Config, data: ImageData, device: torch.device) -> Callable[[], int]:
+    """One epoch of the bare loop per call."""
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg, data.image_shape[0], data.num_classes).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    mean, std = data.channel_stats()
+    x = (data.train.x.float() / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    x, y = x.to(device), data.train.y.to(device)
+    bs, n = cfg.train.batch_size, len(y)
+
+    def run() -> int:
+        model.train()
+        perm = torch.randperm(n, device=device)
+        for i in range(n // bs):
+            idx = perm[i * bs : (i + 1) * bs]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return (n // bs) * bs
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=8, help="measured (ours, bare) epoch pairs after one warm-up pair")
+    ap.add_argument("--train-size", type=int, default=4000)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    print(
+        f"simple_cnn on shapes 32 px, batch {args.batch_size}, {args.train_size} training images, "
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.pairs} epoch pairs"
+    )
+    print(f"{'fit loop':<17}{'fit img/s':>10}{'bare img/s':>11}{'ratio (median)':>15}{'min':>7}{'max':>7}")
+    for label, aug in (("no augmentation", ["data.crop_padding=0", "data.flip=false"]), ("crop + flip", [])):
+        overrides = [
+            f"data.train_size={args.train_size}",
+            "data.val_size=10",
+            "data.test_size=10",
+            f"train.batch_size={args.batch_size}",
+            f"train.device={args.device}",
+            *aug,
+        ]
+        cfg = load_config(None, overrides)
+        data = load_data(cfg.data)
+        ours, bare = fit_loop(cfg, data, device, args.pairs + 1), bare_loop(cfg, data, device)
+        ours(), bare()  # warm-up
+        pairs = [(_timed(device, ours), _timed(device, bare)) for _ in range(args.pairs)]
+        ratios = [o / b for o, b in pairs]
+        o_med = statistics.median(o for o, _ in pairs)
+        b_med = statistics.median(b for _, b in pairs)
+        print(
+            f"{label:<17}{o_med:>10.0f}{b_med:>11.0f}{statistics.median(ratios):>15.3f}"
+            f"{min(ratios):>7.3f}{max(ratios):>7.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

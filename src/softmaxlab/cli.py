@@ -1,0 +1,128 @@
+"""The ``softmaxlab`` command line: thin wrappers that parse arguments and call the library.
+
+Exit codes: 0 success, 1 anything unexpected, 2 bad input (one line on stderr saying what
+is wrong and how to fix it, no traceback), 3 the run diverged (non-finite loss).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from softmaxlab.errors import DivergedError, UserError
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
+
+app = typer.Typer(
+    name="softmaxlab",
+    help="Study softmax in CNN image classifiers: output heads, softmax activations, calibration and cost.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _exit_codes(command: F) -> F:
+    """Map the library's exceptions to exit codes: UserError -> 2, DivergedError -> 3.
+
+    The message is printed as one line on stderr, without a traceback.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            err_console.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except DivergedError as exc:
+            err_console.print(f"diverged: {exc}", highlight=False, soft_wrap=True, markup=False)
+            raise typer.Exit(EXIT_DIVERGED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _progress():
+    from softmaxlab.progress import ConsoleProgress
+
+    return ConsoleProgress(err_console)
+
+
+@app.command("run")
+@_exit_codes
+def run_cmd(
+    config: Annotated[Path | None, typer.Argument(help="YAML experiment config (default: built-in defaults).")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable)."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<name or timestamp>).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a run already in the output directory.")] = False,
+) -> None:
+    """Train one experiment and write its run directory."""
+    from softmaxlab.config import load_config
+    from softmaxlab.train import fit
+
+    cfg = load_config(config, set_ or [])
+    result = fit(cfg, out, overwrite=overwrite, progress=_progress())
+    test = result.summary["test"]
+    out_console.print(
+        f"test accuracy {test['accuracy']:.4f}, NLL {test['nll']:.4f} "
+        f"({result.summary['timing']['mean_epoch_seconds']:.1f} s/epoch)"
+    )
+    out_console.print(f"wrote {result.run_dir}", highlight=False, soft_wrap=True)
+
+
+@app.command("demo")
+@_exit_codes
+def demo_cmd(
+    out: Annotated[Path | None, typer.Option(help="Demo directory (default: runs/demo-<timestamp>).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a demo already in the output directory.")] = False,
+) -> None:
+    """Compare the softmax and log-softmax heads on the embedded data (3 seeds, offline)."""
+    from softmaxlab.demo import run_demo
+
+    result = run_demo(out, overwrite=overwrite, progress=_progress())
+    out_console.print(result.table, highlight=False, soft_wrap=True)
+    out_console.print(f"wrote {result.out_dir / 'demo.md'}", highlight=False, soft_wrap=True)
+
+
+@app.command("list")
+@_exit_codes
+def list_cmd(what: Annotated[str, typer.Argument(help="heads, activations, models or datasets.")]) -> None:
+    """List the registered heads, activations, models or datasets."""
+    from softmaxlab.activations import ACTIVATIONS
+    from softmaxlab.data import DATASETS
+    from softmaxlab.heads import HEADS
+    from softmaxlab.models import MODELS
+
+    registries = {"heads": HEADS, "activations": ACTIVATIONS, "models": MODELS, "datasets": DATASETS}
+    if what not in registries:
+        raise UserError(f"cannot list {what!r}; choose one of: {', '.join(registries)}")
+    registry = registries[what]
+    table = Table(show_header=True, header_style="bold", box=None)
+    table.add_column(registry.kind)
+    table.add_column("description")
+    for name in registry.names():
+        table.add_row(name, registry.summary(name))
+    out_console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="softmaxlab")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,255 @@
+"""The typed, validated experiment config: YAML file + dotted ``--set`` overrides.
+
+Sections ``data``, ``model``, ``head``, ``train``. Unknown keys and wrong types are errors
+that name the key and suggest the closest valid one; the fully resolved config is written
+next to the results, and running that file reproduces the run.
+
+>>> cfg = load_config(None, ["train.epochs=3", "head.name=log_softmax"])
+>>> cfg.train.epochs, cfg.head.name
+(3, 'log_softmax')
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from softmaxlab.errors import UserError
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors, not silently ignored; assignments are re-validated.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _registered(kind: str, name: str) -> str:
+    """``name`` if it is in the registry of ``kind``; else a ValueError listing valid names.
+
+    The registries are imported here, not at module level, because their modules import
+    the config types.
+    """
+    if kind == "dataset":
+        from softmaxlab.data import DATASETS as registry
+    elif kind == "model":
+        from softmaxlab.models import MODELS as registry
+    elif kind == "head":
+        from softmaxlab.heads import HEADS as registry
+    else:
+        from softmaxlab.activations import ACTIVATIONS as registry
+    if name not in registry:
+        raise ValueError(registry.unknown_message(name))
+    return name
+
+
+class DataConfig(_Section):
+    """Which images, how they are split and augmented."""
+
+    name: str = "shapes"  # registry name: shapes (more in `softmaxlab list datasets`)
+    root: str | None = None  # file or folder for on-disk datasets
+    num_classes: int = Field(10, ge=2)  # shapes only: number of fine classes
+    image_size: int = Field(32, ge=8)  # images are generated / resized to this side
+    train_size: int = Field(6000, ge=1)  # shapes only: generated training images
+    val_size: int = Field(1000, ge=1)  # shapes only: generated validation images
+    test_size: int = Field(2000, ge=1)  # shapes only: generated test images
+    seed: int = 0  # seed of the data itself (generation, splits), separate from train.seed
+    crop_padding: int = Field(4, ge=0)  # random-crop augmentation: pad by this many pixels
+    flip: bool = True  # random horizontal flips
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _registered("dataset", v)
+
+
+class ModelConfig(_Section):
+    """The backbone: images -> features."""
+
+    name: str = "simple_cnn"  # registry name (`softmaxlab list models`)
+    widths: list[int] = [32, 64, 128]  # simple_cnn: output channels of each conv block
+    activation: str = "relu"  # registry name (`softmaxlab list activations`)
+    batch_norm: bool = True  # BatchNorm after every convolution
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # dropout before the head
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        return _registered("model", v)
+
+    @field_validator("activation")
+    @classmethod
+    def _known_activation(cls, v: str) -> str:
+        return _registered("activation", v)
+
+    @field_validator("widths")
+    @classmethod
+    def _positive_widths(cls, v: list[int]) -> list[int]:
+        if not v or any(w < 1 for w in v):
+            raise ValueError("must be a non-empty list of positive integers")
+        return v
+
+
+class HeadConfig(_Section):
+    """The output normaliser and its options."""
+
+    name: str = "softmax"  # registry name (`softmaxlab list heads`)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _registered("head", v)
+
+
+class TrainConfig(_Section):
+    """Optimisation."""
+
+    epochs: int = Field(10, ge=1)  # passes over the training split
+    batch_size: int = Field(128, ge=1)  # images per optimisation step
+    eval_batch_size: int = Field(1000, ge=1)  # images per forward pass when evaluating
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)  # peak learning rate
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD momentum (Nesterov when `nesterov`)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)  # L2 penalty (decoupled for adamw)
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    warmup_fraction: float = Field(0.2, ge=0, lt=1)  # onecycle: share of steps warming up
+    seed: int = 0  # python, numpy, torch and loader seeds
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+class Config(_Section):
+    """A whole experiment."""
+
+    name: str | None = None  # run directory name; a timestamp when unset
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str | None) -> str | None:
+        if v is not None and (not _SAFE_NAME.fullmatch(v) or v in {".", ".."}):
+            raise ValueError("must be a directory name of letters, digits, '.', '_' or '-'")
+        return v
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict of every value (the fully resolved config)."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        """The fully resolved config as YAML; loading it gives back an equal config."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted key that ``model`` accepts (sections and leaves)."""
+    keys = []
+    for name, field in model.model_fields.items():
+        key = prefix + name
+        keys.append(key)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_valid_keys(ann, key + "."))
+    return keys
+
+
+def _closest(key: str) -> str:
+    valid = _valid_keys(Config)
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if not match:  # compare only the last part: `train.epoch` -> `train.epochs`
+        leaf = key.rsplit(".", 1)[-1]
+        leaves = {k.rsplit(".", 1)[-1]: k for k in valid}
+        close = difflib.get_close_matches(leaf, leaves, n=1, cutoff=0.6)
+        match = [leaves[close[0]]] if close else []
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    """First validation error as one line naming the dotted key."""
+    e = err.errors()[0]
+    key = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        return f"unknown config key {key!r} in {source}{_closest(key)}"
+    value = e.get("input")
+    msg = e["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    shown = f" (got {value!r})" if not isinstance(value, dict) and repr(value) not in msg else ""
+    return f"invalid value for {key!r} in {source}: {msg}{shown}"
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"train.epochs=3"`` -> (["train", "epochs"], 3); the value is parsed as YAML."""
+    if "=" not in item:
+        raise UserError(f"--set {item!r} must look like section.key=value, e.g. train.epochs=3")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {item!r} has an empty key; use section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw  # let validation say what type was expected
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted ``key=value`` in a nested dict (in place; also returned)."""
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                prefix = ".".join(parts[: depth + 1])
+                raise UserError(f"--set {item!r}: {prefix!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``; missing files and non-YAML content are UserErrors."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {str(p)!r} does not exist; pass the path of a YAML file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise UserError(f"config file {str(p)!r} is not valid YAML{line}; fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {str(p)!r} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a nested dict into a :class:`Config`; errors become one-line UserErrors."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_format_error(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path`` (if any), then ``overrides`` (``k=v``)."""
+    raw = read_yaml(path) if path is not None else {}
+    overrides = list(overrides or [])
+    apply_overrides(raw, overrides)
+    source = "--set" if overrides and path is None else (str(path) if path else "config")
+    if path is not None and overrides:
+        source = f"{path} / --set"
+    return validate_config(raw, source)

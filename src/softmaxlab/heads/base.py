@@ -1,0 +1,105 @@
+"""The :class:`Head` base class and the head registry.
+
+A head owns the classifier's final linear layer (some heads need their own parameters) and
+pairs what it outputs with the loss it must be trained with::
+
+    model = backbone (images -> features (B, F)) + head (features -> scores (B, K))
+
+* ``forward(features) -> scores``: what the network outputs (logits, log-probabilities, ...).
+* ``loss(scores, target) -> scalar``: the training loss that belongs to those scores.
+* ``log_probs(scores) -> (B, K)``: log p(class | image) used for evaluation.
+* ``probs(scores) -> (B, K)``: a proper distribution over the classes (rows sum to 1).
+* ``predict(scores) -> (B,)``: the predicted class.
+
+Adding a head is one subclass and one decorator::
+
+    @HEADS.register("my_head")
+    class MyHead(Head):
+        \"\"\"One line shown by `softmaxlab list heads`.\"\"\"
+
+        def loss(self, scores, target): ...
+        def log_probs(self, scores): ...
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from softmaxlab.registry import Registry
+
+if TYPE_CHECKING:
+    from softmaxlab.config import HeadConfig
+
+HEADS: Registry[type[Head]] = Registry("head")
+
+
+class Head(nn.Module):
+    """Base class: a linear layer ``z = W f + b`` followed by a normaliser.
+
+    Args:
+        in_features: F, the backbone's feature size.
+        num_classes: K.
+        cfg: the ``head`` section of the experiment config (head-specific options).
+        coarse_of: optional ``(K,)`` long tensor mapping each fine class to its coarse class,
+            for heads that use a class hierarchy.
+    """
+
+    #: Whether post-hoc temperature scaling of the logits is meaningful for this head.
+    temperature_scalable: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        cfg: HeadConfig | None = None,
+        coarse_of: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.cfg = cfg
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """(B, F) features -> (B, K) scores; the base returns the logits z = W f + b."""
+        return self.fc(features)
+
+    def loss(self, scores: Tensor, target: Tensor) -> Tensor:
+        """Mean training loss of a batch of scores against (B,) integer targets."""
+        raise NotImplementedError
+
+    def log_probs(self, scores: Tensor) -> Tensor:
+        """(B, K) log-probabilities log p(k | x) of the evaluation distribution."""
+        raise NotImplementedError
+
+    def probs(self, scores: Tensor) -> Tensor:
+        """(B, K) probabilities p(k | x); each row sums to 1."""
+        return self.log_probs(scores).exp()
+
+    def predict(self, scores: Tensor) -> Tensor:
+        """(B,) predicted classes: arg max_k p(k | x)."""
+        return self.probs(scores).argmax(dim=-1)
+
+    def step_update(self, step: int, total_steps: int) -> None:
+        """Called before every optimisation step (e.g. to anneal a temperature)."""
+
+    def epoch_record(self) -> dict[str, Any]:
+        """Head state worth logging once per epoch in ``metrics.jsonl`` (e.g. a temperature)."""
+        return {}
+
+
+def build_head(cfg: HeadConfig, in_features: int, num_classes: int, coarse_of: Tensor | None = None) -> Head:
+    """Create the head named ``cfg.name`` from the registry."""
+    head = HEADS.create(cfg.name, in_features, num_classes, cfg, coarse_of)
+    return head
+
+
+def check_probs(probs: Tensor, atol: float = 1e-3) -> bool:
+    """Whether each row of ``probs`` is a distribution: values in [0, 1], rows sum to 1."""
+    p = probs.detach().float()
+    in_range = bool(((p >= 0) & (p <= 1)).all())
+    sums_to_one = bool(torch.allclose(p.sum(dim=-1), torch.ones(p.shape[0], device=p.device), atol=atol))
+    return in_range and sums_to_one

@@ -1,0 +1,52 @@
+"""``simple_cnn``: conv-activation-pool blocks, as in the usual notebooks.
+
+Block i: ``Conv3x3(c_{i-1} -> c_i) -> [BatchNorm] -> activation -> MaxPool2x2``; then global
+average pooling gives the features (B, c_last). The head is not part of the backbone.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from torch import Tensor, nn
+
+from softmaxlab.activations import build_activation
+from softmaxlab.config import ModelConfig
+from softmaxlab.models.base import MODELS
+
+
+class ConvBlock(nn.Sequential):
+    """Conv3x3 -> [BatchNorm] -> activation -> MaxPool2x2: (B, C_in, H, W) -> (B, C_out, H/2, W/2)."""
+
+    def __init__(self, c_in: int, c_out: int, activation: str, batch_norm: bool = True) -> None:
+        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(c_out))
+        layers += [build_activation(activation), nn.MaxPool2d(2)]
+        super().__init__(*layers)
+        self.activation_name = activation
+
+
+class SimpleCNN(nn.Module):
+    """Stacked :class:`ConvBlock` s, global average pooling and optional dropout."""
+
+    def __init__(self, in_channels: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        widths = [in_channels, *cfg.widths]
+        self.blocks = nn.ModuleList(
+            ConvBlock(c_in, c_out, cfg.activation, cfg.batch_norm) for c_in, c_out in itertools.pairwise(widths)
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.out_features = widths[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)  # (B, c_i, H / 2^i, W / 2^i)
+        return self.dropout(self.pool(x).flatten(1))  # (B, c_last)
+
+
+@MODELS.register("simple_cnn")
+def simple_cnn(in_channels: int, cfg: ModelConfig) -> SimpleCNN:
+    """Conv-BN-activation-maxpool blocks (widths `model.widths`) and global average pooling."""
+    return SimpleCNN(in_channels, cfg)

@@ -1,0 +1,218 @@
+"""The run directory: atomic writes, weights, and the files DESIGN.md promises.
+
+A run directory holds ``config.yaml`` (fully resolved), ``metrics.jsonl`` (one JSON object
+per epoch), ``summary.json``, ``model.pt`` (weights) and ``figures/``. Every file is written
+to a temporary file in the same directory and renamed over the target, so a crash never
+leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from softmaxlab.errors import UserError
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+WEIGHTS = "model.pt"
+RUN_FILES = (CONFIG, METRICS, SUMMARY, WEIGHTS)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, fsync it, rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    _atomic(Path(path), lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_safe(obj: Any) -> Any:
+    """Non-finite floats become None: JSON has no NaN, and readers choke on it."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _is_flat_list(obj: Any) -> bool:
+    return isinstance(obj, list) and all(not isinstance(v, (dict, list)) for v in obj)
+
+
+def _dumps(obj: Any, indent: int, level: int) -> str:
+    """Indented JSON, except that lists of scalars (a confusion-matrix row) stay on one line."""
+    pad, inner = " " * (indent * level), " " * (indent * (level + 1))
+    if _is_flat_list(obj):
+        return json.dumps(obj, allow_nan=False)
+    if isinstance(obj, list) and obj:
+        items = ",\n".join(inner + _dumps(v, indent, level + 1) for v in obj)
+        return f"[\n{items}\n{pad}]"
+    if isinstance(obj, dict) and obj:
+        items = ",\n".join(f"{inner}{json.dumps(str(k))}: {_dumps(v, indent, level + 1)}" for k, v in obj.items())
+        return f"{{\n{items}\n{pad}}}"
+    return json.dumps(obj, allow_nan=False)
+
+
+def to_json(obj: Any, indent: int | None = 2) -> str:
+    """JSON text with non-finite floats written as null; ``indent=None`` gives one line.
+
+    >>> print(to_json({"cm": [[1, 0], [0, 1]], "ece": float("nan")}))
+    {
+      "cm": [
+        [1, 0],
+        [0, 1]
+      ],
+      "ece": null
+    }
+    """
+    if indent is None:
+        return json.dumps(_json_safe(obj), allow_nan=False)
+    return _dumps(_json_safe(obj), indent, 0)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically."""
+    atomic_write_text(path, to_json(obj) + "\n")
+
+
+def atomic_write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
+    """Write one JSON object per line; the whole file is replaced atomically."""
+    atomic_write_text(path, "".join(to_json(r, indent=None) + "\n" for r in records))
+
+
+def atomic_torch_save(path: str | Path, obj: Any) -> None:
+    """``torch.save`` atomically."""
+    _atomic(Path(path), lambda f: torch.save(obj, f))
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def default_run_dir(name: str | None, root: str | Path = "runs") -> Path:
+    """``runs/<name>``, or ``runs/<timestamp>`` when the config has no name."""
+    return Path(root) / (name or datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a run that ran to its end (it has a ``summary.json``)."""
+    return (Path(run_dir) / SUMMARY).is_file()
+
+
+def prepare_run_dir(run_dir: str | Path, overwrite: bool = False) -> Path:
+    """Check that ``run_dir`` may receive a new run and create it.
+
+    A directory that already holds a run is refused (:class:`UserError`) unless
+    ``overwrite``; then only the run's own files are removed, nothing else.
+    """
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output path {str(path)!r} is a file, not a directory; choose another --out")
+    existing = [f for f in RUN_FILES if (path / f).exists()]
+    if existing and not overwrite:
+        what = "a finished run" if is_finished(path) else "an unfinished run"
+        raise UserError(f"{str(path)!r} already holds {what}; choose another --out or pass --overwrite to replace it")
+    for f in existing:
+        (path / f).unlink()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "figures").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create run directory {str(path)!r}: {exc.strerror}; choose another --out") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"run directory {str(path)!r} is not writable; choose another --out")
+    return path
+
+
+def save_weights(run_dir: str | Path, model: torch.nn.Module, cfg: Any, classes: list[str], epoch: int) -> None:
+    """Write ``model.pt``: the state dict with the resolved config and the class names.
+
+    Only tensors and plain Python values go in, so it loads with ``weights_only=True``.
+    """
+    payload = {
+        "format": "softmaxlab-weights-1",
+        "epoch": epoch,
+        "config": cfg.to_dict(),
+        "classes": list(classes),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    atomic_torch_save(Path(run_dir) / WEIGHTS, payload)
+
+
+def load_weights(run_dir: str | Path) -> dict[str, Any]:
+    """Read ``model.pt`` of a run (``weights_only=True``); a missing or foreign file is a UserError."""
+    path = Path(run_dir) / WEIGHTS
+    if not path.is_file():
+        raise UserError(f"{str(path)!r} does not exist; is {str(run_dir)!r} a finished softmaxlab run directory?")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and torch errors all mean "not our file"
+        raise UserError(
+            f"{str(path)!r} cannot be read ({type(exc).__name__}); it is corrupt or not a weights file"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != "softmaxlab-weights-1":
+        raise UserError(
+            f"{str(path)!r} is not a softmaxlab weights file; point at a run directory written by softmaxlab"
+        )
+    return payload
+
+
+def environment(device: torch.device, seed: int) -> dict[str, Any]:
+    """Versions, device and seed: what a reader needs to reproduce or compare a number."""
+    import platform
+
+    import softmaxlab
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "softmaxlab": softmaxlab.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "seed": seed,
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        env["cpu"] = platform.processor() or platform.machine()
+    try:
+        import torchvision
+
+        env["torchvision"] = torchvision.__version__
+    except ImportError:  # pragma: no cover - a dependency, but keep summaries writable
+        pass
+    return env

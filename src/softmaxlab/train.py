@@ -1,0 +1,365 @@
+"""``fit(config)``: the training loop, nothing else.
+
+The loop runs in named phases::
+
+    setup     seeds, device, data (uint8 tensors on the device), model = backbone + head,
+              optimiser, learning-rate schedule (a pure function of the step)
+    train     train_one_epoch: forward, head.loss, backward, step; the loss sum and the
+              correct count are accumulated on the device and read once per epoch
+    validate  evaluate on the validation split; one record per epoch in metrics.jsonl
+    test      head.probs on the test split -> metrics -> summary.json, weights
+
+In a notebook::
+
+    from softmaxlab import fit, load_config
+    result = fit(load_config(None, ["train.epochs=2"]), out_dir="runs/try")
+    result.summary["test"]["accuracy"]
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from softmaxlab import runs
+from softmaxlab.config import Config, TrainConfig
+from softmaxlab.data import ImageData, Normalize, TensorLoader, load_data
+from softmaxlab.errors import DivergedError
+from softmaxlab.heads import Head
+from softmaxlab.metrics import classification_metrics
+from softmaxlab.models import Classifier, build_model
+from softmaxlab.progress import Progress
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the run directory, the summary, the epoch records, the model."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    history: list[dict[str, Any]]
+    model: Classifier
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and CUDA) random number generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a UserError."""
+    from softmaxlab.errors import UserError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda but no CUDA GPU is available; use --set train.device=cpu (or auto)")
+    return torch.device(name)
+
+
+def lr_factor(step: int, total_steps: int, schedule: str, warmup_fraction: float) -> float:
+    """Multiplier of the peak learning rate at optimisation ``step`` (0-based); pure.
+
+    * ``onecycle``: linear warm-up from ~0 to 1 over the first ``warmup_fraction`` of the
+      steps, then linear decay to 0 at the last step (a triangle).
+    * ``cosine``: the same warm-up, then ``(1 + cos(pi t)) / 2`` with t going 0 -> 1.
+    * ``constant``: 1.
+
+    >>> [round(lr_factor(s, 10, "onecycle", 0.2), 2) for s in range(10)]
+    [0.5, 1.0, 0.88, 0.75, 0.62, 0.5, 0.38, 0.25, 0.12, 0.0]
+    """
+    if schedule == "constant":
+        return 1.0
+    warmup = round(warmup_fraction * total_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup + 1) / max(1, total_steps - warmup))
+    if schedule == "onecycle":
+        return 1.0 - t
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum), Adam or AdamW on every parameter of ``model``.
+
+    Weight decay skips biases and normalisation parameters (1-d tensors), as in timm.
+    """
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def make_loaders(data: ImageData, cfg: Config, device: torch.device) -> dict[str, TensorLoader]:
+    """Loaders over the uint8 splits on ``device``; normalisation statistics from training."""
+    mean, std = data.channel_stats()
+    norm = Normalize(mean, std, device)
+    train = TensorLoader(
+        data.train.x.to(device),
+        data.train.y.to(device),
+        cfg.train.batch_size,
+        norm,
+        shuffle=True,
+        crop_padding=cfg.data.crop_padding,
+        flip=cfg.data.flip,
+        drop_last=len(data.train) >= cfg.train.batch_size,
+        seed=cfg.train.seed,
+    )
+
+    def plain(split: str) -> TensorLoader:
+        s = getattr(data, split)
+        return TensorLoader(s.x.to(device), s.y.to(device), cfg.train.eval_batch_size, norm)
+
+    return {"train": train, "val": plain("val"), "test": plain("test")}
+
+
+# --------------------------------------------------------------------------- train / evaluate
+
+
+def train_one_epoch(
+    model: Classifier,
+    loader: TensorLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    progress: Progress,
+    first_step: int,
+    total_steps: int,
+) -> dict[str, Any]:
+    """One pass over ``loader``; returns mean loss, accuracy and the first non-finite step.
+
+    Nothing is read back to the host inside the loop: the loss sum, the correct count and
+    the index of the first step with a non-finite loss stay on the device until the end.
+    """
+    model.train()
+    head: Head = model.head
+    device = loader.x.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    bad_step = torch.full((), -1, device=device, dtype=torch.long)
+    seen = 0
+    for i, (x, y) in enumerate(loader):
+        step = first_step + i
+        head.step_update(step, total_steps)
+        scores = model(x)  # (B, K)
+        loss = head.loss(scores, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss = loss.detach()
+        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
+        loss_sum += loss * y.shape[0]
+        correct += (head.predict(scores.detach()) == y).sum()
+        seen += y.shape[0]
+        progress.advance()
+    return {
+        "loss": loss_sum.item() / max(seen, 1),
+        "acc": correct.item() / max(seen, 1),
+        "bad_step": int(bad_step.item()),
+        "images": seen,
+        "steps": len(loader),
+    }
+
+
+@torch.no_grad()
+def evaluate(model: Classifier, loader: TensorLoader, keep_probs: bool = False) -> dict[str, Any]:
+    """Mean head loss and accuracy over ``loader``; with ``keep_probs`` also the (N, K)
+    probabilities from ``head.probs`` and the (N,) targets, on the CPU."""
+    model.eval()
+    head: Head = model.head
+    device = loader.x.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    probs, targets = [], []
+    for x, y in loader:
+        scores = model(x)
+        loss_sum += head.loss(scores, y) * y.shape[0]
+        p = head.probs(scores)
+        correct += (p.argmax(dim=1) == y).sum()
+        if keep_probs:
+            probs.append(p.float().cpu())
+            targets.append(y.cpu())
+    n = len(loader.y)
+    out: dict[str, Any] = {"loss": loss_sum.item() / n, "acc": correct.item() / n}
+    if keep_probs:
+        out["probs"], out["targets"] = torch.cat(probs), torch.cat(targets)
+    return out
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fit(
+    cfg: Config,
+    out_dir: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    data: ImageData | None = None,
+) -> FitResult:
+    """Train ``cfg`` and write its run directory; returns a :class:`FitResult`.
+
+    Args:
+        cfg: the validated experiment config.
+        out_dir: the run directory (default ``runs/<cfg.name or timestamp>``). A directory
+            that already holds a run is refused unless ``overwrite``.
+        overwrite: replace the run files of an existing run directory.
+        progress: progress hooks (default: silent).
+        data: an already loaded dataset matching ``cfg.data`` (saves regenerating it when
+            several runs share one dataset, as in the demo).
+
+    Raises:
+        UserError: bad input (checked before anything is written).
+        DivergedError: the training loss became non-finite; ``summary.json`` records
+            ``status: "diverged"`` and the weights of the last good epoch are kept.
+    """
+    progress = progress or Progress()
+    # --- setup: everything that can fail on bad input happens before the first write.
+    device = resolve_device(cfg.train.device)
+    data = data if data is not None else load_data(cfg.data)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg, data.image_shape[0], data.num_classes, data.coarse_of).to(device)
+    run_dir = runs.prepare_run_dir(out_dir or runs.default_run_dir(cfg.name), overwrite=overwrite)
+    runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
+
+    loaders = make_loaders(data, cfg, device)
+    optimizer = build_optimizer(model, cfg.train)
+    total_steps = cfg.train.epochs * len(loaders["train"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, cfg.train.schedule, cfg.train.warmup_fraction)
+    )
+    label = cfg.name or f"{cfg.head.name}/{cfg.model.activation} seed {cfg.train.seed}"
+    history: list[dict[str, Any]] = []
+    progress.start(label, cfg.train.epochs, len(loaders["train"]))
+    try:
+        for epoch in range(1, cfg.train.epochs + 1):
+            # --- train
+            loaders["train"].set_epoch(epoch)
+            _sync(device)
+            t0 = time.perf_counter()
+            first_step = (epoch - 1) * len(loaders["train"])
+            last_step = first_step + len(loaders["train"]) - 1
+            lr = cfg.train.lr * lr_factor(last_step, total_steps, cfg.train.schedule, cfg.train.warmup_fraction)
+            stats = train_one_epoch(model, loaders["train"], optimizer, scheduler, progress, first_step, total_steps)
+            _sync(device)
+            seconds = time.perf_counter() - t0
+            if stats["bad_step"] >= 0 or not math.isfinite(stats["loss"]):
+                _diverged(cfg, run_dir, history, epoch, stats["bad_step"], data, device)
+            # --- validate
+            val = evaluate(model, loaders["val"])
+            record = {
+                "epoch": epoch,
+                "train_loss": stats["loss"],
+                "train_acc": stats["acc"],
+                "val_loss": val["loss"],
+                "val_acc": val["acc"],
+                "epoch_seconds": seconds,
+                "train_images_per_second": stats["images"] / seconds,
+                "lr": lr,  # at the epoch's last step
+                "grad_norms": {},
+                **model.head.epoch_record(),
+            }
+            history.append(record)
+            runs.atomic_write_jsonl(run_dir / runs.METRICS, history)
+            runs.save_weights(run_dir, model, cfg, data.classes, epoch)
+            progress.epoch_end(record)
+    finally:
+        progress.stop()
+
+    # --- test
+    summary = _summary(cfg, model, loaders["test"], history, data, device)
+    runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
+    return FitResult(run_dir, summary, history, model)
+
+
+def _timing(history: list[dict[str, Any]]) -> dict[str, float]:
+    seconds = [r["epoch_seconds"] for r in history]
+    # The first epoch pays one-off costs (allocator warm-up, cuDNN autotuning), so the
+    # throughput is the median over epochs when there are several.
+    ips = sorted(r["train_images_per_second"] for r in history)
+    return {
+        "mean_epoch_seconds": sum(seconds) / len(seconds),
+        "total_train_seconds": sum(seconds),
+        "train_images_per_second": ips[len(ips) // 2],
+    }
+
+
+def _summary(
+    cfg: Config,
+    model: Classifier,
+    test_loader: TensorLoader,
+    history: list[dict[str, Any]],
+    data: ImageData,
+    device: torch.device,
+) -> dict[str, Any]:
+    test = evaluate(model, test_loader, keep_probs=True)
+    metrics = classification_metrics(test["probs"], test["targets"], source=f"head {cfg.head.name!r}")
+    return {
+        "status": "finished",
+        "name": cfg.name,
+        "head": cfg.head.name,
+        "model": cfg.model.name,
+        "activation": cfg.model.activation,
+        "dataset": cfg.data.name,
+        "classes": data.classes,
+        "epochs": len(history),
+        "test": {"loss": test["loss"], **metrics},
+        "val": {"loss": history[-1]["val_loss"], "accuracy": history[-1]["val_acc"]},
+        "timing": _timing(history),
+        "env": runs.environment(device, cfg.train.seed),
+    }
+
+
+def _diverged(
+    cfg: Config,
+    run_dir: Path,
+    history: list[dict[str, Any]],
+    epoch: int,
+    step: int,
+    data: ImageData,
+    device: torch.device,
+) -> None:
+    """Record ``status: diverged`` (keeping the last good weights) and raise."""
+    where = f"epoch {epoch}, step {step}" if step >= 0 else f"epoch {epoch}"
+    message = (
+        f"training diverged at {where}: non-finite loss with head {cfg.head.name!r} and lr {cfg.train.lr:g}; "
+        "lower train.lr or choose a numerically stable head"
+    )
+    summary = {
+        "status": "diverged",
+        "name": cfg.name,
+        "head": cfg.head.name,
+        "dataset": cfg.data.name,
+        "classes": data.classes,
+        "diverged": {"epoch": epoch, "step": step, "message": message},
+        "epochs": len(history),
+        "env": runs.environment(device, cfg.train.seed),
+    }
+    if history:
+        summary["timing"] = _timing(history)
+    runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
+    raise DivergedError(message, epoch=epoch, step=step)

@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny configs and datasets that train in seconds on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from softmaxlab.config import Config, load_config
+
+#: A ``shapes`` run small enough for unit tests: 4 classes, 16 px, a narrow CNN.
+TINY = [
+    "data.num_classes=4",
+    "data.image_size=16",
+    "data.train_size=1024",
+    "data.val_size=128",
+    "data.test_size=256",
+    "model.widths=[8,16]",
+    "train.epochs=2",
+    "train.batch_size=64",
+    "train.eval_batch_size=256",
+    "train.device=cpu",
+]
+
+
+def tiny_config(*overrides: str) -> Config:
+    """The tiny config with extra ``section.key=value`` overrides."""
+    return load_config(None, [*TINY, *overrides])
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    # Two cores: keep torch from oversubscribing when pytest runs beside other work.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

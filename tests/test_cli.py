@@ -1,0 +1,120 @@
+"""The command line: exit codes and one-line messages for bad input, files for good input."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from softmaxlab.cli import app
+
+from .conftest import TINY
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def sets(*overrides: str) -> list[str]:
+    return [a for o in (*TINY, *overrides) for a in ("--set", o)]
+
+
+def assert_bad_input(result, *fragments: str):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_run_writes_a_run_directory(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("run", *sets("train.epochs=1"), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.stdout.replace("\n", "")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs"] == 1
+
+
+def test_run_from_config_file(tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("train:\n  epochs: 1\nhead:\n  name: log_softmax\n")
+    result = invoke("run", str(cfg), *sets("train.epochs=1"), "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    assert "name: log_softmax" in (tmp_path / "r" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (["head.name=sofmax"], ["unknown head 'sofmax'", "valid: softmax, log_softmax"]),
+        (["model.name=vgg"], ["unknown model 'vgg'", "simple_cnn"]),
+        (["data.name=mnist"], ["unknown dataset 'mnist'", "shapes"]),
+        (["train.epoch=3"], ["unknown config key 'train.epoch'", "did you mean 'train.epochs'"]),
+        (["train.epochs=abc"], ["'train.epochs'", "integer"]),
+        (["train.epochs=0"], ["'train.epochs'", "greater than or equal to 1"]),
+        (["train.epochs=-1"], ["'train.epochs'"]),
+        (["train.batch_size=0"], ["'train.batch_size'"]),
+    ],
+)
+def test_bad_overrides_exit_2_and_write_nothing(tmp_path, overrides, fragments):
+    out = tmp_path / "run"
+    result = invoke("run", *sets(*overrides), "--out", str(out))
+    assert_bad_input(result, *fragments)
+    assert not out.exists()
+
+
+def test_missing_and_non_yaml_config(tmp_path):
+    assert_bad_input(invoke("run", str(tmp_path / "none.yaml")), "does not exist")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epochs: 3\n")
+    assert_bad_input(invoke("run", str(bad), "--out", str(tmp_path / "r")), "not valid YAML")
+    assert not (tmp_path / "r").exists()
+
+
+def test_finished_run_is_not_overwritten(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("run", *sets("train.epochs=1"), "--out", str(out)).exit_code == 0
+    before = (out / "summary.json").read_bytes()
+    assert_bad_input(
+        invoke("run", *sets("train.epochs=1"), "--out", str(out)), "already holds a finished run", "--overwrite"
+    )
+    assert (out / "summary.json").read_bytes() == before
+    again = invoke("run", *sets("train.epochs=1", "train.seed=5"), "--out", str(out), "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "summary.json").read_text())["env"]["seed"] == 5
+
+
+def test_diverged_run_exits_3(tmp_path):
+    result = invoke(
+        "run", *sets("train.epochs=1", "train.lr=1e30", "train.schedule=constant"), "--out", str(tmp_path / "d")
+    )
+    assert result.exit_code == 3, result.output
+    assert "diverged" in result.stderr and "Traceback" not in result.output
+    assert json.loads((tmp_path / "d" / "summary.json").read_text())["status"] == "diverged"
+
+
+@pytest.mark.parametrize("what", ["heads", "activations", "models", "datasets"])
+def test_list_is_generated_from_the_registry(what):
+    from softmaxlab.activations import ACTIVATIONS
+    from softmaxlab.data import DATASETS
+    from softmaxlab.heads import HEADS
+    from softmaxlab.models import MODELS
+
+    registry = {"heads": HEADS, "activations": ACTIVATIONS, "models": MODELS, "datasets": DATASETS}[what]
+    result = invoke("list", what)
+    assert result.exit_code == 0
+    for name in registry:
+        assert name in result.stdout
+
+
+def test_list_unknown_kind():
+    assert_bad_input(invoke("list", "optimizers"), "cannot list 'optimizers'", "heads")
+
+
+def test_demo_refuses_existing_demo(tmp_path):
+    (tmp_path / "demo.md").write_text("old")
+    assert_bad_input(invoke("demo", "--out", str(tmp_path)), "already holds a demo")
+    assert (tmp_path / "demo.md").read_text() == "old"

@@ -1,0 +1,88 @@
+import pytest
+import yaml
+
+from softmaxlab.config import Config, load_config, parse_override
+from softmaxlab.errors import UserError
+
+
+def test_defaults_validate_and_roundtrip_through_yaml(tmp_path):
+    cfg = load_config()
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg
+
+
+def test_overrides_are_typed():
+    cfg = load_config(
+        None, ["train.epochs=3", "head.name=log_softmax", "model.widths=[8, 16]", "data.flip=false", "train.lr=1e-3"]
+    )
+    assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
+    assert cfg.head.name == "log_softmax"
+    assert cfg.model.widths == [8, 16]
+    assert cfg.data.flip is False
+    assert cfg.train.lr == pytest.approx(1e-3)
+
+
+def test_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 7\n  lr: 0.1\nhead:\n  name: log_softmax\n")
+    cfg = load_config(path, ["train.epochs=2"])
+    assert (cfg.train.epochs, cfg.train.lr, cfg.head.name) == (2, 0.1, "log_softmax")
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(path) == Config()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["train.epoch=3"], "unknown config key 'train.epoch'.*did you mean 'train.epochs'"),
+        (["trian.epochs=3"], "unknown config key 'trian'.*did you mean 'train'"),
+        (["train.epochs=abc"], "invalid value for 'train.epochs'.*integer"),
+        (["train.epochs=0"], "invalid value for 'train.epochs'.*greater than or equal to 1"),
+        (["train.epochs=-2"], "invalid value for 'train.epochs'"),
+        (["train.batch_size=0"], "invalid value for 'train.batch_size'"),
+        (["head.name=sofmax"], "unknown head 'sofmax'.*did you mean 'softmax'.*valid: softmax, log_softmax"),
+        (["model.name=resnet"], "unknown model 'resnet'.*valid: simple_cnn"),
+        (["model.activation=rleu"], "unknown activation 'rleu'.*did you mean 'relu'"),
+        (["data.name=cifar"], "unknown dataset 'cifar'.*valid: shapes"),
+        (["train.optimizer=rmsprop"], "invalid value for 'train.optimizer'"),
+        (["model.widths=[]"], "invalid value for 'model.widths'"),
+        (["name=../escape"], "invalid value for 'name'"),
+        (["train.epochs"], "must look like section.key=value"),
+        (["train.epochs=3", "train.epochs.x=1"], "'train.epochs' is a value, not a section"),
+    ],
+)
+def test_bad_overrides_are_one_line_user_errors(overrides, expected):
+    with pytest.raises(UserError, match=expected) as info:
+        load_config(None, overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_and_non_yaml_files(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [epochs: 3\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="must hold a mapping"):
+        load_config(listy)
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"train": {"epochz": 3}}))
+    with pytest.raises(UserError, match=r"unknown config key 'train.epochz' in .*c.yaml"):
+        load_config(path)
+
+
+def test_parse_override_parses_yaml_values():
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("a.b=x=y") == (["a", "b"], "x=y")
+    assert parse_override("a.b=") == (["a", "b"], None)

@@ -1,0 +1,79 @@
+import json
+import os
+
+import pytest
+import torch
+
+from softmaxlab import runs
+from softmaxlab.errors import UserError
+
+
+def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "a" / "f.json"
+    runs.atomic_write_json(path, {"x": 1})
+    runs.atomic_write_json(path, {"x": 2})
+    assert json.loads(path.read_text()) == {"x": 2}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["f.json"]
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~runs._UMASK)
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "f.txt"
+    runs.atomic_write_text(path, "old")
+
+    def boom(f):
+        f.write(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        runs._atomic(path, boom)
+    assert path.read_text() == "old" and len(os.listdir(tmp_path)) == 1
+
+
+def test_json_has_no_nan():
+    text = runs.to_json({"a": float("nan"), "b": [float("inf"), 1.0]})
+    assert json.loads(text) == {"a": None, "b": [None, 1.0]}
+
+
+def test_jsonl_roundtrip(tmp_path):
+    records = [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}]
+    runs.atomic_write_jsonl(tmp_path / "m.jsonl", records)
+    assert runs.read_jsonl(tmp_path / "m.jsonl") == records
+
+
+def test_prepare_refuses_existing_run_unless_overwrite(tmp_path):
+    run = runs.prepare_run_dir(tmp_path / "r")
+    (run / runs.SUMMARY).write_text("{}")
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"already holds a finished run.*--overwrite"):
+        runs.prepare_run_dir(run)
+    assert (run / runs.SUMMARY).exists()
+    runs.prepare_run_dir(run, overwrite=True)
+    assert not (run / runs.SUMMARY).exists() and (run / "notes.txt").read_text() == "mine"
+
+
+def test_prepare_refuses_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        runs.prepare_run_dir(tmp_path / "f")
+
+
+def test_weights_load_with_weights_only(tmp_path):
+    from softmaxlab.config import Config
+
+    model = torch.nn.Linear(2, 3)
+    runs.save_weights(tmp_path, model, Config(), ["a", "b", "c"], epoch=4)
+    payload = runs.load_weights(tmp_path)
+    assert payload["epoch"] == 4 and payload["classes"] == ["a", "b", "c"]
+    torch.testing.assert_close(payload["state_dict"]["weight"], model.weight.detach())
+
+
+def test_load_weights_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        runs.load_weights(tmp_path)
+    (tmp_path / runs.WEIGHTS).write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="corrupt"):
+        runs.load_weights(tmp_path)
+    torch.save({"something": torch.zeros(1)}, tmp_path / runs.WEIGHTS)
+    with pytest.raises(UserError, match="not a softmaxlab weights file"):
+        runs.load_weights(tmp_path)

@@ -1,0 +1,93 @@
+import json
+
+import pytest
+import torch
+
+from softmaxlab import runs
+from softmaxlab.config import load_config
+from softmaxlab.errors import DivergedError, UserError
+from softmaxlab.train import fit, lr_factor
+
+from .conftest import tiny_config
+
+EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds", "lr", "grad_norms"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return fit(tiny_config("name=tiny"), out)
+
+
+def test_two_epochs_beat_chance_clearly(tiny_run):
+    # 4 classes: chance is 0.25; colour alone gives 0.5, so more needs some shape too.
+    assert tiny_run.summary["test"]["accuracy"] > 0.45
+    assert tiny_run.history[-1]["train_loss"] < tiny_run.history[0]["train_loss"]
+
+
+def test_run_directory_files_and_keys(tiny_run):
+    d = tiny_run.run_dir
+    for f in ("config.yaml", "metrics.jsonl", "summary.json", "model.pt"):
+        assert (d / f).is_file(), f
+    assert (d / "figures").is_dir()
+    records = runs.read_jsonl(d / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert set(r) >= EPOCH_KEYS
+        assert 0 <= r["train_acc"] <= 1 and 0 <= r["val_acc"] <= 1 and r["epoch_seconds"] > 0
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    test = summary["test"]
+    assert 0 <= test["accuracy"] <= 1 and test["nll"] > 0
+    cm = torch.tensor(test["confusion_matrix"])
+    assert cm.shape == (4, 4) and cm.sum() == 256
+    assert test["accuracy"] == pytest.approx(cm.diag().sum().item() / 256)
+    assert summary["timing"]["mean_epoch_seconds"] > 0 and summary["timing"]["train_images_per_second"] > 0
+    env = summary["env"]
+    assert {"python", "torch", "softmaxlab", "device", "seed"} <= set(env) and env["device"] == "cpu"
+
+
+def test_rerun_from_written_config_reproduces_metrics(tiny_run, tmp_path):
+    cfg = load_config(tiny_run.run_dir / "config.yaml")
+    again = fit(cfg, tmp_path / "again")
+    assert again.summary["test"]["confusion_matrix"] == tiny_run.summary["test"]["confusion_matrix"]
+    assert again.summary["test"]["nll"] == pytest.approx(tiny_run.summary["test"]["nll"], rel=1e-5)
+    for a, b in zip(again.history, tiny_run.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+def test_existing_run_is_refused_and_kept(tiny_run):
+    before = (tiny_run.run_dir / "summary.json").read_text()
+    with pytest.raises(UserError, match="already holds a finished run"):
+        fit(tiny_config(), tiny_run.run_dir)
+    assert (tiny_run.run_dir / "summary.json").read_text() == before
+
+
+def test_softmax_and_log_softmax_agree(tmp_path):
+    a = fit(tiny_config("train.epochs=1"), tmp_path / "a")
+    b = fit(tiny_config("train.epochs=1", "head.name=log_softmax"), tmp_path / "b")
+    assert a.summary["test"]["accuracy"] == pytest.approx(b.summary["test"]["accuracy"], abs=0.02)
+
+
+def test_divergence_is_recorded_and_raised(tmp_path):
+    cfg = tiny_config("train.lr=1e30", "train.schedule=constant", "train.epochs=1")
+    with pytest.raises(DivergedError) as info:
+        fit(cfg, tmp_path / "d")
+    assert info.value.epoch == 1 and info.value.step >= 0
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged"]["epoch"] == 1
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "constant"])
+def test_lr_schedules_are_pure_and_bounded(schedule):
+    values = [lr_factor(s, 50, schedule, 0.2) for s in range(50)]
+    assert values == [lr_factor(s, 50, schedule, 0.2) for s in range(50)]
+    assert all(0 <= v <= 1 for v in values) and max(values) == pytest.approx(1.0)
+    if schedule != "constant":
+        assert values[-1] == pytest.approx(0.0, abs=1e-9) and values[0] < 0.2
+
+
+def test_optimizers(tmp_path):
+    for opt in ("adam", "adamw"):
+        result = fit(tiny_config("train.epochs=1", f"train.optimizer={opt}", "train.lr=3e-3"), tmp_path / opt)
+        assert result.summary["test"]["accuracy"] > 0.25
