@@ -68,7 +68,9 @@ def run_cmd(
         typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable)."),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<name or timestamp>).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a run already in the output directory.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a run already in the output directory.")
+    ] = False,
 ) -> None:
     """Train one experiment and write its run directory."""
     from softmaxlab.config import load_config
@@ -88,7 +90,9 @@ def run_cmd(
 @_exit_codes
 def demo_cmd(
     out: Annotated[Path | None, typer.Option(help="Demo directory (default: runs/demo-<timestamp>).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a demo already in the output directory.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a demo already in the output directory.")
+    ] = False,
 ) -> None:
     """Compare the softmax and log-softmax heads on the embedded data (3 seeds, offline)."""
     from softmaxlab.demo import run_demo
