@@ -12,7 +12,14 @@ Epochs alternate between the two loops (ours, bare, ours, bare, ...) so that dri
 machine speed hit both alike; the ratio is the median of the per-pair ratios, with the
 spread (min-max) over pairs. One warm-up epoch of each is not counted.
 
+The last row ("diagnostics on / off") compares ``fit``'s loop with itself: diagnostics on
+(per-step gradient norms accumulated on the device, plus the per-epoch read and the
+activation statistics of 256 validation images, as ``fit`` does) against off, alternating
+epochs in the same way; its ratio is on/off throughput (1.0 = free). ``--no-diagnostics``
+skips it.
+
     python benchmarks/bench_loop.py [--pairs 8] [--train-size 4000] [--batch-size 128] [--device cpu]
+        [--no-diagnostics]
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import torch.nn.functional as F
 from softmaxlab import load_config, load_data
 from softmaxlab.config import Config
 from softmaxlab.data import ImageData
+from softmaxlab.diagnostics import Diagnostics
 from softmaxlab.models import build_model
 from softmaxlab.progress import Progress
 from softmaxlab.train import build_optimizer, lr_factor, make_loaders, seed_everything, train_one_epoch
@@ -44,11 +52,15 @@ def _timed(device: torch.device, run: Callable[[], int]) -> float:
     return images / (time.perf_counter() - t0)
 
 
-def fit_loop(cfg: Config, data: ImageData, device: torch.device, epochs: int) -> Callable[[], int]:
-    """One epoch of ``fit``'s own loop per call."""
+def fit_loop(
+    cfg: Config, data: ImageData, device: torch.device, epochs: int, diagnostics: bool = False
+) -> Callable[[], int]:
+    """One epoch of ``fit``'s own loop per call; with ``diagnostics``, also what ``fit`` pays for them."""
     seed_everything(cfg.train.seed)
     model = build_model(cfg, data.image_shape[0], data.num_classes).to(device)
-    loader = make_loaders(data, cfg, device)["train"]
+    loaders = make_loaders(data, cfg, device)
+    loader = loaders["train"]
+    diag = Diagnostics(model, loaders["val"], cfg.diagnostics) if diagnostics else None
     opt = build_optimizer(model, cfg.train)
     total = epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, "onecycle", 0.2))
@@ -58,7 +70,10 @@ def fit_loop(cfg: Config, data: ImageData, device: torch.device, epochs: int) ->
         state["epoch"] += 1
         loader.set_epoch(state["epoch"])
         first = (state["epoch"] - 1) * len(loader)
-        return train_one_epoch(model, loader, opt, sched, Progress(), first, total)["images"]
+        images = train_one_epoch(model, loader, opt, sched, Progress(), first, total, diag)["images"]
+        if diag is not None:
+            diag.epoch_record()  # the once-per-epoch read of the norms + activation_stats
+        return images
 
     return run
 
@@ -93,6 +108,12 @@ def main() -> None:
     ap.add_argument("--train-size", type=int, default=4000)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--diagnostics",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add the diagnostics on / off row",
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
     print(
@@ -121,6 +142,32 @@ def main() -> None:
             f"{label:<17}{o_med:>10.0f}{b_med:>11.0f}{statistics.median(ratios):>15.3f}"
             f"{min(ratios):>7.3f}{max(ratios):>7.3f}"
         )
+
+    if args.diagnostics:
+        _diagnostics_row(args, device)
+
+
+def _diagnostics_row(args: argparse.Namespace, device: torch.device) -> None:
+    """fit's loop with diagnostics on against off (crop + flip), alternating epochs."""
+    overrides = [
+        f"data.train_size={args.train_size}",
+        "data.val_size=256",  # the default diagnostics.probe_size
+        "data.test_size=10",
+        f"train.batch_size={args.batch_size}",
+        f"train.device={args.device}",
+    ]
+    cfg = load_config(None, overrides)
+    data = load_data(cfg.data)
+    on, off = fit_loop(cfg, data, device, args.pairs + 1, True), fit_loop(cfg, data, device, args.pairs + 1)
+    on(), off()  # warm-up
+    pairs = [(_timed(device, on), _timed(device, off)) for _ in range(args.pairs)]
+    ratios = [a / b for a, b in pairs]
+    print(f"{'':<17}{'on img/s':>10}{'off img/s':>11}{'on/off (median)':>16}{'min':>7}{'max':>7}")
+    print(
+        f"{'diagnostics':<17}{statistics.median(a for a, _ in pairs):>10.0f}"
+        f"{statistics.median(b for _, b in pairs):>11.0f}{statistics.median(ratios):>16.3f}"
+        f"{min(ratios):>7.3f}{max(ratios):>7.3f}"
+    )
 
 
 if __name__ == "__main__":

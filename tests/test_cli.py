@@ -118,3 +118,38 @@ def test_demo_refuses_existing_demo(tmp_path):
     (tmp_path / "demo.md").write_text("old")
     assert_bad_input(invoke("demo", "--out", str(tmp_path)), "already holds a demo")
     assert (tmp_path / "demo.md").read_text() == "old"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vis") / "run"
+    result = invoke(
+        "run", *sets("train.epochs=1", "model.activation=softmax_hw", "model.softmax_blocks=[1]"), "--out", str(out)
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_visualize_writes_a_png(trained_run, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "photo.jpg"
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(image)
+    result = invoke("visualize", str(trained_run), str(image), "--channels", "4")
+    default = trained_run / "figures" / "feature_maps-photo.png"
+    assert result.exit_code == 0, result.output
+    assert default.name in result.stdout.replace("\n", "")
+    with Image.open(default) as png:  # 4 panels wide, 2 blocks of one row each
+        assert png.format == "PNG" and png.size == (480, 320)
+    out = tmp_path / "maps.png"
+    assert invoke("visualize", str(trained_run), str(image), "--out", str(out)).exit_code == 0
+    with Image.open(out) as png:  # rows of 8 panels: block 0 has 8 channels (1 row), block 1 16 (2 rows)
+        assert png.size == (960, 3 * 120 + 2 * 40)
+
+
+def test_visualize_bad_inputs_exit_2(trained_run, tmp_path):
+    assert_bad_input(invoke("visualize", str(trained_run), str(tmp_path / "none.png")), "does not exist")
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    assert_bad_input(invoke("visualize", str(trained_run), str(bad)), "cannot read", "as an image")
+    assert_bad_input(invoke("visualize", str(tmp_path), str(bad)), "model.pt", "does not exist")

@@ -15,7 +15,7 @@ from softmaxlab.activations import ACTIVATIONS, build_activation
 from softmaxlab.config import Config, load_config
 from softmaxlab.data import DATASETS, ImageData, Split, TensorLoader, load_data
 from softmaxlab.errors import DivergedError, UserError
-from softmaxlab.heads import HEADS, Head, build_head
+from softmaxlab.heads import HEADS, DoubleSoftmaxWarning, Head, build_head, check_logits
 from softmaxlab.metrics import classification_metrics
 from softmaxlab.models import MODELS, Classifier, build_model
 from softmaxlab.registry import Registry
@@ -29,6 +29,7 @@ __all__ = [
     "Classifier",
     "Config",
     "DivergedError",
+    "DoubleSoftmaxWarning",
     "FitResult",
     "Head",
     "ImageData",
@@ -40,6 +41,7 @@ __all__ = [
     "build_activation",
     "build_head",
     "build_model",
+    "check_logits",
     "classification_metrics",
     "evaluate",
     "fit",

@@ -1,18 +1,41 @@
 """Intermediate activations by name (:data:`ACTIVATIONS`).
 
-Each entry is a factory ``() -> nn.Module`` that maps an (N, C, H, W) feature map to a map
-of the same shape.
+Each entry maps an (N, C, H, W) feature map to a map of the same shape. Two kinds:
+
+* pointwise (``relu``, ``gelu``, ...): a factory ``() -> nn.Module``;
+* the softmax family (``softmax_h``, ``softmax_w``, ``softmax_hw``, ``softmax_c``): a
+  subclass of :class:`AxisSoftmax` that normalises over some axes of the map and takes
+  :class:`SoftmaxOptions` (temperature, learned temperature, rescaling).
+
+:func:`build_activation` builds either kind by name; :func:`block_activations` says which
+activation each block of a backbone gets (``model.activation`` / ``model.softmax_blocks``).
+
+>>> x = torch.randn(2, 3, 4, 5)
+>>> y = build_activation("softmax_hw")(x)
+>>> torch.allclose(y.sum(dim=(2, 3)), torch.ones(2, 3))
+True
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
+from softmaxlab.errors import UserError
 from softmaxlab.registry import Registry
 
-ACTIVATIONS: Registry[Callable[[], nn.Module]] = Registry("activation")
+if TYPE_CHECKING:
+    from softmaxlab.config import ModelConfig
+
+ACTIVATIONS: Registry[Callable[..., nn.Module]] = Registry("activation")
+
+
+# --------------------------------------------------------------------------- pointwise
 
 
 @ACTIVATIONS.register("relu")
@@ -51,6 +74,161 @@ def sigmoid() -> nn.Module:
     return nn.Sigmoid()
 
 
-def build_activation(name: str) -> nn.Module:
-    """A fresh activation module by registry name."""
+# --------------------------------------------------------------------------- softmax family
+
+
+def axis_softmax(x: Tensor, dims: tuple[int, ...], temperature: float | Tensor = 1.0, rescale: bool = False) -> Tensor:
+    """Softmax of ``x / T`` over the contiguous axes ``dims``, optionally rescaled.
+
+    With S the set of positions spanned by ``dims`` (e.g. all (h, w) for dims (2, 3)) and
+    n = |S|::
+
+        y_s = r * exp(x_s / T) / sum_{s' in S} exp(x_{s'} / T),   r = n if rescale else 1
+
+    so the entries over S sum to 1 (mean 1/n), or to n (mean 1) with ``rescale``.
+
+    >>> y = axis_softmax(torch.zeros(1, 2, 2, 2), (2, 3))
+    >>> y[0, 0]
+    tensor([[0.2500, 0.2500],
+            [0.2500, 0.2500]])
+    >>> axis_softmax(torch.zeros(1, 2, 2, 2), (2, 3), rescale=True).mean().item()
+    1.0
+    """
+    first, last = dims[0], dims[-1]
+    if list(dims) != list(range(first, last + 1)):
+        raise ValueError(f"dims must be contiguous axes, got {dims}")
+    z = x / temperature
+    # Several axes are flattened into one: (N, C, H, W) -> (N, C, H*W) for dims (2, 3).
+    y = z.softmax(dim=first) if first == last else z.flatten(first, last).softmax(dim=first).view_as(z)
+    if rescale:
+        y = y * math.prod(x.shape[d] for d in dims)
+    return y
+
+
+@dataclass(frozen=True)
+class SoftmaxOptions:
+    """Options of a softmax activation (``model.activation_temperature`` and friends)."""
+
+    temperature: float = 1.0  # T: the input is divided by T before the softmax
+    learn_temperature: bool = False  # learn log T, starting at log(temperature)
+    rescale: bool = False  # multiply by the number of positions normalised over (mean 1)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> SoftmaxOptions:
+        return cls(cfg.activation_temperature, cfg.learn_activation_temperature, cfg.softmax_rescale)
+
+
+class AxisSoftmax(nn.Module):
+    """Softmax over the axes :attr:`dims` of an (N, C, H, W) map (see :func:`axis_softmax`).
+
+    Subclasses set :attr:`dims`. A learned temperature is one scalar parameter ``log T``
+    per module (so per block), kept positive by the exponential.
+    """
+
+    dims: ClassVar[tuple[int, ...]] = ()
+
+    def __init__(self, options: SoftmaxOptions | None = None) -> None:
+        super().__init__()
+        options = options or SoftmaxOptions()
+        if not options.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {options.temperature}")
+        self.rescale = options.rescale
+        self.learn_temperature = options.learn_temperature
+        if options.learn_temperature:
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(options.temperature)))
+        else:
+            self.fixed_temperature = options.temperature
+
+    @property
+    def temperature(self) -> float | Tensor:
+        """T: a float, or a 0-d tensor (with gradient) when learned."""
+        return self.log_temperature.exp() if self.learn_temperature else self.fixed_temperature
+
+    def forward(self, x: Tensor) -> Tensor:
+        return axis_softmax(x, self.dims, self.temperature, self.rescale)  # (N, C, H, W)
+
+    def extra_repr(self) -> str:
+        t = self.log_temperature.detach().exp().item() if self.learn_temperature else self.fixed_temperature
+        return f"dims={self.dims}, temperature={t:g}, learned={self.learn_temperature}, rescale={self.rescale}"
+
+
+@ACTIVATIONS.register("softmax_h")
+class SoftmaxH(AxisSoftmax):
+    """softmax over the height H of each column: sum over h of y(n, c, h, w) = 1."""
+
+    dims = (2,)
+
+
+@ACTIVATIONS.register("softmax_w")
+class SoftmaxW(AxisSoftmax):
+    """softmax over the width W of each row: sum over w of y(n, c, h, w) = 1."""
+
+    dims = (3,)
+
+
+@ACTIVATIONS.register("softmax_hw")
+class SoftmaxHW(AxisSoftmax):
+    """spatial softmax over H x W of each channel: sum over (h, w) of y(n, c, h, w) = 1."""
+
+    dims = (2, 3)
+
+
+@ACTIVATIONS.register("softmax_c")
+class SoftmaxC(AxisSoftmax):
+    """softmax over the channels C at each pixel (as nn.Softmax2d): sum over c of y(n, c, h, w) = 1."""
+
+    dims = (1,)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def is_softmax(name: str) -> bool:
+    """Whether the registered activation ``name`` is one of the softmax family."""
+    factory = ACTIVATIONS.get(name)
+    return isinstance(factory, type) and issubclass(factory, AxisSoftmax)
+
+
+def softmax_names() -> list[str]:
+    """The registered softmax activations."""
+    return [n for n in ACTIVATIONS.names() if is_softmax(n)]
+
+
+def build_activation(name: str, options: SoftmaxOptions | None = None) -> nn.Module:
+    """A fresh activation module by registry name; ``options`` only for the softmax family."""
+    if is_softmax(name):
+        return ACTIVATIONS.create(name, options)
+    if options is not None and options != SoftmaxOptions():
+        raise UserError(f"activation {name!r} takes no softmax options; use one of {', '.join(softmax_names())}")
     return ACTIVATIONS.create(name)
+
+
+def block_activations(cfg: ModelConfig, num_blocks: int) -> list[str]:
+    """The activation name of each of ``num_blocks`` blocks.
+
+    ``model.activation`` in every block, or, when ``model.softmax_blocks`` lists block
+    indices, the (softmax) ``model.activation`` in those blocks and ``relu`` in the others.
+
+    >>> from softmaxlab.config import ModelConfig
+    >>> block_activations(ModelConfig(activation="softmax_hw", softmax_blocks=[2]), 3)
+    ['relu', 'relu', 'softmax_hw']
+    """
+    if cfg.softmax_blocks is None:
+        return [cfg.activation] * num_blocks
+    if not is_softmax(cfg.activation):
+        raise UserError(
+            f"model.softmax_blocks needs a softmax model.activation ({', '.join(softmax_names())}), "
+            f"got {cfg.activation!r}"
+        )
+    bad = [i for i in cfg.softmax_blocks if not 0 <= i < num_blocks]
+    if bad:
+        raise UserError(
+            f"model.softmax_blocks={cfg.softmax_blocks} but model {cfg.name!r} has {num_blocks} blocks; "
+            f"use indices 0 to {num_blocks - 1}"
+        )
+    return [cfg.activation if i in cfg.softmax_blocks else "relu" for i in range(num_blocks)]
+
+
+def build_block_activation(cfg: ModelConfig, name: str) -> nn.Module:
+    """The activation ``name`` of a block, with the softmax options of ``cfg`` when it is a softmax."""
+    return build_activation(name, SoftmaxOptions.from_config(cfg) if is_softmax(name) else None)

@@ -102,6 +102,23 @@ def demo_cmd(
     out_console.print(f"wrote {result.out_dir / 'demo.md'}", highlight=False, soft_wrap=True)
 
 
+@app.command("visualize")
+@_exit_codes
+def visualize_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `softmaxlab run`.")],
+    image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG, ...), resized and normalised as in training.")],
+    out: Annotated[
+        Path | None, typer.Option(help="PNG to write (default: RUN_DIR/figures/feature_maps-<image name>.png).")
+    ] = None,
+    channels: Annotated[int, typer.Option(min=1, help="Channels drawn per block.")] = 16,
+) -> None:
+    """Draw the feature maps of each block of a trained run for one image -> PNG."""
+    from softmaxlab.diagnostics import visualize_run
+
+    path = visualize_run(run_dir, image, out, channels)
+    out_console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
 @app.command("list")
 @_exit_codes
 def list_cmd(what: Annotated[str, typer.Argument(help="heads, activations, models or datasets.")]) -> None:

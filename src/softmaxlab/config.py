@@ -1,8 +1,8 @@
 """The typed, validated experiment config: YAML file + dotted ``--set`` overrides.
 
-Sections ``data``, ``model``, ``head``, ``train``. Unknown keys and wrong types are errors
-that name the key and suggest the closest valid one; the fully resolved config is written
-next to the results, and running that file reproduces the run.
+Sections ``data``, ``model``, ``head``, ``train``, ``diagnostics``. Unknown keys and wrong
+types are errors that name the key and suggest the closest valid one; the fully resolved
+config is written next to the results, and running that file reproduces the run.
 
 >>> cfg = load_config(None, ["train.epochs=3", "head.name=log_softmax"])
 >>> cfg.train.epochs, cfg.head.name
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from softmaxlab.errors import UserError
 
@@ -49,13 +49,26 @@ def _registered(kind: str, name: str) -> str:
 class DataConfig(_Section):
     """Which images, how they are split and augmented."""
 
-    name: str = "shapes"  # registry name: shapes (more in `softmaxlab list datasets`)
-    root: str | None = None  # file or folder for on-disk datasets
+    name: str = "shapes"  # registry name: shapes, cifar10, cifar100, npz, imagefolder (`softmaxlab list datasets`)
+    # cifar10/cifar100: the folder holding (or to receive) cifar-10-batches-py/ or cifar-100-python/;
+    # npz: the .npz file; imagefolder: the folder of class folders. Unused by shapes.
+    root: str | None = None
+    download: bool = False  # cifar10/cifar100: fetch missing files (torchvision's downloader, MD5-checked)
+    labels: Literal["fine", "coarse"] = "fine"  # cifar100: 100 fine classes (with the hierarchy) or the 20 coarse
     num_classes: int = Field(10, ge=2)  # shapes only: number of fine classes
-    image_size: int = Field(32, ge=8)  # images are generated / resized to this side
+    image_size: int = Field(32, ge=8)  # every dataset: images are generated / resized (square) to this side
     train_size: int = Field(6000, ge=1)  # shapes only: generated training images
     val_size: int = Field(1000, ge=1)  # shapes only: generated validation images
     test_size: int = Field(2000, ge=1)  # shapes only: generated test images
+    # All but shapes: share of the training images held out for validation when there is no official
+    # validation split (stratified by class, seeded by data.seed).
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    # npz without x_test, imagefolder without a test folder: share of all images held out for testing.
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    skip_corrupt: bool = False  # imagefolder: skip unreadable images with a warning (false: stop, naming them)
+    # imagefolder: where decoded images are cached; None = <root>/.softmaxlab-cache, or the user cache
+    # folder (~/.cache/softmaxlab) when the root is read-only.
+    cache_dir: str | None = None
     seed: int = 0  # seed of the data itself (generation, splits), separate from train.seed
     crop_padding: int = Field(4, ge=0)  # random-crop augmentation: pad by this many pixels
     flip: bool = True  # random horizontal flips
@@ -65,6 +78,22 @@ class DataConfig(_Section):
     def _known(cls, v: str) -> str:
         return _registered("dataset", v)
 
+    @field_validator("download", "labels", "skip_corrupt", "cache_dir")
+    @classmethod
+    def _dataset_only(cls, v: Any, info: ValidationInfo) -> Any:
+        # Options that the chosen dataset would silently ignore are errors.
+        # Fields are validated in order, so `name` is in info.data when it was valid.
+        allowed = {
+            "download": ("cifar10", "cifar100"),
+            "labels": ("cifar100",),
+            "skip_corrupt": ("imagefolder",),
+            "cache_dir": ("imagefolder",),
+        }[info.field_name]
+        name = info.data.get("name")
+        if v != cls.model_fields[info.field_name].default and name is not None and name not in allowed:
+            raise ValueError(f"applies to {' and '.join(allowed)} only; data.name is {name!r}")
+        return v
+
 
 class ModelConfig(_Section):
     """The backbone: images -> features."""
@@ -72,6 +101,11 @@ class ModelConfig(_Section):
     name: str = "simple_cnn"  # registry name (`softmaxlab list models`)
     widths: list[int] = [32, 64, 128]  # simple_cnn: output channels of each conv block
     activation: str = "relu"  # registry name (`softmaxlab list activations`)
+    # The softmax activations (softmax_h, softmax_w, softmax_hw, softmax_c) only:
+    activation_temperature: float = Field(1.0, gt=0)  # T: the input is divided by T before the softmax
+    learn_activation_temperature: bool = False  # learn log T (one per block), starting at activation_temperature
+    softmax_rescale: bool = False  # multiply by the number of positions normalised over: mean 1, not 1/n
+    softmax_blocks: list[int] | None = None  # 0-based blocks that get `activation` (relu in the others); None = all
     batch_norm: bool = True  # BatchNorm after every convolution
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # dropout before the head
 
@@ -85,6 +119,24 @@ class ModelConfig(_Section):
     def _known_activation(cls, v: str) -> str:
         return _registered("activation", v)
 
+    @field_validator("activation_temperature", "learn_activation_temperature", "softmax_rescale", "softmax_blocks")
+    @classmethod
+    def _softmax_only(cls, v: Any, info: ValidationInfo) -> Any:
+        # Options that would be silently ignored with a pointwise activation are errors.
+        # Fields are validated in order, so `activation` is in info.data when it was valid.
+        from softmaxlab.activations import is_softmax, softmax_names
+
+        default = cls.model_fields[info.field_name].default
+        activation = info.data.get("activation")
+        if v != default and activation is not None and not is_softmax(activation):
+            raise ValueError(
+                f"applies to the softmax activations only ({', '.join(softmax_names())}); "
+                f"model.activation is {activation!r}"
+            )
+        if info.field_name == "softmax_blocks" and v is not None and (not v or min(v) < 0 or len(set(v)) != len(v)):
+            raise ValueError("must be a non-empty list of distinct 0-based block indices")
+        return v
+
     @field_validator("widths")
     @classmethod
     def _positive_widths(cls, v: list[int]) -> list[int]:
@@ -97,11 +149,45 @@ class HeadConfig(_Section):
     """The output normaliser and its options."""
 
     name: str = "softmax"  # registry name (`softmaxlab list heads`)
+    temperature: float = Field(1.0, gt=0)  # temperature: T in softmax(z / T); the start value when learned
+    learn_temperature: bool = False  # temperature: learn log T (so T stays positive) with the network
+    tau: float = Field(1.0, gt=0)  # gumbel: temperature tau0 of the Gumbel-softmax samples
+    hard: bool = False  # gumbel: straight-through one-hot samples (forward one-hot, backward soft)
+    tau_schedule: Literal["constant", "exponential"] = "constant"  # gumbel: how tau changes with the step
+    tau_min: float = Field(0.5, gt=0)  # gumbel, exponential: tau = max(tau_min, tau0 * exp(-anneal_rate * step))
+    anneal_rate: float = Field(1e-3, ge=0)  # gumbel, exponential: decay rate of tau per optimisation step
+    cutoffs: list[int] | None = None  # adaptive: increasing class cutoffs of the clusters; None = from K
 
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
         return _registered("head", v)
+
+    @field_validator(
+        "temperature", "learn_temperature", "tau", "hard", "tau_schedule", "tau_min", "anneal_rate", "cutoffs"
+    )
+    @classmethod
+    def _head_only(cls, v: Any, info: ValidationInfo) -> Any:
+        # Options that the chosen head would silently ignore are errors.
+        # Fields are validated in order, so `name` (and `tau_schedule`) are in info.data when valid.
+        key = info.field_name
+        head = {"temperature": "temperature", "learn_temperature": "temperature", "cutoffs": "adaptive"}
+        owner = head.get(key, "gumbel")
+        name = info.data.get("name")
+        changed = v != cls.model_fields[key].default
+        if changed and name is not None and name != owner:
+            raise ValueError(f"applies to head.name={owner} only; head.name is {name!r}")
+        annealing = info.data.get("tau_schedule", "exponential") == "exponential"
+        if changed and key in ("tau_min", "anneal_rate") and not annealing:
+            raise ValueError("applies to head.tau_schedule=exponential only")
+        return v
+
+    @field_validator("cutoffs")
+    @classmethod
+    def _increasing_cutoffs(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or v[0] < 1 or any(v[i + 1] <= v[i] for i in range(len(v) - 1))):
+            raise ValueError("must be a non-empty, strictly increasing list of positive class counts")
+        return v
 
 
 class TrainConfig(_Section):
@@ -121,6 +207,13 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
 
 
+class DiagnosticsConfig(_Section):
+    """Gradient flow and activation statistics recorded in every epoch's metrics.jsonl record."""
+
+    enabled: bool = True  # grad_norms, activation_stats and figures/feature_maps.png; false = empty dicts, no figure
+    probe_size: int = Field(256, ge=1)  # activation_stats: the first this-many validation images, each epoch
+
+
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -132,6 +225,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
 
     @field_validator("name")
     @classmethod

@@ -157,9 +157,21 @@ def prepare_run_dir(run_dir: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
-def save_weights(run_dir: str | Path, model: torch.nn.Module, cfg: Any, classes: list[str], epoch: int) -> None:
+def save_weights(
+    run_dir: str | Path,
+    model: torch.nn.Module,
+    cfg: Any,
+    classes: list[str],
+    epoch: int,
+    *,
+    normalization: dict[str, list[float]] | None = None,
+    coarse_of: torch.Tensor | None = None,
+) -> None:
     """Write ``model.pt``: the state dict with the resolved config and the class names.
 
+    ``normalization`` (``{"mean": [...], "std": [...]}`` per channel, on the [0, 1] scale,
+    from the training images) and ``coarse_of`` (the class hierarchy) let a later command
+    (``visualize``) feed new images to the model exactly as in training.
     Only tensors and plain Python values go in, so it loads with ``weights_only=True``.
     """
     payload = {
@@ -167,6 +179,8 @@ def save_weights(run_dir: str | Path, model: torch.nn.Module, cfg: Any, classes:
         "epoch": epoch,
         "config": cfg.to_dict(),
         "classes": list(classes),
+        "normalization": normalization,
+        "coarse_of": None if coarse_of is None else coarse_of.detach().cpu(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     atomic_torch_save(Path(run_dir) / WEIGHTS, payload)

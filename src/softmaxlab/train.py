@@ -5,9 +5,12 @@ The loop runs in named phases::
     setup     seeds, device, data (uint8 tensors on the device), model = backbone + head,
               optimiser, learning-rate schedule (a pure function of the step)
     train     train_one_epoch: forward, head.loss, backward, step; the loss sum and the
-              correct count are accumulated on the device and read once per epoch
-    validate  evaluate on the validation split; one record per epoch in metrics.jsonl
-    test      head.probs on the test split -> metrics -> summary.json, weights
+              correct count (and the diagnostics' gradient norms) are accumulated on the
+              device and read once per epoch
+    validate  evaluate on the validation split; one record per epoch in metrics.jsonl,
+              with grad_norms and activation_stats (softmaxlab.diagnostics)
+    test      head.probs on the test split -> metrics -> summary.json, weights,
+              figures/feature_maps.png
 
 In a notebook::
 
@@ -32,8 +35,10 @@ from torch import nn
 from softmaxlab import runs
 from softmaxlab.config import Config, TrainConfig
 from softmaxlab.data import ImageData, Normalize, TensorLoader, load_data
+from softmaxlab.diagnostics import Diagnostics
 from softmaxlab.errors import DivergedError
 from softmaxlab.heads import Head
+from softmaxlab.heads.check import warn_if_probabilities
 from softmaxlab.metrics import classification_metrics
 from softmaxlab.models import Classifier, build_model
 from softmaxlab.progress import Progress
@@ -143,11 +148,13 @@ def train_one_epoch(
     progress: Progress,
     first_step: int,
     total_steps: int,
+    diagnostics: Diagnostics | None = None,
 ) -> dict[str, Any]:
     """One pass over ``loader``; returns mean loss, accuracy and the first non-finite step.
 
     Nothing is read back to the host inside the loop: the loss sum, the correct count and
-    the index of the first step with a non-finite loss stay on the device until the end.
+    the index of the first step with a non-finite loss stay on the device until the end
+    (so do the gradient norms that ``diagnostics`` accumulates after each backward).
     """
     model.train()
     head: Head = model.head
@@ -160,9 +167,13 @@ def train_one_epoch(
         step = first_step + i
         head.step_update(step, total_steps)
         scores = model(x)  # (B, K)
+        if step == 0 and head.applies_softmax:  # first batch of the run only: one host read
+            warn_if_probabilities(scores.detach())  # the double-softmax pitfall
         loss = head.loss(scores, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if diagnostics is not None:
+            diagnostics.after_backward()
         optimizer.step()
         scheduler.step()
         loss = loss.detach()
@@ -247,6 +258,7 @@ def fit(
     runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
 
     loaders = make_loaders(data, cfg, device)
+    diagnostics = Diagnostics(model, loaders["val"], cfg.diagnostics)
     optimizer = build_optimizer(model, cfg.train)
     total_steps = cfg.train.epochs * len(loaders["train"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -264,7 +276,9 @@ def fit(
             first_step = (epoch - 1) * len(loaders["train"])
             last_step = first_step + len(loaders["train"]) - 1
             lr = cfg.train.lr * lr_factor(last_step, total_steps, cfg.train.schedule, cfg.train.warmup_fraction)
-            stats = train_one_epoch(model, loaders["train"], optimizer, scheduler, progress, first_step, total_steps)
+            stats = train_one_epoch(
+                model, loaders["train"], optimizer, scheduler, progress, first_step, total_steps, diagnostics
+            )
             _sync(device)
             seconds = time.perf_counter() - t0
             if stats["bad_step"] >= 0 or not math.isfinite(stats["loss"]):
@@ -280,18 +294,28 @@ def fit(
                 "epoch_seconds": seconds,
                 "train_images_per_second": stats["images"] / seconds,
                 "lr": lr,  # at the epoch's last step
-                "grad_norms": {},
+                **diagnostics.epoch_record(),  # grad_norms, activation_stats
                 **model.head.epoch_record(),
             }
             history.append(record)
             runs.atomic_write_jsonl(run_dir / runs.METRICS, history)
-            runs.save_weights(run_dir, model, cfg, data.classes, epoch)
+            norm = loaders["train"].normalize
+            runs.save_weights(
+                run_dir,
+                model,
+                cfg,
+                data.classes,
+                epoch,
+                normalization={"mean": norm.mean, "std": norm.std},
+                coarse_of=data.coarse_of,
+            )
             progress.epoch_end(record)
     finally:
         progress.stop()
 
     # --- test
     summary = _summary(cfg, model, loaders["test"], history, data, device)
+    diagnostics.save_feature_maps(run_dir / "figures" / "feature_maps.png")  # the first validation image
     runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
     return FitResult(run_dir, summary, history, model)
 

@@ -3,7 +3,12 @@
 Importing this package registers every head in :data:`HEADS`.
 """
 
-from softmaxlab.heads import softmax  # noqa: F401  (registers the heads)
-from softmaxlab.heads.base import HEADS, Head, build_head, check_probs
+# Imported for their @HEADS.register side effect; this order is the order of `softmaxlab list heads`.
+# isort: off
+from softmaxlab.heads import softmax, pitfalls, temperature, gumbel, sparse, sigmoid, hierarchical, adaptive  # noqa: F401
 
-__all__ = ["HEADS", "Head", "build_head", "check_probs"]
+# isort: on
+from softmaxlab.heads.base import HEADS, Head, build_head, check_probs
+from softmaxlab.heads.check import DoubleSoftmaxWarning, check_logits
+
+__all__ = ["HEADS", "DoubleSoftmaxWarning", "Head", "build_head", "check_logits", "check_probs"]

@@ -11,6 +11,10 @@ pairs what it outputs with the loss it must be trained with::
 * ``probs(scores) -> (B, K)``: a proper distribution over the classes (rows sum to 1).
 * ``predict(scores) -> (B,)``: the predicted class.
 
+The scores are whatever the head's loss needs: logits for most heads, probabilities for the
+``double_softmax`` pitfall, and the features themselves for heads whose loss evaluates only
+part of the output layer (``hierarchical``, ``adaptive``).
+
 Adding a head is one subclass and one decorator::
 
     @HEADS.register("my_head")
@@ -42,13 +46,20 @@ class Head(nn.Module):
     Args:
         in_features: F, the backbone's feature size.
         num_classes: K.
-        cfg: the ``head`` section of the experiment config (head-specific options).
+        cfg: the ``head`` section of the experiment config (head-specific options); defaults
+            when None.
         coarse_of: optional ``(K,)`` long tensor mapping each fine class to its coarse class,
             for heads that use a class hierarchy.
     """
 
     #: Whether post-hoc temperature scaling of the logits is meaningful for this head.
     temperature_scalable: ClassVar[bool] = True
+    #: Whether the loss applies a softmax to the scores, so scores that already look like
+    #: probabilities are the double-softmax pitfall (``fit`` warns on the first batch).
+    applies_softmax: ClassVar[bool] = False
+    #: Whether the head uses the base linear layer ``fc`` (K x F); heads with their own output
+    #: layers set this to False so a 100,000-class head does not allocate an unused matrix.
+    uses_fc: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -60,8 +71,12 @@ class Head(nn.Module):
         super().__init__()
         self.in_features = in_features
         self.num_classes = num_classes
+        if cfg is None:  # imported here: the config module validates names against HEADS
+            from softmaxlab.config import HeadConfig
+
+            cfg = HeadConfig()
         self.cfg = cfg
-        self.fc = nn.Linear(in_features, num_classes)
+        self.fc = nn.Linear(in_features, num_classes) if self.uses_fc else None
 
     def forward(self, features: Tensor) -> Tensor:
         """(B, F) features -> (B, K) scores; the base returns the logits z = W f + b."""
@@ -89,6 +104,15 @@ class Head(nn.Module):
     def epoch_record(self) -> dict[str, Any]:
         """Head state worth logging once per epoch in ``metrics.jsonl`` (e.g. a temperature)."""
         return {}
+
+
+def at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32 when it is in a lower precision (float16, bfloat16), else unchanged.
+
+    Heads normalise in at least float32 (AMP gives them float16 scores), and keep float64
+    for gradcheck.
+    """
+    return x.float() if x.is_floating_point() and torch.finfo(x.dtype).bits < 32 else x
 
 
 def build_head(cfg: HeadConfig, in_features: int, num_classes: int, coarse_of: Tensor | None = None) -> Head:

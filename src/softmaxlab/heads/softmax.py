@@ -10,12 +10,14 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from softmaxlab.heads.base import HEADS, Head
+from softmaxlab.heads.base import HEADS, Head, at_least_float32
 
 
 @HEADS.register("softmax")
 class SoftmaxHead(Head):
     """Logits z; loss = cross-entropy(z, y); p = softmax(z) (the standard classifier)."""
+
+    applies_softmax = True
 
     def loss(self, scores: Tensor, target: Tensor) -> Tensor:
         """L = -z_y + log sum_k exp(z_k), averaged over the batch (max-shifted by torch)."""
@@ -23,7 +25,7 @@ class SoftmaxHead(Head):
 
     def log_probs(self, scores: Tensor) -> Tensor:
         """log p_k = z_k - log sum_j exp(z_j)."""
-        return F.log_softmax(scores.float(), dim=-1)
+        return F.log_softmax(at_least_float32(scores), dim=-1)
 
 
 @HEADS.register("log_softmax")
@@ -39,5 +41,5 @@ class LogSoftmaxHead(Head):
         return F.nll_loss(scores, target)
 
     def log_probs(self, scores: Tensor) -> Tensor:
-        """The scores already are log-probabilities (renormalised in float32)."""
-        return F.log_softmax(scores.float(), dim=-1)
+        """The scores already are log-probabilities (renormalised in at least float32)."""
+        return F.log_softmax(at_least_float32(scores), dim=-1)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from torch import Tensor
 
 from softmaxlab.config import Config
+from softmaxlab.errors import UserError
 from softmaxlab.heads import build_head
 from softmaxlab.models import simple_cnn  # noqa: F401  (registers the models)
 from softmaxlab.models.base import MODELS, Classifier
@@ -17,4 +21,31 @@ def build_model(cfg: Config, in_channels: int, num_classes: int, coarse_of: Tens
     return Classifier(backbone, head)
 
 
-__all__ = ["MODELS", "Classifier", "build_model"]
+def load_trained(run_dir: str | Path) -> tuple[Classifier, Config, dict[str, Any]]:
+    """The trained model of a run directory (in eval mode, on the CPU), its config and the
+    weights payload (``classes``, ``normalization``, ...).
+
+    Raises:
+        UserError: no weights, a foreign or corrupt file, or weights that do not fit the
+            model the saved config describes.
+    """
+    from softmaxlab import runs
+    from softmaxlab.config import validate_config
+
+    payload = runs.load_weights(run_dir)
+    where = str(Path(run_dir) / runs.WEIGHTS)
+    cfg = validate_config(payload["config"], source=where)
+    norm = payload.get("normalization")
+    if not norm:
+        raise UserError(f"{where!r} has no normalisation statistics (written by an older softmaxlab); retrain the run")
+    coarse_of = payload.get("coarse_of")
+    model = build_model(cfg, len(norm["mean"]), len(payload["classes"]), coarse_of)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"{where!r} does not fit the model its config describes ({first}); retrain the run") from None
+    return model.eval(), cfg, payload
+
+
+__all__ = ["MODELS", "Classifier", "build_model", "load_trained"]

@@ -1,4 +1,10 @@
-"""The model registry and :class:`Classifier` = backbone + head."""
+"""The model registry and :class:`Classifier` = backbone + head.
+
+A backbone is an ``nn.Module`` (images (B, C, H, W) -> features (B, F)) with
+``out_features`` = F and ``blocks``: an ``nn.ModuleList`` of its stages, each with an
+``activation_name``. Diagnostics (activation statistics) and feature-map pictures hook the
+outputs of ``blocks``.
+"""
 
 from __future__ import annotations
 

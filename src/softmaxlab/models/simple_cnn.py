@@ -1,7 +1,9 @@
 """``simple_cnn``: conv-activation-pool blocks, as in the usual notebooks.
 
 Block i: ``Conv3x3(c_{i-1} -> c_i) -> [BatchNorm] -> activation -> MaxPool2x2``; then global
-average pooling gives the features (B, c_last). The head is not part of the backbone.
+average pooling gives the features (B, c_last). The head is not part of the backbone. Each
+block's activation comes from ``model.activation`` / ``model.softmax_blocks``
+(:func:`softmaxlab.activations.block_activations`).
 """
 
 from __future__ import annotations
@@ -10,31 +12,36 @@ import itertools
 
 from torch import Tensor, nn
 
-from softmaxlab.activations import build_activation
+from softmaxlab.activations import block_activations, build_block_activation
 from softmaxlab.config import ModelConfig
 from softmaxlab.models.base import MODELS
 
 
 class ConvBlock(nn.Sequential):
-    """Conv3x3 -> [BatchNorm] -> activation -> MaxPool2x2: (B, C_in, H, W) -> (B, C_out, H/2, W/2)."""
+    """Conv3x3 -> [BatchNorm] -> activation -> MaxPool2x2: (B, C_in, H, W) -> (B, C_out, H/2, W/2).
 
-    def __init__(self, c_in: int, c_out: int, activation: str, batch_norm: bool = True) -> None:
+    ``activation_name`` is the activation's registry name (figure titles, diagnostics).
+    """
+
+    def __init__(self, c_in: int, c_out: int, activation: nn.Module, activation_name: str, batch_norm: bool = True):
         layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)]
         if batch_norm:
             layers.append(nn.BatchNorm2d(c_out))
-        layers += [build_activation(activation), nn.MaxPool2d(2)]
+        layers += [activation, nn.MaxPool2d(2)]
         super().__init__(*layers)
-        self.activation_name = activation
+        self.activation_name = activation_name
 
 
 class SimpleCNN(nn.Module):
-    """Stacked :class:`ConvBlock` s, global average pooling and optional dropout."""
+    """Stacked :class:`ConvBlock` s (``self.blocks``), global average pooling and optional dropout."""
 
     def __init__(self, in_channels: int, cfg: ModelConfig) -> None:
         super().__init__()
         widths = [in_channels, *cfg.widths]
+        names = block_activations(cfg, len(cfg.widths))
         self.blocks = nn.ModuleList(
-            ConvBlock(c_in, c_out, cfg.activation, cfg.batch_norm) for c_in, c_out in itertools.pairwise(widths)
+            ConvBlock(c_in, c_out, build_block_activation(cfg, name), name, cfg.batch_norm)
+            for (c_in, c_out), name in zip(itertools.pairwise(widths), names, strict=True)
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()

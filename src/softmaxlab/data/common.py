@@ -1,0 +1,128 @@
+"""What every on-disk dataset shares: stratified hold-out splits, resizing, and assembling
+the :class:`ImageData` from arrays.
+
+Splits are deterministic functions of ``data.seed`` (not ``train.seed``), so every run of a
+sweep over training seeds sees the same validation images, and stratified, so a small
+validation split still holds every class in its training proportion.
+
+>>> y = torch.tensor([0] * 8 + [1] * 4)
+>>> keep, held = stratified_split(y, 0.25, seed=0)
+>>> len(keep), len(held), torch.bincount(y[held]).tolist()
+(9, 3, [2, 1])
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from softmaxlab.config import DataConfig
+from softmaxlab.data.base import ImageData, Split
+from softmaxlab.errors import UserError
+
+
+def holdout_counts(counts: list[int], fraction: float) -> list[int]:
+    """How many images of each class to hold out so the total is ``round(fraction * N)``.
+
+    Each class gets ``floor(fraction * n_c)``; the rest of the total goes one by one to the
+    classes with the largest remainders (ties to the lower class index), first without
+    taking a class's last training image, then, only if the total is still short (classes of
+    one image), with.
+
+    >>> holdout_counts([10, 10, 1], 0.1)
+    [1, 1, 0]
+    >>> holdout_counts([1, 1, 1, 1], 0.5)
+    [1, 1, 0, 0]
+    """
+    total = min(round(fraction * sum(counts)), sum(counts))
+    held = [int(fraction * n) for n in counts]
+    by_remainder = sorted(range(len(counts)), key=lambda c: (-(fraction * counts[c] - held[c]), c))
+    for keep_one in (1, 0):
+        for c in by_remainder:
+            if sum(held) < total and held[c] < counts[c] - keep_one:
+                held[c] += 1
+    return held
+
+
+def stratified_split(y: Tensor, fraction: float, seed: int, salt: int = 0) -> tuple[Tensor, Tensor]:
+    """Indices ``(kept, held_out)`` with about ``fraction`` of each class held out.
+
+    Which images of a class are held out is decided by one permutation drawn from
+    ``(seed, salt)``; both index tensors are sorted, so the kept images stay in file order.
+    y: (N,) int64 -> (N - H,), (H,) int64.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + salt)
+    perm = torch.randperm(len(y), generator=g)
+    y_perm = y[perm]
+    num_classes = int(y.max()) + 1 if len(y) else 0
+    counts = torch.bincount(y, minlength=num_classes).tolist()
+    held_parts = []
+    for c, h in enumerate(holdout_counts(counts, fraction)):
+        if h:
+            held_parts.append(perm[y_perm == c][:h])
+    held = torch.cat(held_parts).sort().values if held_parts else torch.empty(0, dtype=torch.int64)
+    mask = torch.ones(len(y), dtype=torch.bool)
+    mask[held] = False
+    return mask.nonzero().squeeze(1), held
+
+
+def resize(x: Tensor, size: int, chunk: int = 1024) -> Tensor:
+    """uint8 (N, C, H, W) -> uint8 (N, C, size, size), bilinear with antialiasing.
+
+    Done in chunks so a large dataset never exists as float32 all at once.
+    """
+    if x.shape[-2:] == (size, size):
+        return x
+    out = torch.empty((x.shape[0], x.shape[1], size, size), dtype=torch.uint8)
+    for lo in range(0, x.shape[0], chunk):
+        part = x[lo : lo + chunk].float()
+        part = F.interpolate(part, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[lo : lo + chunk] = part.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def _pick(arrays: tuple[Tensor, Tensor, Tensor | None], idx: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    # index_select, not x[idx]: on CPU uint8 images it is an order of magnitude faster.
+    x, y, coarse = arrays
+    return x.index_select(0, idx), y.index_select(0, idx), None if coarse is None else coarse.index_select(0, idx)
+
+
+def _check_holdout(n_held: int, n_kept: int, what: str, key: str, fraction: float) -> None:
+    if n_held == 0 or n_kept == 0:
+        raise UserError(
+            f"{key}={fraction} leaves an empty {what} split ({n_kept} kept, {n_held} held out); "
+            f"use more images or change {key}"
+        )
+
+
+def assemble(
+    cfg: DataConfig,
+    train: tuple[Tensor, Tensor, Tensor | None],
+    classes: list[str],
+    *,
+    test: tuple[Tensor, Tensor, Tensor | None] | None = None,
+    val: tuple[Tensor, Tensor, Tensor | None] | None = None,
+    coarse_classes: list[str] | None = None,
+    coarse_of: Tensor | None = None,
+) -> ImageData:
+    """The :class:`ImageData` from ``(x, y, coarse)`` arrays, carving missing splits from train.
+
+    x: (N, C, H, W) uint8, y: (N,) int64, coarse: (N,) int64 or None. Without ``test``,
+    ``cfg.test_fraction`` of train becomes the test split; without ``val``,
+    ``cfg.val_fraction`` of the rest becomes the validation split (both stratified and seeded
+    by ``cfg.seed``). Images are resized to ``cfg.image_size`` when their side differs.
+    """
+    x, y, coarse = train
+    if test is None:
+        keep, held = stratified_split(y, cfg.test_fraction, cfg.seed, salt=1)
+        _check_holdout(len(held), len(keep), "test", "data.test_fraction", cfg.test_fraction)
+        test, (x, y, coarse) = _pick((x, y, coarse), held), _pick((x, y, coarse), keep)
+    if val is None:
+        keep, held = stratified_split(y, cfg.val_fraction, cfg.seed, salt=2)
+        _check_holdout(len(held), len(keep), "validation", "data.val_fraction", cfg.val_fraction)
+        val, (x, y, coarse) = _pick((x, y, coarse), held), _pick((x, y, coarse), keep)
+    splits = []
+    for sx, sy, sc in ((x, y, coarse), val, test):
+        splits.append(Split(resize(sx, cfg.image_size), sy, sc))
+    return ImageData(*splits, classes=classes, coarse_classes=coarse_classes, coarse_of=coarse_of)

@@ -1,0 +1,227 @@
+"""Gradient flow and feature maps: why does a network with softmax activations stall?
+
+* :class:`GradNorms`: for every parameterised layer (a module with a ``weight``), the mean
+  over an epoch's steps of ``||dL/dW||_2``. Accumulated on the device (two kernel launches
+  per step, no host sync) and read once per epoch.
+* :func:`activation_stats`: for each block of the backbone, the mean and standard deviation
+  of its output and the fraction of values below 1e-6 (dead ReLUs, vanished softmax
+  entries), on a fixed batch, via forward hooks that exist only during that forward pass.
+* :class:`Diagnostics`: both, as ``fit`` records them in every epoch of ``metrics.jsonl``
+  (``diagnostics.enabled: false`` gives empty dicts).
+* :func:`block_outputs`, :func:`read_image` and :func:`visualize_run`: the feature maps of
+  each block for one image, drawn by :func:`softmaxlab.report.figures.feature_map_figure`.
+
+A backbone exposes its stages as ``backbone.blocks`` (see :mod:`softmaxlab.models.base`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from softmaxlab.errors import UserError
+
+if TYPE_CHECKING:
+    from softmaxlab.config import DiagnosticsConfig
+    from softmaxlab.data import TensorLoader
+    from softmaxlab.models import Classifier
+
+#: Output values below this count as (near) zero in ``activation_stats``.
+NEAR_ZERO = 1e-6
+
+
+# --------------------------------------------------------------------------- gradient norms
+
+
+def parameterised_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(qualified module name, weight) of every module that owns a trainable ``weight``.
+
+    >>> [name for name, _ in parameterised_layers(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)))]
+    ['0', '2']
+    """
+    layers = []
+    for name, module in model.named_modules():
+        weight = module._parameters.get("weight")  # own parameter only, not a child's
+        if isinstance(weight, nn.Parameter) and weight.requires_grad:
+            layers.append((name, weight))
+    return layers
+
+
+class GradNorms:
+    """Mean L2 norm of each parameterised layer's weight gradient over the steps since the
+    last :meth:`read`.
+
+    Call :meth:`update` after each ``loss.backward()``; it queues one fused norm and one
+    fused add on the device and never waits for them.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        layers = parameterised_layers(model)
+        self.names = [name for name, _ in layers]
+        self.weights = [w for _, w in layers]
+        self._sums: list[Tensor] = [torch.zeros((), device=w.device) for w in self.weights]
+        self._zero = [torch.zeros((), device=w.device, dtype=w.dtype) for w in self.weights]
+        self.steps = 0
+
+    def update(self) -> None:
+        """Add this step's gradient norms to the running sums (on the device)."""
+        grads = [w.grad if w.grad is not None else z for w, z in zip(self.weights, self._zero, strict=True)]
+        # torch._foreach_norm is what clip_grad_norm_ uses: one launch for all the tensors.
+        torch._foreach_add_(self._sums, torch._foreach_norm(grads))
+        self.steps += 1
+
+    def read(self) -> dict[str, float]:
+        """{layer name: mean gradient norm} (one host sync), and reset; {} before any step."""
+        if not self.steps or not self.weights:
+            return {}
+        means = (torch.stack(self._sums) / self.steps).tolist()
+        for s in self._sums:
+            s.zero_()
+        self.steps = 0
+        return dict(zip(self.names, means, strict=True))
+
+
+# --------------------------------------------------------------------------- block outputs
+
+
+def blocks_of(model: nn.Module) -> list[nn.Module]:
+    """The stages of a :class:`~softmaxlab.models.Classifier`'s backbone (``backbone.blocks``), or []."""
+    backbone = getattr(model, "backbone", model)
+    return list(getattr(backbone, "blocks", []))
+
+
+@torch.no_grad()
+def block_outputs(model: nn.Module, x: Tensor) -> list[Tensor]:
+    """The output of each block for the batch ``x``, in eval mode (the mode is restored after).
+
+    Forward hooks catch the outputs; they are removed before returning, so training never
+    pays for them.
+    """
+    blocks = blocks_of(model)
+    outputs: dict[int, Tensor] = {}
+    handles = [
+        block.register_forward_hook(lambda _m, _inp, out, i=i: outputs.__setitem__(i, out.detach()))
+        for i, block in enumerate(blocks)
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        getattr(model, "backbone", model)(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return [outputs[i] for i in range(len(blocks))]
+
+
+def activation_stats(model: nn.Module, x: Tensor) -> dict[str, dict[str, float]]:
+    """{``block<i>``: {``mean``, ``std``, ``near_zero``}} of each block's output on ``x``.
+
+    ``near_zero`` is the fraction of output values below :data:`NEAR_ZERO` (1e-6). The
+    numbers are computed on the device and read back in one transfer.
+    """
+    outputs = block_outputs(model, x)
+    if not outputs:
+        return {}
+    rows = []
+    for out in outputs:
+        o = out.float()
+        rows.append(torch.stack([o.mean(), o.std(), (o < NEAR_ZERO).float().mean()]))
+    values = torch.stack(rows).tolist()  # (blocks, 3)
+    return {f"block{i}": dict(zip(("mean", "std", "near_zero"), v, strict=True)) for i, v in enumerate(values)}
+
+
+class Diagnostics:
+    """What ``fit`` records each epoch besides loss and accuracy.
+
+    Args:
+        model: the classifier being trained.
+        val_loader: the validation loader; its first ``cfg.probe_size`` images are the fixed
+            batch for :func:`activation_stats` and its first image the one of
+            :meth:`save_feature_maps`.
+        cfg: the ``diagnostics`` config section.
+    """
+
+    def __init__(self, model: Classifier, val_loader: TensorLoader, cfg: DiagnosticsConfig) -> None:
+        self.model, self.val_loader, self.cfg = model, val_loader, cfg
+        self.grad_norms = GradNorms(model) if cfg.enabled else None
+
+    def after_backward(self) -> None:
+        """Called by ``train_one_epoch`` after each ``loss.backward()``."""
+        if self.grad_norms is not None:
+            self.grad_norms.update()
+
+    def epoch_record(self) -> dict[str, Any]:
+        """``grad_norms`` and ``activation_stats`` for the epoch's metrics record (empty when disabled)."""
+        if self.grad_norms is None:
+            return {"grad_norms": {}, "activation_stats": {}}
+        probe = self.val_loader.normalize(self.val_loader.x[: self.cfg.probe_size])
+        return {"grad_norms": self.grad_norms.read(), "activation_stats": activation_stats(self.model, probe)}
+
+    def save_feature_maps(self, path: str | Path, channels: int = 16) -> Path | None:
+        """Draw the block outputs of the first validation image to ``path`` (PNG); None when disabled."""
+        if not self.cfg.enabled or not blocks_of(self.model):
+            return None
+        x = self.val_loader.normalize(self.val_loader.x[:1])
+        return _draw(self.model, x, path, channels)
+
+
+# --------------------------------------------------------------------------- feature maps
+
+
+def read_image(path: str | Path, size: int, channels: int) -> Tensor:
+    """The image file at ``path`` as (1, channels, size, size) uint8, resized bilinearly.
+
+    Raises:
+        UserError: a missing file, or one that is not a readable image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"image file {str(p)!r} does not exist; pass the path of a PNG or JPEG image")
+    if channels not in (1, 3):
+        raise UserError(f"the run's images have {channels} channels; only 1 (grey) or 3 (RGB) can be read from files")
+    try:
+        with Image.open(p) as img:
+            img = img.convert("RGB" if channels == 3 else "L").resize((size, size), Image.Resampling.BILINEAR)
+            array = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UserError(f"cannot read {str(p)!r} as an image ({type(exc).__name__}); pass a PNG or JPEG file") from None
+    x = torch.from_numpy(array.copy())  # (H, W, C) or (H, W)
+    x = x[:, :, None] if x.ndim == 2 else x
+    return x.permute(2, 0, 1)[None].contiguous()  # (1, C, H, W)
+
+
+def _draw(model: nn.Module, x: Tensor, path: str | Path, channels: int) -> Path:
+    from softmaxlab.report.figures import feature_map_figure, save_png
+
+    maps = [m[0].float().cpu() for m in block_outputs(model, x)]  # each (C_i, H_i, W_i)
+    names = [getattr(b, "activation_name", type(b).__name__) for b in blocks_of(model)]
+    return save_png(feature_map_figure(maps, names, channels), path)
+
+
+def visualize_run(run_dir: str | Path, image: str | Path, out: str | Path | None = None, channels: int = 16) -> Path:
+    """Draw each block's feature maps (first ``channels`` channels) of a trained run for one
+    image, resized and normalised as in training; returns the PNG's path.
+
+    ``out`` defaults to ``RUN_DIR/figures/feature_maps-<image name>.png``.
+
+    Raises:
+        UserError: a run directory without (valid) weights, or a missing / unreadable image.
+    """
+    from softmaxlab.data import Normalize
+    from softmaxlab.models import load_trained
+
+    if channels < 1:
+        raise UserError(f"--channels must be at least 1, got {channels}")
+    model, cfg, payload = load_trained(run_dir)
+    norm = payload["normalization"]
+    x = read_image(image, cfg.data.image_size, len(norm["mean"]))
+    x = Normalize(norm["mean"], norm["std"])(x)  # (1, C, S, S) float, as in training
+    out = Path(out) if out is not None else Path(run_dir) / "figures" / f"feature_maps-{Path(image).stem}.png"
+    return _draw(model, x, out, channels)

@@ -1,0 +1,81 @@
+"""Adaptive softmax (Grave et al., 2017) for many classes: ``torch.nn.AdaptiveLogSoftmaxWithLoss``.
+
+The classes are split by cutoffs c_1 < ... < c_n into a head [0, c_1) and tail clusters
+[c_i, c_{i+1}). The head softmax runs over the head classes plus one entry per cluster;
+each cluster has its own softmax over its classes, computed from a projection of the
+features whose width shrinks by ``div_value`` per cluster:
+
+    p(k) = p_head(k)                         for k in the head
+    p(k) = p_head(cluster i) p_i(k | i)      for k in cluster i
+
+Training evaluates only the clusters the batch's targets fall in. The class order matters:
+adaptive softmax pays off when the first classes are the frequent ones.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from torch import Tensor, nn
+
+from softmaxlab.errors import UserError
+from softmaxlab.heads.base import HEADS, Head, at_least_float32
+
+if TYPE_CHECKING:
+    from softmaxlab.config import HeadConfig
+
+
+def default_cutoffs(num_classes: int) -> list[int]:
+    """Cutoffs at K/20 and K/4 (those that fall inside 1..K-1), else K/2.
+
+    >>> default_cutoffs(100_000), default_cutoffs(100), default_cutoffs(10), default_cutoffs(2)
+    ([5000, 25000], [5, 25], [2], [1])
+    """
+    k = num_classes
+    cuts = sorted({c for c in (k // 20, k // 4) if 0 < c < k})
+    return cuts or [max(1, k // 2)]
+
+
+@HEADS.register("adaptive")
+class AdaptiveSoftmaxHead(Head):
+    """Adaptive softmax (torch AdaptiveLogSoftmaxWithLoss): head + shrinking tail clusters for many classes.
+
+    Cutoffs from ``head.cutoffs`` or :func:`default_cutoffs`; projections shrink by 4 per
+    cluster (less for tiny feature sizes). The scores are the features (the module needs them and the targets to pick
+    clusters); loss = -mean log p(y) from the module's forward, log-probabilities for the
+    metrics from its ``log_prob`` over all classes. torch's implementation asks the host
+    which samples fall in each cluster (a sync per cluster per step).
+    """
+
+    uses_fc = False
+
+    def __init__(
+        self, in_features: int, num_classes: int, cfg: HeadConfig | None = None, coarse_of: Tensor | None = None
+    ) -> None:
+        super().__init__(in_features, num_classes, cfg, coarse_of)
+        cutoffs = self.cfg.cutoffs or default_cutoffs(num_classes)
+        if cutoffs[-1] > num_classes - 1:
+            raise UserError(
+                f"head.cutoffs {cutoffs} must stay below the {num_classes} classes; "
+                f"set head.cutoffs to increasing values under {num_classes} (or leave it unset)"
+            )
+        self.cutoffs = list(cutoffs)
+        # Cluster i projects the features to F // div^i dimensions: 4 as in the paper, less when
+        # F is too small for every cluster to keep at least one dimension.
+        div_value = min(4.0, float(max(1, math.floor(in_features ** (1 / len(self.cutoffs))))))
+        self.asm = nn.AdaptiveLogSoftmaxWithLoss(
+            in_features, num_classes, self.cutoffs, div_value=div_value, head_bias=True
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        """The (B, F) features themselves; the module's layers are applied in loss / log_probs."""
+        return features
+
+    def loss(self, scores: Tensor, target: Tensor) -> Tensor:
+        """-mean log p(y), evaluating the head and only the clusters that hold targets."""
+        return self.asm(scores, target).loss
+
+    def log_probs(self, scores: Tensor) -> Tensor:
+        """(B, K) log p(k) for every class (``AdaptiveLogSoftmaxWithLoss.log_prob``), in at least float32."""
+        return at_least_float32(self.asm.log_prob(scores))

@@ -1,0 +1,115 @@
+"""Gumbel-softmax: a differentiable sample of a categorical distribution (Jang et al., 2017).
+
+With logits z, Gumbel noise g_k = -log(-log u_k), u_k ~ U(0, 1), and a temperature tau > 0,
+
+    y_soft = softmax((z + g) / tau)
+
+is a point of the simplex that tends to a one-hot sample of softmax(z) as tau -> 0. The
+straight-through variant outputs y_hard = one_hot(argmax y_soft) in the forward pass and
+uses the gradient of y_soft: y = y_hard - stop_grad(y_soft) + y_soft.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from softmaxlab.heads.base import HEADS, Head, at_least_float32
+
+if TYPE_CHECKING:
+    from softmaxlab.config import HeadConfig
+
+
+def gumbel_noise(like: Tensor) -> Tensor:
+    """Standard Gumbel noise shaped like ``like``: -log(E), E ~ Exp(1) (as torch draws it)."""
+    return -torch.empty_like(like, memory_format=torch.legacy_contiguous_format).exponential_().log()
+
+
+def gumbel_softmax_sample(z: Tensor, tau: float | Tensor, hard: bool = False, noise: Tensor | None = None) -> Tensor:
+    """(B, K) sample y_soft = softmax((z + g) / tau), or the straight-through one-hot if ``hard``.
+
+    With ``noise=None`` the noise is drawn as ``torch.nn.functional.gumbel_softmax`` draws
+    it, so both give the same sample from the same random state.
+    """
+    g = gumbel_noise(z) if noise is None else noise
+    y_soft = torch.softmax((z + g) / tau, dim=-1)
+    return straight_through(y_soft) if hard else y_soft
+
+
+def straight_through(y_soft: Tensor) -> Tensor:
+    """y_hard - stop_grad(y_soft) + y_soft: one-hot arg max forward, gradient of y_soft backward."""
+    y_hard = torch.zeros_like(y_soft).scatter_(-1, y_soft.argmax(dim=-1, keepdim=True), 1.0)
+    return y_hard - y_soft.detach() + y_soft
+
+
+def annealed_tau(step: int, tau0: float, tau_min: float, rate: float) -> float:
+    """tau = max(tau_min, tau0 * exp(-rate * step)); a pure function of the step.
+
+    >>> [round(annealed_tau(step, 1.0, 0.1, 1e-3), 4) for step in (0, 1000, 10**6)]
+    [1.0, 0.3679, 0.1]
+    """
+    return max(tau_min, tau0 * math.exp(-rate * step))
+
+
+@HEADS.register("gumbel")
+class GumbelSoftmaxHead(Head):
+    """Gumbel-softmax sample softmax((z+g)/tau) in training (NLL); softmax(z/tau) at evaluation.
+
+    Training: the scores are the noisy tempered logits s = (z + g) / tau, so softmax(s) is
+    the soft sample y_soft and the loss is its negative log-likelihood
+    L = -log y_soft_y = cross_entropy(s, y). Evaluation: no noise, s = z / tau and
+    p = softmax(z / tau).
+
+    ``head.tau`` is tau0; with ``head.tau_schedule: exponential`` it anneals as
+    tau = max(tau_min, tau0 * exp(-anneal_rate * step)), updated before every step and
+    logged each epoch as ``tau``. tau is a buffer, so a saved model evaluates with the
+    annealed value.
+
+    ``head.hard`` makes :meth:`sample` return the straight-through one-hot sample (what a
+    downstream layer would consume). The loss still uses the soft sample, because the log
+    of a one-hot vector is 0 or -inf; so for this classification loss the hard and soft
+    variants have the same gradients and the same predictions (argmax y_hard = argmax y_soft).
+    """
+
+    applies_softmax = True
+
+    def __init__(
+        self, in_features: int, num_classes: int, cfg: HeadConfig | None = None, coarse_of: Tensor | None = None
+    ) -> None:
+        super().__init__(in_features, num_classes, cfg, coarse_of)
+        self.tau0 = self.cfg.tau
+        self.hard = self.cfg.hard
+        self.register_buffer("tau", torch.tensor(self.tau0))
+
+    def step_update(self, step: int, total_steps: int) -> None:
+        """Anneal tau (a device-side fill, no host sync)."""
+        if self.cfg.tau_schedule == "exponential":
+            self.tau.fill_(annealed_tau(step, self.tau0, self.cfg.tau_min, self.cfg.anneal_rate))
+
+    def forward(self, features: Tensor) -> Tensor:
+        """(B, F) -> (B, K): (z + g) / tau when training, z / tau when evaluating."""
+        z = self.fc(features)
+        if self.training:
+            z = z + gumbel_noise(z)
+        return z / self.tau.to(z.dtype)
+
+    def sample(self, scores: Tensor) -> Tensor:
+        """The (B, K) sample behind training scores: y_soft, or the straight-through y_hard."""
+        y_soft = torch.softmax(scores, dim=-1)
+        return straight_through(y_soft) if self.hard else y_soft
+
+    def loss(self, scores: Tensor, target: Tensor) -> Tensor:
+        """L = -log softmax(s)_y: NLL of the soft sample (training) or of softmax(z / tau)."""
+        return F.cross_entropy(scores, target)
+
+    def log_probs(self, scores: Tensor) -> Tensor:
+        """log softmax(s): of the noiseless softmax(z / tau) when the head is in eval mode."""
+        return F.log_softmax(at_least_float32(scores), dim=-1)
+
+    def epoch_record(self) -> dict[str, Any]:
+        """The current tau (one host read per epoch)."""
+        return {"tau": self.tau.item()}

@@ -1,0 +1,169 @@
+"""Two-level hierarchical softmax over a class tree of groups (coarse classes) and classes.
+
+Every fine class k belongs to one group g(k). With group logits c = V f + d (B, G) and class
+logits z = W f + b (B, K),
+
+    p(k | x) = p(g(k) | x) * p(k | g(k), x)
+             = softmax(c)_{g(k)} * exp(z_k) / sum_{j : g(j) = g(k)} exp(z_j)
+
+The loss -log p(y | x) needs only the G group logits and the logits of the classes in the
+target's group: O(G + M) dot products per image instead of K (M = the largest group), about
+2 sqrt(K) for balanced groups. The groups are laid out as a padded (G, M) table of class
+indices, so both the loss and the full distribution are a few gathers and a masked
+log-sum-exp, with no Python loop over samples or groups.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from softmaxlab.heads.base import HEADS, Head, at_least_float32
+
+if TYPE_CHECKING:
+    from softmaxlab.config import HeadConfig
+
+
+def balanced_groups(num_classes: int, num_groups: int | None = None) -> Tensor:
+    """(K,) group of each class: contiguous runs of sizes differing by at most 1.
+
+    ``num_groups`` defaults to round(sqrt(K)).
+
+    >>> balanced_groups(10).tolist()
+    [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    """
+    g = num_groups or max(1, round(math.sqrt(num_classes)))
+    return torch.arange(num_classes) * g // num_classes
+
+
+def group_table(group_of: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The padded layout of the groups of ``group_of`` (K,) with ids 0..G-1.
+
+    Returns ``members`` (G, M) long, the classes of each group padded with class 0,
+    ``valid`` (G, M) bool, False on the padding, and ``position`` (K,) long, the column of
+    each class in its group's row.
+
+    >>> members, valid, position = group_table(torch.tensor([1, 0, 1, 1]))
+    >>> members.tolist(), valid.tolist(), position.tolist()
+    ([[1, 0, 0], [0, 2, 3]], [[True, False, False], [True, True, True]], [0, 0, 1, 2])
+    """
+    k = group_of.shape[0]
+    num_groups = int(group_of.max()) + 1
+    counts = torch.bincount(group_of, minlength=num_groups)  # (G,)
+    order = torch.argsort(group_of, stable=True)  # classes sorted by group
+    starts = counts.cumsum(0) - counts  # (G,) first sorted index of each group
+    position = torch.empty(k, dtype=torch.long)
+    position[order] = torch.arange(k) - starts[group_of[order]]
+    members = torch.zeros(num_groups, int(counts.max()), dtype=torch.long)
+    valid = torch.zeros(num_groups, int(counts.max()), dtype=torch.bool)
+    members[group_of, position] = torch.arange(k)
+    valid[group_of, position] = True
+    return members, valid, position
+
+
+def hierarchical_log_probs(
+    coarse_logits: Tensor, logits: Tensor, group_of: Tensor, members: Tensor, valid: Tensor
+) -> Tensor:
+    """(B, K) log p(k) = log_softmax(c)_{g(k)} + z_k - logsumexp_{j in g(k)} z_j.
+
+    ``coarse_logits`` (B, G), ``logits`` (B, K); the group layout from :func:`group_table`.
+    """
+    log_pg = F.log_softmax(coarse_logits, dim=-1)  # (B, G)
+    in_group = logits[:, members].masked_fill(~valid, float("-inf"))  # (B, G, M)
+    lse = torch.logsumexp(in_group, dim=-1)  # (B, G)
+    return log_pg[:, group_of] + logits - lse[:, group_of]
+
+
+@HEADS.register("hierarchical")
+class HierarchicalSoftmaxHead(Head):
+    """Two-level softmax p(class) = p(group) p(class | group); groups = coarse labels or ~sqrt(K).
+
+    The groups are the dataset's coarse classes when it has them (``shapes``: the shape;
+    CIFAR-100: the 20 superclasses), otherwise a balanced split of the classes into about
+    sqrt(K) contiguous groups. Loss = -log p(y) = -log p(g(y)) - log p(y | g(y)), which
+    evaluates only the group logits and the target group's class logits.
+
+    The scores are the features: the loss picks the rows of the output layer it needs.
+    :meth:`coarse_accuracy` measures the group prediction arg max_g p(g); in evaluation mode
+    the loss also tallies it on the device, and ``fit`` logs the tally of the validation
+    pass each epoch as ``val_coarse_acc``.
+    """
+
+    def __init__(
+        self, in_features: int, num_classes: int, cfg: HeadConfig | None = None, coarse_of: Tensor | None = None
+    ) -> None:
+        super().__init__(in_features, num_classes, cfg, coarse_of)
+        if coarse_of is not None:
+            coarse_of = torch.as_tensor(coarse_of, dtype=torch.long)
+            if coarse_of.shape != (num_classes,):
+                raise ValueError(f"coarse_of must have shape ({num_classes},), got {tuple(coarse_of.shape)}")
+            group_of = torch.unique(coarse_of, return_inverse=True)[1]  # ids 0..G-1, order kept
+        else:
+            group_of = balanced_groups(num_classes)
+        members, valid, position = group_table(group_of)
+        # Buffers follow the head to its device and go into the saved weights, so loading
+        # weights into a head built with another hierarchy fails loudly (shape mismatch).
+        self.register_buffer("group_of", group_of)  # (K,)
+        self.register_buffer("members", members)  # (G, M)
+        self.register_buffer("valid", valid)  # (G, M)
+        self.register_buffer("position", position)  # (K,)
+        self.num_groups = members.shape[0]
+        self.coarse = nn.Linear(in_features, self.num_groups)
+        self._coarse_tally: Tensor | None = None  # (2,) correct, seen, in evaluation mode
+
+    def forward(self, features: Tensor) -> Tensor:
+        """The (B, F) features themselves; the layers are applied in :meth:`loss` / :meth:`log_probs`."""
+        return features
+
+    def loss(self, scores: Tensor, target: Tensor) -> Tensor:
+        """-mean log p(y): group log-softmax plus a log-softmax over the target's group only."""
+        f = scores
+        log_pg = F.log_softmax(at_least_float32(self.coarse(f)), dim=-1)  # (B, G)
+        group = self.group_of[target]  # (B,)
+        rows = self.members[group]  # (B, M) classes of each sample's target group
+        w = self.fc.weight[rows]  # (B, M, F)
+        z = torch.bmm(w, f.unsqueeze(-1)).squeeze(-1) + self.fc.bias[rows]  # (B, M)
+        z = at_least_float32(z).masked_fill(~self.valid[group], float("-inf"))
+        z_y = z.gather(1, self.position[target, None]).squeeze(1)  # (B,)
+        log_p = log_pg.gather(1, group[:, None]).squeeze(1) + z_y - torch.logsumexp(z, dim=-1)
+        if not self.training:
+            self._tally(log_pg, group)
+        return -log_p.mean()
+
+    def log_probs(self, scores: Tensor) -> Tensor:
+        """(B, K) log p(k) for every class (see :func:`hierarchical_log_probs`)."""
+        c = at_least_float32(self.coarse(scores))
+        z = at_least_float32(self.fc(scores))
+        return hierarchical_log_probs(c, z, self.group_of, self.members, self.valid)
+
+    def coarse_log_probs(self, scores: Tensor) -> Tensor:
+        """(B, G) log p(group)."""
+        return F.log_softmax(at_least_float32(self.coarse(scores)), dim=-1)
+
+    def coarse_accuracy(self, scores: Tensor, target: Tensor) -> Tensor:
+        """Fraction of samples whose group arg max_g p(g) is the target's group (0-d tensor)."""
+        hit = self.coarse_log_probs(scores).argmax(dim=-1) == self.group_of[target]
+        return hit.float().mean()
+
+    def _tally(self, log_pg: Tensor, group: Tensor) -> None:
+        hits = (log_pg.argmax(dim=-1) == group).sum()
+        batch = torch.stack([hits, torch.full_like(hits, group.shape[0])])  # no host-device copy
+        self._coarse_tally = batch if self._coarse_tally is None else self._coarse_tally + batch
+
+    def train(self, mode: bool = True) -> HierarchicalSoftmaxHead:
+        """Entering training mode drops the evaluation tally (so each epoch's starts afresh)."""
+        if mode:
+            self._coarse_tally = None
+        return super().train(mode)
+
+    def epoch_record(self) -> dict[str, Any]:
+        """Coarse accuracy over the samples evaluated since training last ran (one host read)."""
+        if self._coarse_tally is None:
+            return {}
+        correct, seen = self._coarse_tally.tolist()
+        self._coarse_tally = None
+        return {"val_coarse_acc": correct / max(seen, 1)}

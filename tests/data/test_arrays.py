@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+
+from softmaxlab.config import DataConfig
+from softmaxlab.data import load_data
+from softmaxlab.errors import UserError
+
+
+def arrays(n=60, h=8, w=8, c=3, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"x": rng.integers(0, 256, (n, h, w, c), dtype=np.uint8), "y": np.arange(n) % k}
+
+
+def save(tmp_path, **arrs):
+    path = tmp_path / "data.npz"
+    np.savez(path, **arrs)
+    return path
+
+
+def load(path, **kw):
+    return load_data(DataConfig(name="npz", root=str(path), **{"image_size": 8, **kw}))
+
+
+def test_npz_splits_and_layout(tmp_path):
+    a = arrays()
+    data = load(save(tmp_path, **a, classes=np.array(["ant", "bee", "cow"])))
+    assert data.classes == ["ant", "bee", "cow"]
+    # test_fraction 0.2 of 60 = 12, then val_fraction 0.1 of the 48 left ~ 5, stratified.
+    assert (len(data.train), len(data.val), len(data.test)) == (43, 5, 12)
+    assert torch.bincount(data.test.y).tolist() == [4, 4, 4]
+    # NHWC in the file -> NCHW in memory, each image with its own label.
+    x = torch.from_numpy(a["x"]).permute(0, 3, 1, 2)
+    for split in (data.train, data.val, data.test):
+        for img, label in zip(split.x[:5], split.y[:5], strict=True):
+            i = next(i for i in range(60) if torch.equal(x[i], img))
+            assert a["y"][i] == label
+
+
+def test_npz_test_arrays_are_the_test_split(tmp_path):
+    a, t = arrays(), arrays(n=9, seed=1)
+    data = load(save(tmp_path, **a, x_test=t["x"], y_test=t["y"]))
+    assert len(data.test) == 9 and len(data.train) + len(data.val) == 60
+    assert torch.equal(data.test.x, torch.from_numpy(t["x"]).permute(0, 3, 1, 2))
+    assert data.classes == ["0", "1", "2"]
+
+
+def test_npz_grayscale_and_resize(tmp_path):
+    a = arrays(h=12, w=12)
+    data = load(save(tmp_path, x=a["x"][..., 0], y=a["y"]))
+    assert data.image_shape == (1, 8, 8)
+
+
+def test_npz_split_is_deterministic_from_data_seed(tmp_path):
+    path = save(tmp_path, **arrays())
+    a, b, c = load(path), load(path), load(path, seed=1)
+    assert torch.equal(a.val.x, b.val.x) and torch.equal(a.test.x, b.test.x)
+    assert not torch.equal(a.test.x, c.test.x)
+
+
+A = arrays()
+
+
+@pytest.mark.parametrize(
+    ("arrs", "error"),
+    [
+        ({"x": A["x"].astype(np.float32), "y": A["y"]}, r"array 'x' .* uint8 images of shape \(N, H, W, C\).*astype"),
+        ({"x": A["x"][:, :, :, :, None], "y": A["y"]}, r"array 'x' .*\(N, H, W, C\), got uint8 \(60, 8, 8, 3, 1\)"),
+        ({"x": A["x"], "y": A["y"][:50]}, r"array 'y' .*integer labels of shape \(60,\)"),
+        ({"x": A["x"], "y": A["y"].astype(np.float32)}, r"array 'y' .*integer labels"),
+        ({"x": A["x"]}, r"no array 'y'"),
+        ({"x": A["x"], "y": A["y"], "x_val": A["x"]}, r"unexpected arrays \['x_val'\]"),
+        ({**A, "x_test": A["x"][:, :4], "y_test": A["y"]}, r"array 'x_test' .*shape \(N, 8, 8, 3\) like x"),
+        ({**A, "x_test": A["x"]}, r"both x_test and y_test"),
+        ({**A, "classes": np.array(["a", "b"])}, r"array 'y' .*labels outside 0\.\.1"),
+        ({**A, "classes": np.array([["a", "b", "c"]])}, r"array 'classes' .*strings of shape \(K,\)"),
+        ({"x": A["x"], "y": np.zeros(60, int)}, r"single class"),
+        ({**A, "classes": np.array(["a", "b", "c"], dtype=object)}, r"object array.*dtype=str"),
+    ],
+)
+def test_npz_mismatches_are_user_errors(tmp_path, arrs, error):
+    with pytest.raises(UserError, match=error):
+        load(save(tmp_path, **arrs))
+
+
+def test_npz_missing_or_unreadable_file(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load(tmp_path / "nope.npz")
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    with pytest.raises(UserError, match=r"not a readable \.npz"):
+        load(tmp_path / "bad.npz")
+    with pytest.raises(UserError, match=r"data\.root is not set"):
+        load_data(DataConfig(name="npz"))
+
+
+def test_real_intel_arrays(files):
+    path = files.shared / "intel64-train.npz"
+    if not path.is_file():
+        pytest.skip(f"real data not available: {path} is absent (../shared/data holds it on project machines)")
+    data = load(path, image_size=64)
+    assert data.classes == ["buildings", "forest", "glacier", "mountain", "sea", "street"]
+    assert len(data.train) + len(data.val) + len(data.test) == 8741
+    assert data.image_shape == (3, 64, 64)
+    mean, _ = data.channel_stats()
+    assert all(0.3 < m < 0.6 for m in mean)

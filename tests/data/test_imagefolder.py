@@ -1,0 +1,235 @@
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from softmaxlab.config import DataConfig, load_config
+from softmaxlab.data import imagefolder, load_data
+from softmaxlab.errors import UserError
+
+
+def load(root, **kw):
+    return load_data(DataConfig(name="imagefolder", root=str(root), **{"image_size": 8, **kw}))
+
+
+def no_decoding(monkeypatch):
+    def fail(path, size):
+        raise AssertionError(f"decoded {path} although the cache should hold it")
+
+    monkeypatch.setattr(imagefolder, "decode_image", fail)
+
+
+def test_flat_tree_is_split_deterministically(tmp_path, files):
+    files.tree(tmp_path / "tree", per_class=10)
+    data = load(tmp_path / "tree")
+    assert data.classes == ["cat", "dog", "eel"]
+    assert (len(data.train), len(data.val), len(data.test)) == (22, 2, 6)
+    assert torch.bincount(data.test.y).tolist() == [2, 2, 2]
+    assert data.image_shape == (3, 8, 8) and data.train.x.dtype == torch.uint8
+    # Each image keeps its class colour (red, green, blue dominant) after resizing.
+    for split in (data.train, data.val, data.test):
+        dominant = split.x.float().mean(dim=(2, 3)).argmax(dim=1)
+        assert torch.equal(dominant, split.y)
+    again = load(tmp_path / "tree")
+    assert torch.equal(again.test.x, data.test.x) and torch.equal(again.val.y, data.val.y)
+
+
+def test_image_size_resizes_and_grayscale_becomes_rgb(tmp_path, files):
+    files.tree(tmp_path / "tree")
+    files.image(tmp_path / "tree" / "cat" / "grey.png", (90, 90, 90), size=(31, 17), mode="L")
+    data = load(tmp_path / "tree", image_size=12)
+    assert data.image_shape == (3, 12, 12)
+
+
+def test_train_test_layout(tmp_path, files):
+    files.tree(tmp_path / "t" / "train", per_class=6)
+    files.tree(tmp_path / "t" / "test", per_class=2)
+    data = load(tmp_path / "t")
+    assert len(data.test) == 6 and len(data.train) + len(data.val) == 18
+    assert torch.bincount(data.test.y).tolist() == [2, 2, 2]
+
+
+def test_train_val_test_layout(tmp_path, files):
+    for split, n in (("train", 4), ("val", 3), ("test", 2)):
+        files.tree(tmp_path / "t" / split, per_class=n)
+    data = load(tmp_path / "t")
+    assert (len(data.train), len(data.val), len(data.test)) == (12, 9, 6)
+
+
+def test_train_folder_alone_gets_a_carved_test_split(tmp_path, files):
+    files.tree(tmp_path / "t" / "train", per_class=10)
+    data = load(tmp_path / "t")
+    assert data.classes == ["cat", "dog", "eel"] and len(data.test) == 6
+
+
+def test_kaggle_intel_layout(tmp_path, files):
+    files.tree(tmp_path / "intel" / "seg_train" / "seg_train", per_class=6)
+    files.tree(tmp_path / "intel" / "seg_test" / "seg_test", per_class=1)
+    files.image(tmp_path / "intel" / "seg_pred" / "seg_pred" / "1.jpg", (1, 2, 3))  # unlabelled: ignored
+    data = load(tmp_path / "intel")
+    assert data.classes == ["cat", "dog", "eel"]
+    assert len(data.test) == 3 and len(data.train) + len(data.val) == 18
+
+
+def test_test_folder_with_an_unknown_class_is_refused(tmp_path, files):
+    files.tree(tmp_path / "t" / "train", classes=("cat", "dog"))
+    files.tree(tmp_path / "t" / "test", classes=("cat", "eel"))
+    with pytest.raises(UserError, match=r"class folders that the training folder .* lacks: eel"):
+        load(tmp_path / "t")
+
+
+def test_non_images_and_hidden_entries_are_ignored(tmp_path, files):
+    files.tree(tmp_path / "tree")
+    (tmp_path / "tree" / "cat" / "notes.txt").write_text("hello")
+    (tmp_path / "tree" / "README.md").write_text("top-level files are not classes")
+    files.image(tmp_path / "tree" / ".hidden" / "0.png", (0, 0, 0))
+    files.image(tmp_path / "tree" / "dog" / ".thumb.png", (0, 0, 0))
+    files.image(tmp_path / "tree" / "dog" / "nested" / "deep.png", (30, 200, 30))
+    tree = imagefolder.scan(tmp_path / "tree")
+    assert tree.classes == ["cat", "dog", "eel"] and len(tree.files) == 16
+    assert "dog/nested/deep.png" in tree.files
+
+
+def test_second_load_reads_the_cache_without_decoding(tmp_path, files, monkeypatch):
+    files.tree(tmp_path / "tree")
+    first = load(tmp_path / "tree")
+    cache = tmp_path / "tree" / ".softmaxlab-cache"
+    index = json.loads(next(cache.glob("index-*.json")).read_text())
+    assert index["image_size"] == 8 and len(index["files"]) == 15 and index["bad"] == []
+    assert np.load(next(cache.glob("images-*.npy")), mmap_mode="r").shape == (15, 3, 8, 8)
+    no_decoding(monkeypatch)
+    second = load(tmp_path / "tree")
+    for a, b in ((first.train, second.train), (first.val, second.val), (first.test, second.test)):
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+
+
+def test_cache_is_rebuilt_when_a_file_changes_and_the_stale_one_removed(tmp_path, files):
+    files.tree(tmp_path / "tree")
+    load(tmp_path / "tree")
+    cache = tmp_path / "tree" / ".softmaxlab-cache"
+    old = {p.name for p in cache.iterdir()}
+    changed = tmp_path / "tree" / "cat" / "00.png"
+    files.image(changed, (0, 0, 0))  # same size on disk is possible: the mtime still differs
+    st = changed.stat()
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    load(tmp_path / "tree")
+    new = {p.name for p in cache.iterdir()}
+    assert len(new) == 2 and not (new & old)
+
+
+def test_a_new_image_size_gets_its_own_cache(tmp_path, files, monkeypatch):
+    files.tree(tmp_path / "tree")
+    load(tmp_path / "tree", image_size=8)
+    load(tmp_path / "tree", image_size=10)
+    assert len(list((tmp_path / "tree" / ".softmaxlab-cache").glob("images-*.npy"))) == 2
+    no_decoding(monkeypatch)
+    assert load(tmp_path / "tree", image_size=10).image_shape == (3, 10, 10)
+
+
+def test_cache_dir_and_read_only_root_fallback(tmp_path, files, monkeypatch):
+    files.tree(tmp_path / "tree")
+    load(tmp_path / "tree", cache_dir=str(tmp_path / "elsewhere"))
+    assert list((tmp_path / "elsewhere").glob("index-*.json"))
+    assert not (tmp_path / "tree" / ".softmaxlab-cache").exists()
+    # A read-only root (even to root, which could write anyway): the user cache folder.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    (tmp_path / "tree").chmod(0o555)
+    try:
+        load(tmp_path / "tree")
+    finally:
+        (tmp_path / "tree").chmod(0o755)
+    assert list((tmp_path / "xdg" / "softmaxlab" / "imagefolder").glob("*/index-*.json"))
+    assert not (tmp_path / "tree" / ".softmaxlab-cache").exists()
+
+
+def test_corrupt_files_are_named_or_skipped(tmp_path, files, monkeypatch):
+    files.tree(tmp_path / "tree")
+    (tmp_path / "tree" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (tmp_path / "tree" / "eel" / "empty.png").write_bytes(b"")
+    with pytest.raises(
+        UserError, match=r"2 unreadable image file\(s\) .*dog/broken\.jpg .*eel/empty\.png.*skip_corrupt"
+    ):
+        load(tmp_path / "tree")
+    with pytest.warns(UserWarning, match=r"skipped 2 unreadable image file\(s\).*dog/broken\.jpg"):
+        data = load(tmp_path / "tree", skip_corrupt=True)
+    assert len(data.train) + len(data.val) + len(data.test) == 15
+    no_decoding(monkeypatch)  # the cache remembers the bad files, both ways
+    with pytest.raises(UserError, match="unreadable"):
+        load(tmp_path / "tree")
+    with pytest.warns(UserWarning, match="skipped 2"):
+        load(tmp_path / "tree", skip_corrupt=True)
+
+
+def test_truncated_jpeg_is_unreadable(tmp_path, files):
+    files.tree(tmp_path / "tree")
+    good = (tmp_path / "tree" / "cat" / "01.jpg").read_bytes()
+    (tmp_path / "tree" / "cat" / "01.jpg").write_bytes(good[: len(good) // 2])
+    with pytest.raises(UserError, match=r"1 unreadable image file\(s\).*cat/01\.jpg"):
+        load(tmp_path / "tree")
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        (lambda root, files: None, r"does not exist"),
+        (lambda root, files: root.mkdir(), r"no class folders"),
+        (lambda root, files: files.tree(root, classes=("cat",)), r"single class folder \(cat\)"),
+        (lambda root, files: (files.tree(root), (root / "fox").mkdir()), r"class folder .*fox' holds no images"),
+        (
+            lambda root, files: (root / "cat").mkdir(parents=True) or (root / "cat" / "a.txt").write_text("x"),
+            "no images",
+        ),
+    ],
+)
+def test_bad_trees_are_user_errors(tmp_path, files, make, error):
+    make(tmp_path / "tree", files)
+    with pytest.raises(UserError, match=error):
+        load(tmp_path / "tree")
+
+
+def test_parallel_decoding_matches_sequential(tmp_path, files):
+    files.tree(tmp_path / "tree", per_class=7)
+    tree = imagefolder.scan(tmp_path / "tree")
+    one, many = (np.zeros((21, 3, 8, 8), np.uint8) for _ in range(2))
+    assert imagefolder.decode_tree(tree, 8, one, workers=1) == imagefolder.decode_tree(tree, 8, many, workers=4) == []
+    assert np.array_equal(one, many) and one.any()
+
+
+def test_config_options_only_for_imagefolder():
+    with pytest.raises(UserError, match=r"data\.skip_corrupt.*applies to imagefolder only"):
+        load_config(None, ["data.name=npz", "data.skip_corrupt=true"])
+    cfg = load_config(None, ["data.name=imagefolder", "data.skip_corrupt=true", "data.cache_dir=/tmp/c"])
+    assert cfg.data.skip_corrupt and cfg.data.cache_dir == "/tmp/c"
+
+
+def test_real_intel_jpeg_sample(tmp_path, files):
+    root = files.shared / "intel-jpeg-sample"
+    if not root.is_dir():
+        pytest.skip(f"real data not available: {root} is absent (../shared/data holds it on project machines)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no unreadable files, no cache fallback
+        data = load(root, image_size=32, cache_dir=str(tmp_path / "cache"))
+    assert data.classes == ["buildings", "forest", "glacier", "mountain", "sea", "street"]
+    assert len(data.train) + len(data.val) + len(data.test) == 180
+    assert torch.bincount(data.test.y).tolist() == [6] * 6
+    assert data.image_shape == (3, 32, 32) and data.train.x.float().std() > 30
+
+
+def test_relative_root(tmp_path, files, monkeypatch):
+    files.tree(tmp_path / "tree")
+    monkeypatch.chdir(tmp_path / "tree")
+    data = load(".")
+    assert data.classes == ["cat", "dog", "eel"] and len(data.train) + len(data.val) + len(data.test) == 15
+    assert imagefolder.scan(Path(".")).files[0] == "cat/00.png"
+
+
+def test_progress_bar_on_a_terminal(tmp_path, files, monkeypatch):
+    files.tree(tmp_path / "tree")
+    monkeypatch.setattr(imagefolder.sys.stderr, "isatty", lambda: True, raising=False)
+    tree = imagefolder.scan(tmp_path / "tree")
+    out = np.zeros((15, 3, 8, 8), np.uint8)
+    assert imagefolder.decode_tree(tree, 8, out) == [] and out.any()

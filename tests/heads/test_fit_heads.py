@@ -1,0 +1,72 @@
+"""Every head trains end to end through ``fit``; the pitfalls behave as documented."""
+
+import contextlib
+import json
+import warnings
+
+import pytest
+
+from softmaxlab import runs
+from softmaxlab.data import load_data
+from softmaxlab.errors import DivergedError
+from softmaxlab.heads import HEADS, DoubleSoftmaxWarning
+from softmaxlab.heads.pitfalls import double_softmax_floor
+from softmaxlab.train import fit
+
+from ..conftest import tiny_config
+
+#: Smaller still than the tiny config: one short epoch, so that every head costs about a second.
+SMOKE = ["train.epochs=1", "data.train_size=256", "data.val_size=64", "data.test_size=64"]
+#: Options that exercise each head's extras in the same run.
+EXTRA = {
+    "gumbel": ["head.tau_schedule=exponential", "head.anneal_rate=0.1", "head.tau_min=0.5"],
+    "temperature": ["head.learn_temperature=true", "head.temperature=2.0"],
+}
+
+
+@pytest.fixture(scope="module")
+def smoke_data():
+    return load_data(tiny_config(*SMOKE).data)
+
+
+@pytest.mark.parametrize("name", HEADS.names())
+def test_every_head_fits_end_to_end(name, smoke_data, tmp_path):
+    cfg = tiny_config(*SMOKE, f"head.name={name}", *EXTRA.get(name, []))
+    expect_warning = pytest.warns(DoubleSoftmaxWarning) if name == "double_softmax" else contextlib.nullcontext()
+    with expect_warning:
+        result = fit(cfg, tmp_path / name, data=smoke_data)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["head"] == name
+    assert 0 <= summary["test"]["accuracy"] <= 1 and summary["test"]["nll"] > 0
+    record = runs.read_jsonl(result.run_dir / "metrics.jsonl")[-1]
+    if name == "gumbel":  # 4 steps at rate 0.1: tau = max(0.5, exp(-0.3)) before the last step
+        assert record["tau"] == pytest.approx(0.7408, abs=1e-3)
+    if name == "temperature":
+        assert record["head_temperature"] != pytest.approx(2.0)  # learned
+    if name == "hierarchical":
+        assert 0 <= record["val_coarse_acc"] <= 1
+
+
+def test_double_softmax_learns_clearly_worse_than_softmax_and_warns(tmp_path):
+    # 10 classes: the floor is ln(1 + 9/e) = 1.46 and the second softmax damps every gradient.
+    common = ["data.num_classes=10", "train.epochs=2"]
+    data = load_data(tiny_config(*common).data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DoubleSoftmaxWarning)  # softmax on logits: no warning
+        good = fit(tiny_config(*common), tmp_path / "softmax", data=data)
+    with pytest.warns(DoubleSoftmaxWarning, match="double-softmax"):
+        bad = fit(tiny_config(*common, "head.name=double_softmax"), tmp_path / "double", data=data)
+    assert bad.summary["test"]["accuracy"] < good.summary["test"]["accuracy"] - 0.04
+    good_drop = good.history[0]["train_loss"] - good.history[-1]["train_loss"]
+    bad_drop = bad.history[0]["train_loss"] - bad.history[-1]["train_loss"]
+    assert bad_drop < 0.25 * good_drop
+    assert bad.history[-1]["train_loss"] >= double_softmax_floor(10)
+
+
+def test_naive_softmax_with_a_huge_learning_rate_diverges(smoke_data, tmp_path):
+    cfg = tiny_config(*SMOKE, "head.name=naive_softmax", "train.lr=10", "train.schedule=constant")
+    with pytest.raises(DivergedError, match="naive_softmax") as info:
+        fit(cfg, tmp_path / "naive", data=smoke_data)
+    assert info.value.epoch == 1
+    summary = json.loads((tmp_path / "naive" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["head"] == "naive_softmax"
