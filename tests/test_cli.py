@@ -153,3 +153,17 @@ def test_visualize_bad_inputs_exit_2(trained_run, tmp_path):
     bad.write_text("not an image")
     assert_bad_input(invoke("visualize", str(trained_run), str(bad)), "cannot read", "as an image")
     assert_bad_input(invoke("visualize", str(tmp_path), str(bad)), "model.pt", "does not exist")
+
+
+def test_run_with_a_dataset_spec(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "arrays.npz"
+    np.savez(path, x=rng.integers(0, 256, (120, 16, 16, 3), dtype=np.uint8), y=np.arange(120) % 3)
+    out = tmp_path / "r"
+    result = invoke("run", "--data", f"npz:{path}", *sets("data.image_size=16", "train.epochs=1"), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"] == "npz" and len(summary["classes"]) == 3
+    assert_bad_input(invoke("run", "--data", "mnist", "--out", str(tmp_path / "x")), "unknown dataset spec 'mnist'")

@@ -91,3 +91,18 @@ def test_optimizers(tmp_path):
     for opt in ("adam", "adamw"):
         result = fit(tiny_config("train.epochs=1", f"train.optimizer={opt}", "train.lr=3e-3"), tmp_path / opt)
         assert result.summary["test"]["accuracy"] > 0.25
+
+
+def test_non_finite_validation_loss_is_a_divergence(tmp_path, monkeypatch):
+    import softmaxlab.train as train_module
+
+    real = train_module.evaluate
+
+    def nan_loss(*args, **kwargs):
+        return {**real(*args, **kwargs), "loss": float("nan")}
+
+    monkeypatch.setattr(train_module, "evaluate", nan_loss)
+    with pytest.raises(DivergedError, match="non-finite validation loss"):
+        fit(tiny_config("train.epochs=1"), tmp_path / "v")
+    summary = json.loads((tmp_path / "v" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged"]["step"] == -1

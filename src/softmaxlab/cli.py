@@ -7,6 +7,7 @@ is wrong and how to fix it, no traceback), 3 the run diverged (non-finite loss).
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -67,6 +68,10 @@ def run_cmd(
         list[str] | None,
         typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable)."),
     ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Dataset spec: shapes, cifar10, cifar100[:coarse], imagefolder:PATH or npz:PATH."),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<name or timestamp>).")] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a run already in the output directory.")
@@ -74,9 +79,12 @@ def run_cmd(
 ) -> None:
     """Train one experiment and write its run directory."""
     from softmaxlab.config import load_config
+    from softmaxlab.data import parse_data_spec
     from softmaxlab.train import fit
 
-    cfg = load_config(config, set_ or [])
+    # The spec's values are JSON-quoted so a path such as "2024" stays a string; --set wins.
+    spec = [f"data.{k}={json.dumps(v)}" for k, v in parse_data_spec(data).items()] if data else []
+    cfg = load_config(config, [*spec, *(set_ or [])])
     result = fit(cfg, out, overwrite=overwrite, progress=_progress())
     test = result.summary["test"]
     out_console.print(
@@ -138,6 +146,33 @@ def list_cmd(what: Annotated[str, typer.Argument(help="heads, activations, model
     for name in registry.names():
         table.add_row(name, registry.summary(name))
     out_console.print(table)
+
+
+bench_app = typer.Typer(help="Benchmarks of the library's cost.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("heads")
+@_exit_codes
+def bench_heads_cmd(
+    classes: Annotated[str, typer.Option(help="Comma-separated class counts.")] = "10,100,1000,10000,100000",
+    batch: Annotated[int, typer.Option(min=1, help="Samples per step.")] = 256,
+    features: Annotated[int, typer.Option(min=1, help="Feature size F fed to the head.")] = 512,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    heads: Annotated[str | None, typer.Option(help="Comma-separated head names (default: every head).")] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed steps per combination (median reported).")] = 5,
+    out: Annotated[Path, typer.Option(help="Directory for bench-heads.json / .csv / .png.")] = Path("runs/bench-heads"),
+) -> None:
+    """Time each head's forward+backward and peak memory against the number of classes."""
+    from softmaxlab import bench
+
+    ks, names = bench.parse_classes(classes), bench.parse_heads(heads)
+    settings = bench.BenchSettings(batch=batch, features=features, device=device, repeats=repeats)
+    with bench.progress_bar(err_console, len(ks) * len(names)) as on_result:
+        report = bench.bench_heads(ks, names, settings, on_result)
+    paths = bench.write_results(report, out)
+    out_console.print(bench.format_table(report["results"]), highlight=False, soft_wrap=True, markup=False)
+    out_console.print(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -285,6 +285,8 @@ def fit(
                 _diverged(cfg, run_dir, history, epoch, stats["bad_step"], data, device)
             # --- validate
             val = evaluate(model, loaders["val"])
+            if not math.isfinite(val["loss"]):  # e.g. an unstable head overflowing on unseen images
+                _diverged(cfg, run_dir, history, epoch, -1, data, device, "validation loss")
             record = {
                 "epoch": epoch,
                 "train_loss": stats["loss"],
@@ -366,11 +368,12 @@ def _diverged(
     step: int,
     data: ImageData,
     device: torch.device,
+    what: str = "loss",
 ) -> None:
     """Record ``status: diverged`` (keeping the last good weights) and raise."""
     where = f"epoch {epoch}, step {step}" if step >= 0 else f"epoch {epoch}"
     message = (
-        f"training diverged at {where}: non-finite loss with head {cfg.head.name!r} and lr {cfg.train.lr:g}; "
+        f"training diverged at {where}: non-finite {what} with head {cfg.head.name!r} and lr {cfg.train.lr:g}; "
         "lower train.lr or choose a numerically stable head"
     )
     summary = {

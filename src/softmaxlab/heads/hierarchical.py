@@ -16,6 +16,7 @@ log-sum-exp, with no Python loop over samples or groups.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -63,6 +64,67 @@ def group_table(group_of: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     members[group_of, position] = torch.arange(k)
     valid[group_of, position] = True
     return members, valid, position
+
+
+class _GroupLogits(torch.autograd.Function):
+    """z[b, m] = W[rows[b, m]] . f[b] without materialising the (B, M, F) gathered weights on the CPU.
+
+    The straightforward ``torch.bmm(W[rows], f)`` copies B*M rows of W (166 MB for
+    K = 100,000, B = 256, F = 512) and its backward writes an equally large tensor of outer
+    products before scattering it into W's gradient; on a CPU those fresh allocations and
+    copies cost more than the arithmetic. Here the CPU forward is a sampled dense-dense
+    product (``torch.sparse.sampled_addmm`` on the CSR pattern ``rows``), and the backward
+    is dW = A f with A the (K, B) sparse matrix of the output gradients (``torch.sparse.mm``)
+    and df = sum_m g[b, m] W[rows[b, m]] (``F.embedding_bag``). On other devices, where the
+    copies are cheap and sparse kernels may ask the host for sizes, it gathers (no sync).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, f: Tensor, weight: Tensor, rows: Tensor) -> Tensor:
+        b, m = rows.shape  # f (B, F), weight (K, F), rows (B, M)
+        ctx.save_for_backward(f, weight, rows)
+        ctx.sparse = f.device.type == "cpu" and weight.dtype in (torch.float32, torch.float64)
+        if ctx.sparse:
+            crow = torch.arange(0, b * m + 1, m, device=f.device)
+            with warnings.catch_warnings():  # "sparse CSR support is in beta": these two ops are tested
+                warnings.simplefilter("ignore", UserWarning)
+                pattern = torch.sparse_csr_tensor(
+                    crow, rows.reshape(-1), f.new_zeros(b * m), (b, len(weight)), check_invariants=False
+                )
+            return torch.sparse.sampled_addmm(pattern, f, weight.t()).values().view(b, m)
+        return torch.bmm(weight.index_select(0, rows.reshape(-1)).view(b, m, -1), f.unsqueeze(-1)).squeeze(-1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        f, weight, rows = ctx.saved_tensors
+        b, m = rows.shape
+        grad_f = grad_w = None
+        if ctx.sparse:
+            if ctx.needs_input_grad[0]:
+                grad_f = F.embedding_bag(rows, weight, mode="sum", per_sample_weights=grad)  # (B, F)
+            if ctx.needs_input_grad[1]:
+                cols = torch.arange(b, device=f.device).repeat_interleave(m)
+                index = torch.stack([rows.reshape(-1), cols])
+                a = torch.sparse_coo_tensor(index, grad.reshape(-1), (len(weight), b), check_invariants=False)
+                grad_w = torch.sparse.mm(a, f)  # (K, F), padding entries carry zero gradient
+            return grad_f, grad_w, None
+        w = weight.index_select(0, rows.reshape(-1)).view(b, m, -1)  # (B, M, F)
+        if ctx.needs_input_grad[0]:
+            grad_f = torch.bmm(grad.unsqueeze(1), w).squeeze(1)
+        if ctx.needs_input_grad[1]:
+            outer = (grad.unsqueeze(-1) * f.unsqueeze(1)).reshape(b * m, -1)  # (B*M, F)
+            grad_w = torch.zeros_like(weight).index_add_(0, rows.reshape(-1), outer)
+        return grad_f, grad_w, None
+
+
+def group_logits(f: Tensor, weight: Tensor, bias: Tensor, rows: Tensor) -> Tensor:
+    """(B, M) logits z[b, m] = W[rows[b, m]] . f[b] + bias[rows[b, m]] of the classes in ``rows``.
+
+    ``f`` (B, F) is cast to the weight's dtype (the head's layer stays in float32 under AMP).
+    """
+    flat = rows.reshape(-1)
+    z = _GroupLogits.apply(f.to(weight.dtype), weight, rows)
+    return z + bias.index_select(0, flat).view(rows.shape)
 
 
 def hierarchical_log_probs(
@@ -125,8 +187,7 @@ class HierarchicalSoftmaxHead(Head):
         log_pg = F.log_softmax(at_least_float32(self.coarse(f)), dim=-1)  # (B, G)
         group = self.group_of[target]  # (B,)
         rows = self.members[group]  # (B, M) classes of each sample's target group
-        w = self.fc.weight[rows]  # (B, M, F)
-        z = torch.bmm(w, f.unsqueeze(-1)).squeeze(-1) + self.fc.bias[rows]  # (B, M)
+        z = group_logits(f, self.fc.weight, self.fc.bias, rows)  # (B, M)
         z = at_least_float32(z).masked_fill(~self.valid[group], float("-inf"))
         z_y = z.gather(1, self.position[target, None]).squeeze(1)  # (B,)
         log_p = log_pg.gather(1, group[:, None]).squeeze(1) + z_y - torch.logsumexp(z, dim=-1)

@@ -2,6 +2,7 @@
 
 * :func:`feature_map_figure`: one panel per channel of each block's output for one image.
 * :func:`save_png`: write a figure as a PNG atomically.
+* :func:`bench_figure`: the head cost benchmark, time against classes on log-log axes.
 """
 
 from __future__ import annotations
@@ -103,3 +104,29 @@ def save_png(fig: Figure, path: str | Path) -> Path:
     except OSError as exc:
         raise UserError(f"cannot write {str(p)!r}: {exc.strerror or exc}; choose another --out") from None
     return p
+
+
+def bench_figure(results: Sequence[dict], title: str = "head forward+backward") -> Figure:
+    """Log-log plot of the median forward+backward time against the number of classes, one line per head.
+
+    ``results`` are the rows of :func:`softmaxlab.bench.bench_heads` (``head``, ``classes``,
+    ``status``, ``median_ms``); skipped rows are left out of the lines.
+    """
+    fig = Figure(figsize=(7, 4.5), dpi=DPI)
+    ax = fig.add_subplot()
+    heads = list(dict.fromkeys(r["head"] for r in results))
+    for name in heads:
+        points = sorted((r["classes"], r["median_ms"]) for r in results if r["head"] == name and r["status"] == "ok")
+        if points:
+            ks, ms = zip(*points, strict=True)
+            ax.plot(ks, ms, marker="o", markersize=3, label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("classes K")
+    ax.set_ylabel("median forward+backward time (ms)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    if heads:
+        ax.legend(fontsize=7, ncols=2)
+    fig.tight_layout()
+    return fig

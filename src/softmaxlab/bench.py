@@ -1,0 +1,291 @@
+"""Cost of each head: forward+backward time and peak memory against the number of classes.
+
+For every head and class count K, one step is what a training step costs the head::
+
+    f = randn(B, F, requires_grad=True)     # stand-in backbone features (their gradient is computed too)
+    head.zero_grad(set_to_none=True)        # as fit() does
+    head.loss(head(f), randint(K, (B,))).backward()
+
+timed ``repeats`` times after ``warmup`` untimed steps (``torch.cuda.synchronize`` around each
+timed step on CUDA); the median, min and max go into the results. Heads are built by
+:func:`softmaxlab.heads.build_head` with their default options and no class hierarchy, so
+``hierarchical`` uses its balanced split into round(sqrt(K)) groups.
+
+A combination that cannot run (out of memory, a head that rejects that K, ...) becomes a
+row with ``status: "skipped"`` and the reason in ``note``; it never stops the benchmark.
+
+    >>> parse_classes("10, 1000")
+    [10, 1000]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from softmaxlab.errors import UserError
+
+#: Default class counts of ``softmaxlab bench heads``.
+DEFAULT_CLASSES = (10, 100, 1000, 10_000, 100_000)
+#: File names written into the output directory.
+JSON_NAME, CSV_NAME, PNG_NAME = "bench-heads.json", "bench-heads.csv", "bench-heads.png"
+#: Column order of the CSV (and of each JSON result).
+COLUMNS = (
+    "head",
+    "classes",
+    "status",
+    "median_ms",
+    "min_ms",
+    "max_ms",
+    "peak_bytes",
+    "memory_measure",
+    "note",
+)
+
+
+@dataclass
+class BenchSettings:
+    """What every combination shares."""
+
+    batch: int = 256  # B, samples per step
+    features: int = 512  # F, the backbone's feature size
+    device: str = "cpu"  # "cpu" or "cuda"
+    repeats: int = 5  # timed steps per combination (the median is reported)
+    warmup: int = 1  # untimed steps first (allocator, lazy init, kernel selection)
+    seed: int = 0  # seeds the head's initial weights and the random features / targets
+
+
+def parse_classes(text: str) -> list[int]:
+    """``"10,100"`` -> ``[10, 100]``; raises :class:`UserError` unless every item is an integer >= 2."""
+    items = [t.strip() for t in text.split(",")]
+    try:
+        values = [int(t) for t in items]
+    except ValueError:
+        bad = next(t for t in items if not t.lstrip("-").isdigit())
+        raise UserError(f"--classes: {bad!r} is not an integer; give counts like --classes 10,100,1000") from None
+    if any(v < 2 for v in values):
+        raise UserError(f"--classes: every class count must be at least 2, got {text!r}")
+    return values
+
+
+def parse_heads(text: str | None) -> list[str]:
+    """``"softmax,hierarchical"`` -> the names, each checked against the registry; None = every head."""
+    from softmaxlab.heads import HEADS
+
+    if text is None:
+        return list(HEADS.names())
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in HEADS.names()]
+    if unknown or not names:
+        raise UserError(f"--heads: unknown head {unknown[0] if unknown else text!r}; valid: {', '.join(HEADS.names())}")
+    return names
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"--device must be cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+    return torch.device(name)
+
+
+def _saved_bytes_hooks(counted: dict[int, int]) -> torch.autograd.graph.saved_tensors_hooks:
+    """Hooks that record the bytes of each distinct storage autograd saves for the backward pass."""
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.layout == torch.strided:
+            storage = t.untyped_storage()
+            counted[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+
+
+def measure_head(name: str, num_classes: int, s: BenchSettings) -> dict[str, Any]:
+    """Time and memory of one head at ``num_classes`` classes (one result row; see the module doc).
+
+    Peak memory:
+
+    * CUDA: ``torch.cuda.max_memory_allocated`` over the timed steps minus the memory
+      allocated before them (the head's parameters and the inputs are not counted), i.e.
+      the step's own peak: activations, gradients and every transient buffer
+      (``memory_measure: "cuda_peak_allocated"``).
+    * CPU: the bytes of the head's parameters, their gradients and the distinct tensor
+      storages autograd saved for the backward pass during one step, parameters already
+      counted not counted twice (``memory_measure: "params+grads+saved"``). Transient
+      buffers that live and die inside one operation are not included: it is a lower
+      bound of the step's peak, and it is exactly what scales with K for every head.
+    """
+    from softmaxlab.config import HeadConfig
+    from softmaxlab.heads import build_head
+
+    device = _resolve_device(s.device)
+    row: dict[str, Any] = {c: None for c in COLUMNS} | {"head": name, "classes": num_classes}
+    row["memory_measure"] = "cuda_peak_allocated" if device.type == "cuda" else "params+grads+saved"
+    head = None
+    try:
+        torch.manual_seed(s.seed)
+        head = build_head(HeadConfig(name=name), s.features, num_classes).to(device).train()
+        gen = torch.Generator(device=device).manual_seed(s.seed)
+        feats = torch.randn(s.batch, s.features, device=device, generator=gen)
+        target = torch.randint(0, num_classes, (s.batch,), device=device, generator=gen)
+        saved: dict[int, int] = {}
+
+        def step() -> None:
+            head.zero_grad(set_to_none=True)
+            f = feats.detach().requires_grad_(True)
+            with _saved_bytes_hooks(saved):
+                loss = head.loss(head(f), target)
+            loss.backward()
+
+        for i in range(s.warmup):
+            head.step_update(i, s.warmup + s.repeats)
+            step()
+        times = []
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+        for i in range(s.repeats):
+            head.step_update(s.warmup + i, s.warmup + s.repeats)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+        if device.type == "cuda":
+            row["peak_bytes"] = torch.cuda.max_memory_allocated(device) - before
+        else:
+            params = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in head.parameters()}
+            grads = sum(p.grad.untyped_storage().nbytes() for p in head.parameters() if p.grad is not None)
+            activations = sum(v for k, v in saved.items() if k not in params)
+            row["peak_bytes"] = sum(params.values()) + grads + activations
+        row |= {
+            "status": "ok",
+            "median_ms": 1000 * statistics.median(times),
+            "min_ms": 1000 * min(times),
+            "max_ms": 1000 * max(times),
+        }
+    except (RuntimeError, MemoryError, ValueError, UserError) as exc:  # OOM is a RuntimeError
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        row |= {"status": "skipped", "note": f"{type(exc).__name__}: {message}"[:300]}
+    finally:
+        head = None  # free the 100,000-class layers before the next combination
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def bench_heads(
+    classes: Sequence[int] = DEFAULT_CLASSES,
+    heads: Sequence[str] | None = None,
+    settings: BenchSettings | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Measure every head in ``heads`` (default: all registered) at every class count.
+
+    Returns ``{"settings": ..., "env": ..., "results": [row, ...]}`` with one row per
+    (class count, head), class counts in the outer loop; ``on_result`` is called after each
+    row (a progress bar).
+    """
+    s = settings or BenchSettings()
+    names = list(heads) if heads is not None else parse_heads(None)
+    _resolve_device(s.device)
+    results = []
+    for k in classes:
+        for name in names:
+            row = measure_head(name, k, s)
+            results.append(row)
+            if on_result is not None:
+                on_result(row)
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    if s.device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name()
+    return {"settings": asdict(s), "env": env, "results": results}
+
+
+@contextlib.contextmanager
+def progress_bar(console: Console, total: int) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """An ``on_result`` callback that advances a rich bar on a terminal; silent otherwise (logs, CI)."""
+    if not (console.is_terminal and sys.stderr.isatty()):
+        yield lambda row: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import Progress as RichBar
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with RichBar(*columns, TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("bench heads", total=total)
+
+        def advance(row: dict[str, Any]) -> None:
+            bar.update(task, advance=1, description=f"bench heads: {row['head']} K={row['classes']:,}")
+
+        yield advance
+
+
+def to_csv(results: Sequence[dict[str, Any]]) -> str:
+    """The result rows as CSV text with the :data:`COLUMNS` header."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in results:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in COLUMNS})
+    return buf.getvalue()
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table: one line per head, the median ms at each class count (``skip`` when skipped)."""
+    classes = sorted({r["classes"] for r in results})
+    heads = list(dict.fromkeys(r["head"] for r in results))
+    cell = {(r["head"], r["classes"]): r for r in results}
+    width = max([len("head"), *map(len, heads)])
+    lines = [f"{'median ms':<{width}} " + " ".join(f"{'K=' + format(k, ','):>11}" for k in classes)]
+    for name in heads:
+        cells = []
+        for k in classes:
+            r = cell.get((name, k))
+            cells.append("" if r is None else "skip" if r["status"] != "ok" else f"{r['median_ms']:.2f}")
+        lines.append(f"{name:<{width}} " + " ".join(f"{c:>11}" for c in cells))
+    largest = classes[-1] if classes else None
+    peaks = [cell.get((n, largest)) for n in heads]
+    if largest is not None and any(r and r["peak_bytes"] for r in peaks):
+        lines.append(
+            f"peak MB at K={largest:,}: "
+            + ", ".join(
+                f"{r['head']} {r['peak_bytes'] / 2**20:.1f}" for r in peaks if r and r["peak_bytes"] is not None
+            )
+        )
+    skipped = [r for r in results if r["status"] != "ok"]
+    lines += [f"skipped {r['head']} at K={r['classes']}: {r['note']}" for r in skipped]
+    return "\n".join(lines)
+
+
+def write_results(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Write ``bench-heads.json``, ``bench-heads.csv`` and ``bench-heads.png`` into ``out_dir`` (atomically)."""
+    from softmaxlab import runs
+    from softmaxlab.report.figures import bench_figure, save_png
+
+    out = Path(out_dir)
+    paths = {"json": out / JSON_NAME, "csv": out / CSV_NAME, "png": out / PNG_NAME}
+    try:
+        runs.atomic_write_json(paths["json"], report)
+        runs.atomic_write_text(paths["csv"], to_csv(report["results"]))
+    except OSError as exc:
+        raise UserError(f"cannot write into {str(out)!r}: {exc.strerror or exc}; choose another --out") from None
+    s = report["settings"]
+    title = f"head forward+backward, batch {s['batch']}, {s['features']} features, {s['device']}"
+    save_png(bench_figure(report["results"], title), paths["png"])
+    return paths
