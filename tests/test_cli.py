@@ -167,3 +167,11 @@ def test_run_with_a_dataset_spec(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dataset"] == "npz" and len(summary["classes"]) == 3
     assert_bad_input(invoke("run", "--data", "mnist", "--out", str(tmp_path / "x")), "unknown dataset spec 'mnist'")
+
+
+def test_warnings_are_one_line(tmp_path):
+    result = invoke("run", *sets("train.epochs=1", "head.name=double_softmax"), "--out", str(tmp_path / "d"))
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "double-softmax pitfall" in warning[0]
+    assert ".py:" not in result.stderr  # no source file and line

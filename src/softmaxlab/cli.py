@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -34,6 +35,11 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    """Warnings as one line on stderr (``warning: ...``), without the source file and line."""
+    err_console.print(f"warning: {message}", highlight=False, soft_wrap=True, markup=False)
+
+
 def _exit_codes(command: F) -> F:
     """Map the library's exceptions to exit codes: UserError -> 2, DivergedError -> 3.
 
@@ -43,7 +49,9 @@ def _exit_codes(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return command(*args, **kwargs)
         except UserError as exc:
             err_console.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(EXIT_BAD_INPUT) from None
