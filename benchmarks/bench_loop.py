@@ -38,7 +38,7 @@ from softmaxlab.data import ImageData
 from softmaxlab.diagnostics import Diagnostics
 from softmaxlab.models import build_model
 from softmaxlab.progress import Progress
-from softmaxlab.train import build_optimizer, lr_factor, make_loaders, seed_everything, train_one_epoch
+from softmaxlab.train import Stepper, build_optimizer, lr_factor, make_loaders, seed_everything, train_one_epoch
 
 
 def _timed(device: torch.device, run: Callable[[], int]) -> float:
@@ -64,13 +64,14 @@ def fit_loop(
     opt = build_optimizer(model, cfg.train)
     total = epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, "onecycle", 0.2))
+    stepper = Stepper(opt, sched, cfg.train.precision, diag)
     state = {"epoch": 0}
 
     def run() -> int:
         state["epoch"] += 1
         loader.set_epoch(state["epoch"])
         first = (state["epoch"] - 1) * len(loader)
-        images = train_one_epoch(model, loader, opt, sched, Progress(), first, total, diag)["images"]
+        images = train_one_epoch(model, loader, stepper, Progress(), first, total)["images"]
         if diag is not None:
             diag.epoch_record()  # the once-per-epoch read of the norms + activation_stats
         return images

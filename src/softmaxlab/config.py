@@ -99,7 +99,9 @@ class ModelConfig(_Section):
     """The backbone: images -> features."""
 
     name: str = "simple_cnn"  # registry name (`softmaxlab list models`)
-    widths: list[int] = [32, 64, 128]  # simple_cnn: output channels of each conv block
+    # Output channels of each block (one block per entry); unset = the model's own default, written
+    # out when validated so the resolved config shows it: simple_cnn [32, 64, 128], resnet12 [64, 160, 320, 640].
+    widths: list[int] = Field(None, validate_default=True)
     activation: str = "relu"  # registry name (`softmaxlab list activations`)
     # The softmax activations (softmax_h, softmax_w, softmax_hw, softmax_c) only:
     activation_temperature: float = Field(1.0, gt=0)  # T: the input is divided by T before the softmax
@@ -135,6 +137,16 @@ class ModelConfig(_Section):
             )
         if info.field_name == "softmax_blocks" and v is not None and (not v or min(v) < 0 or len(set(v)) != len(v)):
             raise ValueError("must be a non-empty list of distinct 0-based block indices")
+        return v
+
+    @field_validator("widths", mode="before")
+    @classmethod
+    def _model_default_widths(cls, v: Any, info: ValidationInfo) -> Any:
+        # `name` is validated first (field order), so it is in info.data when it was valid.
+        if v is None and "name" in info.data:
+            from softmaxlab.models.base import default_widths
+
+            return default_widths(info.data["name"])
         return v
 
     @field_validator("widths")
@@ -205,6 +217,16 @@ class TrainConfig(_Section):
     warmup_fraction: float = Field(0.2, ge=0, lt=1)  # onecycle: share of steps warming up
     seed: int = 0  # python, numpy, torch and loader seeds
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+    # Mixed precision: "32" = float32; "bf16" = bfloat16 autocast (CPU or CUDA); "16" = float16
+    # autocast with dynamic loss scaling (CUDA only). Heads normalise in float32 either way.
+    precision: Literal["32", "bf16", "16"] = "32"
+    channels_last: bool = False  # NHWC memory layout for model and batches (faster convolutions on recent GPUs)
+    compile: bool = False  # torch.compile the model (first epoch pays the compilation)
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # YAML reads 16 and 32 as numbers
 
 
 class DiagnosticsConfig(_Section):

@@ -151,7 +151,7 @@ class Diagnostics:
         self.grad_norms = GradNorms(model) if cfg.enabled else None
 
     def after_backward(self) -> None:
-        """Called by ``train_one_epoch`` after each ``loss.backward()``."""
+        """Called by the training step (:class:`softmaxlab.train.Stepper`) after each backward."""
         if self.grad_norms is not None:
             self.grad_norms.update()
 

@@ -36,7 +36,7 @@ from softmaxlab import runs
 from softmaxlab.config import Config, TrainConfig
 from softmaxlab.data import ImageData, Normalize, TensorLoader, load_data
 from softmaxlab.diagnostics import Diagnostics
-from softmaxlab.errors import DivergedError
+from softmaxlab.errors import DivergedError, UserError
 from softmaxlab.heads import Head
 from softmaxlab.heads.check import warn_if_probabilities
 from softmaxlab.metrics import classification_metrics
@@ -66,8 +66,6 @@ def seed_everything(seed: int) -> None:
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a UserError."""
-    from softmaxlab.errors import UserError
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -117,7 +115,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 def make_loaders(data: ImageData, cfg: Config, device: torch.device) -> dict[str, TensorLoader]:
     """Loaders over the uint8 splits on ``device``; normalisation statistics from training."""
     mean, std = data.channel_stats()
-    norm = Normalize(mean, std, device)
+    norm = Normalize(mean, std, device, channels_last=cfg.train.channels_last)
     train = TensorLoader(
         data.train.x.to(device),
         data.train.y.to(device),
@@ -137,24 +135,62 @@ def make_loaders(data: ImageData, cfg: Config, device: torch.device) -> dict[str
     return {"train": train, "val": plain("val"), "test": plain("test")}
 
 
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The autocast context of ``train.precision``: disabled for "32", else bfloat16 / float16."""
+    dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision, torch.float32)
+    return torch.autocast(device.type, dtype=dtype, enabled=precision != "32")
+
+
+@dataclass
+class Stepper:
+    """Everything between a batch's loss and the next batch: backward (scaled for float16),
+    the diagnostics' gradient read, the optimiser step and the schedule step."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    precision: str = "32"
+    diagnostics: Diagnostics | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision == "16" and self.scaler is None:
+            # float16 gradients underflow without loss scaling; bfloat16 has float32's range.
+            self.scaler = torch.amp.GradScaler("cuda")
+
+    def step(self, loss: torch.Tensor) -> None:
+        """Backward of ``loss`` and one optimisation step (skipped by the scaler on inf/NaN)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # true gradients for the diagnostics
+        if self.diagnostics is not None:
+            self.diagnostics.after_backward()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.scheduler.step()
+
+
 # --------------------------------------------------------------------------- train / evaluate
 
 
 def train_one_epoch(
     model: Classifier,
     loader: TensorLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    stepper: Stepper,
     progress: Progress,
     first_step: int,
     total_steps: int,
-    diagnostics: Diagnostics | None = None,
 ) -> dict[str, Any]:
     """One pass over ``loader``; returns mean loss, accuracy and the first non-finite step.
 
     Nothing is read back to the host inside the loop: the loss sum, the correct count and
     the index of the first step with a non-finite loss stay on the device until the end
-    (so do the gradient norms that ``diagnostics`` accumulates after each backward).
+    (so do the gradient norms that the stepper's diagnostics accumulate after each backward).
     """
     model.train()
     head: Head = model.head
@@ -166,16 +202,12 @@ def train_one_epoch(
     for i, (x, y) in enumerate(loader):
         step = first_step + i
         head.step_update(step, total_steps)
-        scores = model(x)  # (B, K)
+        with autocast(device, stepper.precision):
+            scores = model(x)  # (B, K)
+            loss = head.loss(scores, y)
         if step == 0 and head.applies_softmax:  # first batch of the run only: one host read
             warn_if_probabilities(scores.detach())  # the double-softmax pitfall
-        loss = head.loss(scores, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if diagnostics is not None:
-            diagnostics.after_backward()
-        optimizer.step()
-        scheduler.step()
+        stepper.step(loss)
         loss = loss.detach()
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
         loss_sum += loss * y.shape[0]
@@ -192,9 +224,12 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: Classifier, loader: TensorLoader, keep_probs: bool = False) -> dict[str, Any]:
+def evaluate(
+    model: Classifier, loader: TensorLoader, keep_probs: bool = False, precision: str = "32"
+) -> dict[str, Any]:
     """Mean head loss and accuracy over ``loader``; with ``keep_probs`` also the (N, K)
-    probabilities from ``head.probs`` and the (N,) targets, on the CPU."""
+    probabilities from ``head.probs`` and the (N,) targets, on the CPU. ``precision`` as
+    ``train.precision`` (the head still normalises in float32)."""
     model.eval()
     head: Head = model.head
     device = loader.x.device
@@ -202,9 +237,10 @@ def evaluate(model: Classifier, loader: TensorLoader, keep_probs: bool = False) 
     correct = torch.zeros((), device=device, dtype=torch.long)
     probs, targets = [], []
     for x, y in loader:
-        scores = model(x)
-        loss_sum += head.loss(scores, y) * y.shape[0]
-        p = head.probs(scores)
+        with autocast(device, precision):
+            scores = model(x)
+            loss_sum += head.loss(scores, y).float() * y.shape[0]
+            p = head.probs(scores)
         correct += (p.argmax(dim=1) == y).sum()
         if keep_probs:
             probs.append(p.float().cpu())
@@ -251,9 +287,13 @@ def fit(
     progress = progress or Progress()
     # --- setup: everything that can fail on bad input happens before the first write.
     device = resolve_device(cfg.train.device)
+    if cfg.train.precision == "16" and device.type != "cuda":
+        raise UserError("train.precision=16 (float16 with loss scaling) needs CUDA; use --set train.precision=bf16")
     data = data if data is not None else load_data(cfg.data)
     seed_everything(cfg.train.seed)
     model = build_model(cfg, data.image_shape[0], data.num_classes, data.coarse_of).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     run_dir = runs.prepare_run_dir(out_dir or runs.default_run_dir(cfg.name), overwrite=overwrite)
     runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
 
@@ -264,6 +304,9 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, cfg.train.schedule, cfg.train.warmup_fraction)
     )
+    stepper = Stepper(optimizer, scheduler, cfg.train.precision, diagnostics)
+    if cfg.train.compile:
+        model.compile()  # in place: parameter names (and so model.pt) stay those of the plain model
     label = cfg.name or f"{cfg.head.name}/{cfg.model.activation} seed {cfg.train.seed}"
     history: list[dict[str, Any]] = []
     progress.start(label, cfg.train.epochs, len(loaders["train"]))
@@ -276,15 +319,13 @@ def fit(
             first_step = (epoch - 1) * len(loaders["train"])
             last_step = first_step + len(loaders["train"]) - 1
             lr = cfg.train.lr * lr_factor(last_step, total_steps, cfg.train.schedule, cfg.train.warmup_fraction)
-            stats = train_one_epoch(
-                model, loaders["train"], optimizer, scheduler, progress, first_step, total_steps, diagnostics
-            )
+            stats = train_one_epoch(model, loaders["train"], stepper, progress, first_step, total_steps)
             _sync(device)
             seconds = time.perf_counter() - t0
             if stats["bad_step"] >= 0 or not math.isfinite(stats["loss"]):
                 _diverged(cfg, run_dir, history, epoch, stats["bad_step"], data, device)
             # --- validate
-            val = evaluate(model, loaders["val"])
+            val = evaluate(model, loaders["val"], precision=cfg.train.precision)
             if not math.isfinite(val["loss"]):  # e.g. an unstable head overflowing on unseen images
                 _diverged(cfg, run_dir, history, epoch, -1, data, device, "validation loss")
             record = {
@@ -342,7 +383,7 @@ def _summary(
     data: ImageData,
     device: torch.device,
 ) -> dict[str, Any]:
-    test = evaluate(model, test_loader, keep_probs=True)
+    test = evaluate(model, test_loader, keep_probs=True, precision=cfg.train.precision)
     metrics = classification_metrics(test["probs"], test["targets"], source=f"head {cfg.head.name!r}")
     return {
         "status": "finished",

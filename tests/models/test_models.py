@@ -1,8 +1,14 @@
+import itertools
+import math
+
 import pytest
 import torch
 
 from softmaxlab.config import load_config
 from softmaxlab.models import MODELS, Classifier, build_model
+from softmaxlab.train import fit
+
+from ..conftest import tiny_config
 
 
 @pytest.mark.parametrize("name", MODELS.names())
@@ -91,3 +97,138 @@ def test_softmax_options_are_validated(overrides, fragment):
     assert "\n" not in str(err.value)
     if "model.activation=softmax_h" not in overrides:
         assert "softmax activations only" in str(err.value)
+
+
+# --------------------------------------------------------------------------- widths defaults
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_model_has_default_widths_written_into_the_config(name):
+    from softmaxlab.models.base import DEFAULT_WIDTHS
+
+    cfg = load_config(None, [f"model.name={name}"])
+    assert cfg.model.widths == list(DEFAULT_WIDTHS[name])
+    # The resolved config states the widths, so reloading it builds the same model.
+    assert load_config(None, [f"model.name={name}", f"model.widths={cfg.model.widths}"]) == cfg
+
+
+def test_default_widths_per_model():
+    assert load_config().model.widths == [32, 64, 128]
+    assert load_config(None, ["model.name=resnet12"]).model.widths == [64, 160, 320, 640]
+    assert load_config(None, ["model.name=resnet12", "model.widths=null"]).model.widths == [64, 160, 320, 640]
+
+
+def test_too_small_images_are_a_user_error():
+    from softmaxlab.errors import UserError
+
+    model = build_model(load_config(None, ["model.name=resnet12", "model.widths=[4,4,4,4]"]), 3, 2)
+    with pytest.raises(UserError, match="needs images of at least 16 px, got 8 px"):
+        model(torch.randn(1, 3, 8, 8))
+
+
+# --------------------------------------------------------------------------- resnet12
+
+
+def test_resnet12_features_default_and_from_widths():
+    default = build_model(load_config(None, ["model.name=resnet12"]), 3, 10).backbone
+    assert default.out_features == 640 and len(default.blocks) == 4
+    narrow = build_model(load_config(None, ["model.name=resnet12", "model.widths=[4,6,8,5]"]), 1, 3)
+    assert narrow.backbone.out_features == 5
+    assert narrow.backbone(torch.randn(2, 1, 16, 16)).shape == (2, 5)
+    assert [b.activation_name for b in narrow.backbone.blocks] == ["relu"] * 4
+
+
+def _conv_bn_params(c_in, c_out, k):
+    return c_in * c_out * k * k + 2 * c_out  # conv without bias + BatchNorm weight and bias
+
+
+def test_resnet12_parameter_count_is_the_published_12_4_million():
+    # Block c_in -> c: three 3x3 conv-BN layers and a 1x1 conv-BN shortcut; pooling has no
+    # parameters. For 3 -> 64 -> 160 -> 320 -> 640 this gives 76,160 + 564,480 + 2,357,760 +
+    # 9,425,920 = 12,424,320, the "12.4M" that MetaOptNet (Lee et al., 2019) reports for it.
+    widths = [3, 64, 160, 320, 640]
+    expected = sum(
+        _conv_bn_params(c_in, c, 3) + 2 * _conv_bn_params(c, c, 3) + _conv_bn_params(c_in, c, 1)
+        for c_in, c in itertools.pairwise(widths)
+    )
+    assert expected == 12_424_320
+    model = build_model(load_config(None, ["model.name=resnet12"]), 3, 10)
+    assert sum(p.numel() for p in model.backbone.parameters()) == expected
+    # The softmax head adds one Linear(640 -> 10): 6,400 weights + 10 biases.
+    assert sum(p.numel() for p in model.parameters()) == expected + 640 * 10 + 10 == 12_430_730
+
+
+def _resnet_activations(model):
+    """The activation module of each residual block."""
+    return [block.activation for block in model.backbone.blocks]
+
+
+def test_resnet12_softmax_blocks_places_the_softmax_only_in_the_listed_blocks():
+    from softmaxlab.activations import AxisSoftmax
+
+    cfg = load_config(
+        None,
+        ["model.name=resnet12", "model.widths=[4,4,4,4]", "model.activation=softmax_c", "model.softmax_blocks=[1,3]"],
+    )
+    model = build_model(cfg, 3, 5)
+    assert [type(a).__name__ for a in _resnet_activations(model)] == ["ReLU", "SoftmaxC", "ReLU", "SoftmaxC"]
+    assert [b.activation_name for b in model.backbone.blocks] == ["relu", "softmax_c", "relu", "softmax_c"]
+    # No other softmax module hides anywhere in the ReLU blocks.
+    has_softmax = [any(isinstance(m, AxisSoftmax) for m in block.modules()) for block in model.backbone.blocks]
+    assert has_softmax == [False, True, False, True]
+
+
+def test_resnet12_softmax_is_applied_at_all_three_points_of_the_block():
+    cfg = load_config(None, ["model.name=resnet12", "model.widths=[4]", "model.activation=softmax_c"])
+    block = build_model(cfg, 3, 2).backbone.blocks[0]
+    calls = []
+    block.activation.register_forward_hook(lambda _m, _i, out: calls.append(out))
+    block(torch.randn(2, 3, 8, 8))
+    assert len(calls) == 3
+    for out in calls:  # softmax over channels: each pixel sums to 1
+        torch.testing.assert_close(out.sum(dim=1), torch.ones(2, 8, 8))
+
+
+def test_resnet12_options_learned_temperature_per_block_no_batch_norm_dropout():
+    cfg = load_config(
+        None,
+        [
+            "model.name=resnet12",
+            "model.widths=[4,8]",
+            "model.activation=softmax_hw",
+            "model.learn_activation_temperature=true",
+            "model.batch_norm=false",
+            "model.dropout=0.5",
+        ],
+    )
+    model = build_model(cfg, 3, 5)
+    names = {n for n, _ in model.named_parameters()}
+    assert {n for n in names if "temperature" in n} == {
+        "backbone.blocks.0.activation.log_temperature",
+        "backbone.blocks.1.activation.log_temperature",
+    }
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert all(m.bias is not None for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert isinstance(model.backbone.dropout, torch.nn.Dropout) and model.backbone.dropout.p == 0.5
+
+
+def test_resnet12_softmax_block_out_of_range_is_a_user_error():
+    from softmaxlab.errors import UserError
+
+    cfg = load_config(None, ["model.name=resnet12", "model.activation=softmax_h", "model.softmax_blocks=[4]"])
+    with pytest.raises(UserError, match=r"model 'resnet12' has 4 blocks; use indices 0 to 3"):
+        build_model(cfg, 3, 5)
+
+
+def test_resnet12_fits_end_to_end_with_block_diagnostics(tmp_path):
+    # 4 steps of 64 images: the point is the wiring (blocks, hooks, figures), not learning.
+    cfg = tiny_config("model.name=resnet12", "model.widths=[8,16,16,32]", "train.epochs=1", "data.train_size=256")
+    result = fit(cfg, tmp_path / "run")
+    (record,) = result.history
+    assert math.isfinite(record["train_loss"]) and math.isfinite(record["val_loss"])
+    assert list(record["activation_stats"]) == ["block0", "block1", "block2", "block3"]
+    assert all(math.isfinite(v) for stats in record["activation_stats"].values() for v in stats.values())
+    assert result.model.backbone.out_features == 32
+    assert 0.0 <= result.summary["test"]["accuracy"] <= 1.0
+    assert (result.run_dir / "figures" / "feature_maps.png").stat().st_size > 0
+    assert result.run_dir.joinpath("config.yaml").read_text().count("- 16") == 2  # widths 8-16-16-32 written out

@@ -44,17 +44,28 @@ def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
 
 
 class Normalize:
-    """uint8 [0, 255] -> float32 ``(x / 255 - mean) / std`` per channel, in one multiply-add."""
+    """uint8 [0, 255] -> float32 ``(x / 255 - mean) / std`` per channel, in one multiply-add.
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu") -> None:
+    With ``channels_last`` the result is laid out NHWC in memory (same shape), matching a
+    model converted with ``model.to(memory_format=torch.channels_last)``.
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device | str = "cpu",
+        channels_last: bool = False,
+    ) -> None:
         std_t = torch.tensor(std, dtype=torch.float32, device=device)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=device)
         self.scale = (1 / (255 * std_t))[None, :, None, None]
         self.shift = (-mean_t / std_t)[None, :, None, None]
         self.mean, self.std = list(mean), list(std)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, x: Tensor) -> Tensor:
-        return torch.addcmul(self.shift, x.float(), self.scale)
+        return torch.addcmul(self.shift, x.float(), self.scale).contiguous(memory_format=self.memory_format)
 
 
 class TensorLoader:

@@ -10,7 +10,10 @@ from torch import Tensor
 from softmaxlab.config import Config
 from softmaxlab.errors import UserError
 from softmaxlab.heads import build_head
-from softmaxlab.models import simple_cnn  # noqa: F401  (registers the models)
+from softmaxlab.models import simple_cnn  # noqa: F401  (registers the default model first: `softmaxlab list`)
+
+# isort: split
+from softmaxlab.models import resnet12  # noqa: F401  (registers the other models)
 from softmaxlab.models.base import MODELS, Classifier
 
 

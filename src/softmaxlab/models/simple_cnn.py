@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from softmaxlab.activations import block_activations, build_block_activation
 from softmaxlab.config import ModelConfig
-from softmaxlab.models.base import MODELS
+from softmaxlab.models.base import DEFAULT_WIDTHS, MODELS, check_input_size
 
 
 class ConvBlock(nn.Sequential):
@@ -48,9 +48,13 @@ class SimpleCNN(nn.Module):
         self.out_features = widths[-1]
 
     def forward(self, x: Tensor) -> Tensor:
+        check_input_size(x, len(self.blocks), "simple_cnn")
         for block in self.blocks:
             x = block(x)  # (B, c_i, H / 2^i, W / 2^i)
         return self.dropout(self.pool(x).flatten(1))  # (B, c_last)
+
+
+DEFAULT_WIDTHS["simple_cnn"] = (32, 64, 128)
 
 
 @MODELS.register("simple_cnn")
