@@ -162,11 +162,16 @@ def test_run_with_a_dataset_spec(tmp_path):
     path = tmp_path / "arrays.npz"
     np.savez(path, x=rng.integers(0, 256, (120, 16, 16, 3), dtype=np.uint8), y=np.arange(120) % 3)
     out = tmp_path / "r"
-    result = invoke("run", "--data", f"npz:{path}", *sets("data.image_size=16", "train.epochs=1"), "--out", str(out))
+    plain = ["data.image_size=16", "model.widths=[8,16]", "train.epochs=1", "train.batch_size=32", "train.device=cpu"]
+    args = [a for o in plain for a in ("--set", o)]
+    result = invoke("run", "--data", f"npz:{path}", *args, "--out", str(out))
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dataset"] == "npz" and len(summary["classes"]) == 3
     assert_bad_input(invoke("run", "--data", "mnist", "--out", str(tmp_path / "x")), "unknown dataset spec 'mnist'")
+    # A shapes-only key with another dataset is refused, not silently ignored.
+    ignored = invoke("run", "--data", f"npz:{path}", "--set", "data.num_classes=5", "--out", str(tmp_path / "y"))
+    assert_bad_input(ignored, "'data.num_classes'", "applies to shapes only")
 
 
 def test_warnings_are_one_line(tmp_path):

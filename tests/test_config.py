@@ -86,3 +86,7 @@ def test_parse_override_parses_yaml_values():
     assert parse_override("a.b=3") == (["a", "b"], 3)
     assert parse_override("a.b=x=y") == (["a", "b"], "x=y")
     assert parse_override("a.b=") == (["a", "b"], None)
+
+
+def test_numeric_run_name_is_text():
+    assert load_config(None, ["name=2024"]).name == "2024"

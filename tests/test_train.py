@@ -136,3 +136,9 @@ def test_cuda_paths(tmp_path, extra):
     assert result.summary["test"]["accuracy"] > 0.4
     keys = set(runs.load_weights(result.run_dir)["state_dict"])
     assert not any(k.startswith("_orig_mod") for k in keys)  # compile keeps the plain names
+
+
+def test_model_too_deep_for_the_images_writes_nothing(tmp_path):
+    with pytest.raises(UserError, match="needs images of at least 64 px"):
+        fit(tiny_config("data.image_size=32", "model.widths=[4,4,4,4,4,4]"), tmp_path / "deep")
+    assert not (tmp_path / "deep").exists()

@@ -78,12 +78,32 @@ class DataConfig(_Section):
     def _known(cls, v: str) -> str:
         return _registered("dataset", v)
 
-    @field_validator("download", "labels", "skip_corrupt", "cache_dir")
+    @field_validator(
+        "root",
+        "download",
+        "labels",
+        "num_classes",
+        "train_size",
+        "val_size",
+        "test_size",
+        "val_fraction",
+        "test_fraction",
+        "skip_corrupt",
+        "cache_dir",
+    )
     @classmethod
     def _dataset_only(cls, v: Any, info: ValidationInfo) -> Any:
         # Options that the chosen dataset would silently ignore are errors.
         # Fields are validated in order, so `name` is in info.data when it was valid.
+        on_disk = ("cifar10", "cifar100", "npz", "imagefolder")
         allowed = {
+            "root": on_disk,
+            "num_classes": ("shapes",),
+            "train_size": ("shapes",),
+            "val_size": ("shapes",),
+            "test_size": ("shapes",),
+            "val_fraction": on_disk,
+            "test_fraction": ("npz", "imagefolder"),
             "download": ("cifar10", "cifar100"),
             "labels": ("cifar100",),
             "skip_corrupt": ("imagefolder",),
@@ -249,6 +269,11 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
 
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name_as_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v  # --set name=2024
+
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str | None) -> str | None:
@@ -365,7 +390,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     raw = read_yaml(path) if path is not None else {}
     overrides = list(overrides or [])
     apply_overrides(raw, overrides)
-    source = "--set" if overrides and path is None else (str(path) if path else "config")
+    source = "the command line" if overrides and path is None else (str(path) if path else "config")
     if path is not None and overrides:
-        source = f"{path} / --set"
+        source = f"{path} / the command line"
     return validate_config(raw, source)

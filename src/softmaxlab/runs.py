@@ -1,4 +1,4 @@
-"""The run directory: atomic writes, weights, and the files DESIGN.md promises.
+"""The run directory: atomic writes, weights, and the files every run writes.
 
 A run directory holds ``config.yaml`` (fully resolved), ``metrics.jsonl`` (one JSON object
 per epoch), ``summary.json``, ``model.pt`` (weights) and ``figures/``. Every file is written

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,19 @@ def lr_factor(step: int, total_steps: int, schedule: str, warmup_fraction: float
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * t))
     raise ValueError(f"unknown schedule {schedule!r}")
+
+
+@torch.no_grad()
+def check_forward(model: Classifier, image_shape: tuple[int, int, int], device: torch.device) -> None:
+    """One image of zeros through ``model`` in eval mode, so that a model that cannot take the
+    data (e.g. more pooling blocks than the image size allows) fails before anything is
+    written. Eval mode leaves BatchNorm statistics and the random number generators alone."""
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, *image_shape, device=device))
+    finally:
+        model.train(was_training)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -294,6 +308,7 @@ def fit(
     model = build_model(cfg, data.image_shape[0], data.num_classes, data.coarse_of).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    check_forward(model, data.image_shape, device)
     run_dir = runs.prepare_run_dir(out_dir or runs.default_run_dir(cfg.name), overwrite=overwrite)
     runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
 
@@ -367,11 +382,10 @@ def _timing(history: list[dict[str, Any]]) -> dict[str, float]:
     seconds = [r["epoch_seconds"] for r in history]
     # The first epoch pays one-off costs (allocator warm-up, cuDNN autotuning), so the
     # throughput is the median over epochs when there are several.
-    ips = sorted(r["train_images_per_second"] for r in history)
     return {
         "mean_epoch_seconds": sum(seconds) / len(seconds),
         "total_train_seconds": sum(seconds),
-        "train_images_per_second": ips[len(ips) // 2],
+        "train_images_per_second": statistics.median(r["train_images_per_second"] for r in history),
     }
 
 

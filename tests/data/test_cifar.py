@@ -176,3 +176,8 @@ def test_config_rejects_options_the_dataset_ignores(overrides, error):
 def test_config_accepts_cifar_options():
     c = load_config(None, ["data.name=cifar100", "data.labels=coarse", "data.download=true", "data.root=/x"])
     assert (c.data.labels, c.data.download) == ("coarse", True)
+
+
+def test_coarse_fix_command_keeps_the_coarse_labels(tmp_path):
+    with pytest.raises(UserError, match=r"--set data\.name=cifar100 --set data\.labels=coarse .*download=true"):
+        load_data(DataConfig(name="cifar100", labels="coarse", root=str(tmp_path / "none")))

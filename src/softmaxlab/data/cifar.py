@@ -104,8 +104,12 @@ def _str_keys(obj: Any) -> Any:
     return obj
 
 
-def _fix_command(fmt: CifarFormat, root: str) -> str:
-    return f"softmaxlab run --set data.name={fmt.name} --set data.root={shlex.quote(root)} --set data.download=true"
+def _fix_command(fmt: CifarFormat, root: str, labels: str = "fine") -> str:
+    coarse = " --set data.labels=coarse" if labels == "coarse" else ""
+    return (
+        f"softmaxlab run --set data.name={fmt.name}{coarse} --set data.root={shlex.quote(root)} "
+        "--set data.download=true"
+    )
 
 
 def _corrupt(fmt: CifarFormat, path: Path, why: str) -> UserError:
@@ -203,7 +207,7 @@ def locate(fmt: CifarFormat, cfg: DataConfig) -> Path:
     if cfg.root is None:
         raise UserError(
             f"data.root is not set: {fmt.name} needs the folder that holds (or will hold) {fmt.folder}/; "
-            f"download it with: {_fix_command(fmt, 'data')}"
+            f"download it with: {_fix_command(fmt, 'data', cfg.labels)}"
         )
     root = Path(cfg.root).expanduser()
     folder = _find_folder(fmt, root)
@@ -215,12 +219,12 @@ def locate(fmt: CifarFormat, cfg: DataConfig) -> Path:
     if folder is None:
         raise UserError(
             f"{fmt.title} not found: {str(root)!r} has no {fmt.folder}/ folder; download it with: "
-            f"{_fix_command(fmt, cfg.root)}"
+            f"{_fix_command(fmt, cfg.root, cfg.labels)}"
         )
     if missing:
         raise UserError(
             f"{fmt.title} in {str(folder)!r} is incomplete (missing {', '.join(missing)}); download it again with: "
-            f"{_fix_command(fmt, cfg.root)}"
+            f"{_fix_command(fmt, cfg.root, cfg.labels)}"
         )
     return folder
 
