@@ -180,3 +180,30 @@ def test_warnings_are_one_line(tmp_path):
     warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and "double-softmax pitfall" in warning[0]
     assert ".py:" not in result.stderr  # no source file and line
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["run", "--epochs", "3"], "No such option: --epochs; see 'softmaxlab run --help'"),
+        (["list"], "Missing argument"),
+        (["nope"], "No such command 'nope'"),
+        (["run", "--set", "train.epochs=0"], "'train.epochs'"),
+    ],
+)
+def test_console_script_usage_errors_are_one_line(capsys, argv, fragment):
+    from softmaxlab.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+
+
+def test_console_script_success_exits_0(capsys):
+    from softmaxlab.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["list", "models"])
+    assert info.value.code == 0 and "resnet12" in capsys.readouterr().out

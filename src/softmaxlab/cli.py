@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -183,9 +184,35 @@ def bench_heads_cmd(
     out_console.print(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}", highlight=False, soft_wrap=True)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="softmaxlab")
+def _is_a(exc: BaseException, name: str) -> bool:
+    # Typer vendors its command-line parser, so its exception classes are not public API:
+    # recognise them by class name.
+    return any(cls.__name__ == name for cls in type(exc).__mro__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: exits with the command's code.
+
+    Usage errors (an unknown option, a missing argument) exit 2 with one line, as the
+    library's bad-input errors do, instead of the parser's multi-line usage box.
+    """
+    try:
+        code = app(args=argv, prog_name="softmaxlab", standalone_mode=False)
+    except Exception as exc:
+        if not _is_a(exc, "UsageError"):
+            raise
+        message, ctx = exc.format_message(), getattr(exc, "ctx", None)
+        if not message:  # no arguments at all: the help was shown
+            sys.exit(EXIT_BAD_INPUT)
+        hint = f"; see '{ctx.command_path} --help'" if ctx is not None else "; see 'softmaxlab --help'"
+        err_console.print(f"error: {message}{hint}", highlight=False, soft_wrap=True, markup=False)
+        code = EXIT_BAD_INPUT
+    except BaseException as exc:
+        if not _is_a(exc, "Abort"):
+            raise
+        err_console.print("aborted", highlight=False)
+        code = 130
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
 if __name__ == "__main__":  # pragma: no cover
