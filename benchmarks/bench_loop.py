@@ -64,7 +64,7 @@ def fit_loop(
     opt = build_optimizer(model, cfg.train)
     total = epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, "onecycle", 0.2))
-    stepper = Stepper(opt, sched, cfg.train.precision, diag)
+    stepper = Stepper(opt, sched, cfg.train.amp, diag)
     state = {"epoch": 0}
 
     def run() -> int:

@@ -110,7 +110,7 @@ def test_non_finite_validation_loss_is_a_divergence(tmp_path, monkeypatch):
 
 
 def test_bfloat16_autocast_and_channels_last_train(tmp_path):
-    result = fit(tiny_config("train.precision=bf16", "train.channels_last=true"), tmp_path / "bf16")
+    result = fit(tiny_config("train.amp=bf16", "train.channels_last=true"), tmp_path / "bf16")
     assert result.summary["test"]["accuracy"] > 0.4
     assert all(math.isfinite(r["train_loss"]) for r in result.history)
     # The weights stay float32 and load into a plain model.
@@ -122,13 +122,13 @@ def test_float16_needs_cuda(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CUDA present: float16 is allowed")
     with pytest.raises(UserError, match="needs CUDA"):
-        fit(tiny_config("train.precision=16"), tmp_path / "fp16")
+        fit(tiny_config("train.amp=fp16"), tmp_path / "fp16")
     assert not (tmp_path / "fp16").exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA paths: float16 + loss scaling, compile")
 @pytest.mark.parametrize(
-    "extra", [["train.precision=16"], ["train.precision=bf16", "train.channels_last=true"], ["train.compile=true"]]
+    "extra", [["train.amp=fp16"], ["train.amp=bf16", "train.channels_last=true"], ["train.compile=true"]]
 )
 def test_cuda_paths(tmp_path, extra):
     result = fit(tiny_config("train.device=cuda", *extra), tmp_path / "cuda")

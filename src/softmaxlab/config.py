@@ -237,16 +237,11 @@ class TrainConfig(_Section):
     warmup_fraction: float = Field(0.2, ge=0, lt=1)  # onecycle: share of steps warming up
     seed: int = 0  # python, numpy, torch and loader seeds
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
-    # Mixed precision: "32" = float32; "bf16" = bfloat16 autocast (CPU or CUDA); "16" = float16
+    # Mixed precision: none = float32; bf16 = bfloat16 autocast (CPU or CUDA); fp16 = float16
     # autocast with dynamic loss scaling (CUDA only). Heads normalise in float32 either way.
-    precision: Literal["32", "bf16", "16"] = "32"
+    amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False  # NHWC memory layout for model and batches (faster convolutions on recent GPUs)
     compile: bool = False  # torch.compile the model (first epoch pays the compilation)
-
-    @field_validator("precision", mode="before")
-    @classmethod
-    def _precision_as_text(cls, v: Any) -> Any:
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # YAML reads 16 and 32 as numbers
 
 
 class DiagnosticsConfig(_Section):

@@ -149,10 +149,10 @@ def make_loaders(data: ImageData, cfg: Config, device: torch.device) -> dict[str
     return {"train": train, "val": plain("val"), "test": plain("test")}
 
 
-def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """The autocast context of ``train.precision``: disabled for "32", else bfloat16 / float16."""
-    dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision, torch.float32)
-    return torch.autocast(device.type, dtype=dtype, enabled=precision != "32")
+def autocast(device: torch.device, amp: str) -> torch.autocast:
+    """The autocast context of ``train.amp``: disabled for "none", else bfloat16 / float16."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
+    return torch.autocast(device.type, dtype=dtype, enabled=amp != "none")
 
 
 @dataclass
@@ -162,12 +162,12 @@ class Stepper:
 
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    precision: str = "32"
+    amp: str = "none"
     diagnostics: Diagnostics | None = None
     scaler: torch.amp.GradScaler | None = None
 
     def __post_init__(self) -> None:
-        if self.precision == "16" and self.scaler is None:
+        if self.amp == "fp16" and self.scaler is None:
             # float16 gradients underflow without loss scaling; bfloat16 has float32's range.
             self.scaler = torch.amp.GradScaler("cuda")
 
@@ -216,7 +216,7 @@ def train_one_epoch(
     for i, (x, y) in enumerate(loader):
         step = first_step + i
         head.step_update(step, total_steps)
-        with autocast(device, stepper.precision):
+        with autocast(device, stepper.amp):
             scores = model(x)  # (B, K)
             loss = head.loss(scores, y)
         if step == 0 and head.applies_softmax:  # first batch of the run only: one host read
@@ -238,12 +238,10 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(
-    model: Classifier, loader: TensorLoader, keep_probs: bool = False, precision: str = "32"
-) -> dict[str, Any]:
+def evaluate(model: Classifier, loader: TensorLoader, keep_probs: bool = False, amp: str = "none") -> dict[str, Any]:
     """Mean head loss and accuracy over ``loader``; with ``keep_probs`` also the (N, K)
-    probabilities from ``head.probs`` and the (N,) targets, on the CPU. ``precision`` as
-    ``train.precision`` (the head still normalises in float32)."""
+    probabilities from ``head.probs`` and the (N,) targets, on the CPU. ``amp`` as
+    ``train.amp`` (the head still normalises in float32)."""
     model.eval()
     head: Head = model.head
     device = loader.x.device
@@ -251,7 +249,7 @@ def evaluate(
     correct = torch.zeros((), device=device, dtype=torch.long)
     probs, targets = [], []
     for x, y in loader:
-        with autocast(device, precision):
+        with autocast(device, amp):
             scores = model(x)
             loss_sum += head.loss(scores, y).float() * y.shape[0]
             p = head.probs(scores)
@@ -301,8 +299,8 @@ def fit(
     progress = progress or Progress()
     # --- setup: everything that can fail on bad input happens before the first write.
     device = resolve_device(cfg.train.device)
-    if cfg.train.precision == "16" and device.type != "cuda":
-        raise UserError("train.precision=16 (float16 with loss scaling) needs CUDA; use --set train.precision=bf16")
+    if cfg.train.amp == "fp16" and device.type != "cuda":
+        raise UserError("train.amp=fp16 (float16 with loss scaling) needs CUDA; use --set train.amp=bf16 on the CPU")
     data = data if data is not None else load_data(cfg.data)
     seed_everything(cfg.train.seed)
     model = build_model(cfg, data.image_shape[0], data.num_classes, data.coarse_of).to(device)
@@ -319,7 +317,7 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, cfg.train.schedule, cfg.train.warmup_fraction)
     )
-    stepper = Stepper(optimizer, scheduler, cfg.train.precision, diagnostics)
+    stepper = Stepper(optimizer, scheduler, cfg.train.amp, diagnostics)
     if cfg.train.compile:
         model.compile()  # in place: parameter names (and so model.pt) stay those of the plain model
     label = cfg.name or f"{cfg.head.name}/{cfg.model.activation} seed {cfg.train.seed}"
@@ -340,7 +338,7 @@ def fit(
             if stats["bad_step"] >= 0 or not math.isfinite(stats["loss"]):
                 _diverged(cfg, run_dir, history, epoch, stats["bad_step"], data, device)
             # --- validate
-            val = evaluate(model, loaders["val"], precision=cfg.train.precision)
+            val = evaluate(model, loaders["val"], amp=cfg.train.amp)
             if not math.isfinite(val["loss"]):  # e.g. an unstable head overflowing on unseen images
                 _diverged(cfg, run_dir, history, epoch, -1, data, device, "validation loss")
             record = {
@@ -397,7 +395,7 @@ def _summary(
     data: ImageData,
     device: torch.device,
 ) -> dict[str, Any]:
-    test = evaluate(model, test_loader, keep_probs=True, precision=cfg.train.precision)
+    test = evaluate(model, test_loader, keep_probs=True, amp=cfg.train.amp)
     metrics = classification_metrics(test["probs"], test["targets"], source=f"head {cfg.head.name!r}")
     return {
         "status": "finished",
