@@ -143,7 +143,7 @@ def list_cmd(what: Annotated[str, typer.Argument(help="heads, activations, model
     from softmaxlab.activations import ACTIVATIONS
     from softmaxlab.data import DATASETS
     from softmaxlab.heads import HEADS
-    from softmaxlab.models import MODELS
+    from softmaxlab.models import MODELS, backbone_parameters
 
     registries = {"heads": HEADS, "activations": ACTIVATIONS, "models": MODELS, "datasets": DATASETS}
     if what not in registries:
@@ -151,9 +151,12 @@ def list_cmd(what: Annotated[str, typer.Argument(help="heads, activations, model
     registry = registries[what]
     table = Table(show_header=True, header_style="bold", box=None)
     table.add_column(registry.kind)
+    if what == "models":
+        table.add_column("parameters", justify="right")
     table.add_column("description")
     for name in registry.names():
-        table.add_row(name, registry.summary(name))
+        extra = [f"{backbone_parameters(name) / 1e6:.2f} M"] if what == "models" else []
+        table.add_row(name, *extra, registry.summary(name))
     out_console.print(table)
 
 

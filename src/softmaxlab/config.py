@@ -122,6 +122,7 @@ class ModelConfig(_Section):
     # Output channels of each block (one block per entry); unset = the model's own default, written
     # out when validated so the resolved config shows it: simple_cnn [32, 64, 128], resnet12 [64, 160, 320, 640].
     widths: list[int] = Field(None, validate_default=True)
+    width: float = Field(1.0, gt=0)  # multiplier of every width (rounded, at least 1): resnet12 at 0.25 is 16-40-80-160
     activation: str = "relu"  # registry name (`softmaxlab list activations`)
     # The softmax activations (softmax_h, softmax_w, softmax_hw, softmax_c) only:
     activation_temperature: float = Field(1.0, gt=0)  # T: the input is divided by T before the softmax

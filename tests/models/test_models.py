@@ -232,3 +232,17 @@ def test_resnet12_fits_end_to_end_with_block_diagnostics(tmp_path):
     assert 0.0 <= result.summary["test"]["accuracy"] <= 1.0
     assert (result.run_dir / "figures" / "feature_maps.png").stat().st_size > 0
     assert result.run_dir.joinpath("config.yaml").read_text().count("- 16") == 2  # widths 8-16-16-32 written out
+
+
+def test_width_multiplier_scales_every_block():
+    cfg = load_config(None, ["model.name=resnet12", "model.width=0.25"])
+    model = build_model(cfg, 3, 10)
+    assert model.backbone.out_features == 160
+    convs = [m.out_channels for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert set(convs) == {16, 40, 80, 160}
+
+
+def test_backbone_parameters_of_the_defaults():
+    from softmaxlab.models import backbone_parameters
+
+    assert backbone_parameters("resnet12") == 12_424_320  # as derived in test_resnet12_parameter_count_is_the_published_12_4_million

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from softmaxlab.config import Config
+from softmaxlab.config import Config, ModelConfig
 from softmaxlab.errors import UserError
 from softmaxlab.heads import build_head
 from softmaxlab.models import simple_cnn  # noqa: F401  (registers the default model first: `softmaxlab list`)
@@ -51,4 +51,9 @@ def load_trained(run_dir: str | Path) -> tuple[Classifier, Config, dict[str, Any
     return model.eval(), cfg, payload
 
 
-__all__ = ["MODELS", "Classifier", "build_model", "load_trained"]
+def backbone_parameters(name: str, in_channels: int = 3) -> int:
+    """Parameters of the backbone ``name`` with its default widths (the head adds F x K + K)."""
+    return sum(p.numel() for p in MODELS.create(name, in_channels, ModelConfig(name=name)).parameters())
+
+
+__all__ = ["MODELS", "Classifier", "backbone_parameters", "build_model", "load_trained"]

@@ -10,11 +10,15 @@ widths (used when ``model.widths`` is unset) are registered in :data:`DEFAULT_WI
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
 from softmaxlab.errors import UserError
 from softmaxlab.registry import Registry
+
+if TYPE_CHECKING:
+    from softmaxlab.config import ModelConfig
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
@@ -29,6 +33,16 @@ def default_widths(name: str) -> list[int]:
     if name not in DEFAULT_WIDTHS:
         raise KeyError(f"model {name!r} registers no default widths in softmaxlab.models.base.DEFAULT_WIDTHS")
     return list(DEFAULT_WIDTHS[name])
+
+
+def block_widths(cfg: ModelConfig) -> list[int]:
+    """Output channels of each block: ``model.widths`` times the ``model.width`` multiplier.
+
+    >>> from softmaxlab.config import ModelConfig
+    >>> block_widths(ModelConfig(name="resnet12", width=0.25))
+    [16, 40, 80, 160]
+    """
+    return [max(1, round(w * cfg.width)) for w in cfg.widths]
 
 
 def check_input_size(x: Tensor, num_pools: int, model: str) -> None:

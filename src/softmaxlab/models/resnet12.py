@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from softmaxlab.activations import block_activations, build_block_activation
 from softmaxlab.config import ModelConfig
-from softmaxlab.models.base import DEFAULT_WIDTHS, MODELS, check_input_size
+from softmaxlab.models.base import DEFAULT_WIDTHS, MODELS, block_widths, check_input_size
 
 
 def _conv_bn(c_in: int, c_out: int, kernel_size: int, batch_norm: bool) -> nn.Sequential:
@@ -67,7 +67,7 @@ class ResNet12(nn.Module):
 
     def __init__(self, in_channels: int, cfg: ModelConfig) -> None:
         super().__init__()
-        widths = [in_channels, *cfg.widths]
+        widths = [in_channels, *block_widths(cfg)]
         names = block_activations(cfg, len(cfg.widths))
         self.blocks = nn.ModuleList(
             ResidualBlock(c_in, c_out, build_block_activation(cfg, name), name, cfg.batch_norm)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from softmaxlab.activations import block_activations, build_block_activation
 from softmaxlab.config import ModelConfig
-from softmaxlab.models.base import DEFAULT_WIDTHS, MODELS, check_input_size
+from softmaxlab.models.base import DEFAULT_WIDTHS, MODELS, block_widths, check_input_size
 
 
 class ConvBlock(nn.Sequential):
@@ -37,7 +37,7 @@ class SimpleCNN(nn.Module):
 
     def __init__(self, in_channels: int, cfg: ModelConfig) -> None:
         super().__init__()
-        widths = [in_channels, *cfg.widths]
+        widths = [in_channels, *block_widths(cfg)]
         names = block_activations(cfg, len(cfg.widths))
         self.blocks = nn.ModuleList(
             ConvBlock(c_in, c_out, build_block_activation(cfg, name), name, cfg.batch_norm)
