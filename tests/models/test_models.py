@@ -245,4 +245,5 @@ def test_width_multiplier_scales_every_block():
 def test_backbone_parameters_of_the_defaults():
     from softmaxlab.models import backbone_parameters
 
-    assert backbone_parameters("resnet12") == 12_424_320  # as derived in test_resnet12_parameter_count_is_the_published_12_4_million
+    # As derived in test_resnet12_parameter_count_is_the_published_12_4_million.
+    assert backbone_parameters("resnet12") == 12_424_320
