@@ -19,6 +19,7 @@ def test_hand_worked_example():
     f1 = [2 * 0.5 * 1 / 1.5, 2 * 1 * 0.5 / 1.5, 1.0]
     assert m["f1_macro"] == pytest.approx(sum(f1) / 3)
     assert m["nll"] == pytest.approx(-(math.log(0.7) + math.log(0.8) + math.log(0.3) + math.log(1.0)) / 4)
+    assert m["nll_clamped"] == 0.0
     brier = [(0.3**2 + 0.2**2 + 0.1**2), (0.1**2 + 0.2**2 + 0.1**2), (0.6**2 + 0.7**2 + 0.1**2), 0.0]
     assert m["brier"] == pytest.approx(sum(brier) / 4)
 
@@ -27,6 +28,7 @@ def test_exact_zero_probability_gives_finite_nll():
     p = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
     m = classification_metrics(p, torch.tensor([1, 0]))
     assert math.isfinite(m["nll"]) and m["nll"] > 10
+    assert m["nll_clamped"] == pytest.approx(0.5)  # says how much of the NLL is the clamp
 
 
 @pytest.mark.parametrize(

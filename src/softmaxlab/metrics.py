@@ -7,7 +7,8 @@ decides what its distribution is. Counting metrics come from torchmetrics.
 * top-5 = mean_i [y_i among the 5 largest p_i.] (k capped at the class count)
 * precision / recall / F1: unweighted means over classes ("macro")
 * NLL = -mean_i log p_{i, y_i}, with p clamped to >= 1e-12 so exact zeros (sparse heads)
-  give a large finite number instead of infinity
+  give a large finite number instead of infinity; ``nll_clamped`` is the fraction of
+  samples whose p_{i, y_i} was clamped, so a reader knows how much of the NLL is the clamp
 * Brier = mean_i sum_k (p_ik - [k = y_i])^2
 """
 
@@ -29,6 +30,7 @@ HIGHER_IS_BETTER = {
     "recall_macro": True,
     "f1_macro": True,
     "nll": False,
+    "nll_clamped": False,
     "brier": False,
 }
 
@@ -63,13 +65,15 @@ def classification_metrics(probs: Tensor, target: Tensor, source: str = "probabi
     k = p.shape[1]
     common = {"num_classes": k, "average": "macro"}
     one_hot = F.one_hot(target, k).float()
+    p_true = p.gather(1, target[:, None])
     return {
         "accuracy": multiclass_accuracy(p, target, num_classes=k, average="micro").item(),
         "top5": multiclass_accuracy(p, target, num_classes=k, top_k=min(5, k), average="micro").item(),
         "precision_macro": multiclass_precision(p, target, **common).item(),
         "recall_macro": multiclass_recall(p, target, **common).item(),
         "f1_macro": multiclass_f1_score(p, target, **common).item(),
-        "nll": -p.gather(1, target[:, None]).clamp_min(NLL_CLAMP).log().mean().item(),
+        "nll": -p_true.clamp_min(NLL_CLAMP).log().mean().item(),
+        "nll_clamped": (p_true < NLL_CLAMP).float().mean().item(),
         "brier": (p - one_hot).pow(2).sum(dim=1).mean().item(),
         "confusion_matrix": multiclass_confusion_matrix(p, target, num_classes=k).tolist(),
     }
