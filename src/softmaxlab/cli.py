@@ -89,12 +89,15 @@ def run_cmd(
     """Train one experiment and write its run directory."""
     from softmaxlab.config import load_config
     from softmaxlab.data import parse_data_spec
+    from softmaxlab.distributed import env_world
     from softmaxlab.train import fit
 
     # The spec's values are JSON-quoted so a path such as "2024" stays a string; --set wins.
     spec = [f"data.{k}={json.dumps(v)}" for k, v in parse_data_spec(data).items()] if data else []
     cfg = load_config(config, [*spec, *(set_ or [])])
     result = fit(cfg, out, overwrite=overwrite, progress=_progress())
+    if not env_world().is_main:  # under torchrun, rank 0 speaks for every process
+        return
     test = result.summary["test"]
     out_console.print(
         f"test accuracy {test['accuracy']:.4f}, NLL {test['nll']:.4f} "

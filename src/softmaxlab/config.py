@@ -72,6 +72,21 @@ class DataConfig(_Section):
     seed: int = 0  # seed of the data itself (generation, splits), separate from train.seed
     crop_padding: int = Field(4, ge=0)  # random-crop augmentation: pad by this many pixels
     flip: bool = True  # random horizontal flips
+    # Random-resized crop (for larger images, e.g. 64 px and up): crop a box covering a fraction of the
+    # image area in rrc_scale, with aspect ratio (w / h) in rrc_ratio, and resize it back; replaces the
+    # padded crop above (crop_padding is then unused).
+    random_resized_crop: bool = False
+    rrc_scale: tuple[float, float] = (0.35, 1.0)
+    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    @field_validator("rrc_scale", "rrc_ratio")
+    @classmethod
+    def _range(cls, v: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+        upper = 1.0 if info.field_name == "rrc_scale" else float("inf")
+        if not 0 < v[0] <= v[1] <= upper:
+            bound = "0 < low <= high <= 1" if upper == 1.0 else "0 < low <= high"
+            raise ValueError(f"must be [low, high] with {bound}, got {list(v)}")
+        return v
 
     @field_validator("name")
     @classmethod

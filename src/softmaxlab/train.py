@@ -33,10 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from softmaxlab import runs
+from softmaxlab import distributed, runs
 from softmaxlab.config import Config, TrainConfig
 from softmaxlab.data import ImageData, Normalize, TensorLoader, load_data
 from softmaxlab.diagnostics import Diagnostics
+from softmaxlab.distributed import World, all_reduce
 from softmaxlab.errors import DivergedError, UserError
 from softmaxlab.heads import Head
 from softmaxlab.heads.check import warn_if_probabilities
@@ -126,27 +127,40 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def make_loaders(data: ImageData, cfg: Config, device: torch.device) -> dict[str, TensorLoader]:
-    """Loaders over the uint8 splits on ``device``; normalisation statistics from training."""
+def make_loaders(
+    data: ImageData, cfg: Config, device: torch.device, world: World | None = None
+) -> dict[str, TensorLoader]:
+    """Loaders over the uint8 splits on ``device``; normalisation statistics from training.
+
+    With several processes (``world``) the training loader gives each rank its slice of every
+    global batch and the validation split is cut into one contiguous block per rank; the
+    test loader always covers the whole test split (it is evaluated on rank 0).
+    """
+    world = world or World()
     mean, std = data.channel_stats()
     norm = Normalize(mean, std, device, channels_last=cfg.train.channels_last)
+    d = cfg.data
     train = TensorLoader(
         data.train.x.to(device),
         data.train.y.to(device),
         cfg.train.batch_size,
         norm,
         shuffle=True,
-        crop_padding=cfg.data.crop_padding,
-        flip=cfg.data.flip,
-        drop_last=len(data.train) >= cfg.train.batch_size,
+        crop_padding=d.crop_padding,
+        flip=d.flip,
+        resized_crop=(d.rrc_scale, d.rrc_ratio) if d.random_resized_crop else None,
+        # Sharded batches must all be full, or the ranks would disagree on the step count.
+        drop_last=len(data.train) >= cfg.train.batch_size or world.distributed,
         seed=cfg.train.seed,
+        shard=(world.rank, world.size),
     )
 
-    def plain(split: str) -> TensorLoader:
+    def plain(split: str, shard: bool) -> TensorLoader:
         s = getattr(data, split)
-        return TensorLoader(s.x.to(device), s.y.to(device), cfg.train.eval_batch_size, norm)
+        lo, hi = (world.rank * len(s) // world.size, (world.rank + 1) * len(s) // world.size) if shard else (0, len(s))
+        return TensorLoader(s.x[lo:hi].to(device), s.y[lo:hi].to(device), cfg.train.eval_batch_size, norm)
 
-    return {"train": train, "val": plain("val"), "test": plain("test")}
+    return {"train": train, "val": plain("val", shard=True), "test": plain("test", shard=False)}
 
 
 def autocast(device: torch.device, amp: str) -> torch.autocast:
@@ -199,13 +213,19 @@ def train_one_epoch(
     progress: Progress,
     first_step: int,
     total_steps: int,
+    net: nn.Module | None = None,
+    world: World | None = None,
 ) -> dict[str, Any]:
     """One pass over ``loader``; returns mean loss, accuracy and the first non-finite step.
 
     Nothing is read back to the host inside the loop: the loss sum, the correct count and
     the index of the first step with a non-finite loss stay on the device until the end
     (so do the gradient norms that the stepper's diagnostics accumulate after each backward).
+    ``net`` is what the forward pass calls (the DistributedDataParallel wrapper of ``model``
+    when there are several processes); the epoch's sums are then added over the ranks.
     """
+    net = net if net is not None else model
+    world = world or World()
     model.train()
     head: Head = model.head
     device = loader.x.device
@@ -217,9 +237,9 @@ def train_one_epoch(
         step = first_step + i
         head.step_update(step, total_steps)
         with autocast(device, stepper.amp):
-            scores = model(x)  # (B, K)
+            scores = net(x)  # (B, K)
             loss = head.loss(scores, y)
-        if step == 0 and head.applies_softmax:  # first batch of the run only: one host read
+        if step == 0 and head.applies_softmax and world.is_main:  # first batch of the run only: one host read
             warn_if_probabilities(scores.detach())  # the double-softmax pitfall
         stepper.step(loss)
         loss = loss.detach()
@@ -228,20 +248,26 @@ def train_one_epoch(
         correct += (head.predict(scores.detach()) == y).sum()
         seen += y.shape[0]
         progress.advance()
+    totals = all_reduce(torch.stack([loss_sum.double(), correct.double(), loss_sum.new_tensor(seen).double()]), world)
+    first_bad = all_reduce(torch.where(bad_step < 0, total_steps, bad_step), world, "min").item()
+    loss_total, correct_total, seen_total = totals.tolist()
     return {
-        "loss": loss_sum.item() / max(seen, 1),
-        "acc": correct.item() / max(seen, 1),
-        "bad_step": int(bad_step.item()),
-        "images": seen,
+        "loss": loss_total / max(seen_total, 1),
+        "acc": correct_total / max(seen_total, 1),
+        "bad_step": int(first_bad) if first_bad < total_steps else -1,
+        "images": int(seen_total),
         "steps": len(loader),
     }
 
 
 @torch.no_grad()
-def evaluate(model: Classifier, loader: TensorLoader, keep_probs: bool = False, amp: str = "none") -> dict[str, Any]:
+def evaluate(
+    model: Classifier, loader: TensorLoader, keep_probs: bool = False, amp: str = "none", world: World | None = None
+) -> dict[str, Any]:
     """Mean head loss and accuracy over ``loader``; with ``keep_probs`` also the (N, K)
     probabilities from ``head.probs`` and the (N,) targets, on the CPU. ``amp`` as
-    ``train.amp`` (the head still normalises in float32)."""
+    ``train.amp`` (the head still normalises in float32). With several processes
+    (``world``) each rank passes its shard and the sums are added over the ranks."""
     model.eval()
     head: Head = model.head
     device = loader.x.device
@@ -257,8 +283,10 @@ def evaluate(model: Classifier, loader: TensorLoader, keep_probs: bool = False, 
         if keep_probs:
             probs.append(p.float().cpu())
             targets.append(y.cpu())
-    n = len(loader.y)
-    out: dict[str, Any] = {"loss": loss_sum.item() / n, "acc": correct.item() / n}
+    n_local = loss_sum.new_tensor(len(loader.y)).double()
+    totals = all_reduce(torch.stack([loss_sum.double(), correct.double(), n_local]), world or World())
+    loss_total, correct_total, n = totals.tolist()
+    out: dict[str, Any] = {"loss": loss_total / n, "acc": correct_total / n}
     if keep_probs:
         out["probs"], out["targets"] = torch.cat(probs), torch.cat(targets)
     return out
@@ -291,26 +319,78 @@ def fit(
         data: an already loaded dataset matching ``cfg.data`` (saves regenerating it when
             several runs share one dataset, as in the demo).
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls ``fit`` with the same
+    arguments: the model is wrapped in DistributedDataParallel, each rank trains on its
+    slice of every global batch of ``train.batch_size`` images, the epoch metrics are
+    summed over the ranks, rank 0 evaluates the test split and alone writes the run
+    directory, and every rank returns rank 0's summary.
+
     Raises:
         UserError: bad input (checked before anything is written).
         DivergedError: the training loss became non-finite; ``summary.json`` records
             ``status: "diverged"`` and the weights of the last good epoch are kept.
     """
-    progress = progress or Progress()
-    # --- setup: everything that can fail on bad input happens before the first write.
     device = resolve_device(cfg.train.device)
+    world, device = distributed.setup(device)
+    try:
+        return _fit(cfg, out_dir, overwrite, progress or Progress(), data, world, device)
+    finally:
+        distributed.teardown(world)
+
+
+def _prepare_run_dir(cfg: Config, out_dir: str | Path | None, overwrite: bool, world: World) -> Path:
+    """Rank 0 creates the run directory and writes config.yaml; every rank gets its path or
+    rank 0's UserError (so that no rank is left waiting for a rank that stopped)."""
+    path, error = runs.default_run_dir(cfg.name) if out_dir is None else Path(out_dir), None
+    if world.is_main:
+        try:
+            path = runs.prepare_run_dir(path, overwrite=overwrite)
+            runs.atomic_write_text(path / runs.CONFIG, cfg.to_yaml())
+        except UserError as exc:
+            error = str(exc)
+    path, error = distributed.broadcast_object((path, error), world)
+    if error is not None:
+        raise UserError(error)
+    return Path(path)
+
+
+def _fit(
+    cfg: Config,
+    out_dir: str | Path | None,
+    overwrite: bool,
+    progress: Progress,
+    data: ImageData | None,
+    world: World,
+    device: torch.device,
+) -> FitResult:
+    # --- setup: everything that can fail on bad input happens before the first write.
     if cfg.train.amp == "fp16" and device.type != "cuda":
         raise UserError("train.amp=fp16 (float16 with loss scaling) needs CUDA; use --set train.amp=bf16 on the CPU")
+    if cfg.train.batch_size % world.size:
+        raise UserError(
+            f"train.batch_size={cfg.train.batch_size} is the global batch and must divide evenly over "
+            f"{world.size} processes; choose a multiple of {world.size}"
+        )
     data = data if data is not None else load_data(cfg.data)
+    if world.distributed and len(data.train) < cfg.train.batch_size:
+        raise UserError(
+            f"{len(data.train)} training images are fewer than one global batch ({cfg.train.batch_size}); "
+            "lower train.batch_size"
+        )
     seed_everything(cfg.train.seed)
     model = build_model(cfg, data.image_shape[0], data.num_classes, data.coarse_of).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     check_forward(model, data.image_shape, device)
-    run_dir = runs.prepare_run_dir(out_dir or runs.default_run_dir(cfg.name), overwrite=overwrite)
-    runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
+    run_dir = _prepare_run_dir(cfg, out_dir, overwrite, world)
+    if world.distributed:
+        # Same initial weights on every rank (seeded above, and DDP broadcasts rank 0's), but
+        # each rank its own noise for dropout and Gumbel samples.
+        torch.manual_seed(cfg.train.seed + 1_000_003 * world.rank)
+    if not world.is_main:
+        progress = Progress()
 
-    loaders = make_loaders(data, cfg, device)
+    loaders = make_loaders(data, cfg, device, world)
     diagnostics = Diagnostics(model, loaders["val"], cfg.diagnostics)
     optimizer = build_optimizer(model, cfg.train)
     total_steps = cfg.train.epochs * len(loaders["train"])
@@ -320,6 +400,11 @@ def fit(
     stepper = Stepper(optimizer, scheduler, cfg.train.amp, diagnostics)
     if cfg.train.compile:
         model.compile()  # in place: parameter names (and so model.pt) stay those of the plain model
+    net: nn.Module = model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     label = cfg.name or f"{cfg.head.name}/{cfg.model.activation} seed {cfg.train.seed}"
     history: list[dict[str, Any]] = []
     progress.start(label, cfg.train.epochs, len(loaders["train"]))
@@ -332,15 +417,16 @@ def fit(
             first_step = (epoch - 1) * len(loaders["train"])
             last_step = first_step + len(loaders["train"]) - 1
             lr = cfg.train.lr * lr_factor(last_step, total_steps, cfg.train.schedule, cfg.train.warmup_fraction)
-            stats = train_one_epoch(model, loaders["train"], stepper, progress, first_step, total_steps)
+            stats = train_one_epoch(model, loaders["train"], stepper, progress, first_step, total_steps, net, world)
             _sync(device)
             seconds = time.perf_counter() - t0
             if stats["bad_step"] >= 0 or not math.isfinite(stats["loss"]):
-                _diverged(cfg, run_dir, history, epoch, stats["bad_step"], data, device)
-            # --- validate
-            val = evaluate(model, loaders["val"], amp=cfg.train.amp)
+                _diverged(cfg, run_dir, history, epoch, stats["bad_step"], data, device, world=world)
+            # --- validate (with rank 0's BatchNorm statistics on every rank, as saved)
+            distributed.broadcast_buffers(model, world)
+            val = evaluate(model, loaders["val"], amp=cfg.train.amp, world=world)
             if not math.isfinite(val["loss"]):  # e.g. an unstable head overflowing on unseen images
-                _diverged(cfg, run_dir, history, epoch, -1, data, device, "validation loss")
+                _diverged(cfg, run_dir, history, epoch, -1, data, device, "validation loss", world)
             record = {
                 "epoch": epoch,
                 "train_loss": stats["loss"],
@@ -354,25 +440,29 @@ def fit(
                 **model.head.epoch_record(),
             }
             history.append(record)
-            runs.atomic_write_jsonl(run_dir / runs.METRICS, history)
-            norm = loaders["train"].normalize
-            runs.save_weights(
-                run_dir,
-                model,
-                cfg,
-                data.classes,
-                epoch,
-                normalization={"mean": norm.mean, "std": norm.std},
-                coarse_of=data.coarse_of,
-            )
+            if world.is_main:
+                runs.atomic_write_jsonl(run_dir / runs.METRICS, history)
+                norm = loaders["train"].normalize
+                runs.save_weights(
+                    run_dir,
+                    model,
+                    cfg,
+                    data.classes,
+                    epoch,
+                    normalization={"mean": norm.mean, "std": norm.std},
+                    coarse_of=data.coarse_of,
+                )
             progress.epoch_end(record)
     finally:
         progress.stop()
 
-    # --- test
-    summary = _summary(cfg, model, loaders["test"], history, data, device)
-    diagnostics.save_feature_maps(run_dir / "figures" / "feature_maps.png")  # the first validation image
-    runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
+    # --- test (rank 0, on the whole test split)
+    summary = None
+    if world.is_main:
+        summary = _summary(cfg, model, loaders["test"], history, data, device, world)
+        diagnostics.save_feature_maps(run_dir / "figures" / "feature_maps.png")  # the first validation image
+        runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
+    summary = distributed.broadcast_object(summary, world)
     return FitResult(run_dir, summary, history, model)
 
 
@@ -394,6 +484,7 @@ def _summary(
     history: list[dict[str, Any]],
     data: ImageData,
     device: torch.device,
+    world: World | None = None,
 ) -> dict[str, Any]:
     test = evaluate(model, test_loader, keep_probs=True, amp=cfg.train.amp)
     metrics = classification_metrics(test["probs"], test["targets"], source=f"head {cfg.head.name!r}")
@@ -409,7 +500,7 @@ def _summary(
         "test": {"loss": test["loss"], **metrics},
         "val": {"loss": history[-1]["val_loss"], "accuracy": history[-1]["val_acc"]},
         "timing": _timing(history),
-        "env": runs.environment(device, cfg.train.seed),
+        "env": {**runs.environment(device, cfg.train.seed), "processes": (world or World()).size},
     }
 
 
@@ -422,8 +513,9 @@ def _diverged(
     data: ImageData,
     device: torch.device,
     what: str = "loss",
+    world: World | None = None,
 ) -> None:
-    """Record ``status: diverged`` (keeping the last good weights) and raise."""
+    """Record ``status: diverged`` (keeping the last good weights; rank 0 writes) and raise."""
     where = f"epoch {epoch}, step {step}" if step >= 0 else f"epoch {epoch}"
     message = (
         f"training diverged at {where}: non-finite {what} with head {cfg.head.name!r} and lr {cfg.train.lr:g}; "
@@ -441,5 +533,6 @@ def _diverged(
     }
     if history:
         summary["timing"] = _timing(history)
-    runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
+    if (world or World()).is_main:
+        runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
     raise DivergedError(message, epoch=epoch, step=step)

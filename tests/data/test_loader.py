@@ -66,3 +66,49 @@ def test_random_flip_flips_about_half():
     same = [torch.equal(o, i) for o, i in zip(out, x, strict=True)]
     assert all(f or s for f, s in zip(flipped, same, strict=True))
     assert 150 < sum(flipped) < 250
+
+
+def test_shards_of_a_global_batch_are_exactly_the_single_process_batch():
+    # Every rank draws the same permutation and augmentation and keeps its slice, so the
+    # ranks together see what one process sees, image for image.
+    kw = {"shuffle": True, "crop_padding": 1, "flip": True, "drop_last": True, "seed": 3}
+    whole = list(make(**kw))
+    shards = [list(make(shard=(rank, 2), **kw)) for rank in range(2)]
+    assert all(len(s) == len(whole) for s in shards)
+    for i, (x, y) in enumerate(whole):
+        assert [s[i][1].numel() for s in shards] == [8, 8]
+        torch.testing.assert_close(torch.cat([s[i][0] for s in shards]), x)
+        assert torch.equal(torch.cat([s[i][1] for s in shards]), y)
+
+
+def test_resized_crop_boxes_follow_scale_and_ratio():
+    from softmaxlab.data.loader import resized_crop_boxes
+
+    g = torch.Generator().manual_seed(0)
+    cx, cy, w, h = resized_crop_boxes(4000, (0.25, 0.5), (0.5, 2.0), g).double().unbind(1)
+    area, ratio = w * h, w / h
+    assert area.min() >= 0.25 - 1e-6 and area.max() <= 0.5 + 1e-6  # no clamping needed in this range
+    assert ratio.min() >= 0.5 - 1e-6 and ratio.max() <= 2.0 + 1e-6
+    assert ratio.log().mean().abs() < 0.05  # log-uniform about 1
+    assert (cx - w / 2 >= -1e-6).all() and (cx + w / 2 <= 1 + 1e-6).all()  # the box lies inside the image
+    assert (cy - h / 2 >= -1e-6).all() and (cy + h / 2 <= 1 + 1e-6).all()
+
+
+def test_resized_crop_of_the_full_box_is_the_image_and_a_quarter_box_is_an_upscaled_corner():
+    from softmaxlab.data.loader import resized_crop_at
+
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    full = torch.tensor([[0.5, 0.5, 1.0, 1.0]] * 2)
+    torch.testing.assert_close(resized_crop_at(x, full), x.float())
+    corner = torch.tensor([[0.25, 0.25, 0.5, 0.5]] * 2)  # top-left quarter, resized 2x
+    out = resized_crop_at(x, corner)
+    expected = torch.nn.functional.interpolate(x[:, :, :4, :4].float(), scale_factor=2, mode="bilinear")
+    # The last row and column interpolate towards the pixel just outside the box, where
+    # crop-then-resize clamps at the box edge.
+    torch.testing.assert_close(out[..., :7, :7], expected[..., :7, :7])
+
+
+def test_resized_crop_loader_gives_normalised_batches():
+    loader = make(shuffle=True, flip=True, resized_crop=((0.35, 1.0), (0.75, 4 / 3)))
+    for x, y in loader:
+        assert x.shape == (y.numel(), 3, 4, 4) and x.dtype == torch.float32 and torch.isfinite(x).all()

@@ -1,0 +1,61 @@
+"""Training under torchrun: 2 CPU processes (gloo) against one process on the same config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from softmaxlab.distributed import World, env_world
+from softmaxlab.errors import UserError
+from softmaxlab.progress import Progress
+from softmaxlab.train import _fit, fit
+
+from .conftest import TINY, tiny_config
+
+
+def test_env_world_reads_torchrun_variables(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    world = env_world()
+    assert (world.rank, world.size, world.distributed, world.is_main) == (2, 4, True, False)
+    monkeypatch.delenv("WORLD_SIZE")
+    assert not env_world().distributed
+
+
+def test_global_batch_must_split_evenly_over_processes(tmp_path):
+    cfg = tiny_config("train.batch_size=64")
+    with pytest.raises(UserError, match="must divide evenly over 3 processes"):
+        _fit(cfg, tmp_path / "run", False, Progress(), None, World(0, 3), torch.device("cpu"))
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
+def test_two_process_gloo_run_matches_a_single_process_run(tmp_path):
+    overrides = [*TINY, "train.epochs=3"]
+    single = fit(tiny_config("train.epochs=3"), tmp_path / "single")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "softmaxlab", "run", "--out", str(tmp_path / "ddp")]
+    for o in overrides:
+        cmd += ["--set", o]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("wrote ") == 1  # rank 0 speaks for both processes
+
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["env"]["processes"] == 2 and [r["epoch"] for r in records] == [1, 2, 3]
+    # Same global batches, same augmentation, averaged gradients: only the BatchNorm
+    # statistics (per rank, over half a batch) and the summation order differ.
+    assert records[0]["train_loss"] == pytest.approx(single.history[0]["train_loss"], abs=0.05)
+    assert summary["test"]["accuracy"] == pytest.approx(single.summary["test"]["accuracy"], abs=0.08)
+    assert summary["test"]["nll"] == pytest.approx(single.summary["test"]["nll"], abs=0.1)
+    # Metrics are reduced over the ranks: every training image counted once per epoch.
+    images = records[-1]["train_images_per_second"] * records[-1]["epoch_seconds"]
+    assert images == pytest.approx(1024, abs=1)
