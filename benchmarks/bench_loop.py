@@ -58,6 +58,8 @@ def fit_loop(
     """One epoch of ``fit``'s own loop per call; with ``diagnostics``, also what ``fit`` pays for them."""
     seed_everything(cfg.train.seed)
     model = build_model(cfg, data.image_shape[0], data.num_classes).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # as fit does
     loaders = make_loaders(data, cfg, device)
     loader = loaders["train"]
     diag = Diagnostics(model, loaders["val"], cfg.diagnostics) if diagnostics else None
