@@ -19,6 +19,7 @@ TINY = [
     "train.batch_size=64",
     "train.eval_batch_size=256",
     "train.device=cpu",
+    "report.figures=false",  # each fit's report without figures (milliseconds); tests/report draws them
 ]
 
 

@@ -36,6 +36,22 @@ def test_run_writes_a_run_directory(tmp_path):
     assert f"wrote {out}" in result.stdout.replace("\n", "")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["epochs"] == 1
+    assert f"report {out / 'report.html'}" in result.stdout.replace("\n", "")
+    # `report` rebuilds it from the files: Markdown only here, so the HTML stays as the run wrote it
+    (out / "report.md").unlink()
+    before = (out / "report.html").stat().st_mtime_ns
+    result = invoke("report", str(out), "--format", "md")
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out / 'report.md'}" in result.stdout.replace("\n", "")
+    assert (out / "report.md").read_text().startswith("# softmaxlab report: ")
+    assert (out / "report.html").stat().st_mtime_ns == before
+
+
+def test_report_bad_input_exits_2(tmp_path):
+    assert_bad_input(invoke("report", str(tmp_path / "none")), "does not exist")
+    assert_bad_input(invoke("report", str(tmp_path)), "holds no runs")
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    assert_bad_input(invoke("report", str(tmp_path), "--format", "pdf"), "unknown report format")
 
 
 def test_run_from_config_file(tmp_path):
@@ -153,6 +169,56 @@ def test_visualize_bad_inputs_exit_2(trained_run, tmp_path):
     bad.write_text("not an image")
     assert_bad_input(invoke("visualize", str(trained_run), str(bad)), "cannot read", "as an image")
     assert_bad_input(invoke("visualize", str(tmp_path), str(bad)), "model.pt", "does not exist")
+
+
+def test_evaluate_writes_json_and_prints_a_table(trained_run, tmp_path):
+    out = tmp_path / "eval.json"
+    result = invoke("evaluate", str(trained_run), "--data", "shapes", "--split", "val", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    for fragment in ("after temperature", "f1_macro", "ece", "entropy", f"wrote {out}"):
+        assert fragment in result.stdout.replace("\n", ""), fragment
+    evaluation = json.loads(out.read_text())
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert evaluation["split"] == "val" and evaluation["temperature"] == summary["temperature"]
+    assert set(evaluation["metrics"]) == set(summary["test"])  # the same keys as summary.json's test section
+    assert evaluation["metrics"]["accuracy"] == pytest.approx(summary["val"]["accuracy"])
+
+
+def test_evaluate_on_other_class_names_exits_2(trained_run, tmp_path):
+    import numpy as np
+
+    path = tmp_path / "abc.npz"
+    x = np.random.default_rng(0).integers(0, 256, (60, 16, 16, 3), dtype=np.uint8)
+    np.savez(path, x=x, y=np.arange(60) % 3, classes=np.array(["ant", "bee", "cat"]))
+    result = invoke("evaluate", str(trained_run), "--data", f"npz:{path}", "--out", str(tmp_path / "e.json"))
+    assert_bad_input(result, "class names", "3 classes, the run 4", "not in the run 'ant', 'bee', 'cat'")
+    assert not (tmp_path / "e.json").exists()
+    assert_bad_input(invoke("evaluate", str(trained_run), "--data", "mnist"), "unknown dataset spec 'mnist'")
+
+
+def test_predict_prints_top_k(trained_run, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "photo.jpg"
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(image)
+    result = invoke("predict", str(trained_run), str(image), "--top-k", "2")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "after temperature scaling (T = " in lines[0] and lines[1] == str(image)
+    assert [line.split()[0] for line in lines[2:]] == ["1.", "2."]
+    as_json = invoke("predict", str(trained_run), str(image), str(image), "--json")
+    assert as_json.exit_code == 0, as_json.output
+    predictions = json.loads(as_json.stdout)["predictions"]
+    assert len(predictions) == 2 and len(predictions[0]["top"]) == 4  # --top-k 5 capped at 4 classes
+    assert predictions[0]["top"][0]["probability"] == pytest.approx(float(lines[2].split()[-1]), abs=1e-4)
+
+
+def test_predict_bad_inputs_exit_2(trained_run, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    assert_bad_input(invoke("predict", str(trained_run), str(bad)), "cannot read", "as an image")
+    assert_bad_input(invoke("predict", str(tmp_path), str(bad)), "model.pt", "does not exist")
+    assert_bad_input(invoke("predict", str(trained_run), str(bad), "--top-k", "0"), "--top-k must be at least 1")
 
 
 def test_run_with_a_dataset_spec(tmp_path):

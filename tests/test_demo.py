@@ -10,6 +10,7 @@ def test_demo_config_is_the_documented_budget():
     cfg = demo_config("softmax", 1)
     assert cfg.data.name == "shapes" and cfg.head.name == "softmax" and cfg.train.seed == 1
     assert cfg.name == "softmax-seed1" and cfg.train.epochs == 3
+    assert not cfg.report.figures  # each run's report is tables only; the demo's report draws for all
 
 
 def test_demo_compares_the_six_heads_each_with_its_own_config():
@@ -23,7 +24,9 @@ def test_demo_compares_the_six_heads_each_with_its_own_config():
 
 def test_demo_writes_table_notes_and_runs(tmp_path):
     variants = tuple(v for v in DEMO_VARIANTS if v.name in {"softmax", "temperature", "sparsemax"})
-    result = run_demo(tmp_path, variants=variants, seeds=(0, 1), overrides=[*TINY, "train.epochs=1"])
+    result = run_demo(
+        tmp_path, variants=variants, seeds=(0, 1), overrides=[*TINY, "train.epochs=1"], report_figures=False
+    )
     text = (tmp_path / "demo.md").read_text()
     assert result.table in text
     lines = result.table.splitlines()
@@ -36,5 +39,11 @@ def test_demo_writes_table_notes_and_runs(tmp_path):
         assert f"- **{v.name}**: " in text
     assert "{" not in text  # every note's placeholders were filled with measured numbers
     assert "T after training: " in text and "% of the test images got p = 0" in text
+    # the report of all the runs: one row per variant, the figures left to `softmaxlab report`
+    assert result.report == tmp_path / "report.html"
+    html = result.report.read_text()
+    for v in variants:
+        assert f'<td data-sort="head={v.name}">head={v.name}</td>' in html
+    assert "report.figures: false" in html
     accs = [s["test"]["accuracy"] for s in result.summaries]
     assert len(accs) == 6 and all(a > 0.25 and math.isfinite(a) for a in accs)

@@ -3,7 +3,20 @@ import math
 import pytest
 import torch
 
-from softmaxlab.metrics import HIGHER_IS_BETTER, classification_metrics, validate_probs
+from softmaxlab.config import HeadConfig
+from softmaxlab.heads import HEADS, build_head
+from softmaxlab.metrics import (
+    HIGHER_IS_BETTER,
+    NO_DIRECTION,
+    after_temperature,
+    apply_temperature,
+    calibration_metrics,
+    classification_metrics,
+    fit_head_temperature,
+    fit_temperature,
+    temperature_logits,
+    validate_probs,
+)
 
 
 def test_hand_worked_example():
@@ -46,6 +59,128 @@ def test_bad_input_is_rejected_naming_the_source(probs, match):
 
 
 def test_direction_metadata_covers_every_scalar_metric():
-    m = classification_metrics(torch.softmax(torch.randn(20, 4), 1), torch.randint(0, 4, (20,)))
+    p, y = torch.softmax(torch.randn(20, 4), 1), torch.randint(0, 4, (20,))
+    m = {**classification_metrics(p, y), **after_temperature(p, y, 1.5)}
     scalars = {k for k, v in m.items() if isinstance(v, float)}
-    assert scalars == set(HIGHER_IS_BETTER)
+    assert scalars == set(HIGHER_IS_BETTER) | NO_DIRECTION
+    assert not NO_DIRECTION & set(HIGHER_IS_BETTER)
+    assert not any(HIGHER_IS_BETTER[k] for k in ("nll", "brier", "ece", "mce", "ece_after_temperature"))
+
+
+def test_per_class_values_and_entropy_by_hand():
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.0, 0.0, 1.0]])
+    m = classification_metrics(p, torch.tensor([0, 1, 1, 2]))
+    per_class = m["per_class"]
+    assert per_class["precision"] == pytest.approx([0.5, 1.0, 1.0])
+    assert per_class["recall"] == pytest.approx([1.0, 0.5, 1.0])
+    assert per_class["f1"] == pytest.approx([2 / 3, 2 / 3, 1.0])
+    assert per_class["support"] == [1, 2, 1]
+    rows = [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1]]
+    entropy = [-sum(q * math.log(q) for q in row) for row in rows] + [0.0]  # 0 log 0 = 0
+    assert m["entropy"] == pytest.approx(sum(entropy) / 4)
+
+
+#: conf 0.9 (bin 13) right and wrong, 0.55 (bin 8) right, 1.0 (bin 14, closed at 1) wrong, 0.95 (bin 14) right.
+CAL_P = torch.tensor([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.55, 0.45, 0.0], [0.0, 0.0, 1.0], [0.95, 0.05, 0.0]])
+CAL_Y = torch.tensor([0, 0, 0, 1, 0])
+
+
+def test_ece_mce_and_reliability_by_hand():
+    m = calibration_metrics(CAL_P, CAL_Y)
+    # bins: 8 -> |1 - 0.55|, 13 -> |0.5 - 0.9|, 14 -> |0.5 - 0.975| with 1, 2, 2 images
+    assert m["ece"] == pytest.approx((0.45 + 2 * 0.4 + 2 * 0.475) / 5, abs=1e-6)
+    # A confidence of exactly 1 belongs to the last bin (in a bin of its own MCE would be 1).
+    assert m["mce"] == pytest.approx(0.475, abs=1e-6)
+    r = m["reliability"]
+    assert r["bins"] == 15 and r["count"] == [0] * 8 + [1] + [0] * 4 + [2, 2]
+    assert r["confidence"][8] == pytest.approx(0.55) and r["confidence"][14] == pytest.approx(0.975)
+    assert r["accuracy"][8] == 1.0 and r["accuracy"][13] == 0.5 and r["accuracy"][14] == 0.5
+    assert r["confidence"][0] is None and r["accuracy"][0] is None
+
+
+def loop_ece(p, y, n_bins=15):
+    """ECE and MCE by an explicit loop over equal-width bins [lo, hi), the last closed at 1."""
+    conf, pred = p.max(dim=1)
+    ece, mce = 0.0, 0.0
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        inside = [i for i in range(len(y)) if lo <= conf[i] < hi or (b == n_bins - 1 and conf[i] == 1.0)]
+        if inside:
+            acc = sum(float(pred[i] == y[i]) for i in inside) / len(inside)
+            mean_conf = sum(float(conf[i]) for i in inside) / len(inside)
+            ece += len(inside) / len(y) * abs(acc - mean_conf)
+            mce = max(mce, abs(acc - mean_conf))
+    return ece, mce
+
+
+def test_ece_and_mce_match_an_explicit_loop_over_bins():
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(3 * torch.randn(400, 5, generator=g), dim=1)
+    p[:40] = torch.nn.functional.one_hot(torch.arange(40) % 5, 5).float()  # certain: confidence exactly 1
+    y = torch.randint(0, 5, (400,), generator=g)
+    m = classification_metrics(p, y)
+    ece, mce = loop_ece(p, y)
+    assert m["ece"] == pytest.approx(ece, abs=1e-5)
+    assert m["mce"] == pytest.approx(mce, abs=1e-5)
+    r = m["reliability"]
+    assert sum(r["count"]) == 400
+    from_bins = sum(n * abs(a - c) for n, a, c in zip(r["count"], r["accuracy"], r["confidence"], strict=True) if n)
+    assert from_bins / 400 == pytest.approx(m["ece"], abs=1e-5)
+
+
+def test_temperature_scaling_recovers_a_known_temperature_and_lowers_ece():
+    g = torch.Generator().manual_seed(0)
+    z = 4 * torch.randn(8000, 10, generator=g, dtype=torch.float64)
+    # Labels drawn from softmax(z / 3): the logits z are three times too confident.
+    y = torch.multinomial(torch.softmax(z / 3, dim=1), 1, generator=g)[:, 0]
+    t = fit_temperature(z[:4000], y[:4000])
+    assert t == pytest.approx(3.0, rel=0.06)
+    # From the probabilities alone (log p = z - logsumexp z): the same temperature.
+    p = torch.softmax(z, dim=1).float()
+    assert fit_temperature(temperature_logits(p[:4000]), y[:4000]) == pytest.approx(t, rel=1e-3)
+    assert fit_temperature(z[:4000], y[:4000]) == t  # deterministic
+    before = calibration_metrics(p[4000:], y[4000:])["ece"]
+    after = after_temperature(p[4000:], y[4000:], t)
+    assert after["ece_after_temperature"] < before / 3
+    assert after["nll_after_temperature"] < classification_metrics(p[4000:], y[4000:])["nll"]
+    assert after["reliability_after_temperature"]["bins"] == 15
+
+
+def test_apply_temperature_keeps_predictions_and_sums_to_one():
+    p = torch.softmax(torch.randn(50, 6), dim=1)
+    for t in (0.3, 1.0, 4.0):
+        q = apply_temperature(p, t)
+        torch.testing.assert_close(q.sum(dim=1), torch.ones(50))
+        assert torch.equal(q.argmax(dim=1), p.argmax(dim=1))
+    torch.testing.assert_close(apply_temperature(p, 1.0), p)
+    assert apply_temperature(p, 4.0).max() < p.max()  # flatter
+
+
+def test_no_temperature_gives_null_values_not_missing_keys():
+    out = after_temperature(CAL_P, CAL_Y, None)
+    assert out == {"ece_after_temperature": None, "nll_after_temperature": None, "reliability_after_temperature": None}
+
+
+@pytest.mark.parametrize("name", HEADS.names())
+def test_each_head_gets_a_temperature_or_a_reason(name):
+    head = build_head(HeadConfig(name=name), 6, 4).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        p = head.probs(head(torch.randn(64, 6, generator=g)))
+    y = torch.randint(0, 4, (64,), generator=g)
+    t, note = fit_head_temperature(head, p, y, source=f"head {name!r}")
+    assert note.startswith(f"{name}: ")
+    if name in ("sparsemax", "entmax15", "sigmoid"):
+        assert t is None and "not fitted" in note
+    else:
+        assert 0.01 <= t <= 100 and "fitted on the validation split" in note
+
+
+def test_temperature_refuses_what_it_cannot_fit():
+    with pytest.raises(ValueError, match="finite logits"):
+        fit_temperature(torch.tensor([[0.0, -math.inf]]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="N >= 1"):
+        fit_temperature(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+    head = build_head(HeadConfig(name="softmax"), 6, 3)
+    with pytest.raises(ValueError, match=r"head 'softmax'.*in \[0, 1\]"):  # logits, never re-softmaxed
+        fit_head_temperature(head, torch.randn(4, 3), torch.zeros(4, dtype=torch.long), source="head 'softmax'")

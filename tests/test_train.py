@@ -48,6 +48,19 @@ def test_run_directory_files_and_keys(tiny_run):
     assert {"python", "torch", "softmaxlab", "device", "seed"} <= set(env) and env["device"] == "cpu"
 
 
+def test_fit_ends_by_writing_the_report(tiny_run):
+    from softmaxlab.report.build import write_report
+
+    d = tiny_run.run_dir
+    assert tiny_run.report == d / "report.html" and (d / "report.md").is_file()
+    html = tiny_run.report.read_text()
+    assert '<td data-sort="head=softmax">head=softmax</td>' in html
+    assert "report.figures: false" in html  # the tiny config leaves the figures to `softmaxlab report`
+    write_report(d, "html")  # the same run's report with its figures, from its files only
+    html = tiny_run.report.read_text()
+    assert "report.figures: false" not in html and html.count('<img src="data:image/png;base64,') >= 4
+
+
 def test_rerun_from_written_config_reproduces_metrics(tiny_run, tmp_path):
     cfg = load_config(tiny_run.run_dir / "config.yaml")
     again = fit(cfg, tmp_path / "again")
@@ -77,6 +90,7 @@ def test_divergence_is_recorded_and_raised(tmp_path):
     assert info.value.epoch == 1 and info.value.step >= 0
     summary = json.loads((tmp_path / "d" / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["diverged"]["epoch"] == 1
+    assert '<tr class="diverged">' in (tmp_path / "d" / "report.html").read_text()
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine", "constant"])

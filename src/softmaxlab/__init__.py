@@ -16,9 +16,11 @@ from softmaxlab.config import Config, load_config
 from softmaxlab.data import DATASETS, ImageData, Split, TensorLoader, load_data
 from softmaxlab.errors import DivergedError, UserError
 from softmaxlab.heads import HEADS, DoubleSoftmaxWarning, Head, build_head, check_logits
-from softmaxlab.metrics import classification_metrics
+from softmaxlab.inference import evaluate_run, predict_images
+from softmaxlab.metrics import classification_metrics, fit_temperature
 from softmaxlab.models import MODELS, Classifier, build_model
 from softmaxlab.registry import Registry
+from softmaxlab.report import write_report
 from softmaxlab.train import FitResult, evaluate, fit, train_one_epoch
 
 __all__ = [
@@ -44,8 +46,12 @@ __all__ = [
     "check_logits",
     "classification_metrics",
     "evaluate",
+    "evaluate_run",
     "fit",
+    "fit_temperature",
     "load_config",
     "load_data",
+    "predict_images",
     "train_one_epoch",
+    "write_report",
 ]

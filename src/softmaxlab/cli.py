@@ -104,6 +104,8 @@ def run_cmd(
         f"({result.summary['timing']['mean_epoch_seconds']:.1f} s/epoch)"
     )
     out_console.print(f"wrote {result.run_dir}", highlight=False, soft_wrap=True)
+    if result.report is not None:
+        out_console.print(f"report {result.report}", highlight=False, soft_wrap=True)
 
 
 @app.command("demo")
@@ -120,6 +122,79 @@ def demo_cmd(
     result = run_demo(out, overwrite=overwrite, progress=_progress())
     out_console.print(result.table, highlight=False, soft_wrap=True)
     out_console.print(f"wrote {result.out_dir / 'demo.md'}", highlight=False, soft_wrap=True)
+    out_console.print(f"report {result.report}", highlight=False, soft_wrap=True)
+
+
+@app.command("evaluate")
+@_exit_codes
+def evaluate_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `softmaxlab run`.")],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="Dataset spec with the run's classes: shapes, cifar10, cifar100[:coarse], imagefolder:PATH, npz:PATH.",
+        ),
+    ],
+    split: Annotated[str, typer.Option(help="test, val or all (train + val + test).")] = "test",
+    out: Annotated[
+        Path | None, typer.Option(help="JSON file to write (default: RUN_DIR/evaluate-<dataset>-<split>.json).")
+    ] = None,
+) -> None:
+    """Every metric of a trained run on a dataset with the same classes -> JSON, and a short table."""
+    from softmaxlab.inference import TABLE_METRICS, default_evaluation_path, evaluate_run, write_evaluation
+
+    result = evaluate_run(run_dir, data, split)
+    path = write_evaluation(result, out or default_evaluation_path(run_dir, data, split))
+    metrics = result["metrics"]
+    table = Table(show_header=True, header_style="bold", box=None)
+    for column, justify in (("metric", "left"), ("value", "right"), ("after temperature", "right")):
+        table.add_column(column, justify=justify)
+    for key in TABLE_METRICS:
+        after = metrics.get(f"{key}_after_temperature")
+        table.add_row(key, f"{metrics[key]:.4f}", "" if after is None else f"{after:.4f}")
+    t = result["temperature"]
+    out_console.print(
+        f"{result['head']} run on {data} ({split}, {result['images']} images); "
+        + (f"temperature T = {t:.3f}" if t is not None else result["temperature_note"]),
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
+    )
+    out_console.print(table)
+    out_console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+@app.command("predict")
+@_exit_codes
+def predict_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `softmaxlab run`.")],
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files (PNG, JPEG, ...), resized and normalised as in training.")
+    ],
+    top_k: Annotated[int, typer.Option("--top-k", help="Classes shown per image (capped at the class count).")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Top-k classes of each image with the run's probabilities (temperature-scaled when fitted)."""
+    from softmaxlab import runs
+    from softmaxlab.inference import predict_images
+
+    result = predict_images(run_dir, images, top_k)
+    if as_json:
+        typer.echo(runs.to_json(result))
+        return
+    t = result["temperature"]
+    how = (
+        f"after temperature scaling (T = {t:.3f}, fitted on the validation split)"
+        if t is not None
+        else f"as the head outputs them, no temperature scaling ({result['temperature_note']})"
+    )
+    lines = [f"{result['head']} probabilities {how}"]
+    for item in result["predictions"]:
+        lines.append(item["image"])
+        width = max(len(c["class"]) for c in item["top"])
+        lines += [f"  {rank}. {c['class']:<{width}}  {c['probability']:.4f}" for rank, c in enumerate(item["top"], 1)]
+    out_console.print("\n".join(lines), highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command("visualize")
@@ -137,6 +212,19 @@ def visualize_cmd(
 
     path = visualize_run(run_dir, image, out, channels)
     out_console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+@app.command("report")
+@_exit_codes
+def report_cmd(
+    directory: Annotated[Path, typer.Argument(help="A run directory, or a directory of runs (a sweep, a demo).")],
+    format_: Annotated[str, typer.Option("--format", help="html, md or both.")] = "both",
+) -> None:
+    """(Re)build report.html and report.md from the files of a run or a directory of runs."""
+    from softmaxlab.report.build import write_report
+
+    paths = write_report(directory, format_)
+    out_console.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False, soft_wrap=True)
 
 
 @app.command("list")

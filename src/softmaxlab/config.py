@@ -1,6 +1,6 @@
 """The typed, validated experiment config: YAML file + dotted ``--set`` overrides.
 
-Sections ``data``, ``model``, ``head``, ``train``, ``diagnostics``. Unknown keys and wrong
+Sections ``data``, ``model``, ``head``, ``train``, ``diagnostics``, ``report``. Unknown keys and wrong
 types are errors that name the key and suggest the closest valid one; the fully resolved
 config is written next to the results, and running that file reproduces the run.
 
@@ -267,6 +267,14 @@ class DiagnosticsConfig(_Section):
     probe_size: int = Field(256, ge=1)  # activation_stats: the first this-many validation images, each epoch
 
 
+class ReportConfig(_Section):
+    """The report.html / report.md written at the end of a run (and of the demo)."""
+
+    # Draw the report's figures. false: tables, notes and configs only (milliseconds instead of
+    # about a second); `softmaxlab report DIR` draws them later from the files on disk.
+    figures: bool = True
+
+
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -279,6 +287,7 @@ class Config(_Section):
     head: HeadConfig = Field(default_factory=HeadConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     @field_validator("name", mode="before")
     @classmethod

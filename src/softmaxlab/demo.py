@@ -4,7 +4,8 @@ Trains each demo variant (a head with its own loss) with three seeds on the same
 images and writes a Markdown table of mean ± sample standard deviation over the seeds of
 test accuracy, NLL and Brier score, and the mean epoch time, followed by one line per
 variant on what its row shows. Every run keeps its own run directory under the demo
-directory, so any number in the table can be traced to its ``summary.json``.
+directory, so any number in the table can be traced to its ``summary.json``. The demo ends
+with the report of all its runs (``report.html``, ``report.md``; :mod:`softmaxlab.report`).
 
 The budget (6 variants x 3 seeds x 3 epochs of 5,000 images) is chosen to finish in under
 three minutes on two CPU cores.
@@ -24,6 +25,7 @@ from softmaxlab.errors import UserError
 from softmaxlab.heads.pitfalls import double_softmax_floor
 from softmaxlab.progress import Progress
 from softmaxlab.report import format_mean_std, markdown_table
+from softmaxlab.report.build import HTML_FILE, write_report
 from softmaxlab.sweep import aggregate, mean_std
 from softmaxlab.train import fit
 
@@ -93,17 +95,20 @@ def demo_config(variant: str | DemoVariant, seed: int, overrides: list[str] | No
         "model": {"name": "simple_cnn", "widths": [16, 32, 64]},
         # channels_last: 1.3-1.4x faster convolutions and max-pooling on CPU for this model
         "train": {"epochs": 3, "batch_size": 64, "lr": 0.1, "seed": seed, "channels_last": True},
+        # each run's own report without figures: the demo's report draws them for all runs at once
+        "report": {"figures": False},
     }
     return validate_config(apply_overrides(raw, [*variant.overrides, *(overrides or [])]), source="demo")
 
 
 @dataclass
 class DemoResult:
-    """The demo's directory, its Markdown table and the per-run summaries."""
+    """The demo's directory, its Markdown table, the per-run summaries and its ``report.html``."""
 
     out_dir: Path
     table: str
     summaries: list[dict[str, Any]]
+    report: Path | None = None
 
 
 def _note_values(variant: DemoVariant, results: list[Any], classes: int) -> dict[str, str | float | int]:
@@ -125,8 +130,10 @@ def run_demo(
     variants: tuple[DemoVariant, ...] = DEMO_VARIANTS,
     seeds: tuple[int, ...] = DEMO_SEEDS,
     overrides: list[str] | None = None,
+    report_figures: bool = True,
 ) -> DemoResult:
-    """Run every (variant, seed) demo run and write ``<out_dir>/demo.md``."""
+    """Run every (variant, seed) demo run and write ``<out_dir>/demo.md``, then the report of
+    all the runs, ``<out_dir>/report.html`` and ``report.md`` (with figures unless ``report_figures`` is false)."""
     out = Path(out_dir) if out_dir is not None else Path("runs") / f"demo-{datetime.now():%Y%m%d-%H%M%S}"
     if (out / DEMO_FILE).exists() and not overwrite:
         raise UserError(f"{str(out)!r} already holds a demo; choose another --out or pass --overwrite to replace it")
@@ -178,4 +185,5 @@ def run_demo(
         "summary.json, and `softmaxlab run DIR/config.yaml` repeats one run.\n"
     )
     runs.atomic_write_text(out / DEMO_FILE, text)
-    return DemoResult(out, table, [r.summary for v in variants for r in results[v.name]])
+    write_report(out, figures=report_figures)
+    return DemoResult(out, table, [r.summary for v in variants for r in results[v.name]], out / HTML_FILE)

@@ -8,8 +8,8 @@
   entries), on a fixed batch, via forward hooks that exist only during that forward pass.
 * :class:`Diagnostics`: both, as ``fit`` records them in every epoch of ``metrics.jsonl``
   (``diagnostics.enabled: false`` gives empty dicts).
-* :func:`block_outputs`, :func:`read_image` and :func:`visualize_run`: the feature maps of
-  each block for one image, drawn by :func:`softmaxlab.report.figures.feature_map_figure`.
+* :func:`block_outputs`, :func:`read_image`, :func:`model_input` and :func:`visualize_run`:
+  the feature maps of each block for one image, drawn by :func:`softmaxlab.report.figures.feature_map_figure`.
 
 A backbone exposes its stages as ``backbone.blocks`` (see :mod:`softmaxlab.models.base`).
 """
@@ -205,6 +205,20 @@ def _draw(model: nn.Module, x: Tensor, path: str | Path, channels: int) -> Path:
     return save_png(feature_map_figure(maps, names, channels), path)
 
 
+def model_input(image: str | Path, image_size: int, normalization: dict[str, list[float]]) -> Tensor:
+    """The image file at ``image`` as the (1, C, S, S) float batch a trained run's model takes:
+    resized to ``image_size`` and normalised with the run's training ``normalization``
+    (``{"mean": [...], "std": [...]}`` per channel, as saved in ``model.pt``).
+
+    Raises:
+        UserError: a missing or unreadable image (see :func:`read_image`).
+    """
+    from softmaxlab.data import Normalize
+
+    x = read_image(image, image_size, len(normalization["mean"]))
+    return Normalize(normalization["mean"], normalization["std"])(x)
+
+
 def visualize_run(run_dir: str | Path, image: str | Path, out: str | Path | None = None, channels: int = 16) -> Path:
     """Draw each block's feature maps (first ``channels`` channels) of a trained run for one
     image, resized and normalised as in training; returns the PNG's path.
@@ -214,14 +228,11 @@ def visualize_run(run_dir: str | Path, image: str | Path, out: str | Path | None
     Raises:
         UserError: a run directory without (valid) weights, or a missing / unreadable image.
     """
-    from softmaxlab.data import Normalize
     from softmaxlab.models import load_trained
 
     if channels < 1:
         raise UserError(f"--channels must be at least 1, got {channels}")
     model, cfg, payload = load_trained(run_dir)
-    norm = payload["normalization"]
-    x = read_image(image, cfg.data.image_size, len(norm["mean"]))
-    x = Normalize(norm["mean"], norm["std"])(x)  # (1, C, S, S) float, as in training
+    x = model_input(image, cfg.data.image_size, payload["normalization"])  # (1, C, S, S), as in training
     out = Path(out) if out is not None else Path(run_dir) / "figures" / f"feature_maps-{Path(image).stem}.png"
     return _draw(model, x, out, channels)

@@ -10,7 +10,7 @@ The loop runs in named phases::
     validate  evaluate on the validation split; one record per epoch in metrics.jsonl,
               with grad_norms and activation_stats (softmaxlab.diagnostics)
     test      head.probs on the test split -> metrics -> summary.json, weights,
-              figures/feature_maps.png
+              figures/feature_maps.png, then report.html / report.md (softmaxlab.report)
 
 In a notebook::
 
@@ -25,6 +25,7 @@ import math
 import random
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,19 +42,21 @@ from softmaxlab.distributed import World, all_reduce
 from softmaxlab.errors import DivergedError, UserError
 from softmaxlab.heads import Head
 from softmaxlab.heads.check import warn_if_probabilities
-from softmaxlab.metrics import classification_metrics
+from softmaxlab.metrics import after_temperature, classification_metrics, fit_head_temperature
 from softmaxlab.models import Classifier, build_model
 from softmaxlab.progress import Progress
 
 
 @dataclass
 class FitResult:
-    """What :func:`fit` returns: the run directory, the summary, the epoch records, the model."""
+    """What :func:`fit` returns: the run directory, the summary, the epoch records, the model,
+    and the run's ``report.html`` (None where it was not written: ranks other than 0)."""
 
     run_dir: Path
     summary: dict[str, Any]
     history: list[dict[str, Any]]
     model: Classifier
+    report: Path | None = None
 
 
 # --------------------------------------------------------------------------- setup
@@ -457,13 +460,28 @@ def _fit(
         progress.stop()
 
     # --- test (rank 0, on the whole test split)
-    summary = None
+    summary, report = None, None
     if world.is_main:
         summary = _summary(cfg, model, loaders["test"], history, data, device, world)
         diagnostics.save_feature_maps(run_dir / "figures" / "feature_maps.png")  # the first validation image
         runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
+        report = write_run_report(run_dir, cfg)
     summary = distributed.broadcast_object(summary, world)
-    return FitResult(run_dir, summary, history, model)
+    return FitResult(run_dir, summary, history, model, report)
+
+
+def write_run_report(run_dir: Path, cfg: Config) -> Path | None:
+    """``report.html`` and ``report.md`` of the run, from its files (figures unless
+    ``report.figures`` is false); returns the HTML's path. A report that cannot be written
+    is a warning, not a lost run: ``softmaxlab report RUN_DIR`` writes it later."""
+    from softmaxlab.report.build import HTML_FILE, write_report
+
+    try:
+        write_report(run_dir, figures=cfg.report.figures)
+    except UserError as exc:
+        warnings.warn(f"the run's report was not written: {exc}", stacklevel=2)
+        return None
+    return run_dir / HTML_FILE
 
 
 def _timing(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -488,6 +506,16 @@ def _summary(
 ) -> dict[str, Any]:
     test = evaluate(model, test_loader, keep_probs=True, amp=cfg.train.amp)
     metrics = classification_metrics(test["probs"], test["targets"], source=f"head {cfg.head.name!r}")
+    # Temperature scaling: one T fitted on the whole validation split (the training loop's val
+    # loader may be one rank's shard), then applied to the test probabilities.
+    val_loader = TensorLoader(
+        data.val.x.to(device), data.val.y.to(device), cfg.train.eval_batch_size, test_loader.normalize
+    )
+    val = evaluate(model, val_loader, keep_probs=True, amp=cfg.train.amp)
+    temperature, temperature_note = fit_head_temperature(
+        model.head, val["probs"], val["targets"], source=f"head {cfg.head.name!r} (validation split)"
+    )
+    metrics.update(after_temperature(test["probs"], test["targets"], temperature))
     return {
         "status": "finished",
         "name": cfg.name,
@@ -498,6 +526,8 @@ def _summary(
         "classes": data.classes,
         "epochs": len(history),
         "test": {"loss": test["loss"], **metrics},
+        "temperature": temperature,
+        "temperature_note": temperature_note,
         "val": {"loss": history[-1]["val_loss"], "accuracy": history[-1]["val_acc"]},
         "timing": _timing(history),
         "env": {**runs.environment(device, cfg.train.seed), "processes": (world or World()).size},
@@ -535,4 +565,5 @@ def _diverged(
         summary["timing"] = _timing(history)
     if (world or World()).is_main:
         runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
+        write_run_report(run_dir, cfg)  # shows the run as diverged, with its curves up to then
     raise DivergedError(message, epoch=epoch, step=step)

@@ -29,6 +29,41 @@ def smoke_data():
     return load_data(tiny_config(*SMOKE).data)
 
 
+#: The keys summary.json promises for every finished run (dotted paths).
+SUMMARY_CONTRACT = [
+    *(f"test.{k}" for k in ("accuracy", "top5", "precision_macro", "recall_macro", "f1_macro", "nll", "brier")),
+    *(f"test.{k}" for k in ("ece", "mce", "entropy", "confusion_matrix", "per_class", "reliability")),
+    *(f"test.{k}" for k in ("ece_after_temperature", "nll_after_temperature", "reliability_after_temperature")),
+    "temperature",
+    "temperature_note",
+    "timing.mean_epoch_seconds",
+    "timing.train_images_per_second",
+    "env",
+]
+NOT_TEMPERATURE_SCALED = {"sparsemax", "entmax15", "sigmoid"}
+
+
+def check_summary_contract(summary, name, num_classes):
+    for key in SUMMARY_CONTRACT:
+        node = summary
+        for part in key.split("."):
+            assert part in node, f"{name}: summary.json has no {key}"
+            node = node[part]
+    test = summary["test"]
+    assert set(test["per_class"]) == {"precision", "recall", "f1", "support"}
+    assert all(len(v) == num_classes for v in test["per_class"].values())
+    for rel in (test["reliability"], test["reliability_after_temperature"]):
+        if rel is not None:
+            assert rel["bins"] == 15 and all(len(rel[k]) == 15 for k in ("count", "confidence", "accuracy"))
+    assert summary["temperature_note"].startswith(f"{name}: ")
+    if name in NOT_TEMPERATURE_SCALED:
+        assert summary["temperature"] is None and test["ece_after_temperature"] is None
+        assert test["nll_after_temperature"] is None and test["reliability_after_temperature"] is None
+    else:
+        assert summary["temperature"] > 0 and 0 <= test["ece_after_temperature"] <= 1
+        assert test["nll_after_temperature"] > 0
+
+
 @pytest.mark.parametrize("name", HEADS.names())
 def test_every_head_fits_end_to_end(name, smoke_data, tmp_path):
     cfg = tiny_config(*SMOKE, f"head.name={name}", *EXTRA.get(name, []))
@@ -38,6 +73,7 @@ def test_every_head_fits_end_to_end(name, smoke_data, tmp_path):
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["head"] == name
     assert 0 <= summary["test"]["accuracy"] <= 1 and summary["test"]["nll"] > 0
+    check_summary_contract(summary, name, smoke_data.num_classes)
     record = runs.read_jsonl(result.run_dir / "metrics.jsonl")[-1]
     if name == "gumbel":  # 4 steps at rate 0.1: tau = max(0.5, exp(-0.3)) before the last step
         assert record["tau"] == pytest.approx(0.7408, abs=1e-3)

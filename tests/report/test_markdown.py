@@ -9,3 +9,15 @@ def test_table_shape():
 
 def test_format_nan():
     assert format_mean_std(float("nan"), 0.0) == "n/a"
+
+
+def test_render_markdown_tables_figures_and_code():
+    from softmaxlab.report.document import Cell, Code, Image, Note, Report, Section, Table
+    from softmaxlab.report.markdown import render_markdown
+
+    table = Table("t", ["run", "acc"], [[Cell("a|b"), Cell("0.9", 0.9, best=True)]])
+    blocks = [table, Image("curves", b"", "curves", "a caption"), Note("a note"), Code("config", "x: 1", "yaml", True)]
+    md = render_markdown(Report("title", ["intro"], [Section("s", "Section", blocks)]), {"curves": "figures/c.png"})
+    assert md.startswith("# title\n\nintro  \n\n## Section\n")
+    assert "| a\\|b | **0.9** |" in md and "![curves](figures/c.png)\n\n*a caption*" in md
+    assert "<details><summary>config</summary>\n\n```yaml\nx: 1\n```\n\n</details>" in md

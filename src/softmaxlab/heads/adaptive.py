@@ -49,6 +49,10 @@ class AdaptiveSoftmaxHead(Head):
     """
 
     uses_fc = False
+    temperature_note = (
+        "the head-and-clusters distribution is no single softmax, so T rescales its log-probabilities: "
+        "p_T = softmax(log p / T), proportional to p^(1/T), which keeps every prediction"
+    )
 
     def __init__(
         self, in_features: int, num_classes: int, cfg: HeadConfig | None = None, coarse_of: Tensor | None = None

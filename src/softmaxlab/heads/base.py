@@ -54,6 +54,12 @@ class Head(nn.Module):
 
     #: Whether post-hoc temperature scaling of the logits is meaningful for this head.
     temperature_scalable: ClassVar[bool] = True
+    #: One sentence for ``summary.json``'s ``temperature_note``: what a fitted temperature T
+    #: does to this head's distribution, or why none is fitted (see softmaxlab.metrics).
+    temperature_note: ClassVar[str] = (
+        "p_T = softmax(log p / T), which equals dividing the logits by T (log p is the logits minus a "
+        "constant per image)"
+    )
     #: Whether the loss applies a softmax to the scores, so scores that already look like
     #: probabilities are the double-softmax pitfall (``fit`` warns on the first batch).
     applies_softmax: ClassVar[bool] = False

@@ -76,6 +76,7 @@ class GumbelSoftmaxHead(Head):
     """
 
     applies_softmax = True
+    temperature_note = "p_T = softmax(log p / T) = softmax(z / (tau T)): the fitted T multiplies the evaluation tau"
 
     def __init__(
         self, in_features: int, num_classes: int, cfg: HeadConfig | None = None, coarse_of: Tensor | None = None

@@ -155,6 +155,11 @@ class HierarchicalSoftmaxHead(Head):
     pass each epoch as ``val_coarse_acc``.
     """
 
+    temperature_note = (
+        "the two-level distribution is no single softmax, so T rescales its log-probabilities: "
+        "p_T = softmax(log p / T), proportional to p^(1/T), which keeps every prediction"
+    )
+
     def __init__(
         self, in_features: int, num_classes: int, cfg: HeadConfig | None = None, coarse_of: Tensor | None = None
     ) -> None:

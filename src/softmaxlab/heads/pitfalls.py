@@ -51,6 +51,7 @@ class DoubleSoftmaxHead(Head):
     """
 
     temperature_scalable = True
+    temperature_note = "p_T = softmax(log p / T) = softmax(z / T), the logits before the network's softmax layer"
     applies_softmax = True  # that is the pitfall: fit warns about it on the first batch
 
     def forward(self, features: Tensor) -> Tensor:

@@ -24,6 +24,10 @@ class SigmoidHead(Head):
     """
 
     temperature_scalable = False
+    temperature_note = (
+        "not fitted: temperature scaling recalibrates a softmax over logits, and these probabilities are K "
+        "independent sigmoids normalised to sum to 1, which one T on log p does not rescale as it would logits"
+    )
 
     def loss(self, scores: Tensor, target: Tensor) -> Tensor:
         """Binary cross-entropy of every class against the one-hot target, summed over K, mean over B."""

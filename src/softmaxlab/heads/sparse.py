@@ -34,6 +34,10 @@ class SparsemaxHead(Head):
     """
 
     temperature_scalable = False
+    temperature_note = (
+        "not fitted: temperature scaling recalibrates a softmax over logits, and sparsemax is a Euclidean "
+        "projection with exact zeros, which softmax(log p / T) cannot reproduce"
+    )
 
     def loss(self, scores: Tensor, target: Tensor) -> Tensor:
         """Mean sparsemax loss (``entmax.SparsemaxLoss``), computed in at least float32."""
@@ -58,6 +62,10 @@ class Entmax15Head(Head):
     """
 
     temperature_scalable = False
+    temperature_note = (
+        "not fitted: temperature scaling recalibrates a softmax over logits, and entmax-1.5 is a sparse "
+        "mapping with exact zeros, which softmax(log p / T) cannot reproduce"
+    )
 
     def loss(self, scores: Tensor, target: Tensor) -> Tensor:
         """Mean entmax-1.5 loss (``entmax.Entmax15Loss``), computed in at least float32."""

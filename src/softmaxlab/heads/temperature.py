@@ -28,6 +28,9 @@ class TemperatureHead(Head):
     """
 
     applies_softmax = True
+    temperature_note = (
+        "p_T = softmax(log p / T) = softmax(z / (T_head T)): the fitted T multiplies the head's own temperature"
+    )
 
     def __init__(
         self, in_features: int, num_classes: int, cfg: HeadConfig | None = None, coarse_of: Tensor | None = None

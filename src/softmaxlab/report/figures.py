@@ -3,21 +3,37 @@
 * :func:`feature_map_figure`: one panel per channel of each block's output for one image.
 * :func:`save_png`: write a figure as a PNG atomically.
 * :func:`bench_figure`: the head cost benchmark, time against classes on log-log axes.
+* :func:`figure_png`: a figure as PNG bytes (embedded in the HTML report).
+
+The report's figures take each variant as ``(label, colour, ...)``, so one variant has the
+same colour in every figure; a band is mean ± sample standard deviation over seeds:
+
+* :func:`learning_curves_figure`: loss and accuracy per epoch, training and validation.
+* :func:`confusion_figure`: a row-normalised confusion matrix with the class names.
+* :func:`reliability_figure`: accuracy against confidence per bin, before / after temperature scaling.
+* :func:`grad_norm_figure`: each layer's mean weight-gradient norm per epoch.
+* :func:`gumbel_tau_figure`: accuracy against the Gumbel-softmax temperature tau.
+* :func:`epoch_time_figure`: mean epoch time per variant as bars.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from softmaxlab.errors import UserError
+from softmaxlab.report.rundata import finite
 
 #: Resolution of saved figures, dots per inch.
 DPI = 100
@@ -92,15 +108,20 @@ def feature_map_figure(
     return fig
 
 
+def figure_png(fig: Figure) -> bytes:
+    """``fig`` encoded as PNG at :data:`DPI`."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
 def save_png(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as a PNG at ``path`` (atomically; parent folders created); returns the path."""
     from softmaxlab import runs
 
     p = Path(path)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
     try:
-        runs.atomic_write_bytes(p, buf.getvalue())
+        runs.atomic_write_bytes(p, figure_png(fig))
     except OSError as exc:
         raise UserError(f"cannot write {str(p)!r}: {exc.strerror or exc}; choose another --out") from None
     return p
@@ -129,4 +150,263 @@ def bench_figure(results: Sequence[dict], title: str = "head forward+backward") 
     if heads:
         ax.legend(fontsize=7, ncols=2)
     fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- report figures
+
+#: Records of one run's epochs (``metrics.jsonl``); a variant has one per seed.
+Histories = Sequence[Sequence[dict]]
+
+
+def epoch_stats(histories: Histories, get: Callable[[dict], object]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs, mean, sample std) over the runs of ``get(record)`` at each epoch any run recorded.
+
+    Records where ``get`` gives no finite number are skipped; one run gives std 0.
+
+    >>> epoch_stats([[{"epoch": 1, "v": 1.0}, {"epoch": 2, "v": 2.0}], [{"epoch": 1, "v": 3.0}]], lambda r: r["v"])
+    (array([1, 2]), array([2., 2.]), array([1.41421356, 0.        ]))
+    """
+    from softmaxlab.sweep import mean_std
+
+    by_epoch: dict[int, list[float]] = {}
+    for history in histories:
+        for record in history:
+            value, epoch = finite(get(record)), record.get("epoch")
+            if value is not None and isinstance(epoch, int):
+                by_epoch.setdefault(epoch, []).append(value)
+    epochs = sorted(by_epoch)
+    stats = [mean_std(by_epoch[e]) for e in epochs]
+    return np.array(epochs, dtype=int), np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
+
+
+def _band(ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, color: str, **line: object) -> None:
+    """A line at the mean with a shaded band of ± one standard deviation (when it is not 0)."""
+    ax.plot(x, mean, color=color, marker="o", markersize=2.5, **line)
+    if len(x) and np.any(std > 0):
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+
+
+def _integer_epochs(ax: Axes) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.grid(True, alpha=0.3)
+
+
+def _legend_below(fig: Figure, handles: list, labels: list[str]) -> None:
+    """One legend under all the axes (constrained layout makes room for it)."""
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=8, frameon=False)
+
+
+def learning_curves_figure(variants: Sequence[tuple[str, str, Histories]]) -> Figure:
+    """Loss (left) and accuracy (right) per epoch: validation solid, training dashed.
+
+    ``variants`` are ``(label, colour, histories)``; each line is the mean over a variant's
+    runs with a band of ± one sample standard deviation.
+    """
+    fig = Figure(figsize=(10, 4.2), dpi=DPI, layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for label, color, histories in variants:
+        for ax, key, scale in ((ax_loss, "loss", 1.0), (ax_acc, "acc", 100.0)):
+            for split, style in (("train", "--"), ("val", "-")):
+                x, mean, std = epoch_stats(histories, lambda r, k=f"{split}_{key}": r.get(k))
+                tag = label if (split, key) == ("val", "loss") else None
+                _band(ax, x, mean * scale, std * scale, color, linestyle=style, label=tag)
+    ax_loss.set_ylabel("loss (nats per image)")
+    ax_acc.set_ylabel("accuracy (%)")
+    ax_loss.set_title("loss", fontsize=9)
+    ax_acc.set_title("accuracy", fontsize=9)
+    for ax in (ax_loss, ax_acc):
+        _integer_epochs(ax)
+    styles = [Line2D([], [], color="0.3", linestyle="-"), Line2D([], [], color="0.3", linestyle="--")]
+    ax_acc.legend(styles, ["validation", "training"], fontsize=7, loc="lower right")
+    _legend_below(fig, *ax_loss.get_legend_handles_labels())
+    return fig
+
+
+def confusion_figure(matrix: Sequence[Sequence[float]], classes: Sequence[str], title: str) -> Figure:
+    """The confusion matrix with each row divided by its sum (rows = true class), class names on the axes.
+
+    Cells are annotated when there are at most 15 classes; with more than 30 classes only
+    every n-th name is written.
+    """
+    cm = np.asarray(matrix, dtype=float)
+    k = cm.shape[0]
+    totals = cm.sum(axis=1, keepdims=True)
+    rates = np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
+    names = [str(c) for c in classes] if len(classes) == k else [str(i) for i in range(k)]
+    side = min(10.0, max(3.5, 2.0 + 0.35 * k))
+    fig = Figure(figsize=(side + 1.4, side + 0.4), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    ticks = list(range(0, k, max(1, math.ceil(k / 30))))
+    ax.set_xticks(ticks, [names[i] for i in ticks], rotation=45 if k <= 10 else 90, ha="right", fontsize=7)
+    ax.set_yticks(ticks, [names[i] for i in ticks], fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=9)
+    if k <= 15:
+        for i in range(k):
+            for j in range(k):
+                v = rates[i, j]
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if v > 0.5 else "black")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class's test images")
+    return fig
+
+
+#: One reliability line: (label, colour, mean confidence per bin, accuracy per bin, images per bin).
+ReliabilityLine = tuple[str, str, Sequence[float | None], Sequence[float | None], Sequence[int]]
+
+
+def reliability_figure(panels: Sequence[tuple[str, Sequence[ReliabilityLine]]]) -> Figure:
+    """Reliability diagrams side by side (e.g. before and after temperature scaling).
+
+    In each panel a variant is a line through (mean confidence, accuracy) of its non-empty
+    confidence bins; a calibrated model lies on the diagonal, a line below it is
+    over-confident.
+    """
+    fig = Figure(figsize=(4.8 * max(1, len(panels)), 5.6), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    for ax, (title, lines) in zip(axes, panels, strict=False):
+        ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", label="calibrated")
+        for label, color, confidence, accuracy, count in lines:
+            points = [
+                (c, a)
+                for c, a, n in zip(confidence, accuracy, count, strict=False)
+                if c is not None and a is not None and n
+            ]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, color=color, marker="o", markersize=3, label=label)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal")
+        ax.set_xlabel("confidence (largest probability, bin mean)")
+        ax.set_ylabel("accuracy in the bin (fraction)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)  # below the axes
+    return fig
+
+
+def spread_indices(n: int, m: int) -> list[int]:
+    """``m`` indices spread evenly over ``range(n)``, first and last included (all when n <= m).
+
+    >>> spread_indices(10, 4)
+    [0, 3, 6, 9]
+    """
+    if n <= m:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (m - 1)) for i in range(m)})
+
+
+def grad_norm_figure(variants: Sequence[tuple[str, str, Histories]], max_panels: int = 12) -> Figure:
+    """Mean weight-gradient L2 norm of each layer per epoch (``grad_norms``), log scale.
+
+    One variant: one panel, a line per layer (input to output: dark to light). Several: a
+    panel per layer (at most ``max_panels``, spread from the first layer to the last) with
+    a line per variant.
+    """
+    layers = list(dict.fromkeys(k for _, _, hs in variants for h in hs for r in h for k in (r.get("grad_norms") or {})))
+
+    def norms(layer: str) -> Callable[[dict], float | None]:
+        def get(r: dict) -> float | None:
+            v = finite((r.get("grad_norms") or {}).get(layer))
+            return v if v is not None and v > 0 else None  # log scale
+
+        return get
+
+    if len(variants) == 1:
+        fig = Figure(figsize=(8, 4.2), dpi=DPI, layout="constrained")
+        ax = fig.add_subplot()
+        colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, max(1, len(layers))))
+        for layer, color in zip(layers, colours, strict=True):
+            x, mean, std = epoch_stats(variants[0][2], norms(layer))
+            _band(ax, x, mean, std, color, label=layer)
+        ax.set_yscale("log")
+        ax.set_ylabel("mean ||dL/dW||₂ over the epoch's steps")
+        ax.set_title(f"{variants[0][0]}: gradient norm per layer", fontsize=9)
+        _integer_epochs(ax)
+        _legend_below(fig, *ax.get_legend_handles_labels())
+        return fig
+    shown = [layers[i] for i in spread_indices(len(layers), max_panels)]
+    cols = max(1, min(4, len(shown)))
+    rows = max(1, math.ceil(len(shown) / cols))
+    fig = Figure(figsize=(3.2 * cols, 2.5 * rows + 0.8), dpi=DPI, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, layer in zip(axes, shown, strict=False):
+        for label, color, histories in variants:
+            x, mean, std = epoch_stats(histories, norms(layer))
+            _band(ax, x, mean, std, color, label=label)
+        ax.set_yscale("log")
+        ax.set_title(layer, fontsize=8)
+        _integer_epochs(ax)
+        ax.tick_params(which="both", labelsize=7)  # log axes label minor ticks within a decade
+    for ax in axes[len(shown) :]:
+        ax.set_axis_off()
+    fig.supylabel("mean ||dL/dW||₂ over the epoch's steps", fontsize=9)
+    if len(shown) < len(layers):
+        fig.suptitle(f"{len(shown)} of {len(layers)} layers, spread from input to output", fontsize=9)
+    handles = [Line2D([], [], color=color) for _, color, _ in variants]
+    _legend_below(fig, handles, [label for label, _, _ in variants])
+    return fig
+
+
+def gumbel_tau_figure(
+    per_epoch: Sequence[tuple[str, str, Histories]],
+    per_setting: Sequence[tuple[str, str, float, float, float]] = (),
+) -> Figure:
+    """Accuracy against the Gumbel-softmax temperature tau.
+
+    ``per_epoch``: ``(label, colour, histories)`` whose records carry ``tau``; validation
+    accuracy at each epoch against that epoch's tau (mean over seeds; tau falls as it is
+    annealed). ``per_setting``: ``(label, colour, head.tau, mean, std)`` of test accuracy,
+    one point per configured starting tau. An empty group gets no panel.
+    """
+    panels = int(bool(per_epoch)) + int(bool(per_setting))
+    fig = Figure(figsize=(4.8 * max(1, panels), 4.0), dpi=DPI, layout="constrained")
+    axes = list(fig.subplots(1, max(1, panels), squeeze=False)[0])
+    if per_epoch:
+        ax = axes.pop(0)
+        for label, color, histories in per_epoch:
+            _, tau, _ = epoch_stats(histories, lambda r: r.get("tau"))
+            _, acc, acc_std = epoch_stats(histories, lambda r: r.get("val_acc"))
+            n = min(len(tau), len(acc))
+            ax.errorbar(tau[:n], acc[:n] * 100, yerr=acc_std[:n] * 100, color=color, marker="o", ms=3, label=label)
+        ax.set_xlabel("tau at the end of the epoch")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.set_title("per epoch (mean over seeds)", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    if per_setting:
+        ax = axes.pop(0)
+        for label, color, tau0, mean, std in per_setting:
+            ax.errorbar([tau0], [mean * 100], yerr=[std * 100], color=color, marker="o", capsize=3, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("head.tau (starting temperature)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title("per setting (mean ± std over seeds)", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def epoch_time_figure(bars: Sequence[tuple[str, str, float, float]]) -> Figure:
+    """Mean epoch time per variant as horizontal bars, ± one sample standard deviation over seeds.
+
+    ``bars`` are ``(label, colour, mean seconds, std seconds)``.
+    """
+    n = len(bars)
+    fig = Figure(figsize=(8, 1.2 + 0.4 * n), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    means, stds = [b[2] for b in bars], [b[3] for b in bars]
+    ax.barh(range(n), means, xerr=stds, color=[b[1] for b in bars], capsize=3)
+    ax.set_yticks(range(n), [b[0] for b in bars], fontsize=8)
+    ax.invert_yaxis()
+    for i, (m, s) in enumerate(zip(means, stds, strict=True)):
+        ax.text(m + s, i, f"  {m:.2f} s", va="center", fontsize=7)
+    ax.set_xlabel("mean epoch time (s)")
+    ax.margins(x=0.15)
+    ax.grid(True, axis="x", alpha=0.3)
     return fig

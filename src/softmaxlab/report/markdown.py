@@ -1,9 +1,13 @@
-"""Markdown tables: the plain-text form of every softmaxlab comparison."""
+"""Markdown tables: the plain-text form of every softmaxlab comparison, and the Markdown report."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from softmaxlab.report.document import Report
 
 
 def format_mean_std(mean: float, std: float, digits: int = 3, scale: float = 1.0) -> str:
@@ -31,3 +35,37 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _escape_cell(text: str) -> str:
+    """A table cell's text with ``|`` escaped, on one line."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: Report, links: Mapping[str, str]) -> str:
+    """The report as Markdown: the same tables and notes as the HTML, best values in bold.
+
+    ``links`` maps each figure's name to its path relative to the report (a PNG beside it).
+    """
+    from softmaxlab.report.document import Code, Image, Note, Table
+
+    lines = [f"# {report.title}", "", *(f"{line}  " for line in report.intro), ""]
+    for section in report.sections:
+        lines += [f"## {section.title}", ""]
+        for block in section.blocks:
+            if isinstance(block, Table):
+                rows = [[_escape_cell(f"**{c.text}**" if c.best else c.text) for c in row] for row in block.rows]
+                lines += [markdown_table([_escape_cell(h) for h in block.headers], rows), ""]
+            elif isinstance(block, Image):
+                lines += [f"![{block.alt}]({links[block.name]})", ""]
+                if block.caption:
+                    lines += [f"*{block.caption}*", ""]
+            elif isinstance(block, Note):
+                lines += [block.text, ""]
+            elif isinstance(block, Code):
+                fence = f"```{block.language}\n{block.text.rstrip()}\n```"
+                if block.collapsed:
+                    lines += [f"<details><summary>{block.title}</summary>", "", fence, "", "</details>", ""]
+                else:
+                    lines += [f"{block.title}:", "", fence, ""]
+    return "\n".join(lines).rstrip() + "\n"

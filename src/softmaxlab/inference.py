@@ -1,0 +1,279 @@
+"""Use a trained run: its metrics on any dataset with the same classes, and its predictions
+for image files.
+
+* :func:`evaluate_run` (``softmaxlab evaluate``): every metric of :mod:`softmaxlab.metrics`
+  on a split of a dataset given as a spec (``shapes``, ``npz:PATH``, ...), the same keys as
+  ``summary.json``'s ``test`` section. The dataset's class names must be the run's, in any
+  order (labels are mapped by name), and its images are resized and normalised as in
+  training.
+* :func:`predict_images` (``softmaxlab predict``): the top-k classes of each image with
+  their probabilities.
+
+Both rebuild the model from ``model.pt`` and use the temperature that training fitted on the
+validation split (``summary.json``'s ``temperature``), when there is one: the metrics gain
+their ``*_after_temperature`` values and the predictions are p_T = softmax(log p / T).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from softmaxlab import runs
+from softmaxlab.config import Config, DataConfig, validate_config
+from softmaxlab.errors import UserError
+from softmaxlab.models import Classifier
+
+#: The splits ``evaluate_run`` accepts; ``all`` is train + validation + test.
+SPLITS = ("test", "val", "all")
+#: The scalar metrics of the short table ``softmaxlab evaluate`` prints, in order.
+TABLE_METRICS = (
+    "accuracy",
+    "top5",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "nll",
+    "brier",
+    "ece",
+    "mce",
+    "entropy",
+)
+
+
+@dataclass
+class TrainedRun:
+    """A run directory's model (eval mode, CPU) with what is needed to feed and calibrate it."""
+
+    run_dir: Path
+    model: Classifier
+    cfg: Config
+    classes: list[str]
+    normalization: dict[str, list[float]]  # {"mean": [...], "std": [...]} per channel, [0, 1] scale
+    temperature: float | None  # fitted on the validation split at the end of training, or None
+    temperature_note: str  # summary.json's temperature_note, or why there is no temperature
+
+
+def load_run(run_dir: str | Path) -> TrainedRun:
+    """The trained run in ``run_dir`` (``model.pt`` and, for the temperature, ``summary.json``).
+
+    Raises:
+        UserError: missing, foreign or corrupt weights; a summary.json that is not JSON.
+    """
+    from softmaxlab.models import load_trained
+
+    model, cfg, payload = load_trained(run_dir)
+    temperature, note = _run_temperature(Path(run_dir), cfg.head.name)
+    return TrainedRun(Path(run_dir), model, cfg, list(payload["classes"]), payload["normalization"], temperature, note)
+
+
+def _run_temperature(run_dir: Path, head: str) -> tuple[float | None, str]:
+    path = run_dir / runs.SUMMARY
+    if not path.is_file():
+        return None, f"{head}: no summary.json (the run did not finish), so no temperature was fitted"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{str(path)!r} is not valid JSON; re-run the training to rewrite it") from None
+    if summary.get("status") == "diverged":
+        return None, f"{head}: the run diverged, so no temperature was fitted"
+    if "temperature" not in summary:
+        return None, f"{head}: summary.json records no temperature (an older run); retrain it to fit one"
+    t = summary["temperature"]
+    if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+        raise UserError(f"{str(path)!r} has temperature {t!r}, not a positive number; re-run the training")
+    return (None if t is None else float(t)), str(summary.get("temperature_note") or "")
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def data_config(run_cfg: Config, spec: str) -> Config:
+    """The run's config with its data section pointed at the dataset ``spec``.
+
+    The run's data options that also apply to the new dataset are kept (``image_size``,
+    which the model needs, the split seed and fractions, a CIFAR root, ...); those that do
+    not (e.g. ``num_classes`` of ``shapes`` when the spec is ``npz:PATH``) are dropped.
+    With the run's own dataset everything is kept, so ``shapes`` gives back the run's splits.
+    """
+    from softmaxlab.data import parse_data_spec
+
+    overrides = parse_data_spec(spec)
+    run_data = run_cfg.data.model_dump(mode="json")
+    kept = {k: v for k, v in run_data.items() if k != "name" and _applies(overrides["name"], k, v)}
+    raw = run_cfg.to_dict()
+    raw["data"] = {**kept, **overrides}
+    return validate_config(raw, source=f"--data {spec}")
+
+
+def _applies(name: str, key: str, value: Any) -> bool:
+    """Whether the data option ``key: value`` is accepted for the dataset ``name``."""
+    try:
+        DataConfig.model_validate({"name": name, key: value})
+    except ValidationError:
+        return False
+    return True
+
+
+def class_mapping(run_classes: list[str], data_classes: list[str], spec: str) -> torch.Tensor | None:
+    """None when the dataset's classes are the run's in the same order; else the (K,) run
+    label of each dataset label (same names, other order).
+
+    Raises:
+        UserError: the names differ, listing the difference.
+    """
+    if data_classes == run_classes:
+        return None
+    missing = [c for c in run_classes if c not in data_classes]
+    extra = [c for c in data_classes if c not in run_classes]
+    if missing or extra or len(set(data_classes)) != len(data_classes):
+        parts = [f"{len(data_classes)} classes, the run {len(run_classes)}"]
+        if missing:
+            parts.append(f"missing {_names(missing)}")
+        if extra:
+            parts.append(f"not in the run {_names(extra)}")
+        raise UserError(
+            f"the class names of --data {spec} do not match the run's ({'; '.join(parts)}); "
+            "evaluate on a dataset with the classes the run was trained on"
+        )
+    return torch.tensor([run_classes.index(c) for c in data_classes])
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def evaluate_run(run_dir: str | Path, spec: str, split: str = "test", device: str = "auto") -> dict[str, Any]:
+    """Every metric of the run in ``run_dir`` on ``split`` of the dataset ``spec``.
+
+    Returns ``{"run_dir", "data" (the spec), "dataset", "split", "images", "head",
+    "classes", "temperature", "temperature_note", "metrics"}``; ``metrics`` has the keys of
+    ``summary.json``'s ``test`` section (the ``*_after_temperature`` ones use the run's
+    temperature, null without one). ``device``: auto (CUDA when available), cpu or cuda.
+
+    Raises:
+        UserError: an unknown split or spec, a dataset that cannot be loaded, other class
+            names or channel count than the run's, missing or corrupt weights.
+    """
+    from softmaxlab.data import Normalize, TensorLoader, load_data
+    from softmaxlab.metrics import after_temperature, classification_metrics
+    from softmaxlab.train import evaluate, resolve_device
+
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    run = load_run(run_dir)
+    cfg = data_config(run.cfg, spec)
+    data = load_data(cfg.data)
+    channels = len(run.normalization["mean"])
+    if data.image_shape[0] != channels:
+        raise UserError(
+            f"--data {spec} has {data.image_shape[0]}-channel images but the run was trained on {channels}-channel "
+            "images; evaluate on images of the same kind"
+        )
+    mapping = class_mapping(run.classes, data.classes, spec)
+    parts = [data.train, data.val, data.test] if split == "all" else [getattr(data, split)]
+    x = torch.cat([s.x for s in parts])  # (N, C, S, S) uint8
+    y = torch.cat([s.y for s in parts])  # (N,) dataset labels
+    if mapping is not None:
+        y = mapping[y]  # run labels
+    target = resolve_device(device)
+    model = run.model.to(target)
+    norm = Normalize(run.normalization["mean"], run.normalization["std"], target)
+    out = evaluate(model, TensorLoader(x.to(target), y.to(target), cfg.train.eval_batch_size, norm), keep_probs=True)
+    head = run.cfg.head.name
+    metrics = classification_metrics(out["probs"], out["targets"], source=f"head {head!r}")
+    metrics.update(after_temperature(out["probs"], out["targets"], run.temperature))
+    return {
+        "run_dir": str(run.run_dir),
+        "data": spec,
+        "dataset": cfg.data.name,
+        "split": split,
+        "images": len(y),
+        "head": head,
+        "classes": run.classes,
+        "temperature": run.temperature,
+        "temperature_note": run.temperature_note,
+        "metrics": {"loss": out["loss"], **metrics},
+    }
+
+
+def default_evaluation_path(run_dir: str | Path, spec: str, split: str) -> Path:
+    """``RUN_DIR/evaluate-<dataset>-<split>.json``, the dataset named after its spec.
+
+    >>> default_evaluation_path("runs/a", "npz:data/intel64-test.npz", "test").as_posix()
+    'runs/a/evaluate-npz-intel64-test-test.json'
+    >>> default_evaluation_path("runs/a", "cifar100:coarse", "all").name
+    'evaluate-cifar100-coarse-all.json'
+    """
+    name, _, arg = spec.strip().partition(":")
+    where = Path(arg.rstrip("/\\")).name.removesuffix(".npz") if arg else ""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{name}-{where}" if where else name).strip("-.")
+    return Path(run_dir) / f"evaluate-{slug or 'data'}-{split}.json"
+
+
+def write_evaluation(result: dict[str, Any], out: str | Path) -> Path:
+    """Write ``result`` as indented JSON to ``out`` atomically; returns the path."""
+    path = Path(out)
+    try:
+        runs.atomic_write_json(path, result)
+    except OSError as exc:
+        raise UserError(f"cannot write {str(path)!r} ({exc.strerror}); choose another --out") from None
+    return path
+
+
+# --------------------------------------------------------------------------- predict
+
+
+@torch.no_grad()
+def predict_images(run_dir: str | Path, images: Sequence[str | Path], top_k: int = 5) -> dict[str, Any]:
+    """The ``top_k`` most probable classes (capped at the class count) of each image file.
+
+    Every image is read first, resized and normalised as in training; the probabilities are
+    the head's, after temperature scaling when the run fitted a temperature. Returns
+    ``{"run_dir", "head", "temperature", "temperature_note", "top_k", "predictions": [{"image",
+    "top": [{"class", "index", "probability"}, ...]}, ...]}``, most probable first.
+
+    Raises:
+        UserError: ``top_k`` < 1, no images, a missing or unreadable image, missing or
+            corrupt weights.
+    """
+    from softmaxlab.diagnostics import model_input
+    from softmaxlab.metrics import apply_temperature, validate_probs
+
+    if top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {top_k}")
+    if not images:
+        raise UserError("no image given; pass one or more PNG or JPEG files")
+    run = load_run(run_dir)
+    x = torch.cat([model_input(image, run.cfg.data.image_size, run.normalization) for image in images])
+    head = run.model.head
+    probs = torch.cat([head.probs(run.model(b)).float() for b in x.split(run.cfg.train.eval_batch_size)])
+    validate_probs(probs, source=f"head {run.cfg.head.name!r}")
+    if run.temperature is not None:
+        probs = apply_temperature(probs, run.temperature)
+    k = min(top_k, probs.shape[1])
+    values, indices = probs.topk(k, dim=1)  # (N, k) each, most probable first
+    predictions = [
+        {
+            "image": str(image),
+            "top": [{"class": run.classes[i], "index": i, "probability": v} for v, i in zip(vs, idx, strict=True)],
+        }
+        for image, vs, idx in zip(images, values.tolist(), indices.tolist(), strict=True)
+    ]
+    return {
+        "run_dir": str(run.run_dir),
+        "head": run.cfg.head.name,
+        "temperature": run.temperature,
+        "temperature_note": run.temperature_note,
+        "top_k": k,
+        "predictions": predictions,
+    }

@@ -1,0 +1,117 @@
+"""Evaluating and predicting with a trained run."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from softmaxlab.data import load_data
+from softmaxlab.errors import UserError
+from softmaxlab.inference import evaluate_run, load_run, predict_images
+from softmaxlab.metrics import apply_temperature
+from softmaxlab.train import fit
+
+from .conftest import tiny_config
+
+SMALL = ["data.train_size=512", "data.val_size=64", "data.test_size=96"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return fit(tiny_config(*SMALL), tmp_path_factory.mktemp("inference") / "run")
+
+
+def save_npz(path, data, classes, relabel=None):
+    """The shapes splits as an npz file (x_test = the test images), labels renamed by ``relabel``."""
+
+    def nhwc(split):
+        return split.x.permute(0, 2, 3, 1).numpy()
+
+    def labels(split):
+        return (relabel[split.y] if relabel is not None else split.y).numpy()
+
+    np.savez(
+        path,
+        x=nhwc(data.train),
+        y=labels(data.train),
+        x_test=nhwc(data.test),
+        y_test=labels(data.test),
+        classes=np.array(classes, dtype=str),
+    )
+    return path
+
+
+def test_evaluate_on_the_run_dataset_reproduces_the_summary(run):
+    result = evaluate_run(run.run_dir, "shapes", device="cpu")
+    test = run.summary["test"]
+    m = result["metrics"]
+    assert result["images"] == 96 and result["split"] == "test" and result["temperature"] == run.summary["temperature"]
+    assert m["confusion_matrix"] == test["confusion_matrix"] and m["accuracy"] == test["accuracy"]
+    for key in ("nll", "brier", "ece", "mce", "entropy", "ece_after_temperature", "nll_after_temperature"):
+        assert m[key] == pytest.approx(test[key], rel=1e-4, abs=1e-6), key
+    assert m["per_class"] == test["per_class"]
+    everything = evaluate_run(run.run_dir, "shapes", split="all", device="cpu")
+    assert everything["images"] == 512 + 64 + 96
+
+
+def test_evaluate_maps_classes_by_name(run, tmp_path):
+    data = load_data(tiny_config(*SMALL).data)
+    k = data.num_classes
+    reverse = torch.arange(k - 1, -1, -1)  # label i of the file is class k-1-i of the run
+    path = save_npz(tmp_path / "reversed.npz", data, data.classes[::-1], relabel=reverse)
+    result = evaluate_run(run.run_dir, f"npz:{path}", device="cpu")
+    assert result["dataset"] == "npz" and result["images"] == 96
+    assert result["metrics"]["confusion_matrix"] == run.summary["test"]["confusion_matrix"]
+
+
+def test_evaluate_refuses_other_class_names_listing_the_difference(run, tmp_path):
+    data = load_data(tiny_config(*SMALL).data)
+    path = save_npz(tmp_path / "other.npz", data, [*data.classes[:-1], "zebra"])
+    with pytest.raises(UserError, match=f"missing '{data.classes[-1]}'; not in the run 'zebra'"):
+        evaluate_run(run.run_dir, f"npz:{path}", device="cpu")
+    with pytest.raises(UserError, match="unknown split 'train'"):
+        evaluate_run(run.run_dir, "shapes", split="train")
+
+
+def test_predict_gives_temperature_scaled_top_k(run, tmp_path):
+    from PIL import Image
+
+    images = []
+    for i, colour in enumerate([(200, 30, 30), (30, 30, 200)]):
+        images.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (20, 20), colour).save(images[-1])
+    result = predict_images(run.run_dir, images, top_k=10)
+    t = run.summary["temperature"]
+    assert result["temperature"] == t and result["top_k"] == 4  # capped at the class count
+    loaded = load_run(run.run_dir)
+    from softmaxlab.diagnostics import model_input
+
+    with torch.no_grad():
+        x = torch.cat([model_input(p, 16, loaded.normalization) for p in images])
+        expected = apply_temperature(loaded.model.head.probs(loaded.model(x)), t)
+    for item, row in zip(result["predictions"], expected, strict=True):
+        probs = [c["probability"] for c in item["top"]]
+        assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-5)
+        assert [c["probability"] for c in sorted(item["top"], key=lambda c: c["index"])] == pytest.approx(row.tolist())
+        assert all(c["class"] == loaded.classes[c["index"]] for c in item["top"])
+
+
+def test_predict_without_a_summary_uses_the_head_probabilities(run, tmp_path):
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run.run_dir, unfinished)
+    (unfinished / "summary.json").unlink()
+    result = predict_images(unfinished, [_image(tmp_path)], top_k=1)
+    assert result["temperature"] is None and "did not finish" in result["temperature_note"]
+    (unfinished / "summary.json").write_text(json.dumps({"status": "finished", "temperature": -1}))
+    with pytest.raises(UserError, match="not a positive number"):
+        predict_images(unfinished, [_image(tmp_path)])
+
+
+def _image(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "img.png"
+    Image.new("RGB", (16, 16), (0, 128, 0)).save(path)
+    return path
