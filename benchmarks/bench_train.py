@@ -25,24 +25,30 @@ ratios, with the spread (min-max) over rounds. Targets on the CPU: a/b >= 0.95 a
 a/c >= 1.5.
 
 Workloads: ``simple_cnn`` (default widths) on the Intel scenes at 64 px
-(``../shared/data/intel64-train.npz``) and a narrow ``resnet12`` (``model.width=0.25``,
+(``../shared/data/intel64-train.npz``); the same on the Intel JPEGs, where (c) is the Kaggle
+notebooks' pipeline, torchvision ``ImageFolder`` decoding and resizing each 150x150 JPEG
+every epoch, and softmaxlab reads the same tree through its ``imagefolder`` cache (the tree
+is ``../shared/data/intel-jpeg-sample`` copied under new names until it holds enough
+images; the cache is built before timing); and a narrow ``resnet12`` (``model.width=0.25``,
 widths 16-40-80-160) on CIFAR-10 at 32 px (``../shared/data/cifar10-10k.npz``).
 
     python benchmarks/bench_train.py [--rounds 4] [--train-size 2000] [--batch-size 128]
-        [--device cpu] [--data-dir ../shared/data] [--only intel|cifar]
+        [--device cpu] [--data-dir ../shared/data] [--only intel|intel-jpeg|cifar]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
 from bench_loop import _timed, bare_loop, fit_loop
@@ -66,8 +72,39 @@ class _UInt8Images(Dataset):
         return self.transform(self.x[i]), self.y[i]
 
 
-def notebook_loop(cfg: Config, data: ImageData, device: torch.device) -> Callable[[], int]:
-    """One epoch of the notebook-style loop per call."""
+def jpeg_folder(root: Path, size: int, padding: int, mean: list[float], std: list[float], n: int) -> Dataset:
+    """The Intel notebooks' pipeline: torchvision ``ImageFolder`` decoding and resizing each JPEG
+    every epoch, then per-sample crop, flip, to-tensor and normalise; ``n`` images of it."""
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose(
+        [
+            transforms.Resize((size, size)),
+            transforms.RandomCrop(size, padding=padding),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+    folder = datasets.ImageFolder(str(root), transform=transform)
+    order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(0))[:n]
+    return Subset(folder, order.tolist())
+
+
+def copy_tree(sample: Path, copies: int, out: Path) -> Path:
+    """``out/<class>/<copy>-<name>``: every image of ``sample``, ``copies`` times under new names."""
+    for class_dir in sorted(p for p in sample.iterdir() if p.is_dir()):
+        (out / class_dir.name).mkdir(parents=True, exist_ok=True)
+        for image in sorted(class_dir.iterdir()):
+            for c in range(copies):
+                shutil.copyfile(image, out / class_dir.name / f"{c:03d}-{image.name}")
+    return out
+
+
+def notebook_loop(
+    cfg: Config, data: ImageData, device: torch.device, dataset: Dataset | None = None
+) -> Callable[[], int]:
+    """One epoch of the notebook-style loop per call (over ``dataset`` when given)."""
     seed_everything(cfg.train.seed)
     model = build_model(cfg, data.image_shape[0], data.num_classes).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -81,9 +118,9 @@ def notebook_loop(cfg: Config, data: ImageData, device: torch.device) -> Callabl
             v2.Normalize(mean, std),
         ]
     )
-    loader = DataLoader(
-        _UInt8Images(data.train.x, data.train.y, transform), batch_size=cfg.train.batch_size, shuffle=True
-    )
+    if dataset is None:
+        dataset = _UInt8Images(data.train.x, data.train.y, transform)
+    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True)
 
     def run() -> int:
         model.train()
@@ -105,6 +142,7 @@ def notebook_loop(cfg: Config, data: ImageData, device: torch.device) -> Callabl
 
 WORKLOADS = {
     "intel": ("simple_cnn on Intel scenes 64 px", "intel64-train.npz", 64, ["model.name=simple_cnn"]),
+    "intel-jpeg": ("simple_cnn, Intel JPEGs -> 64 px", "intel-jpeg-sample", 64, ["model.name=simple_cnn"]),
     "cifar": (
         "resnet12 x0.25 on CIFAR-10 32 px",
         "cifar10-10k.npz",
@@ -139,17 +177,22 @@ def main() -> None:
         + "".join(h.rjust(9) for h in ("a img/s", "b img/s", "c img/s", "a' img/s"))
         + "".join(h.rjust(7) + "(min-max)".rjust(13) for h in ("a/b", "a/c", "a'/c"))
     )
+    tmp_root = tempfile.TemporaryDirectory(prefix="bench-train-")  # removed at exit
     for key, (label, file, size, model) in WORKLOADS.items():
         if args.only and key != args.only:
             continue
         path = args.data_dir / file
-        if not path.is_file():
+        if not path.exists():
             sys.exit(f"{path} not found; pass --data-dir pointing at the folder with {file}")
+        source = ["data.name=npz", f"data.root={path}"]
+        if path.is_dir():  # a JPEG tree: copies of the sample, enough for train_size training images
+            tmp = Path(tmp_root.name)
+            path = copy_tree(path, -(-args.train_size // 120) + 1, tmp / "tree")
+            source = ["data.name=imagefolder", f"data.root={path}", f"data.cache_dir={tmp / 'cache'}"]
         cfg = load_config(
             None,
             [
-                "data.name=npz",
-                f"data.root={path}",
+                *source,
                 f"data.image_size={size}",
                 f"train.batch_size={args.batch_size}",
                 f"train.device={args.device}",
@@ -160,11 +203,15 @@ def main() -> None:
         data = load_data(cfg.data)
         # The first train_size images of the (shuffled, stratified) training split.
         data.train = Split(data.train.x[: args.train_size], data.train.y[: args.train_size])
+        jpegs = None
+        if cfg.data.name == "imagefolder":
+            mean, std = data.channel_stats()
+            jpegs = jpeg_folder(path, size, cfg.data.crop_padding, mean, std, len(data.train))
         nhwc = cfg.model_copy(update={"train": cfg.train.model_copy(update={"channels_last": True})})
         loops = [
             fit_loop(cfg, data, device, args.rounds + 1),
             bare_loop(cfg, data, device),
-            notebook_loop(cfg, data, device),
+            notebook_loop(cfg, data, device, jpegs),
             fit_loop(nhwc, data, device, args.rounds + 1),
         ]
         for loop in loops:
