@@ -266,7 +266,8 @@ def reliability_figure(panels: Sequence[tuple[str, Sequence[ReliabilityLine]]]) 
     confidence bins; a calibrated model lies on the diagonal, a line below it is
     over-confident.
     """
-    fig = Figure(figsize=(4.8 * max(1, len(panels)), 5.6), dpi=DPI, layout="constrained")
+    entries = 1 + max((len(lines) for _, lines in panels), default=0)  # legend rows below the axes
+    fig = Figure(figsize=(4.8 * max(1, len(panels)), 5.0 + 0.24 * entries), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
     for ax, (title, lines) in zip(axes, panels, strict=False):
         ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", label="calibrated")
