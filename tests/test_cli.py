@@ -273,3 +273,39 @@ def test_console_script_success_exits_0(capsys):
     with pytest.raises(SystemExit) as info:
         main(["list", "models"])
     assert info.value.code == 0 and "resnet12" in capsys.readouterr().out
+
+
+def test_resume_continues_an_interrupted_run(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("run", *sets("train.epochs=2", "data.train_size=128"), "--out", str(out)).exit_code == 0
+    whole = json.loads((out / "summary.json").read_text())["test"]
+    (out / "summary.json").unlink()  # as if killed after the last epoch's checkpoint
+    from softmaxlab import runs
+
+    assert not (out / runs.CHECKPOINT).exists()  # a finished run keeps no checkpoint: start over from config.yaml
+    result = invoke("resume", str(out))
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text())["test"] == whole
+    assert_bad_input(invoke("resume", str(out)), "already holds a finished run")
+    assert_bad_input(invoke("resume", str(tmp_path)), "no config.yaml")
+
+
+def test_resume_refuses_a_malicious_checkpoint(tmp_path):
+    import os
+
+    import torch
+
+    from softmaxlab import runs
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("train:\n  epochs: 1\n")
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"format": runs.CHECKPOINT_FORMAT, "model": Evil()}, out / runs.CHECKPOINT)
+    assert_bad_input(invoke("resume", str(out)), "not loaded")
+    assert not marker.exists()

@@ -77,3 +77,25 @@ def test_load_weights_errors(tmp_path):
     torch.save({"something": torch.zeros(1)}, tmp_path / runs.WEIGHTS)
     with pytest.raises(UserError, match="not a softmaxlab weights file"):
         runs.load_weights(tmp_path)
+
+
+def test_load_state_checked_names_the_differences():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 4))
+    state = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 5)).state_dict()
+    state["extra"] = torch.zeros(1)
+    del state["0.bias"]
+    with pytest.raises(UserError, match=r"missing keys: 0.bias; unexpected keys: extra; shapes differ: 1.weight"):
+        runs.load_state_checked(model, state, "checkpoint 'x'")
+    runs.load_state_checked(model, model.state_dict(), "checkpoint 'x'")  # a fitting state loads
+
+
+def test_checkpoint_falls_back_to_previous_and_never_truncated(tmp_path):
+    assert runs.load_checkpoint(tmp_path) is None
+    runs.save_checkpoint(tmp_path, {"n": 1})
+    runs.save_checkpoint(tmp_path, {"n": 2})
+    assert runs.load_checkpoint(tmp_path)["n"] == 2
+    (tmp_path / runs.CHECKPOINT).write_bytes(b"PK\x03\x04 truncated")
+    assert runs.load_checkpoint(tmp_path)["n"] == 1
+    with pytest.raises(RuntimeError):
+        runs.save_checkpoint(tmp_path, {"n": 3}, during_write=lambda: (_ for _ in ()).throw(RuntimeError))
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

@@ -24,3 +24,159 @@ def test_aggregate_groups_in_first_seen_order():
     assert [r["head"] for r in out] == ["b", "a"]
     assert out[0]["acc_mean"] == pytest.approx(0.6) and out[0]["acc_n"] == 2
     assert out[1]["acc_std"] == 0.0
+
+
+# --- sweeps -------------------------------------------------------------------------------
+
+import csv  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import yaml  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from softmaxlab import sweep  # noqa: E402
+from softmaxlab.cli import app  # noqa: E402
+from softmaxlab.config import apply_overrides  # noqa: E402
+from softmaxlab.errors import UserError  # noqa: E402
+
+from .conftest import TINY  # noqa: E402
+
+#: The tiny config, one epoch, smaller splits: a run takes a fraction of a second once warm.
+SWEEP_BASE = [*TINY, "train.epochs=1", "data.train_size=256", "data.val_size=64", "data.test_size=64"]
+
+
+def write_sweep(path, grid, exclude=None, extra=()):
+    """A sweep config file: the tiny base plus ``sweep.grid`` / ``sweep.exclude``."""
+    raw = apply_overrides({}, [*SWEEP_BASE, *extra])
+    raw["sweep"] = {"grid": grid, **({"exclude": exclude} if exclude else {})}
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_expansion_names_and_exclusion(tmp_path):
+    grid = {"head.name": ["softmax", "gumbel"], "head.tau": [0.5, 1, 3], "train.seed": [0, 1]}
+    path = write_sweep(tmp_path / "s.yaml", grid, exclude=[{"head.name": "softmax", "head.tau": [0.5, 3]}])
+    base, spec = sweep.load_sweep(path)
+    plan = sweep.expand_grid(base, spec)
+    # 2 x 3 x 2 = 12 combinations, minus softmax with tau 0.5 or 3 (2 x 2 seeds).
+    assert len(plan) == 8
+    assert plan[0].name == "head-softmax_tau-1_seed-0"
+    assert "head-gumbel_tau-0.5_seed-1" in [r.name for r in plan]
+    assert len({r.name for r in plan}) == len(plan)
+    assert all(r.config is not None and r.config.name == r.name for r in plan)
+    gumbel = next(r for r in plan if r.name == "head-gumbel_tau-3_seed-1")
+    assert (gumbel.config.head.tau, gumbel.config.train.seed) == (3.0, 1)
+    assert sweep.run_name({"data.seed": 1, "train.seed": 2, "model.widths": [8, 16]}) == (
+        "data.seed-1_train.seed-2_widths-8-16"
+    )
+
+
+def test_names_stay_unique_and_invalid_combinations_are_recorded(tmp_path):
+    # "a/b" and "a-b" would both read "a-b": a hash keeps them apart.
+    assert sweep.run_name({"model.activation": "a/b"}) == "activation-a-b"
+    path = write_sweep(tmp_path / "s.yaml", {"head.name": ["softmax", "gumbel"], "head.tau": [1, 2]})
+    plan = sweep.expand_grid(*sweep.load_sweep(path))
+    bad = [r for r in plan if r.config is None]
+    assert [r.name for r in bad] == ["head-softmax_tau-2"]
+    assert "head.tau" in bad[0].error and "gumbel" in bad[0].error
+
+
+@pytest.mark.parametrize(
+    ("grid", "exclude", "fragment"),
+    [
+        ({"head.tua": [1]}, None, "did you mean"),
+        ({"train.seed": []}, None, "empty list"),
+        ({"train.seed": [0, 0]}, None, "twice"),
+        ({"name": ["a"]}, None, "'name'"),
+        ({"train.seed": [0]}, [{"head.name": "softmax"}], "not a sweep.grid key"),
+    ],
+)
+def test_bad_sweep_configs_are_user_errors(tmp_path, grid, exclude, fragment):
+    path = write_sweep(tmp_path / "s.yaml", grid, exclude)
+    with pytest.raises(UserError, match=fragment):
+        sweep.load_sweep(path)
+
+
+def test_dry_run_lists_runs_and_writes_nothing(tmp_path):
+    path = write_sweep(tmp_path / "s.yaml", {"head.name": ["softmax", "log_softmax"], "train.seed": [0, 1]})
+    result = CliRunner().invoke(app, ["sweep", str(path), "--out", str(tmp_path / "out"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "head-log_softmax_seed-1" in result.output and "pending" in result.output
+    assert "4 runs" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_runs_are_recorded_and_do_not_stop_the_others(tmp_path, monkeypatch):
+    from softmaxlab import train
+
+    real_fit = train.fit
+
+    def flaky_fit(cfg, out_dir, **kwargs):
+        if cfg.train.seed == 1:
+            raise RuntimeError("boom\nsecond line")
+        return real_fit(cfg, out_dir, **kwargs)
+
+    monkeypatch.setattr(train, "fit", flaky_fit)
+    path = write_sweep(tmp_path / "s.yaml", {"train.seed": [0, 1, 2]})
+    result = sweep.run_sweep(path, tmp_path / "out")
+    assert [r["status"] for r in result.rows] == ["finished", "failed", "finished"]
+    assert result.rows[1]["error"] == "RuntimeError: boom second line"
+    assert read_csv(tmp_path / "out" / sweep.RESULTS_FILE)[1]["status"] == "failed"
+
+
+def test_aggregate_csv_means_and_stds_over_seeds(tmp_path):
+    grid = {"head.name": ["softmax", "log_softmax"], "train.seed": [0, 1, 2]}
+    path, out = write_sweep(tmp_path / "s.yaml", grid), tmp_path / "out"
+    sweep.run_sweep(path, out)
+    rows = read_csv(out / sweep.RESULTS_FILE)
+    table = {r["head.name"]: r for r in read_csv(out / sweep.AGGREGATE_FILE)}
+    assert set(table) == {"softmax", "log_softmax"}
+    for head, agg in table.items():
+        accs = [float(r["test.accuracy"]) for r in rows if r["head.name"] == head]
+        mean = sum(accs) / 3
+        std = math.sqrt(sum((a - mean) ** 2 for a in accs) / 2)
+        assert float(agg["test.accuracy_mean"]) == pytest.approx(mean, abs=1e-9)
+        assert float(agg["test.accuracy_std"]) == pytest.approx(std, abs=1e-9)
+        assert agg["test.accuracy_n"] == "3" and agg["runs"] == "3"
+
+
+def test_two_worker_sweep_killed_midway_then_rerun_finishes_every_run_once(tmp_path):
+    # One test for the parallel path, the kill and the reruns: each fresh process pays
+    # seconds of imports, so the workers are started once.
+    grid = {"head.name": ["softmax", "log_softmax"], "train.seed": [0, 1]}
+    path = write_sweep(tmp_path / "s.yaml", grid, extra=["train.checkpoint_every=2"])
+    out, names = tmp_path / "out", sorted(f"head-{h}_seed-{s}" for h in grid["head.name"] for s in (0, 1))
+    cmd = [sys.executable, "-m", "softmaxlab", "sweep", str(path), "--out", str(out), "--workers", "2"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / sweep.RESULTS_FILE).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its workers, at once
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    before = read_csv(out / sweep.RESULTS_FILE)  # written by the parallel path after its first run
+    assert sorted(r["run"] for r in before) == names
+    assert "finished" in {r["status"] for r in before} and "pending" in {r["status"] for r in before}
+    done_before = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")}
+    assert 1 <= len(done_before) < 4
+    # The same command again (one worker here, warm): finishes the rest, skips the finished.
+    result = CliRunner().invoke(app, ["sweep", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = read_csv(out / sweep.RESULTS_FILE)
+    assert sorted(r["run"] for r in rows) == names and {r["status"] for r in rows} == {"finished"}
+    assert all(0 <= float(r["test.accuracy"]) <= 1 for r in rows)
+    assert all((out / "runs" / n / "summary.json").stat().st_mtime_ns == t for n, t in done_before.items())
+    assert (out / "report.html").is_file() and (out / sweep.AGGREGATE_FILE).is_file()
+    # Another base config for the same directory: exit 2 unless --overwrite.
+    changed = write_sweep(tmp_path / "s2.yaml", grid, extra=["train.lr=0.01"])
+    refused = CliRunner().invoke(app, ["sweep", str(changed), "--out", str(out)])
+    assert refused.exit_code == 2 and "another base config" in refused.output

@@ -1,15 +1,17 @@
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
 
-from softmaxlab import runs
+from softmaxlab import runs, train
 from softmaxlab.config import load_config
 from softmaxlab.errors import DivergedError, UserError
 from softmaxlab.train import fit, lr_factor
 
-from .conftest import tiny_config
+from .conftest import TINY, tiny_config
 
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds", "lr", "grad_norms"}
 
@@ -156,3 +158,121 @@ def test_model_too_deep_for_the_images_writes_nothing(tmp_path):
     with pytest.raises(UserError, match="needs images of at least 64 px"):
         fit(tiny_config("data.image_size=32", "model.widths=[4,4,4,4,4,4]"), tmp_path / "deep")
     assert not (tmp_path / "deep").exists()
+
+
+# --------------------------------------------------------------------------- checkpoint and resume
+
+#: 4 steps per epoch, a checkpoint after every step, and a head with state (Gumbel tau).
+RESUME = [
+    "data.train_size=256",
+    "data.val_size=64",
+    "data.test_size=64",
+    "train.epochs=3",
+    "train.checkpoint_every=1",
+    "head.name=gumbel",
+    "head.tau_schedule=exponential",
+    "diagnostics.probe_size=16",
+]
+_TIMING = ("epoch_seconds", "train_images_per_second")
+
+
+def _outcome(run_dir):
+    """What must not change on resume: test metrics, temperature, and each epoch's record but its timing."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    history = [{k: v for k, v in r.items() if k not in _TIMING} for r in runs.read_jsonl(run_dir / "metrics.jsonl")]
+    return summary["test"], summary["temperature"], history
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _outcome(fit(tiny_config(*RESUME), tmp_path_factory.mktemp("whole") / "run").run_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _Killed(BaseException):
+    pass
+
+
+# step:4 = end of epoch 1 (before its checkpoint), step:5 = start of epoch 2, step:6 = its middle.
+@pytest.mark.parametrize("point", ["step:4", "step:5", "step:6", "checkpoint:9"])
+def test_interrupted_run_resumes_exactly(uninterrupted, tmp_path, monkeypatch, point):
+
+    torch.set_num_threads(1)
+
+    def kill(where):
+        if where == point:
+            raise _Killed
+
+    monkeypatch.setattr(train, "_test_kill", kill)
+    cfg = tiny_config(*RESUME)
+    with pytest.raises(_Killed):
+        fit(cfg, tmp_path / "run")
+    assert not runs.is_finished(tmp_path / "run") and (tmp_path / "run" / runs.CHECKPOINT).is_file()
+    monkeypatch.undo()
+    fit(cfg, tmp_path / "run", resume=True)
+    assert _outcome(tmp_path / "run") == uninterrupted
+    assert not (tmp_path / "run" / runs.CHECKPOINT).exists()  # finished: the weights are in model.pt
+
+
+def test_sigkill_during_checkpoint_write_resumes_exactly(uninterrupted, tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch; torch.set_num_threads(1)\n"
+        "from softmaxlab.config import load_config\n"
+        "from softmaxlab.train import fit\n"
+        f"fit(load_config(None, {[*TINY, *RESUME]!r}), sys.argv[1])\n"
+    )
+    run_dir = tmp_path / "run"
+    env = {**os.environ, train.TEST_KILL_ENV: "checkpoint:6"}
+    proc = subprocess.run([sys.executable, "-c", script, str(run_dir)], env=env, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert list(run_dir.glob(".checkpoint.pt.*.tmp"))  # the half-written checkpoint, ignored
+    torch.set_num_threads(1)
+    fit(tiny_config(*RESUME), run_dir, resume=True)
+    assert _outcome(run_dir) == uninterrupted
+    assert not list(run_dir.glob(".checkpoint.pt.*"))
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path, monkeypatch):
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(
+        train, "_test_kill", lambda where: (_ for _ in ()).throw(_Killed) if where == "step:7" else None
+    )
+    with pytest.raises(_Killed):
+        fit(tiny_config(*RESUME), tmp_path / "run")
+    monkeypatch.undo()
+    ckpt = tmp_path / "run" / runs.CHECKPOINT
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])  # as if the disk had lost the end of the file
+    fit(tiny_config(*RESUME), tmp_path / "run", resume=True)
+    assert _outcome(tmp_path / "run") == uninterrupted
+
+
+def test_resume_contract(tmp_path):
+    cfg = tiny_config("train.epochs=1", "data.train_size=128")
+    fresh = fit(cfg, tmp_path / "run", resume=True)  # no run yet: starts fresh
+    again = fit(cfg, tmp_path / "run", resume=True)  # finished: returned as it is
+    assert again.summary == fresh.summary and len(again.history) == 1
+    with pytest.raises(UserError, match="another config"):
+        fit(tiny_config("train.epochs=2", "data.train_size=128"), tmp_path / "run", resume=True)
+
+
+def test_malicious_checkpoint_is_refused_and_never_executed(tmp_path):
+    run = fit(tiny_config("train.epochs=1", "data.train_size=128"), tmp_path / "run").run_dir
+    (run / "summary.json").unlink()  # as if interrupted
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"format": runs.CHECKPOINT_FORMAT, "model": Evil()}, run / runs.CHECKPOINT)
+    with pytest.raises(UserError, match="not loaded"):
+        fit(tiny_config("train.epochs=1", "data.train_size=128"), run, resume=True)
+    assert not marker.exists()

@@ -87,15 +87,24 @@ def run_cmd(
     ] = False,
 ) -> None:
     """Train one experiment and write its run directory."""
+    from softmaxlab import runs
     from softmaxlab.config import load_config
     from softmaxlab.data import parse_data_spec
-    from softmaxlab.distributed import env_world
     from softmaxlab.train import fit
 
     # The spec's values are JSON-quoted so a path such as "2024" stays a string; --set wins.
     spec = [f"data.{k}={json.dumps(v)}" for k, v in parse_data_spec(data).items()] if data else []
     cfg = load_config(config, [*spec, *(set_ or [])])
-    result = fit(cfg, out, overwrite=overwrite, progress=_progress())
+    # An interrupted run in the output directory is continued; a finished one is refused.
+    target = out if out is not None else (runs.default_run_dir(cfg.name) if cfg.name else None)
+    resume = not overwrite and target is not None and not runs.is_finished(target)
+    result = fit(cfg, out, overwrite=overwrite, progress=_progress(), resume=resume)
+    _print_run(result)
+
+
+def _print_run(result: Any) -> None:
+    from softmaxlab.distributed import env_world
+
     if not env_world().is_main:  # under torchrun, rank 0 speaks for every process
         return
     test = result.summary["test"]
@@ -106,6 +115,24 @@ def run_cmd(
     out_console.print(f"wrote {result.run_dir}", highlight=False, soft_wrap=True)
     if result.report is not None:
         out_console.print(f"report {result.report}", highlight=False, soft_wrap=True)
+
+
+@app.command("resume")
+@_exit_codes
+def resume_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="An interrupted run directory (it holds config.yaml).")],
+) -> None:
+    """Continue an interrupted run from its last complete checkpoint (same final metrics as if never stopped)."""
+    from softmaxlab import runs
+    from softmaxlab.config import load_config
+    from softmaxlab.train import fit
+
+    if not (run_dir / runs.CONFIG).is_file():
+        raise UserError(f"{str(run_dir)!r} holds no config.yaml; pass a run directory written by `softmaxlab run`")
+    if runs.is_finished(run_dir):
+        raise UserError(f"{str(run_dir)!r} already holds a finished run; nothing to resume")
+    cfg = load_config(run_dir / runs.CONFIG)
+    _print_run(fit(cfg, run_dir, progress=_progress(), resume=True))
 
 
 @app.command("demo")
@@ -212,6 +239,60 @@ def visualize_cmd(
 
     path = visualize_run(run_dir, image, out, channels)
     out_console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+@app.command("sweep")
+@_exit_codes
+def sweep_cmd(
+    config: Annotated[Path, typer.Argument(help="YAML sweep config: a base experiment plus sweep.grid (and exclude).")],
+    workers: Annotated[int, typer.Option(min=1, help="Runs trained at a time, each in its own process.")] = 1,
+    out: Annotated[
+        Path | None, typer.Option(help="Sweep directory (default: runs/<name or config file name>).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs and their state; train nothing.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a sweep with another config in the output directory.")
+    ] = False,
+) -> None:
+    """Train a grid of runs (resumable: a rerun trains only what is missing) -> results.csv, aggregate.csv, report."""
+    from softmaxlab import sweep
+    from softmaxlab.progress import ConsoleSweepProgress
+
+    if dry_run:
+        base, spec = sweep.load_sweep(config)
+        target = out or sweep.default_sweep_dir(config, base)
+        table = Table(show_header=True, header_style="bold", box=None)
+        for column in ("run", *spec.grid, "state"):
+            table.add_column(column)
+        plan = sweep.expand_grid(base, spec)
+        for run in plan:
+            state = sweep.run_state(target, run)
+            values = [json.dumps(v) if not isinstance(v, str) else v for v in run.overrides.values()]
+            table.add_row(run.name, *values, state + (f": {run.error}" if run.error else ""))
+        out_console.print(table)
+        out_console.print(f"{len(plan)} runs in {target}", highlight=False, soft_wrap=True)
+        return
+    result = sweep.run_sweep(
+        config, out, workers=workers, overwrite=overwrite, progress=ConsoleSweepProgress(err_console)
+    )
+    counts = ", ".join(f"{result.count(s)} {s}" for s in sweep.STATUSES if result.count(s))
+    out_console.print(f"{len(result.rows)} runs: {counts}", highlight=False)
+    out_console.print(
+        f"wrote {result.out_dir / sweep.RESULTS_FILE}, {result.out_dir / sweep.AGGREGATE_FILE}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if result.report is not None:
+        out_console.print(f"report {result.report}", highlight=False, soft_wrap=True)
+    if result.count("failed"):
+        err_console.print(
+            f"error: {result.count('failed')} runs failed (errors in {sweep.RESULTS_FILE}); "
+            "rerun the command to retry them",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
+        raise typer.Exit(EXIT_UNEXPECTED)
 
 
 @app.command("report")

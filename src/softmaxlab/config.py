@@ -258,6 +258,8 @@ class TrainConfig(_Section):
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False  # NHWC memory layout for model and batches (faster convolutions on recent GPUs)
     compile: bool = False  # torch.compile the model (first epoch pays the compilation)
+    # Also checkpoint every this-many optimisation steps (0 = only at the end of each epoch).
+    checkpoint_every: int = Field(0, ge=0)
 
 
 class DiagnosticsConfig(_Section):

@@ -80,3 +80,46 @@ class ConsoleProgress(Progress):
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+class ConsoleSweepProgress:
+    """A rich bar over a sweep's runs (done, running, failed, ETA) on a terminal; one line
+    per ended run otherwise. Implements the hooks of :class:`softmaxlab.sweep.SweepProgress`."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.interactive = self.console.is_terminal and sys.stderr.isatty()
+        self._bar: RichBar | None = None
+
+    def start(self, total: int, done: int) -> None:
+        self.total = total
+        if done:
+            self.console.print(f"{done} of {total} runs already done; skipping them", highlight=False)
+        if not self.interactive:
+            return
+        self._bar = RichBar(
+            TextColumn("runs"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task("runs", total=total, completed=done, counts="")
+
+    def update(self, done: int, running: int, failed: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, counts=f"running {running}, failed {failed}")
+
+    def run_end(self, name: str, status: str, error: str | None) -> None:
+        line = f"{name}: {status}" + (f" ({error})" if error else "")
+        (self._bar.console if self._bar is not None else self.console).print(
+            line, highlight=False, soft_wrap=True, markup=False
+        )
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

@@ -25,7 +25,10 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 WEIGHTS = "model.pt"
-RUN_FILES = (CONFIG, METRICS, SUMMARY, WEIGHTS)
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_PREV = "checkpoint.prev.pt"
+RUN_FILES = (CONFIG, METRICS, SUMMARY, WEIGHTS, CHECKPOINT, CHECKPOINT_PREV)
+CHECKPOINT_FORMAT = "softmaxlab-checkpoint-1"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -202,6 +205,115 @@ def load_weights(run_dir: str | Path) -> dict[str, Any]:
             f"{str(path)!r} is not a softmaxlab weights file; point at a run directory written by softmaxlab"
         )
     return payload
+
+
+def save_checkpoint(run_dir: str | Path, state: dict[str, Any], during_write: Callable[[], None] | None = None) -> None:
+    """Write ``checkpoint.pt`` so that a crash at any moment leaves a complete checkpoint.
+
+    The payload (tensors and plain values only, so it loads with ``weights_only=True``) goes
+    to a temporary file that is fsynced; then the current checkpoint is renamed to
+    ``checkpoint.prev.pt`` and the new one renamed into place. A crash before the renames
+    leaves the old checkpoint; between them, the previous one (:func:`load_checkpoint` falls
+    back to it). ``during_write`` is called halfway through writing the temporary file.
+    """
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
+    data = buffer.getvalue()
+
+    def write(f: IO[bytes]) -> None:
+        f.write(data[: len(data) // 2])
+        if during_write is not None:
+            during_write()
+        f.write(data[len(data) // 2 :])
+
+    path = Path(run_dir)
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{CHECKPOINT}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if (path / CHECKPOINT).exists():
+            os.replace(path / CHECKPOINT, path / CHECKPOINT_PREV)
+        os.replace(tmp, path / CHECKPOINT)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def safe_load(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU.
+
+    Raises:
+        UserError: the file holds a pickle payload other than tensors and plain values (it
+            is refused, never executed).
+        Exception: other read errors (a truncated or corrupt file) pass through.
+    """
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc) and "Weights only" not in str(exc):
+            raise
+        raise UserError(
+            f"{str(path)!r} holds code or objects other than tensors and plain values and was not loaded; "
+            "delete it and use a file written by softmaxlab"
+        ) from None
+
+
+def load_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
+    """The newest complete checkpoint of ``run_dir`` (``checkpoint.pt``, else
+    ``checkpoint.prev.pt``), or None when there is none. An unreadable (partial) file is
+    skipped in favour of the previous one; a file with a foreign pickle payload is a
+    :class:`UserError` and is never executed."""
+    for name in (CHECKPOINT, CHECKPOINT_PREV):
+        path = Path(run_dir) / name
+        if not path.is_file():
+            continue
+        try:
+            payload = safe_load(path)
+        except UserError:
+            raise
+        except Exception:  # truncated or corrupt: fall back to the previous checkpoint
+            continue
+        if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+            return payload
+        raise UserError(f"{str(path)!r} is not a softmaxlab checkpoint; delete it or choose another run directory")
+    return None
+
+
+def remove_checkpoints(run_dir: str | Path) -> None:
+    """Delete the checkpoints of a finished run (its weights are in ``model.pt``), and the
+    temporary file of a checkpoint write that a crash interrupted."""
+    for name in (CHECKPOINT, CHECKPOINT_PREV):
+        (Path(run_dir) / name).unlink(missing_ok=True)
+    for tmp in Path(run_dir).glob(f".{CHECKPOINT}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``module.load_state_dict(state)``, or a :class:`UserError` naming the keys missing from
+    ``state``, the unexpected ones, and those whose shapes differ (at most 5 of each)."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    parts = [
+        f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+        for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shapes differ", shapes))
+        if keys
+    ]
+    if parts:
+        raise UserError(f"{source} does not fit this model ({'; '.join(parts)}); use the run's own config")
+    module.load_state_dict(state)
 
 
 def environment(device: torch.device, seed: int) -> dict[str, Any]:

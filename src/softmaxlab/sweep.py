@@ -1,4 +1,17 @@
-"""Studies over several runs: aggregation of their results over seeds.
+"""Studies over several runs: grid expansion, parallel and resumable execution, aggregation.
+
+A sweep config is a normal experiment config (the base) plus a ``sweep:`` section::
+
+    sweep:
+      grid:                      # dotted config keys -> the values each takes
+        head.name: [softmax, gumbel]
+        head.tau: [0.5, 1, 3]
+        train.seed: [0, 1, 2]
+      exclude:                   # combinations left out: every key of an entry must match
+        - {head.name: softmax, head.tau: [0.5, 3]}
+
+The runs are the Cartesian product of the grid minus the excluded combinations; each gets
+a directory ``runs/<name>`` named after its overrides (``head-gumbel_tau-0.5_seed-0``).
 
 ``aggregate`` groups result rows by the keys that define a variant (everything but the
 seed) and reports mean, sample standard deviation and count of each metric, so a table
@@ -7,10 +20,29 @@ never shows one lucky seed as if it were the answer.
 
 from __future__ import annotations
 
+import copy
+import csv
+import hashlib
+import io
+import itertools
+import json
 import math
+import os
+import re
+import shutil
 import statistics
+from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from softmaxlab.config import Config, read_yaml, validate_config
+from softmaxlab.errors import UserError
+from softmaxlab.runs import CONFIG, SUMMARY, atomic_write_text, is_finished
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
@@ -48,3 +80,484 @@ def aggregate(
             agg[f"{name}_mean"], agg[f"{name}_std"], agg[f"{name}_n"] = m, s, n
         out.append(agg)
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# Sweeps: a base experiment and a grid of dotted keys -> lists of values.
+
+#: Files of a sweep directory (the runs are in ``RUNS_DIR``, one directory each).
+SWEEP_FILE = "sweep.yaml"
+RESULTS_FILE = "results.csv"
+AGGREGATE_FILE = "aggregate.csv"
+RUNS_DIR = "runs"
+#: The grid key whose values are seeds of one variant (the means of aggregate.csv are over it).
+SEED_KEY = "train.seed"
+#: Run directory names longer than this are shortened (and made unique by a hash).
+MAX_NAME = 100
+#: What a run row's ``status`` says: trained to its end, non-finite loss, an error, not
+#: trained because its overrides fail validation, not trained yet (dry run).
+STATUSES = ("finished", "diverged", "failed", "invalid", "pending")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class SweepSpec(BaseModel):
+    """The ``sweep:`` section of a sweep config.
+
+    ``grid`` maps dotted config keys to the list of values each takes; the runs are the
+    Cartesian product of the lists (in key order, the last key varying fastest).
+    ``exclude`` lists partial combinations ({key: value or [values]}); a run whose
+    overrides match every key of one entry is left out.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    grid: dict[str, list[Any]]
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One combination of the grid: its directory name, overrides and validated config.
+
+    ``config`` is None when the overrides fail validation; ``error`` then says why.
+    """
+
+    name: str
+    overrides: dict[str, Any]
+    config: Config | None
+    error: str | None = None
+
+
+@dataclass
+class SweepResult:
+    """What :func:`run_sweep` did: the sweep directory, one row per run (as in results.csv),
+    the aggregate rows and the report (None when it could not be written)."""
+
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    aggregate: list[dict[str, Any]]
+    report: Path | None = None
+
+    def count(self, status: str) -> int:
+        """Number of runs with ``status``."""
+        return sum(r["status"] == status for r in self.rows)
+
+
+def load_sweep(path: str | Path) -> tuple[Config, SweepSpec]:
+    """The base experiment (a normal, validated :class:`Config`) and the ``sweep:`` section
+    of the YAML file at ``path``; bad keys and values are one-line UserErrors."""
+    raw = read_yaml(path)
+    section = raw.pop("sweep", None)
+    if not isinstance(section, dict):
+        raise UserError(f"{str(path)!r} has no 'sweep:' section; add sweep.grid, e.g. grid: {{train.seed: [0, 1, 2]}}")
+    base = validate_config(raw, f"{path} (base experiment)")
+    try:
+        spec = SweepSpec.model_validate(section)
+    except ValidationError as err:
+        e = err.errors()[0]
+        where = ".".join(str(p) for p in ("sweep", *e["loc"]))
+        raise UserError(f"invalid {where!r} in {path}: {e['msg']}; see the Sweeps section of the README") from None
+    check_spec(spec, str(path))
+    return base, spec
+
+
+def check_spec(spec: SweepSpec, source: str = "the sweep") -> None:
+    """Grid keys must be config leaves (not ``name``) with non-empty lists of distinct
+    values; exclude entries may only name grid keys."""
+    from softmaxlab.config import _closest, _valid_keys
+
+    leaves = {k for k in _valid_keys(Config) if not any(v.startswith(k + ".") for v in _valid_keys(Config))}
+    if not spec.grid:
+        raise UserError(f"sweep.grid in {source} is empty; give at least one key with a list of values")
+    for key, values in spec.grid.items():
+        if key == "name":
+            raise UserError(f"sweep.grid in {source} may not vary 'name': each run is named after its overrides")
+        if key not in leaves:
+            raise UserError(f"sweep.grid in {source}: unknown config key {key!r}{_closest(key)}")
+        if not values:
+            raise UserError(f"sweep.grid.{key} in {source} is an empty list; give at least one value")
+        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+            raise UserError(f"sweep.grid.{key} in {source} lists a value twice; list each value once")
+    for entry in spec.exclude:
+        unknown = [k for k in entry if k not in spec.grid]
+        if unknown or not entry:
+            raise UserError(
+                f"sweep.exclude in {source}: {unknown[0] if unknown else '{}'!r} is not a sweep.grid key; "
+                "an exclude entry maps grid keys to the value (or list of values) to leave out"
+            )
+
+
+def _value_label(value: Any) -> str:
+    """A value as it reads in a directory name: ``0.5``, ``3``, ``8-16``, ``true``, ``none``."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value).replace("null", "none")
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "-".join(_value_label(v) for v in value)
+    if isinstance(value, dict):
+        return "-".join(f"{k}-{_value_label(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _key_labels(keys: Sequence[str]) -> dict[str, str]:
+    """Short labels of the grid keys: the last part (``tau``), the section for ``*.name``
+    (``head``), the whole dotted key where two keys would share a label."""
+    short = {k: (k.split(".")[-2] if k.endswith(".name") and "." in k else k.split(".")[-1]) for k in keys}
+    counts = Counter(short.values())
+    return {k: (s if counts[s] == 1 else k) for k, s in short.items()}
+
+
+def run_name(overrides: dict[str, Any], labels: dict[str, str] | None = None) -> str:
+    """A readable, filesystem-safe directory name of a run: ``label-value`` per grid key,
+    joined by ``_``; characters other than letters, digits, ``.``, ``_``, ``-`` become ``-``.
+
+    >>> run_name({"head.name": "gumbel", "head.tau": 0.5, "train.seed": 0})
+    'head-gumbel_tau-0.5_seed-0'
+    """
+    labels = labels or _key_labels(list(overrides))
+    parts = [f"{labels[k]}-{_value_label(v)}" for k, v in overrides.items()]
+    name = _UNSAFE.sub("-", "_".join(parts)).strip(".") or "run"
+    return name
+
+
+def _digest(overrides: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _excluded(overrides: dict[str, Any], exclude: Sequence[dict[str, Any]]) -> bool:
+    def matches(key: str, wanted: Any) -> bool:
+        options = wanted if isinstance(wanted, list) and not isinstance(overrides[key], list) else [wanted]
+        return any(overrides[key] == w for w in options)
+
+    return any(all(matches(k, w) for k, w in entry.items()) for entry in exclude)
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    *sections, leaf = key.split(".")
+    node = raw
+    for s in sections:
+        node = node.setdefault(s, {})
+    node[leaf] = copy.deepcopy(value)
+
+
+def expand_grid(base: Config, spec: SweepSpec) -> list[SweepRun]:
+    """Every run of the sweep, in grid order, without the excluded combinations.
+
+    Each run's config is ``base`` with its overrides and ``name`` set to the run's
+    directory name. Names are unique: names that would collide (or exceed
+    :data:`MAX_NAME` characters) get a short hash of their overrides appended.
+    A combination that fails validation (an option its head or dataset would ignore, for
+    example ``head.tau`` with ``head.name: softmax``) is kept with ``config=None`` and the
+    error, so that it shows in the dry run and in results.csv as ``invalid``; exclude such
+    combinations in ``sweep.exclude`` to leave them out.
+    """
+    keys = list(spec.grid)
+    labels = _key_labels(keys)
+    combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*spec.grid.values())]
+    combos = [c for c in combos if not _excluded(c, spec.exclude)]
+    names = [run_name(c, labels) for c in combos]
+    counts = Counter(names)
+    runs_: list[SweepRun] = []
+    for combo, name in zip(combos, names, strict=True):
+        if counts[name] > 1 or len(name) > MAX_NAME:
+            name = f"{name[: MAX_NAME - 9]}-{_digest(combo)}"
+        raw = base.to_dict()
+        for key, value in combo.items():
+            _set_dotted(raw, key, value)
+        raw["name"] = name
+        try:
+            runs_.append(SweepRun(name, combo, validate_config(raw, f"sweep run {name}")))
+        except UserError as exc:
+            runs_.append(SweepRun(name, combo, None, str(exc)))
+    return runs_
+
+
+def default_sweep_dir(config_path: str | Path, base: Config, root: str | Path = "runs") -> Path:
+    """``runs/<base name>``, else ``runs/<config file stem>``."""
+    return Path(root) / (base.name or Path(config_path).stem)
+
+
+def _sweep_record(base: Config, spec: SweepSpec) -> dict[str, Any]:
+    return {"base": base.to_dict(), "sweep": spec.model_dump(mode="json")}
+
+
+def prepare_sweep_dir(out_dir: Path, base: Config, spec: SweepSpec, overwrite: bool = False) -> None:
+    """Create the sweep directory and write ``sweep.yaml`` (the resolved base config and
+    the grid). A directory holding another sweep (a different base or grid) is refused
+    unless ``overwrite``, which removes that sweep's runs and tables first."""
+    record = _sweep_record(base, spec)
+    path = out_dir / SWEEP_FILE
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"sweep output {str(out_dir)!r} is a file, not a directory; choose another --out")
+    if path.is_file():
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if saved != record and not overwrite:
+            what = "base config" if (saved or {}).get("base") != record["base"] else "sweep grid"
+            raise UserError(
+                f"{str(out_dir)!r} holds a sweep with another {what}; pass --overwrite to replace its runs "
+                "or choose another --out"
+            )
+        if saved != record:
+            shutil.rmtree(out_dir / RUNS_DIR, ignore_errors=True)
+            for name in (RESULTS_FILE, AGGREGATE_FILE):
+                (out_dir / name).unlink(missing_ok=True)
+    elif out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise UserError(f"{str(out_dir)!r} is not empty and holds no sweep; choose another --out or pass --overwrite")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"cannot create sweep directory {str(out_dir)!r}: {exc.strerror}; choose another --out"
+        ) from None
+    atomic_write_text(path, yaml.safe_dump(record, sort_keys=False))
+
+
+def run_state(out_dir: Path, run: SweepRun) -> str:
+    """``invalid``, ``finished`` / ``diverged`` (it has a summary), ``unfinished`` (started,
+    resumable) or ``pending`` (not started)."""
+    if run.config is None:
+        return "invalid"
+    run_dir = out_dir / RUNS_DIR / run.name
+    if is_finished(run_dir):
+        return str(_read_summary(run_dir).get("status", "finished"))
+    return "unfinished" if (run_dir / CONFIG).is_file() else "pending"
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+class SweepProgress:
+    """Silent sweep progress: the hooks :func:`run_sweep` calls. Subclass to show something."""
+
+    def start(self, total: int, done: int) -> None:
+        """The sweep begins: ``total`` runs, ``done`` of them already finished (skipped)."""
+
+    def update(self, done: int, running: int, failed: int) -> None:
+        """Counts changed: runs done (any status), running now, failed so far."""
+
+    def run_end(self, name: str, status: str, error: str | None) -> None:
+        """A run ended with ``status`` (``error``: one line, for failed runs)."""
+
+    def stop(self) -> None:
+        """The sweep ended."""
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _train_run(config: dict[str, Any], run_dir: str) -> tuple[str, str | None]:
+    """Train one run (continuing it when interrupted); (status, one-line error or None).
+
+    Runs in a worker process: every exception is caught and returned as text, so one
+    failed run never stops the others.
+    """
+    from softmaxlab.errors import DivergedError
+    from softmaxlab.train import fit
+
+    try:
+        fit(Config.model_validate(config), run_dir, resume=True)
+    except DivergedError as exc:
+        return "diverged", str(exc)
+    except Exception as exc:  # one failed run must not stop the sweep
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        return "failed", f"{type(exc).__name__}: {text}" if not isinstance(exc, UserError) else text
+    return "finished", None
+
+
+def worker_threads(workers: int, cores: int | None = None) -> int:
+    """Torch threads per worker: the cores divided between the workers, at least one."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // workers)
+
+
+def run_sweep(
+    config_path: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: SweepProgress | None = None,
+) -> SweepResult:
+    """Train every run of the sweep config at ``config_path`` and write the sweep directory.
+
+    ``workers`` runs train at a time, each in its own (spawned) process with
+    ``max(1, cores // workers)`` torch threads. Finished and diverged runs already in the
+    directory are skipped, interrupted ones continue from their last checkpoint, missing
+    ones start; a failed or diverged run is recorded and the others go on. At the end:
+    ``results.csv`` (one row per run), ``aggregate.csv`` (mean, sample std and count over
+    ``train.seed`` of every variant) and the report of all runs.
+
+    Raises:
+        UserError: a bad sweep config, ``workers`` < 1, or a directory that holds another sweep.
+    """
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    base, spec = load_sweep(config_path)
+    out = Path(out_dir) if out_dir is not None else default_sweep_dir(config_path, base)
+    plan = expand_grid(base, spec)
+    prepare_sweep_dir(out, base, spec, overwrite)
+    progress = progress or SweepProgress()
+    outcome: dict[str, tuple[str, str | None]] = {}
+    for run in plan:
+        state = run_state(out, run)
+        if state in ("invalid", "finished", "diverged"):
+            outcome[run.name] = (state, run.error)
+    todo = [r for r in plan if r.name not in outcome]
+    failed = 0
+
+    def record(name: str, status: str, error: str | None) -> None:
+        nonlocal failed
+        outcome[name] = (status, error)
+        failed += status == "failed"
+        progress.run_end(name, status, error)
+        write_results(out, plan, outcome, spec)
+
+    progress.start(len(plan), len(outcome))
+    try:
+        if workers == 1:
+            for run in todo:
+                progress.update(len(outcome), 1, failed)
+                record(run.name, *_train_run(run.config.to_dict(), str(out / RUNS_DIR / run.name)))
+        else:
+            _run_parallel(
+                out, todo, workers, outcome, record, lambda running: progress.update(len(outcome), running, failed)
+            )
+        progress.update(len(outcome), 0, failed)
+    finally:
+        progress.stop()
+    rows, agg = write_results(out, plan, outcome, spec)
+    report = _write_report(out, base)
+    return SweepResult(out, rows, agg, report)
+
+
+def _run_parallel(
+    out: Path,
+    todo: list[SweepRun],
+    workers: int,
+    outcome: dict[str, tuple[str, str | None]],
+    record: Callable[[str, str, str | None], None],
+    update: Callable[[int], None],
+) -> None:
+    """At most ``workers`` runs in flight in spawned processes; results recorded as they end."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
+    pending = list(todo)
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(worker_threads(workers),)
+    ) as pool:
+        running: dict[Any, str] = {}
+        try:
+            while pending or running:
+                while pending and len(running) < workers:
+                    run = pending.pop(0)
+                    running[pool.submit(_train_run, run.config.to_dict(), str(out / RUNS_DIR / run.name))] = run.name
+                update(len(running))
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    name = running.pop(future)
+                    try:
+                        status, error = future.result()
+                    except Exception as exc:  # the worker process died (killed, out of memory)
+                        status, error = "failed", f"worker process died: {type(exc).__name__}: {exc}"
+                    record(name, status, error)
+        except BaseException:
+            # Interrupted (Ctrl-C): do not wait for the runs in flight; a rerun resumes them.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _summary_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """Every scalar number of a run's summary, by dotted key (``test.accuracy``, ``timing.mean_epoch_seconds``)."""
+    out: dict[str, Any] = {}
+    for section in ("test", "val", "timing"):
+        for key, value in (summary.get(section) or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"{section}.{key}"] = value
+    for key in ("temperature", "epochs"):
+        if isinstance(summary.get(key), (int, float)) and not isinstance(summary.get(key), bool):
+            out[key] = summary[key]
+    return out
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return ""
+    if isinstance(value, (list, dict, bool)) or value is None:
+        return "" if value is None else json.dumps(value)
+    return value
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(row.get(k)) for k in columns})
+    atomic_write_text(path, buffer.getvalue())
+
+
+def write_results(
+    out: Path, plan: list[SweepRun], outcome: dict[str, tuple[str, str | None]], spec: SweepSpec
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Write ``results.csv`` (one row per run: name, overrides, status, error, every summary
+    metric; ``pending`` for runs not trained yet) and ``aggregate.csv`` (per combination of
+    the grid keys but ``train.seed``: the number of runs and, for each metric, mean, sample
+    standard deviation and count over the finished runs). Returns both tables' rows."""
+    rows = []
+    for run in plan:
+        status, error = outcome.get(run.name, ("pending", None))
+        row: dict[str, Any] = {"run": run.name, **run.overrides, "status": status, "error": error or ""}
+        if status in ("finished", "diverged"):
+            row.update(_summary_metrics(_read_summary(out / RUNS_DIR / run.name)))
+        rows.append(row)
+    _write_csv(out / RESULTS_FILE, rows)
+    metric_keys = list(dict.fromkeys(k for r in rows for k in r if k not in {"run", "status", "error", *spec.grid}))
+    group_by = [k for k in spec.grid if k != SEED_KEY]
+    # Every remaining combination gets a row; only finished runs enter the means.
+    agg = aggregate(
+        [{**r, "_": 0} for r in rows],
+        group_by or ["_"],
+        {k: (lambda r, k=k: r.get(k) if r["status"] == "finished" else None) for k in metric_keys},
+    )
+    counts = Counter(tuple(r[k] for k in group_by) for r in rows)
+    finished = Counter(tuple(r[k] for k in group_by) for r in rows if r["status"] == "finished")
+    table = []
+    for a in agg:
+        key = tuple(a[k] for k in group_by)
+        head = {k: a[k] for k in group_by}
+        table.append(
+            {
+                **head,
+                "runs": counts[key],
+                "finished": finished[key],
+                **{k: v for k, v in a.items() if k not in group_by and k != "_"},
+            }
+        )
+    _write_csv(out / AGGREGATE_FILE, table)
+    return rows, table
+
+
+def _write_report(out: Path, base: Config) -> Path | None:
+    """The report of every run of the sweep; a report that cannot be written is a warning."""
+    import warnings
+
+    from softmaxlab.report.build import HTML_FILE, write_report
+
+    try:
+        write_report(out, figures=base.report.figures)
+    except UserError as exc:
+        warnings.warn(f"the sweep's report was not written: {exc}", stacklevel=2)
+        return None
+    return out / HTML_FILE

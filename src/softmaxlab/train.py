@@ -22,10 +22,13 @@ In a notebook::
 from __future__ import annotations
 
 import math
+import os
 import random
+import signal
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,8 +221,17 @@ def train_one_epoch(
     total_steps: int,
     net: nn.Module | None = None,
     world: World | None = None,
+    *,
+    skip: int = 0,
+    sums: dict[str, Any] | None = None,
+    after_step: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """One pass over ``loader``; returns mean loss, accuracy and the first non-finite step.
+
+    Resuming mid-epoch: ``skip`` batches are drawn from the loader (replaying its random
+    numbers) but not trained on, and ``sums`` (``loss_sum``, ``correct``, ``bad_step``,
+    ``seen``, as a checkpoint holds them) continue the epoch's sums. ``after_step(i, sums)``
+    is called after each step with the number of the epoch's batches done so far.
 
     Nothing is read back to the host inside the loop: the loss sum, the correct count and
     the index of the first step with a non-finite loss stay on the device until the end
@@ -236,7 +248,12 @@ def train_one_epoch(
     correct = torch.zeros((), device=device, dtype=torch.long)
     bad_step = torch.full((), -1, device=device, dtype=torch.long)
     seen = 0
+    if sums is not None:
+        loss_sum.copy_(sums["loss_sum"]), correct.copy_(sums["correct"]), bad_step.copy_(sums["bad_step"])
+        seen = int(sums["seen"])
     for i, (x, y) in enumerate(loader):
+        if i < skip:
+            continue
         step = first_step + i
         head.step_update(step, total_steps)
         with autocast(device, stepper.amp):
@@ -251,6 +268,8 @@ def train_one_epoch(
         correct += (head.predict(scores.detach()) == y).sum()
         seen += y.shape[0]
         progress.advance()
+        if after_step is not None:
+            after_step(i + 1, {"loss_sum": loss_sum, "correct": correct, "bad_step": bad_step, "seen": seen})
     totals = all_reduce(torch.stack([loss_sum.double(), correct.double(), loss_sum.new_tensor(seen).double()]), world)
     first_bad = all_reduce(torch.where(bad_step < 0, total_steps, bad_step), world, "min").item()
     loss_total, correct_total, seen_total = totals.tolist()
@@ -310,6 +329,7 @@ def fit(
     overwrite: bool = False,
     progress: Progress | None = None,
     data: ImageData | None = None,
+    resume: bool = False,
 ) -> FitResult:
     """Train ``cfg`` and write its run directory; returns a :class:`FitResult`.
 
@@ -318,6 +338,14 @@ def fit(
         out_dir: the run directory (default ``runs/<cfg.name or timestamp>``). A directory
             that already holds a run is refused unless ``overwrite``.
         overwrite: replace the run files of an existing run directory.
+        resume: continue an interrupted run in ``out_dir`` from its last complete checkpoint
+            (written every epoch, and every ``train.checkpoint_every`` steps), with the
+            model, optimiser, schedule, loss scaler, head state, epoch sums and the
+            Python / NumPy / torch random states, so that on the CPU the final metrics equal
+            those of the run left alone. ``config.yaml`` there must equal ``cfg``
+            (UserError otherwise). A directory without a run starts fresh; a finished run
+            is returned as it is (its model loaded from ``model.pt``) and a diverged one
+            raises its DivergedError again.
         progress: progress hooks (default: silent).
         data: an already loaded dataset matching ``cfg.data`` (saves regenerating it when
             several runs share one dataset, as in the demo).
@@ -336,25 +364,99 @@ def fit(
     device = resolve_device(cfg.train.device)
     world, device = distributed.setup(device)
     try:
-        return _fit(cfg, out_dir, overwrite, progress or Progress(), data, world, device)
+        return _fit(cfg, out_dir, overwrite, progress or Progress(), data, world, device, resume)
     finally:
         distributed.teardown(world)
 
 
-def _prepare_run_dir(cfg: Config, out_dir: str | Path | None, overwrite: bool, world: World) -> Path:
-    """Rank 0 creates the run directory and writes config.yaml; every rank gets its path or
-    rank 0's UserError (so that no rank is left waiting for a rank that stopped)."""
+def _resumable(cfg: Config, path: Path, overwrite: bool, resume: bool) -> bool:
+    """Whether ``path`` holds an unfinished run to continue (its config must equal ``cfg``)."""
+    from softmaxlab.config import load_config
+
+    if overwrite or not resume or not (path / runs.CONFIG).is_file():
+        return False
+    saved = load_config(path / runs.CONFIG)
+    if saved.to_dict() != cfg.to_dict():
+        differ = sorted(k for k, v in saved.to_dict().items() if cfg.to_dict().get(k) != v)
+        raise UserError(
+            f"{str(path)!r} holds a run with another config (sections {', '.join(differ)} differ); "
+            "resume it with its own config.yaml, pass --overwrite to replace it, or choose another --out"
+        )
+    return True
+
+
+def _prepare_run_dir(
+    cfg: Config, out_dir: str | Path | None, overwrite: bool, world: World, resume: bool = False
+) -> tuple[Path, bool]:
+    """Rank 0 creates the run directory and writes config.yaml (or checks that the run to
+    resume has ``cfg``); every rank gets its path and whether it resumes, or rank 0's
+    UserError (so that no rank is left waiting for a rank that stopped)."""
     path, error = runs.default_run_dir(cfg.name) if out_dir is None else Path(out_dir), None
+    resuming = False
     if world.is_main:
         try:
-            path = runs.prepare_run_dir(path, overwrite=overwrite)
-            runs.atomic_write_text(path / runs.CONFIG, cfg.to_yaml())
+            resuming = _resumable(cfg, path, overwrite, resume)
+            if not resuming:
+                path = runs.prepare_run_dir(path, overwrite=overwrite)
+                runs.atomic_write_text(path / runs.CONFIG, cfg.to_yaml())
         except UserError as exc:
             error = str(exc)
-    path, error = distributed.broadcast_object((path, error), world)
+    path, resuming, error = distributed.broadcast_object((path, resuming, error), world)
     if error is not None:
         raise UserError(error)
-    return Path(path)
+    return Path(path), resuming
+
+
+#: Test hook: ``step:N`` kills the process (SIGKILL) right after optimisation step N (1-based
+#: count of steps done), ``checkpoint:N`` halfway through writing the checkpoint of step N.
+TEST_KILL_ENV = "SOFTMAXLAB_TEST_KILL_AT"
+
+
+def _test_kill(point: str) -> None:
+    if os.environ.get(TEST_KILL_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) random states as tensors and plain values."""
+    _, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(key.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _finished_result(run_dir: Path) -> FitResult:
+    """The FitResult of a run that already ran to its end (resume of a finished run)."""
+    import json
+
+    from softmaxlab.models import load_trained
+    from softmaxlab.report.build import HTML_FILE
+
+    summary = json.loads((run_dir / runs.SUMMARY).read_text(encoding="utf-8"))
+    if summary.get("status") == "diverged":
+        d = summary.get("diverged", {})
+        raise DivergedError(d.get("message", "the run diverged"), epoch=d.get("epoch", 0), step=d.get("step", -1))
+    model, _, _ = load_trained(run_dir)
+    history = runs.read_jsonl(run_dir / runs.METRICS)
+    report = run_dir / HTML_FILE
+    return FitResult(run_dir, summary, history, model, report if report.is_file() else None)
 
 
 def _fit(
@@ -365,7 +467,11 @@ def _fit(
     data: ImageData | None,
     world: World,
     device: torch.device,
+    resume: bool = False,
 ) -> FitResult:
+    if resume and not overwrite and out_dir is not None and runs.is_finished(out_dir):
+        _resumable(cfg, Path(out_dir), overwrite, resume)  # the same config, or a UserError
+        return _finished_result(Path(out_dir))
     # --- setup: everything that can fail on bad input happens before the first write.
     if cfg.train.amp == "fp16" and device.type != "cuda":
         raise UserError("train.amp=fp16 (float16 with loss scaling) needs CUDA; use --set train.amp=bf16 on the CPU")
@@ -385,7 +491,7 @@ def _fit(
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     check_forward(model, data.image_shape, device)
-    run_dir = _prepare_run_dir(cfg, out_dir, overwrite, world)
+    run_dir, resuming = _prepare_run_dir(cfg, out_dir, overwrite, world, resume)
     if world.distributed:
         # Same initial weights on every rank (seeded above, and DDP broadcasts rank 0's), but
         # each rank its own noise for dropout and Gumbel samples.
@@ -410,9 +516,63 @@ def _fit(
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     label = cfg.name or f"{cfg.head.name}/{cfg.model.activation} seed {cfg.train.seed}"
     history: list[dict[str, Any]] = []
+    checkpoint = runs.load_checkpoint(run_dir) if resuming else None
+    start_epoch, skip, sums = 1, 0, None
+    if checkpoint is not None:
+        runs.load_state_checked(model, checkpoint["model"], f"checkpoint {str(run_dir / runs.CHECKPOINT)!r}")
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        if stepper.scaler is not None and checkpoint["scaler"] is not None:
+            stepper.scaler.load_state_dict(checkpoint["scaler"])
+        if diagnostics.grad_norms is not None and checkpoint["grad_norms"] is not None:
+            for mine, saved in zip(diagnostics.grad_norms._sums, checkpoint["grad_norms"]["sums"], strict=True):
+                mine.copy_(saved)
+            diagnostics.grad_norms.steps = checkpoint["grad_norms"]["steps"]
+        history = list(checkpoint["history"])
+        start_epoch, skip, sums = checkpoint["epochs_done"] + 1, checkpoint["batches_done"], checkpoint["sums"]
+        if world.distributed:  # only rank 0's random state is saved: fresh, distinct noise per rank
+            torch.manual_seed(cfg.train.seed + 1_000_003 * world.rank + 7919 * (checkpoint["steps_done"] + 1))
+        else:
+            _set_rng_state(checkpoint["rng"])
+    norm = loaders["train"].normalize
+    steps_per_epoch = len(loaders["train"])
+
+    def save_checkpoint(epochs_done: int, batches_done: int, epoch_sums: dict[str, Any] | None) -> None:
+        """Rank 0 writes the state after ``epochs_done`` epochs and ``batches_done`` more batches."""
+        steps_done = epochs_done * steps_per_epoch + batches_done
+        if not world.is_main:
+            return
+        gn = diagnostics.grad_norms
+        state = {
+            "epochs_done": epochs_done,
+            "batches_done": batches_done,
+            "steps_done": steps_done,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": None if stepper.scaler is None else stepper.scaler.state_dict(),
+            "grad_norms": None if gn is None else {"sums": [t.detach().cpu() for t in gn._sums], "steps": gn.steps},
+            "sums": None
+            if epoch_sums is None
+            else {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in epoch_sums.items()},
+            "history": history,
+            "rng": _rng_state(),
+        }
+        runs.save_checkpoint(run_dir, state, during_write=lambda: _test_kill(f"checkpoint:{steps_done}"))
+
+    def after_step(epoch: int) -> Callable[[int, dict[str, Any]], None]:
+        def hook(batches_done: int, epoch_sums: dict[str, Any]) -> None:
+            steps_done = (epoch - 1) * steps_per_epoch + batches_done
+            _test_kill(f"step:{steps_done}")
+            every = cfg.train.checkpoint_every
+            if every and steps_done % every == 0 and batches_done < steps_per_epoch:
+                save_checkpoint(epoch - 1, batches_done, epoch_sums)
+
+        return hook
+
     progress.start(label, cfg.train.epochs, len(loaders["train"]))
     try:
-        for epoch in range(1, cfg.train.epochs + 1):
+        for epoch in range(start_epoch, cfg.train.epochs + 1):
             # --- train
             loaders["train"].set_epoch(epoch)
             _sync(device)
@@ -420,7 +580,19 @@ def _fit(
             first_step = (epoch - 1) * len(loaders["train"])
             last_step = first_step + len(loaders["train"]) - 1
             lr = cfg.train.lr * lr_factor(last_step, total_steps, cfg.train.schedule, cfg.train.warmup_fraction)
-            stats = train_one_epoch(model, loaders["train"], stepper, progress, first_step, total_steps, net, world)
+            stats = train_one_epoch(
+                model,
+                loaders["train"],
+                stepper,
+                progress,
+                first_step,
+                total_steps,
+                net,
+                world,
+                skip=skip if epoch == start_epoch else 0,
+                sums=sums if epoch == start_epoch else None,
+                after_step=after_step(epoch),
+            )
             _sync(device)
             seconds = time.perf_counter() - t0
             if stats["bad_step"] >= 0 or not math.isfinite(stats["loss"]):
@@ -445,7 +617,6 @@ def _fit(
             history.append(record)
             if world.is_main:
                 runs.atomic_write_jsonl(run_dir / runs.METRICS, history)
-                norm = loaders["train"].normalize
                 runs.save_weights(
                     run_dir,
                     model,
@@ -455,6 +626,7 @@ def _fit(
                     normalization={"mean": norm.mean, "std": norm.std},
                     coarse_of=data.coarse_of,
                 )
+            save_checkpoint(epoch, 0, None)
             progress.epoch_end(record)
     finally:
         progress.stop()
@@ -465,6 +637,7 @@ def _fit(
         summary = _summary(cfg, model, loaders["test"], history, data, device, world)
         diagnostics.save_feature_maps(run_dir / "figures" / "feature_maps.png")  # the first validation image
         runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
+        runs.remove_checkpoints(run_dir)  # finished: the weights are in model.pt
         report = write_run_report(run_dir, cfg)
     summary = distributed.broadcast_object(summary, world)
     return FitResult(run_dir, summary, history, model, report)
