@@ -551,13 +551,6 @@ def write_results(
 
 def _write_report(out: Path, base: Config) -> Path | None:
     """The report of every run of the sweep; a report that cannot be written is a warning."""
-    import warnings
+    from softmaxlab.train import write_run_report
 
-    from softmaxlab.report.build import HTML_FILE, write_report
-
-    try:
-        write_report(out, figures=base.report.figures)
-    except UserError as exc:
-        warnings.warn(f"the sweep's report was not written: {exc}", stacklevel=2)
-        return None
-    return out / HTML_FILE
+    return write_run_report(out, base, what="sweep")

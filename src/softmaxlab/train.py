@@ -643,16 +643,17 @@ def _fit(
     return FitResult(run_dir, summary, history, model, report)
 
 
-def write_run_report(run_dir: Path, cfg: Config) -> Path | None:
-    """``report.html`` and ``report.md`` of the run, from its files (figures unless
-    ``report.figures`` is false); returns the HTML's path. A report that cannot be written
-    is a warning, not a lost run: ``softmaxlab report RUN_DIR`` writes it later."""
+def write_run_report(run_dir: Path, cfg: Config, what: str = "run") -> Path | None:
+    """``report.html`` and ``report.md`` of the run (or of the directory of runs ``what``
+    names, e.g. a sweep), from its files (figures unless ``report.figures`` is false);
+    returns the HTML's path. A report that cannot be written is a warning, not a lost run:
+    ``softmaxlab report DIR`` writes it later."""
     from softmaxlab.report.build import HTML_FILE, write_report
 
     try:
         write_report(run_dir, figures=cfg.report.figures)
     except UserError as exc:
-        warnings.warn(f"the run's report was not written: {exc}", stacklevel=2)
+        warnings.warn(f"the {what}'s report was not written: {exc}", stacklevel=2)
         return None
     return run_dir / HTML_FILE
 
