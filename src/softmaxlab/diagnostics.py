@@ -84,6 +84,16 @@ class GradNorms:
         self.steps = 0
         return dict(zip(self.names, means, strict=True))
 
+    def state_dict(self) -> dict[str, Any]:
+        """The running sums (on the CPU) and step count, for a checkpoint."""
+        return {"sums": [s.detach().cpu() for s in self._sums], "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s sums and step count."""
+        for mine, saved in zip(self._sums, state["sums"], strict=True):
+            mine.copy_(saved)
+        self.steps = state["steps"]
+
 
 # --------------------------------------------------------------------------- block outputs
 

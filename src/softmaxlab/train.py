@@ -525,9 +525,7 @@ def _fit(
         if stepper.scaler is not None and checkpoint["scaler"] is not None:
             stepper.scaler.load_state_dict(checkpoint["scaler"])
         if diagnostics.grad_norms is not None and checkpoint["grad_norms"] is not None:
-            for mine, saved in zip(diagnostics.grad_norms._sums, checkpoint["grad_norms"]["sums"], strict=True):
-                mine.copy_(saved)
-            diagnostics.grad_norms.steps = checkpoint["grad_norms"]["steps"]
+            diagnostics.grad_norms.load_state_dict(checkpoint["grad_norms"])
         history = list(checkpoint["history"])
         start_epoch, skip, sums = checkpoint["epochs_done"] + 1, checkpoint["batches_done"], checkpoint["sums"]
         if world.distributed:  # only rank 0's random state is saved: fresh, distinct noise per rank
@@ -542,7 +540,6 @@ def _fit(
         steps_done = epochs_done * steps_per_epoch + batches_done
         if not world.is_main:
             return
-        gn = diagnostics.grad_norms
         state = {
             "epochs_done": epochs_done,
             "batches_done": batches_done,
@@ -551,7 +548,7 @@ def _fit(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": None if stepper.scaler is None else stepper.scaler.state_dict(),
-            "grad_norms": None if gn is None else {"sums": [t.detach().cpu() for t in gn._sums], "steps": gn.steps},
+            "grad_norms": None if diagnostics.grad_norms is None else diagnostics.grad_norms.state_dict(),
             "sums": None
             if epoch_sums is None
             else {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in epoch_sums.items()},
