@@ -115,3 +115,13 @@ def _image(tmp_path):
     path = tmp_path / "img.png"
     Image.new("RGB", (16, 16), (0, 128, 0)).save(path)
     return path
+
+
+def test_data_location_is_not_carried_to_another_kind_of_dataset(tmp_path):
+    from softmaxlab.config import load_config
+    from softmaxlab.inference import data_config
+
+    run_cfg = load_config(None, ["data.name=npz", f"data.root={tmp_path / 'a.npz'}", "data.image_size=16"])
+    assert data_config(run_cfg, "cifar10").data.root is None  # not the npz file's path
+    assert data_config(run_cfg, f"npz:{tmp_path / 'b.npz'}").data.root == str(tmp_path / "b.npz")
+    assert data_config(run_cfg, "cifar10").data.image_size == 16  # what the model needs is kept

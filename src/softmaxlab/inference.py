@@ -100,18 +100,28 @@ def data_config(run_cfg: Config, spec: str) -> Config:
     """The run's config with its data section pointed at the dataset ``spec``.
 
     The run's data options that also apply to the new dataset are kept (``image_size``,
-    which the model needs, the split seed and fractions, a CIFAR root, ...); those that do
-    not (e.g. ``num_classes`` of ``shapes`` when the spec is ``npz:PATH``) are dropped.
-    With the run's own dataset everything is kept, so ``shapes`` gives back the run's splits.
+    which the model needs, the split seed and fractions, ...); those that do not (e.g.
+    ``num_classes`` of ``shapes`` when the spec is ``npz:PATH``) are dropped, and so are
+    the run's data location options (``root``, ``cache_dir``, ``download``) when the spec
+    names another kind of dataset: an image folder's root is not where CIFAR lives. With the
+    run's own dataset everything is kept, so ``shapes`` gives back the run's splits.
     """
     from softmaxlab.data import parse_data_spec
 
     overrides = parse_data_spec(spec)
     run_data = run_cfg.data.model_dump(mode="json")
-    kept = {k: v for k, v in run_data.items() if k != "name" and _applies(overrides["name"], k, v)}
+    other_kind = overrides["name"] != run_cfg.data.name
+    kept = {
+        k: v
+        for k, v in run_data.items()
+        if k != "name" and not (other_kind and k in _LOCATION) and _applies(overrides["name"], k, v)
+    }
     raw = run_cfg.to_dict()
     raw["data"] = {**kept, **overrides}
     return validate_config(raw, source=f"--data {spec}")
+
+
+_LOCATION = ("root", "cache_dir", "download")  # where a dataset lives: not carried to another kind
 
 
 def _applies(name: str, key: str, value: Any) -> bool:
