@@ -49,10 +49,12 @@ from .conftest import TINY  # noqa: E402
 SWEEP_BASE = [*TINY, "train.epochs=1", "data.train_size=256", "data.val_size=64", "data.test_size=64"]
 
 
-def write_sweep(path, grid, exclude=None, extra=()):
-    """A sweep config file: the tiny base plus ``sweep.grid`` / ``sweep.exclude``."""
+def write_sweep(path, grid, exclude=None, extra=(), variants=None):
+    """A sweep config file: the tiny base plus ``sweep.grid`` / ``sweep.exclude`` / ``sweep.variants``."""
     raw = apply_overrides({}, [*SWEEP_BASE, *extra])
     raw["sweep"] = {"grid": grid, **({"exclude": exclude} if exclude else {})}
+    if variants is not None:
+        raw["sweep"]["variants"] = variants
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     return path
 
@@ -80,6 +82,49 @@ def test_grid_expansion_names_and_exclusion(tmp_path):
     )
 
 
+def test_variants_are_crossed_with_the_grid(tmp_path):
+    variants = [
+        {"head.name": "softmax"},
+        {"head.name": "temperature", "head.learn_temperature": True},
+        {"head.name": "gumbel", "head.tau": 3},
+    ]
+    path = write_sweep(
+        tmp_path / "s.yaml", {"train.seed": [0, 1]}, exclude=[{"head.tau": 3, "train.seed": 1}], variants=variants
+    )
+    base, spec = sweep.load_sweep(path)
+    plan = sweep.expand_grid(base, spec)
+    assert [r.name for r in plan] == [
+        "head-softmax_seed-0",
+        "head-softmax_seed-1",
+        "head-temperature_learn_temperature-true_seed-0",
+        "head-temperature_learn_temperature-true_seed-1",
+        "head-gumbel_tau-3_seed-0",  # seed 1 excluded; the exclude key tau is unset in the others
+    ]
+    assert all(r.config is not None for r in plan)
+    assert plan[2].config.head.learn_temperature and plan[4].config.head.tau == 3.0
+    assert plan[0].config.head.tau == 1.0  # a key a variant leaves unset keeps the base value
+    # The dry run has a column per variant or grid key, blank where a variant does not set it.
+    result = CliRunner().invoke(app, ["sweep", str(path), "--out", str(tmp_path / "o"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "head.learn_temp" in result.output and "5 runs" in result.output
+
+
+@pytest.mark.parametrize(
+    ("variants", "fragment"),
+    [
+        ([{}], "is empty"),
+        ([{"head.nmae": "softmax"}], "did you mean"),
+        ([{"train.seed": 3}], "which sweep.grid also varies"),
+        ([{"head.name": "softmax"}, {"head.name": "softmax"}], "repeats"),
+        ([{"name": "x"}], "named after its overrides"),
+    ],
+)
+def test_bad_variants_are_user_errors(tmp_path, variants, fragment):
+    path = write_sweep(tmp_path / "s.yaml", {"train.seed": [0]}, variants=variants)
+    with pytest.raises(UserError, match=fragment):
+        sweep.load_sweep(path)
+
+
 def test_names_stay_unique_and_invalid_combinations_are_recorded(tmp_path):
     # "a/b" and "a-b" would both read "a-b": a hash keeps them apart.
     assert sweep.run_name({"model.activation": "a/b"}) == "activation-a-b"
@@ -97,7 +142,7 @@ def test_names_stay_unique_and_invalid_combinations_are_recorded(tmp_path):
         ({"train.seed": []}, None, "empty list"),
         ({"train.seed": [0, 0]}, None, "twice"),
         ({"name": ["a"]}, None, "'name'"),
-        ({"train.seed": [0]}, [{"head.name": "softmax"}], "not a sweep.grid key"),
+        ({"train.seed": [0]}, [{"head.name": "softmax"}], "not a sweep.grid or sweep.variants key"),
     ],
 )
 def test_bad_sweep_configs_are_user_errors(tmp_path, grid, exclude, fragment):
@@ -147,6 +192,18 @@ def test_aggregate_csv_means_and_stds_over_seeds(tmp_path):
         assert float(agg["test.accuracy_mean"]) == pytest.approx(mean, abs=1e-9)
         assert float(agg["test.accuracy_std"]) == pytest.approx(std, abs=1e-9)
         assert agg["test.accuracy_n"] == "3" and agg["runs"] == "3"
+
+
+def test_aggregate_csv_of_variants_groups_by_every_variant_key(tmp_path):
+    variants = [{"head.name": "softmax"}, {"head.name": "gumbel", "head.tau": 2}]
+    path, out = write_sweep(tmp_path / "s.yaml", {"train.seed": [0, 1]}, variants=variants), tmp_path / "out"
+    sweep.run_sweep(path, out)
+    rows = read_csv(out / sweep.RESULTS_FILE)
+    assert [(r["head.name"], r["head.tau"]) for r in rows] == [("softmax", "")] * 2 + [("gumbel", "2")] * 2
+    table = read_csv(out / sweep.AGGREGATE_FILE)
+    assert [(r["head.name"], r["head.tau"], r["runs"]) for r in table] == [("softmax", "", "2"), ("gumbel", "2", "2")]
+    accs = [float(r["test.accuracy"]) for r in rows[2:]]
+    assert float(table[1]["test.accuracy_mean"]) == pytest.approx(sum(accs) / 2, abs=1e-9)
 
 
 def test_two_worker_sweep_killed_midway_then_rerun_finishes_every_run_once(tmp_path):

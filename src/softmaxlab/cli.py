@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from softmaxlab.errors import DivergedError, UserError
+from softmaxlab.errors import DivergedError, UserError, write_error
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
 
@@ -55,6 +55,14 @@ def _exit_codes(command: F) -> F:
                 return command(*args, **kwargs)
         except UserError as exc:
             err_console.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except OSError as exc:
+            # A write outside the library's atomic writers (a cache, a plot): full disk or
+            # unwritable place is bad input too; any other OSError stays a bug (exit 1).
+            error = write_error(exc, exc.filename or "a file")
+            if error is None:
+                raise
+            err_console.print(f"error: {error}", highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except DivergedError as exc:
             err_console.print(f"diverged: {exc}", highlight=False, soft_wrap=True, markup=False)
@@ -262,12 +270,13 @@ def sweep_cmd(
         base, spec = sweep.load_sweep(config)
         target = out or sweep.default_sweep_dir(config, base)
         table = Table(show_header=True, header_style="bold", box=None)
-        for column in ("run", *spec.grid, "state"):
+        for column in ("run", *spec.override_keys(), "state"):
             table.add_column(column)
         plan = sweep.expand_grid(base, spec)
         for run in plan:
             state = sweep.run_state(target, run)
-            values = [json.dumps(v) if not isinstance(v, str) else v for v in run.overrides.values()]
+            given = [run.overrides.get(k, "") for k in spec.override_keys()]
+            values = [json.dumps(v) if not isinstance(v, str) else v for v in given]
             table.add_row(run.name, *values, state + (f": {run.error}" if run.error else ""))
         out_console.print(table)
         out_console.print(f"{len(plan)} runs in {target}", highlight=False, soft_wrap=True)

@@ -7,6 +7,13 @@
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
+#: OSError numbers that mean "this place cannot take the file", not a bug: the disk or the
+#: quota is full, the directory is not writable, the file system is read-only.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+
 
 class UserError(Exception):
     """Bad input from the user: exit code 2 with this one-line message."""
@@ -19,3 +26,15 @@ class DivergedError(Exception):
         super().__init__(message)
         self.epoch = epoch
         self.step = step
+
+
+def write_error(exc: OSError, path: str | Path) -> UserError | None:
+    """The :class:`UserError` for a failed write to ``path`` when ``exc`` is a full disk or an
+    unwritable place (:data:`WRITE_ERRNOS`); None for other errors, which stay bugs."""
+    if exc.errno not in WRITE_ERRNOS:
+        return None
+    what = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "it is not writable"
+    return UserError(
+        f"cannot write {str(path)!r}: {what} ({exc.strerror}); nothing was half-written: free space or "
+        "choose another --out, then run the same command again"
+    )

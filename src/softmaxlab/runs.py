@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import torch
 
-from softmaxlab.errors import UserError
+from softmaxlab.errors import UserError, write_error
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -34,18 +34,27 @@ os.umask(_UMASK)
 
 
 def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, fsync it, rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Call ``write`` on a temporary file beside ``path``, fsync it, rename it over ``path``.
+
+    A full disk or an unwritable directory is a :class:`UserError` naming ``path``; the
+    temporary file is removed and ``path`` keeps its old content (or stays absent).
+    """
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        error = write_error(exc, path) if isinstance(exc, OSError) else None
+        if error is not None:
+            raise error from None
         raise
 
 
@@ -228,9 +237,9 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any], during_write: Ca
             during_write()
         f.write(data[len(data) // 2 :])
 
-    path = Path(run_dir)
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{CHECKPOINT}.", suffix=".tmp")
+    path, tmp = Path(run_dir), None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{CHECKPOINT}.", suffix=".tmp")
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -239,8 +248,12 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any], during_write: Ca
         if (path / CHECKPOINT).exists():
             os.replace(path / CHECKPOINT, path / CHECKPOINT_PREV)
         os.replace(tmp, path / CHECKPOINT)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        error = write_error(exc, path / CHECKPOINT) if isinstance(exc, OSError) else None
+        if error is not None:
+            raise error from None
         raise
 
 
@@ -268,8 +281,9 @@ def safe_load(path: str | Path) -> Any:
 def load_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
     """The newest complete checkpoint of ``run_dir`` (``checkpoint.pt``, else
     ``checkpoint.prev.pt``), or None when there is none. An unreadable (partial) file is
-    skipped in favour of the previous one; a file with a foreign pickle payload is a
-    :class:`UserError` and is never executed."""
+    skipped in favour of the previous one; when every checkpoint there is unreadable, or a
+    file holds a foreign pickle payload (never executed), it is a :class:`UserError`."""
+    unreadable = []
     for name in (CHECKPOINT, CHECKPOINT_PREV):
         path = Path(run_dir) / name
         if not path.is_file():
@@ -279,10 +293,17 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
         except UserError:
             raise
         except Exception:  # truncated or corrupt: fall back to the previous checkpoint
+            unreadable.append(name)
             continue
         if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
             return payload
         raise UserError(f"{str(path)!r} is not a softmaxlab checkpoint; delete it or choose another run directory")
+    if unreadable:
+        # Starting over silently would throw away the training the checkpoints stood for.
+        raise UserError(
+            f"{' and '.join(unreadable)} in {str(run_dir)!r} cannot be read (truncated or corrupt); "
+            "delete them to train the run from its start, or choose another run directory"
+        )
     return None
 
 

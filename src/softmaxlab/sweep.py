@@ -9,9 +9,14 @@ A sweep config is a normal experiment config (the base) plus a ``sweep:`` sectio
         train.seed: [0, 1, 2]
       exclude:                   # combinations left out: every key of an entry must match
         - {head.name: softmax, head.tau: [0.5, 3]}
+      variants:                  # optional: named sets of overrides, each crossed with the grid
+        - {head.name: softmax}
+        - {head.name: temperature, head.learn_temperature: true}
 
-The runs are the Cartesian product of the grid minus the excluded combinations; each gets
-a directory ``runs/<name>`` named after its overrides (``head-gumbel_tau-0.5_seed-0``).
+The runs are the Cartesian product of the variants (one empty variant when there are none)
+and the grid, minus the excluded combinations; each gets a directory ``runs/<name>`` named
+after its overrides (``head-gumbel_tau-0.5_seed-0``). Variants are for options that only
+make sense together (a head and its own settings), which a grid would have to exclude.
 
 ``aggregate`` groups result rows by the keys that define a variant (everything but the
 seed) and reports mean, sample standard deviation and count of each metric, so a table
@@ -106,13 +111,19 @@ class SweepSpec(BaseModel):
     ``grid`` maps dotted config keys to the list of values each takes; the runs are the
     Cartesian product of the lists (in key order, the last key varying fastest).
     ``exclude`` lists partial combinations ({key: value or [values]}); a run whose
-    overrides match every key of one entry is left out.
+    overrides match every key of one entry is left out. ``variants`` lists sets of
+    overrides ({key: value}) that are each crossed with the grid.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    grid: dict[str, list[Any]]
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
     exclude: list[dict[str, Any]] = Field(default_factory=list)
+    variants: list[dict[str, Any]] = Field(default_factory=list)
+
+    def override_keys(self) -> list[str]:
+        """Every key a run may override: the variants' keys (first seen first), then the grid's."""
+        return list(dict.fromkeys([k for v in self.variants for k in v] + list(self.grid)))
 
 
 @dataclass(frozen=True)
@@ -162,13 +173,31 @@ def load_sweep(path: str | Path) -> tuple[Config, SweepSpec]:
 
 
 def check_spec(spec: SweepSpec, source: str = "the sweep") -> None:
-    """Grid keys must be config leaves (not ``name``) with non-empty lists of distinct
-    values; exclude entries may only name grid keys."""
+    """Grid and variant keys must be config leaves (not ``name``); grid keys take non-empty
+    lists of distinct values; a key is either in the grid or in the variants; variants are
+    distinct; exclude entries may only name grid or variant keys."""
     from softmaxlab.config import _closest, _valid_keys
 
     leaves = {k for k in _valid_keys(Config) if not any(v.startswith(k + ".") for v in _valid_keys(Config))}
-    if not spec.grid:
+    if not spec.grid and not spec.variants:
         raise UserError(f"sweep.grid in {source} is empty; give at least one key with a list of values")
+    seen_variants: set[str] = set()
+    for i, variant in enumerate(spec.variants):
+        if not variant:
+            raise UserError(f"sweep.variants[{i}] in {source} is empty; give it at least one key: value")
+        for key in variant:
+            if key == "name" or key not in leaves:
+                why = "each run is named after its overrides" if key == "name" else f"unknown config key{_closest(key)}"
+                raise UserError(f"sweep.variants[{i}] in {source}: {key!r}: {why}")
+            if key in spec.grid:
+                raise UserError(
+                    f"sweep.variants[{i}] in {source} sets {key!r}, which sweep.grid also varies; "
+                    "set each key in one of them"
+                )
+        text = json.dumps(variant, sort_keys=True)
+        if text in seen_variants:
+            raise UserError(f"sweep.variants[{i}] in {source} repeats an earlier variant; list each once")
+        seen_variants.add(text)
     for key, values in spec.grid.items():
         if key == "name":
             raise UserError(f"sweep.grid in {source} may not vary 'name': each run is named after its overrides")
@@ -179,11 +208,11 @@ def check_spec(spec: SweepSpec, source: str = "the sweep") -> None:
         if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
             raise UserError(f"sweep.grid.{key} in {source} lists a value twice; list each value once")
     for entry in spec.exclude:
-        unknown = [k for k in entry if k not in spec.grid]
+        unknown = [k for k in entry if k not in spec.override_keys()]
         if unknown or not entry:
             raise UserError(
-                f"sweep.exclude in {source}: {unknown[0] if unknown else '{}'!r} is not a sweep.grid key; "
-                "an exclude entry maps grid keys to the value (or list of values) to leave out"
+                f"sweep.exclude in {source}: {unknown[0] if unknown else '{}'!r} is not a sweep.grid or "
+                "sweep.variants key; an exclude entry maps those keys to the value (or list of values) to leave out"
             )
 
 
@@ -227,6 +256,8 @@ def _digest(overrides: dict[str, Any]) -> str:
 
 def _excluded(overrides: dict[str, Any], exclude: Sequence[dict[str, Any]]) -> bool:
     def matches(key: str, wanted: Any) -> bool:
+        if key not in overrides:  # a variant that does not set the key
+            return False
         options = wanted if isinstance(wanted, list) and not isinstance(overrides[key], list) else [wanted]
         return any(overrides[key] == w for w in options)
 
@@ -253,8 +284,12 @@ def expand_grid(base: Config, spec: SweepSpec) -> list[SweepRun]:
     combinations in ``sweep.exclude`` to leave them out.
     """
     keys = list(spec.grid)
-    labels = _key_labels(keys)
-    combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*spec.grid.values())]
+    labels = _key_labels(spec.override_keys())
+    grid = [dict(zip(keys, values, strict=True)) for values in itertools.product(*spec.grid.values())]
+    # Overrides in the order of spec.override_keys(), so a name does not depend on how a variant is written.
+    order = spec.override_keys()
+    merged = [{**variant, **g} for variant in (spec.variants or [{}]) for g in grid]
+    combos = [{k: m[k] for k in order if k in m} for m in merged]
     combos = [c for c in combos if not _excluded(c, spec.exclude)]
     names = [run_name(c, labels) for c in combos]
     counts = Counter(names)
@@ -279,7 +314,10 @@ def default_sweep_dir(config_path: str | Path, base: Config, root: str | Path = 
 
 
 def _sweep_record(base: Config, spec: SweepSpec) -> dict[str, Any]:
-    return {"base": base.to_dict(), "sweep": spec.model_dump(mode="json")}
+    sweep = spec.model_dump(mode="json")
+    if not sweep["variants"]:  # records of sweeps without variants stay as they were
+        del sweep["variants"]
+    return {"base": base.to_dict(), "sweep": sweep}
 
 
 def prepare_sweep_dir(out_dir: Path, base: Config, spec: SweepSpec, overwrite: bool = False) -> None:
@@ -522,9 +560,12 @@ def write_results(
         if status in ("finished", "diverged"):
             row.update(_summary_metrics(_read_summary(out / RUNS_DIR / run.name)))
         rows.append(row)
+    keys = spec.override_keys()
+    # A variant that does not set a key has the base config's value there: an empty cell.
+    rows = [{**{k: r.get(k) for k in ("run", *keys)}, **r} for r in rows]
     _write_csv(out / RESULTS_FILE, rows)
-    metric_keys = list(dict.fromkeys(k for r in rows for k in r if k not in {"run", "status", "error", *spec.grid}))
-    group_by = [k for k in spec.grid if k != SEED_KEY]
+    metric_keys = list(dict.fromkeys(k for r in rows for k in r if k not in {"run", "status", "error", *keys}))
+    group_by = [k for k in keys if k != SEED_KEY]
     # Every remaining combination gets a row; only finished runs enter the means.
     agg = aggregate(
         [{**r, "_": 0} for r in rows],

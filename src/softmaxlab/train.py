@@ -369,6 +369,17 @@ def fit(
         distributed.teardown(world)
 
 
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def _resumable(cfg: Config, path: Path, overwrite: bool, resume: bool) -> bool:
     """Whether ``path`` holds an unfinished run to continue (its config must equal ``cfg``)."""
     from softmaxlab.config import load_config
@@ -377,9 +388,13 @@ def _resumable(cfg: Config, path: Path, overwrite: bool, resume: bool) -> bool:
         return False
     saved = load_config(path / runs.CONFIG)
     if saved.to_dict() != cfg.to_dict():
-        differ = sorted(k for k, v in saved.to_dict().items() if cfg.to_dict().get(k) != v)
+        old, new = _flat(saved.to_dict()), _flat(cfg.to_dict())
+        differ = [
+            f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+        ]
+        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
         raise UserError(
-            f"{str(path)!r} holds a run with another config (sections {', '.join(differ)} differ); "
+            f"{str(path)!r} holds a run with another config ({', '.join(differ[:3])}{more}); "
             "resume it with its own config.yaml, pass --overwrite to replace it, or choose another --out"
         )
     return True

@@ -61,10 +61,24 @@ def test_npz_split_is_deterministic_from_data_seed(tmp_path):
 A = arrays()
 
 
+@pytest.mark.parametrize("scale", [1.0, 1 / 255])
+def test_float_images_on_either_scale_become_the_same_uint8(tmp_path, scale):
+    a = arrays()
+    want = load(save(tmp_path, **a)).train.x
+    (tmp_path / "data.npz").unlink()
+    got = load(save(tmp_path, x=a["x"].astype(np.float32) * np.float32(scale), y=a["y"])).train.x
+    assert got.dtype == torch.uint8 and torch.equal(got, want)
+
+
 @pytest.mark.parametrize(
     ("arrs", "error"),
     [
-        ({"x": A["x"].astype(np.float32), "y": A["y"]}, r"array 'x' .* uint8 images of shape \(N, H, W, C\).*astype"),
+        ({"x": A["x"].astype(np.int32), "y": A["y"]}, r"array 'x' .* uint8 \(or float\) images .*got int32"),
+        (
+            {"x": A["x"] * np.float32(np.nan), "y": A["y"]},
+            r"NaN or infinite pixels in 60 image\(s\), the first at index 0",
+        ),
+        ({"x": A["x"].astype(np.float32) * 2, "y": A["y"]}, r"float pixels in \[0, 510\]"),
         ({"x": A["x"][:, :, :, :, None], "y": A["y"]}, r"array 'x' .*\(N, H, W, C\), got uint8 \(60, 8, 8, 3, 1\)"),
         ({"x": A["x"], "y": A["y"][:50]}, r"array 'y' .*integer labels of shape \(60,\)"),
         ({"x": A["x"], "y": A["y"].astype(np.float32)}, r"array 'y' .*integer labels"),

@@ -3,7 +3,10 @@
 Arrays:
 
 * ``x``: uint8 images (N, H, W, C), channels last as PIL and most notebooks produce them;
-  (N, H, W) is read as one channel.
+  (N, H, W) is read as one channel. Float images are accepted on the [0, 1] scale (or
+  [0, 255] when their maximum is above 1) and stored as uint8, round(255 x) or round(x):
+  the quantisation step 1/255 is below the noise of any camera. NaN or infinite pixels
+  are an error that names the first image holding one.
 * ``y``: (N,) integer labels in 0..K-1.
 * ``classes`` (optional): (K,) strings, the name of each label; default "0", "1", ...
 * ``x_test``, ``y_test`` (optional): a test split of the same image shape; without them
@@ -33,15 +36,28 @@ KNOWN_ARRAYS = ("x", "y", "classes", "x_test", "y_test")
 
 
 def _images(arrays: dict[str, np.ndarray], key: str, where: str) -> np.ndarray:
-    """``arrays[key]`` as uint8 (N, H, W, C)."""
+    """``arrays[key]`` as uint8 (N, H, W, C); float images are scaled and rounded."""
     x = arrays[key]
     if x.ndim == 3:
         x = x[..., None]
-    if x.ndim != 4 or x.dtype != np.uint8 or min(x.shape[1:]) < 1:
+    if x.ndim != 4 or x.dtype.kind not in "uf" or (x.dtype.kind == "u" and x.dtype != np.uint8) or min(x.shape[1:]) < 1:
         raise UserError(
-            f"array {key!r} in {where} must be uint8 images of shape (N, H, W, C), got {x.dtype} {x.shape}"
-            + ("; convert with (x * 255).round().astype(np.uint8)" if x.dtype.kind == "f" else "")
+            f"array {key!r} in {where} must be uint8 (or float) images of shape (N, H, W, C), got {x.dtype} {x.shape}"
         )
+    if x.dtype.kind == "f":
+        finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise UserError(
+                f"array {key!r} in {where} has NaN or infinite pixels in {len(bad)} image(s), the first at index "
+                f"{bad[0]}; remove or repair those images"
+            )
+        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+        if lo < 0 or hi > 255:
+            raise UserError(
+                f"array {key!r} in {where} has float pixels in [{lo:g}, {hi:g}]; expected [0, 1] or [0, 255]"
+            )
+        x = np.rint(x * 255 if hi <= 1 else x).astype(np.uint8)
     return x
 
 

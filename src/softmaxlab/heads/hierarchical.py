@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from softmaxlab.errors import UserError
 from softmaxlab.heads.base import HEADS, Head, at_least_float32
 
 if TYPE_CHECKING:
@@ -172,6 +173,13 @@ class HierarchicalSoftmaxHead(Head):
         else:
             group_of = balanced_groups(num_classes)
         members, valid, position = group_table(group_of)
+        if members.shape[0] < 2 or members.shape[1] < 2:
+            # One group, or one class per group: a single softmax in disguise, not two levels.
+            raise UserError(
+                f"head.name=hierarchical needs classes that form at least 2 groups, one of them with 2 or more "
+                f"classes; these {num_classes} classes form {members.shape[0]} group(s) of at most "
+                f"{members.shape[1]}: use head.name=softmax, or data with more classes"
+            )
         # Buffers follow the head to its device and go into the saved weights, so loading
         # weights into a head built with another hierarchy fails loudly (shape mismatch).
         self.register_buffer("group_of", group_of)  # (K,)

@@ -43,11 +43,7 @@ def load_trained(run_dir: str | Path) -> tuple[Classifier, Config, dict[str, Any
         raise UserError(f"{where!r} has no normalisation statistics (written by an older softmaxlab); retrain the run")
     coarse_of = payload.get("coarse_of")
     model = build_model(cfg, len(norm["mean"]), len(payload["classes"]), coarse_of)
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"{where!r} does not fit the model its config describes ({first}); retrain the run") from None
+    runs.load_state_checked(model, payload["state_dict"], f"{where!r}")
     return model.eval(), cfg, payload
 
 

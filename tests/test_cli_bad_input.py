@@ -1,0 +1,426 @@
+"""The bad-input corpus: every way a config, a dataset or a run directory can be wrong.
+
+Each case runs one command through the CLI and must end with exit code 2, exactly one line
+on stderr that names the problem, no traceback, and every file that existed before it
+(configs, data, run directories) byte-for-byte unchanged, with nothing new written.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import pickle
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from softmaxlab import runs
+from softmaxlab.cli import app
+from softmaxlab.errors import UserError
+
+from .conftest import TINY
+
+runner = CliRunner()
+
+#: A 1-epoch tiny run on the embedded data: the run directory every run-directory case copies.
+RUN_SETS = [*TINY, "train.epochs=1", "data.train_size=128", "data.val_size=64", "data.test_size=64"]
+
+
+#: The same minus the options of the embedded data, for runs on other datasets.
+DATA_SETS = [s for s in RUN_SETS if not s.startswith(("data.num_classes", "data.train_size", "data.val", "data.test"))]
+
+
+def sets(*overrides: str) -> list[str]:
+    return [a for o in (*RUN_SETS, *overrides) for a in ("--set", o)]
+
+
+def data_sets(*overrides: str) -> list[str]:
+    return [a for o in (*DATA_SETS, *overrides) for a in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trained") / "run"
+    result = runner.invoke(app, ["run", *sets(), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@dataclass
+class Ctx:
+    """What a case may use: its own folder and a fresh copy of the trained run in it."""
+
+    tmp: Path
+    trained: Path
+
+    def run(self) -> Path:
+        copy = self.tmp / "run"
+        if not copy.exists():
+            shutil.copytree(self.trained, copy)
+        return copy
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.tmp / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def npz(self, name: str = "d.npz", n: int = 40, **arrays: np.ndarray) -> Path:
+        rng = np.random.default_rng(0)
+        data = {"x": rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8), "y": np.arange(n) % 4}
+        data.update(arrays)
+        path = self.tmp / name
+        np.savez(path, **{k: v for k, v in data.items() if v is not None})
+        return path
+
+    def folder(self, classes: tuple[str, ...] = ("a", "b"), per_class: int = 4) -> Path:
+        from PIL import Image
+
+        root = self.tmp / "images"
+        for c in classes:
+            (root / c).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (20, 20), (i * 40, 100, 50)).save(root / c / f"{i}.jpg")
+        return root
+
+
+def npz_run(ctx: Ctx, path: Path, *extra: str) -> list[str]:
+    return ["run", *data_sets("data.name=npz", f"data.root={path}", *extra), "--out", str(ctx.tmp / "out")]
+
+
+def malicious(ctx: Ctx, target: Path) -> None:
+    """A checkpoint whose unpickling would create ``ctx.tmp / 'pwned'``."""
+    import os
+
+    marker = ctx.tmp / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"format": runs.CHECKPOINT_FORMAT, "model": Evil()}, target)
+
+
+def interrupted(ctx: Ctx) -> Path:
+    """The trained run as if killed after writing its config: no summary, no weights."""
+    run = ctx.run()
+    for name in (runs.SUMMARY, runs.WEIGHTS):
+        (run / name).unlink()
+    return run
+
+
+def cifar_with_foreign_pickle(ctx: Ctx) -> Path:
+    folder = ctx.tmp / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (folder / name).write_bytes(pickle.dumps({"data": "not images"}))
+    return ctx.tmp / "cifar"
+
+
+def sweep_file(ctx: Ctx, sweep: object, name: str = "s.yaml") -> Path:
+    from softmaxlab.config import apply_overrides
+
+    raw = apply_overrides({}, RUN_SETS)
+    if sweep is not None:
+        raw["sweep"] = sweep
+    return ctx.write(name, yaml.safe_dump(raw))
+
+
+def changed_sweep(ctx: Ctx) -> list[str]:
+    """A sweep directory written by one base config, then the same command with another base."""
+    out = ctx.tmp / "sw"
+    first = sweep_file(ctx, {"grid": {"train.seed": [0]}}, "a.yaml")
+    assert runner.invoke(app, ["sweep", str(first), "--out", str(out), "--dry-run"]).exit_code == 0
+    from softmaxlab import sweep as sweep_mod
+
+    base, spec = sweep_mod.load_sweep(first)
+    sweep_mod.prepare_sweep_dir(out, base, spec)
+    raw = yaml.safe_load(first.read_text())
+    raw["train"]["lr"] = 0.2
+    second = ctx.write("b.yaml", yaml.safe_dump(raw))
+    return ["sweep", str(second), "--out", str(out)]
+
+
+Case = tuple[str, Callable[[Ctx], list[str]], str]
+
+CASES: list[Case] = [
+    # --- configs --------------------------------------------------------------------------
+    ("unknown key", lambda c: ["run", *sets("train.epoch=3")], "did you mean 'train.epochs'"),
+    ("unknown section", lambda c: ["run", *sets("optim.lr=3")], "unknown config key 'optim'"),
+    ("wrong type", lambda c: ["run", *sets("train.epochs=abc")], "'train.epochs'"),
+    ("list for a number", lambda c: ["run", *sets("train.lr=[1,2]")], "'train.lr'"),
+    ("gumbel tau 0", lambda c: ["run", *sets("head.name=gumbel", "head.tau=0")], "'head.tau'"),
+    ("gumbel tau negative", lambda c: ["run", *sets("head.name=gumbel", "head.tau=-1")], "'head.tau'"),
+    ("val_fraction 1", lambda c: ["run", *sets("data.val_fraction=1")], "'data.val_fraction'"),
+    ("temperature 0", lambda c: ["run", *sets("head.name=temperature", "head.temperature=0")], "'head.temperature'"),
+    ("option of another head", lambda c: ["run", *sets("head.tau=2")], "applies to head.name=gumbel only"),
+    ("unknown head", lambda c: ["run", *sets("head.name=sofmax")], "unknown head 'sofmax'"),
+    ("unknown activation", lambda c: ["run", *sets("model.activation=softmax_x")], "softmax_x"),
+    ("unknown model", lambda c: ["run", *sets("model.name=vgg")], "unknown model 'vgg'"),
+    (
+        "hierarchical on 2 classes",
+        lambda c: ["run", *sets("head.name=hierarchical", "data.num_classes=2")],
+        "at least 2 groups",
+    ),
+    ("adaptive cutoffs past K", lambda c: ["run", *sets("head.name=adaptive", "head.cutoffs=[2,9]")], "head.cutoffs"),
+    ("softmax block out of range", lambda c: ["run", *sets("model.softmax_blocks=[7]")], "softmax_blocks"),
+    ("fp16 on the CPU", lambda c: ["run", *sets("train.amp=fp16")], "fp16"),
+    ("unsafe run name", lambda c: ["run", *sets("name=a/b")], "'name'"),
+    ("override without =", lambda c: ["run", "--set", "train.epochs"], "train.epochs"),
+    ("missing config file", lambda c: ["run", str(c.tmp / "none.yaml")], "does not exist"),
+    ("config not YAML", lambda c: ["run", str(c.write("bad.yaml", "train: {epochs: 3\n"))], "not valid YAML"),
+    ("config a list", lambda c: ["run", str(c.write("list.yaml", "- 1\n- 2\n"))], "list.yaml"),
+    # --- data -----------------------------------------------------------------------------
+    ("npz missing", lambda c: npz_run(c, c.tmp / "none.npz"), "does not exist"),
+    ("npz empty file", lambda c: npz_run(c, c.write("e.npz", "")), "not a readable .npz"),
+    ("npz corrupt", lambda c: npz_run(c, c.write("c.npz", "PK\x03\x04 garbage")), ".npz"),
+    ("npz mismatched arrays", lambda c: npz_run(c, c.npz(y=np.arange(39) % 4)), "(40,)"),
+    (
+        "npz NaN pixels",
+        lambda c: npz_run(c, c.npz(x=nan_images())),
+        "NaN or infinite pixels in 1 image(s), the first at index 7",
+    ),
+    ("npz float pixels out of range", lambda c: npz_run(c, c.npz(x=np.full((40, 16, 16, 3), -3.0))), "[-3, -3]"),
+    ("npz int16 pixels", lambda c: npz_run(c, c.npz(x=np.zeros((40, 16, 16, 3), np.int16))), "int16"),
+    ("npz without labels", lambda c: npz_run(c, c.npz(y=None)), "no array 'y'"),
+    ("npz one class", lambda c: npz_run(c, c.npz(y=np.zeros(40, np.int64))), "single class"),
+    ("npz no images", lambda c: npz_run(c, c.npz(n=0)), "no images"),
+    ("npz negative labels", lambda c: npz_run(c, c.npz(y=np.arange(40) % 4 - 1)), "labels"),
+    (
+        "image folder missing",
+        lambda c: [
+            "run",
+            *data_sets("data.name=imagefolder", f"data.root={c.tmp / 'nowhere'}"),
+            "--out",
+            str(c.tmp / "o"),
+        ],
+        "nowhere",
+    ),
+    (
+        "image folder empty",
+        lambda c: ["run", *data_sets("data.name=imagefolder", f"data.root={c.tmp}"), "--out", str(c.tmp / "o")],
+        "no class folders",
+    ),
+    (
+        "image folder with a corrupt JPEG",
+        lambda c: [
+            "run",
+            *data_sets("data.name=imagefolder", f"data.root={corrupt_jpeg(c)}"),
+            "--out",
+            str(c.tmp / "o"),
+        ],
+        "skip_corrupt",
+    ),
+    (
+        "cifar10 not downloaded",
+        lambda c: ["run", *data_sets("data.name=cifar10", f"data.root={c.tmp}"), "--out", str(c.tmp / "o")],
+        "download",
+    ),
+    (
+        "cifar10 batches of another format",
+        lambda c: [
+            "run",
+            *data_sets("data.name=cifar10", f"data.root={cifar_with_foreign_pickle(c)}"),
+            "--out",
+            str(c.tmp),
+        ],
+        "cifar",
+    ),
+    ("unknown dataset spec", lambda c: ["evaluate", str(c.run()), "--data", "mnist"], "unknown dataset spec"),
+    ("spec without path", lambda c: ["evaluate", str(c.run()), "--data", "npz"], "needs a path"),
+    # --- run directories ------------------------------------------------------------------
+    ("resume a missing directory", lambda c: ["resume", str(c.tmp / "gone")], "gone"),
+    ("resume without config.yaml", lambda c: ["resume", str(c.tmp)], "no config.yaml"),
+    ("resume a finished run", lambda c: ["resume", str(c.run())], "already holds a finished run"),
+    ("resume a foreign pickle", lambda c: ["resume", str(foreign_checkpoint(c))], "not loaded"),
+    ("resume truncated checkpoints", lambda c: ["resume", str(truncated_checkpoints(c))], "cannot be read"),
+    ("run over a finished run", lambda c: ["run", *sets(), "--out", str(c.run())], "--overwrite"),
+    (
+        "run continues with another config",
+        lambda c: ["run", *sets("train.lr=0.2"), "--out", str(interrupted(c))],
+        "train.lr 0.05 -> 0.2",
+    ),
+    ("run output is a file", lambda c: ["run", *sets(), "--out", str(c.write("f", "x"))], "is a file"),
+    ("evaluate without weights", lambda c: ["evaluate", str(no_weights(c)), "--data", "shapes"], "model.pt"),
+    ("evaluate wrong architecture", lambda c: ["evaluate", str(wrong_architecture(c)), "--data", "shapes"], "shape"),
+    ("evaluate foreign pickle weights", lambda c: ["evaluate", str(foreign_weights(c)), "--data", "shapes"], "not"),
+    ("predict a non-image", lambda c: ["predict", str(c.run()), str(c.write("x.jpg", "text"))], "x.jpg"),
+    ("predict a missing image", lambda c: ["predict", str(c.run()), str(c.tmp / "none.png")], "none.png"),
+    ("report of no runs", lambda c: ["report", str(c.tmp)], "holds no runs"),
+    ("sweep without a sweep section", lambda c: ["sweep", str(sweep_file(c, None))], "no 'sweep:' section"),
+    ("sweep over an unknown key", lambda c: ["sweep", str(sweep_file(c, {"grid": {"head.tua": [1]}}))], "head.tua"),
+    ("sweep with another base", changed_sweep, "--overwrite"),
+]
+
+
+def nan_images() -> np.ndarray:
+    x = np.random.default_rng(0).random((40, 16, 16, 3), dtype=np.float32)
+    x[7, 3, 4, 1] = np.nan
+    return x
+
+
+def corrupt_jpeg(ctx: Ctx) -> Path:
+    root = ctx.folder()
+    (root / "a" / "0.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+def foreign_checkpoint(ctx: Ctx) -> Path:
+    run = interrupted(ctx)
+    malicious(ctx, run / runs.CHECKPOINT)
+    return run
+
+
+def truncated_checkpoints(ctx: Ctx) -> Path:
+    """Both checkpoints cut short, as by a crash of the file system rather than of the run."""
+    run = interrupted(ctx)
+    whole = (run / runs.WEIGHTS.replace("model", "model")).parent / "whole.pt"
+    torch.save({"format": runs.CHECKPOINT_FORMAT, "model": {"w": torch.zeros(1000)}}, whole)
+    data = whole.read_bytes()
+    whole.unlink()
+    for name in (runs.CHECKPOINT, runs.CHECKPOINT_PREV):
+        (run / name).write_bytes(data[: len(data) // 2])
+    return run
+
+
+def no_weights(ctx: Ctx) -> Path:
+    run = ctx.run()
+    (run / runs.WEIGHTS).unlink()
+    return run
+
+
+def wrong_architecture(ctx: Ctx) -> Path:
+    run = ctx.run()
+    saved = torch.load(run / runs.WEIGHTS, weights_only=True)
+    saved["state_dict"] = {k: torch.zeros(3, *v.shape[1:]) if v.dim() else v for k, v in saved["state_dict"].items()}
+    torch.save(saved, run / runs.WEIGHTS)
+    return run
+
+
+def foreign_weights(ctx: Ctx) -> Path:
+    run = ctx.run()
+    malicious(ctx, run / runs.WEIGHTS)
+    return run
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file under ``root``: its content hash and modification time."""
+    return {
+        str(p.relative_to(root)): (hashlib.sha1(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_the_corpus_is_big_and_its_cases_distinct():
+    names = [name for name, _, _ in CASES]
+    assert len(names) >= 30 and len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize(("name", "make", "fragment"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_exits_2_with_one_line_and_changes_nothing(tmp_path, trained, name, make, fragment):
+    ctx = Ctx(tmp_path / "case", trained)
+    ctx.tmp.mkdir()
+    argv = make(ctx)
+    before = snapshot(ctx.tmp)
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, f"{name}: exit {result.exit_code}\n{result.output}"
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, f"{name}: {result.stderr}"
+    assert lines[0].startswith("error: ") and fragment in lines[0], f"{name}: {lines[0]}"
+    assert not (ctx.tmp / "pwned").exists()
+    after = snapshot(ctx.tmp)
+    # The decoded-image cache of an image folder is kept even when some files are unreadable
+    # (it records which), so that the next run with data.skip_corrupt=true does not decode again.
+    new = {k for k in set(after) - set(before) if ".softmaxlab-cache" not in Path(k).parts}
+    assert not new, f"{name}: wrote {sorted(new)}"
+    assert {k: after[k] for k in before} == before, f"{name}: files changed"
+
+
+# --- a full disk and an unwritable output directory ---------------------------------------
+
+
+def _fail_fsync_of(monkeypatch, fragment: str, after: int, code: int = errno.ENOSPC) -> None:
+    """Make ``os.fsync`` fail with ``code`` for files whose name holds ``fragment``, from the
+    ``after``-th such file on: the disk fills up at that write (Linux: names via /proc)."""
+    real, seen = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        if fragment in os.readlink(f"/proc/self/fd/{fd}"):
+            seen.append(fd)
+            if len(seen) >= after:
+                raise OSError(code, os.strerror(code))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name open files")
+def test_disk_full_at_a_checkpoint_exits_2_and_the_run_continues_later(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    argv = ["run", *sets("train.epochs=3"), "--out", str(out)]
+    _fail_fsync_of(monkeypatch, f".{runs.CHECKPOINT}.", after=2)  # epoch 1's checkpoint fits, epoch 2's not
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    # Epoch 1 was trained and reported; then one line for the error, and nothing after it.
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == lines[-1:] and "the disk is full" in errors[0] and runs.CHECKPOINT in errors[0], lines
+    assert "Traceback" not in result.output
+    assert not list(out.glob(".*.tmp")) and not (out / runs.SUMMARY).exists()
+    assert runs.load_checkpoint(out)["epochs_done"] == 1  # the last complete checkpoint, intact
+    monkeypatch.undo()  # space freed: the same command continues the run
+    again = runner.invoke(app, argv)
+    assert again.exit_code == 0, again.output
+    epochs = [json.loads(line)["epoch"] for line in (out / runs.METRICS).read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_disk_full_writing_a_file_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "summary.json"
+    path.write_text('{"old": true}\n')
+    _fail_fsync_of(monkeypatch, "summary.json", after=1)
+    with pytest.raises(UserError, match=r"summary\.json.*the disk is full"):
+        runs.atomic_write_json(path, {"new": True})
+    assert path.read_text() == '{"old": true}\n' and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_unwritable_output_directory_exits_2(tmp_path, monkeypatch):
+    import tempfile
+
+    out = tmp_path / "locked" / "run"
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and str(tmp_path / "locked") in str(dir):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    result = runner.invoke(app, ["run", *sets(), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "it is not writable" in lines[0] and str(out) in lines[0], lines
+    assert not [p for p in out.rglob("*") if p.is_file()]
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
+def test_read_only_output_directory_exits_2(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        result = runner.invoke(app, ["run", *sets(), "--out", str(locked / "run")])
+    finally:
+        locked.chmod(0o755)
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "locked" in result.stderr
