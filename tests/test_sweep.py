@@ -29,6 +29,7 @@ def test_aggregate_groups_in_first_seen_order():
 # --- sweeps -------------------------------------------------------------------------------
 
 import csv  # noqa: E402
+import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -237,3 +238,62 @@ def test_two_worker_sweep_killed_midway_then_rerun_finishes_every_run_once(tmp_p
     changed = write_sweep(tmp_path / "s2.yaml", grid, extra=["train.lr=0.01"])
     refused = CliRunner().invoke(app, ["sweep", str(changed), "--out", str(out)])
     assert refused.exit_code == 2 and "another base config" in refused.output
+
+
+# --- the submitit launcher (its local executor: each run a job in its own process) --------
+
+
+def test_submitit_local_executor_trains_every_run_as_a_job(tmp_path):
+    pytest.importorskip("submitit")
+    path = write_sweep(tmp_path / "s.yaml", {"head.name": ["softmax", "log_softmax"]})
+    raw = yaml.safe_load(path.read_text())
+    raw["sweep"]["submitit"] = {"timeout_min": 10}
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["sweep", str(path), "--out", str(out), "--workers", "2", "--launcher", "submitit", "--cluster", "local"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = read_csv(out / sweep.RESULTS_FILE)
+    assert [r["status"] for r in rows] == ["finished", "finished"], rows
+    jobs = json.loads((out / sweep.JOBS_FILE).read_text())
+    assert sorted(jobs) == ["head-log_softmax", "head-softmax"]
+    # Each job ran in its own process, whose log submitit kept under <sweep>/submitit/<job id>/.
+    for job_id in jobs.values():
+        assert list((out / "submitit" / job_id).glob("*_log.out")), job_id
+    # Launcher settings say where runs train, not what they compute: changing them keeps the sweep.
+    raw["sweep"]["submitit"] = {"timeout_min": 20}
+    path.write_text(yaml.safe_dump(raw))
+    again = CliRunner().invoke(
+        app, ["sweep", str(path), "--out", str(out), "--launcher", "submitit", "--cluster", "local"]
+    )
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / sweep.JOBS_FILE).read_text()) == jobs  # nothing submitted again
+
+
+def test_submitit_refuses_a_run_still_in_an_earlier_job(tmp_path):
+    pytest.importorskip("submitit")
+    path, out = write_sweep(tmp_path / "s.yaml", {"train.seed": [0]}), tmp_path / "out"
+    base, spec = sweep.load_sweep(path)
+    sweep.prepare_sweep_dir(out, base, spec)
+    # An earlier sweep command submitted the run as local job <this process id>, still alive.
+    (out / sweep.JOBS_FILE).write_text(json.dumps({"seed-0": str(os.getpid())}))
+    with pytest.raises(UserError, match=f"still in job {os.getpid()}.*scancel"):
+        sweep.run_sweep(path, out, launcher="submitit", cluster="local")
+    assert not (out / sweep.RUNS_DIR).exists()
+
+
+def test_submitit_bad_settings_are_user_errors(tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    path = write_sweep(tmp_path / "s.yaml", {"train.seed": [0]})
+    raw = yaml.safe_load(path.read_text())
+    raw["sweep"]["submitit"] = {"slurm_partiton": "gpu"}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match=r"submitit rejected the launcher settings.*slurm_partiton"):
+        sweep.run_sweep(path, tmp_path / "out", launcher="submitit", cluster="local")
+    with pytest.raises(UserError, match="unknown launcher 'ray'"):
+        sweep.run_sweep(path, tmp_path / "out", launcher="ray")
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed
+    with pytest.raises(UserError, match=r"pip install 'softmaxlab\[submitit\]'"):
+        sweep.run_sweep(path, tmp_path / "out", launcher="submitit")
+    assert not (tmp_path / "out").exists()

@@ -252,8 +252,12 @@ def visualize_cmd(
 @app.command("sweep")
 @_exit_codes
 def sweep_cmd(
-    config: Annotated[Path, typer.Argument(help="YAML sweep config: a base experiment plus sweep.grid (and exclude).")],
-    workers: Annotated[int, typer.Option(min=1, help="Runs trained at a time, each in its own process.")] = 1,
+    config: Annotated[
+        Path, typer.Argument(help="YAML sweep config: a base experiment plus sweep.grid (exclude, variants).")
+    ],
+    workers: Annotated[
+        int, typer.Option(min=1, help="Runs trained at a time: local processes, or jobs in flight with submitit.")
+    ] = 1,
     out: Annotated[
         Path | None, typer.Option(help="Sweep directory (default: runs/<name or config file name>).")
     ] = None,
@@ -261,6 +265,12 @@ def sweep_cmd(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a sweep with another config in the output directory.")
     ] = False,
+    launcher: Annotated[
+        str, typer.Option(help="Where runs train: local (processes here) or submitit (Slurm jobs; sweep.submitit).")
+    ] = "local",
+    cluster: Annotated[
+        str | None, typer.Option(help="submitit cluster: slurm, local or debug (default: slurm where sbatch exists).")
+    ] = None,
 ) -> None:
     """Train a grid of runs (resumable: a rerun trains only what is missing) -> results.csv, aggregate.csv, report."""
     from softmaxlab import sweep
@@ -282,7 +292,13 @@ def sweep_cmd(
         out_console.print(f"{len(plan)} runs in {target}", highlight=False, soft_wrap=True)
         return
     result = sweep.run_sweep(
-        config, out, workers=workers, overwrite=overwrite, progress=ConsoleSweepProgress(err_console)
+        config,
+        out,
+        workers=workers,
+        overwrite=overwrite,
+        progress=ConsoleSweepProgress(err_console),
+        launcher=launcher,
+        cluster=cluster,
     )
     counts = ", ".join(f"{result.count(s)} {s}" for s in sweep.STATUSES if result.count(s))
     out_console.print(f"{len(result.rows)} runs: {counts}", highlight=False)

@@ -25,6 +25,7 @@ never shows one lucky seed as if it were the answer.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import hashlib
@@ -95,6 +96,10 @@ SWEEP_FILE = "sweep.yaml"
 RESULTS_FILE = "results.csv"
 AGGREGATE_FILE = "aggregate.csv"
 RUNS_DIR = "runs"
+#: The sweep directory's record of submitted jobs: {run name: job id}.
+JOBS_FILE = "jobs.json"
+#: Where runs train: local processes, or submitit jobs (Slurm on clusters).
+LAUNCHERS = ("local", "submitit")
 #: The grid key whose values are seeds of one variant (the means of aggregate.csv are over it).
 SEED_KEY = "train.seed"
 #: Run directory names longer than this are shortened (and made unique by a hash).
@@ -112,7 +117,10 @@ class SweepSpec(BaseModel):
     Cartesian product of the lists (in key order, the last key varying fastest).
     ``exclude`` lists partial combinations ({key: value or [values]}); a run whose
     overrides match every key of one entry is left out. ``variants`` lists sets of
-    overrides ({key: value}) that are each crossed with the grid.
+    overrides ({key: value}) that are each crossed with the grid. ``submitit`` holds the
+    parameters of the submitit executor used by ``--launcher submitit`` (for Slurm, e.g.
+    ``slurm_partition``, ``timeout_min``, ``gpus_per_node``, ``cpus_per_task``); they say
+    where runs train, not what they compute, so changing them never invalidates a sweep.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -120,6 +128,7 @@ class SweepSpec(BaseModel):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     variants: list[dict[str, Any]] = Field(default_factory=list)
+    submitit: dict[str, Any] = Field(default_factory=dict)
 
     def override_keys(self) -> list[str]:
         """Every key a run may override: the variants' keys (first seen first), then the grid's."""
@@ -314,7 +323,7 @@ def default_sweep_dir(config_path: str | Path, base: Config, root: str | Path = 
 
 
 def _sweep_record(base: Config, spec: SweepSpec) -> dict[str, Any]:
-    sweep = spec.model_dump(mode="json")
+    sweep = spec.model_dump(mode="json", exclude={"submitit"})
     if not sweep["variants"]:  # records of sweeps without variants stay as they were
         del sweep["variants"]
     return {"base": base.to_dict(), "sweep": sweep}
@@ -337,8 +346,9 @@ def prepare_sweep_dir(out_dir: Path, base: Config, spec: SweepSpec, overwrite: b
                 "or choose another --out"
             )
         if saved != record:
-            shutil.rmtree(out_dir / RUNS_DIR, ignore_errors=True)
-            for name in (RESULTS_FILE, AGGREGATE_FILE):
+            for folder in (RUNS_DIR, "submitit"):
+                shutil.rmtree(out_dir / folder, ignore_errors=True)
+            for name in (RESULTS_FILE, AGGREGATE_FILE, JOBS_FILE):
                 (out_dir / name).unlink(missing_ok=True)
     elif out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise UserError(f"{str(out_dir)!r} is not empty and holds no sweep; choose another --out or pass --overwrite")
@@ -424,13 +434,19 @@ def run_sweep(
     workers: int = 1,
     overwrite: bool = False,
     progress: SweepProgress | None = None,
+    launcher: str = "local",
+    cluster: str | None = None,
 ) -> SweepResult:
     """Train every run of the sweep config at ``config_path`` and write the sweep directory.
 
-    ``workers`` runs train at a time, each in its own (spawned) process with
-    ``max(1, cores // workers)`` torch threads. Finished and diverged runs already in the
-    directory are skipped, interrupted ones continue from their last checkpoint, missing
-    ones start; a failed or diverged run is recorded and the others go on. At the end:
+    ``workers`` runs train at a time. ``launcher="local"``: each in its own (spawned)
+    process with ``max(1, cores // workers)`` torch threads. ``launcher="submitit"``: each
+    as a job of the submitit package (``pip install 'softmaxlab[submitit]'``) on
+    ``cluster`` (``slurm``, ``local``, ``debug``; None: Slurm where ``sbatch`` exists, else
+    local) with the ``sweep.submitit`` parameters; job logs go to ``<sweep>/submitit/``.
+    Finished and diverged runs already in the directory are skipped, interrupted ones
+    continue from their last checkpoint, missing ones start; a failed or diverged run is
+    recorded and the others go on. At the end:
     ``results.csv`` (one row per run), ``aggregate.csv`` (mean, sample std and count over
     ``train.seed`` of every variant) and the report of all runs.
 
@@ -439,10 +455,18 @@ def run_sweep(
     """
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
+    if launcher not in LAUNCHERS:
+        raise UserError(f"unknown launcher {launcher!r}; choose one of: {', '.join(LAUNCHERS)}")
     base, spec = load_sweep(config_path)
     out = Path(out_dir) if out_dir is not None else default_sweep_dir(config_path, base)
     plan = expand_grid(base, spec)
+    executor = None
+    if launcher == "submitit":
+        _check_submitit(spec, cluster, base.name or out.name)
     prepare_sweep_dir(out, base, spec, overwrite)
+    if launcher == "submitit":
+        executor = _submitit_executor(out / "submitit", spec, cluster, base.name or out.name)
+        _check_no_job_in_flight(out, executor)
     progress = progress or SweepProgress()
     outcome: dict[str, tuple[str, str | None]] = {}
     for run in plan:
@@ -461,7 +485,11 @@ def run_sweep(
 
     progress.start(len(plan), len(outcome))
     try:
-        if workers == 1:
+        if executor is not None:
+            _run_submitit(
+                out, todo, workers, executor, record, lambda running: progress.update(len(outcome), running, failed)
+            )
+        elif workers == 1:
             for run in todo:
                 progress.update(len(outcome), 1, failed)
                 record(run.name, *_train_run(run.config.to_dict(), str(out / RUNS_DIR / run.name)))
@@ -513,6 +541,112 @@ def _run_parallel(
             # Interrupted (Ctrl-C): do not wait for the runs in flight; a rerun resumes them.
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def _submitit_executor(folder: Path, spec: SweepSpec, cluster: str | None, name: str) -> Any:
+    """A submitit ``AutoExecutor`` writing its logs under ``folder`` with the
+    ``sweep.submitit`` parameters; a missing package or a bad parameter is a UserError."""
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("--launcher submitit needs the submitit package: pip install 'softmaxlab[submitit]'") from None
+    try:
+        executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
+        executor.update_parameters(**{"name": name, **spec.submitit})
+    except (ValueError, TypeError, NameError, RuntimeError) as exc:
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"submitit rejected the launcher settings ({line}); check sweep.submitit and --cluster"
+        ) from None
+    return executor
+
+
+def _check_submitit(spec: SweepSpec, cluster: str | None, name: str) -> None:
+    """Bad launcher settings are refused before anything is written (submitit makes its
+    log folder as soon as an executor exists, so the check uses a throwaway one)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _submitit_executor(Path(tmp), spec, cluster, name)
+
+
+def _read_jobs(out: Path) -> dict[str, str]:
+    try:
+        jobs = json.loads((out / JOBS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return jobs if isinstance(jobs, dict) else {}
+
+
+def _job_in_flight(executor: Any, job_id: str) -> bool:
+    """Whether the job ``job_id`` of an earlier sweep command is still queued or running."""
+    if executor.cluster == "slurm":
+        import submitit
+
+        state = submitit.SlurmJob(executor.folder, job_id).state.upper()
+        return state.split()[0] in {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED"}
+    if executor.cluster == "local" and job_id.isdigit():
+        try:  # local job ids are process ids
+            os.kill(int(job_id), 0)
+        except OSError:
+            return False
+        return True
+    return False
+
+
+def _check_no_job_in_flight(out: Path, executor: Any) -> None:
+    """Refuse to submit a run again while a job from an earlier, killed sweep command still
+    trains it: two jobs would write one run directory."""
+    for name, job_id in _read_jobs(out).items():
+        if not is_finished(out / RUNS_DIR / name) and _job_in_flight(executor, str(job_id)):
+            raise UserError(
+                f"run {name!r} is still in job {job_id} submitted by an earlier sweep command; wait for it to end "
+                "or cancel it (scancel), then run the same command again"
+            )
+
+
+def _run_submitit(
+    out: Path,
+    todo: list[SweepRun],
+    workers: int,
+    executor: Any,
+    record: Callable[[str, str, str | None], None],
+    update: Callable[[int], None],
+    poll_seconds: float | None = None,
+) -> None:
+    """At most ``workers`` submitit jobs in flight; results recorded as they end. Job ids
+    go to ``jobs.json`` so that a rerun does not submit a run that a job still trains."""
+    import time
+
+    poll = poll_seconds if poll_seconds is not None else (15.0 if executor.cluster == "slurm" else 0.5)
+    pending, running = list(todo), {}
+    jobs = _read_jobs(out)
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                run = pending.pop(0)
+                job = executor.submit(_train_run, run.config.to_dict(), str(out / RUNS_DIR / run.name))
+                running[job] = run.name
+                jobs[run.name] = str(job.job_id)
+                atomic_write_text(out / JOBS_FILE, json.dumps(jobs, indent=1) + "\n")
+            update(len(running))
+            finished = [job for job in running if job.done()]
+            if not finished:
+                time.sleep(poll)
+            for job in finished:
+                name = running.pop(job)
+                try:
+                    status, error = job.result()
+                except Exception as exc:  # the job itself failed: killed, timed out, out of memory
+                    text = " ".join(str(exc).split())[:300]
+                    status, error = "failed", f"job {job.job_id} failed: {type(exc).__name__}: {text}"
+                record(name, status, error)
+    except BaseException:
+        # Interrupted (Ctrl-C): cancel the jobs in flight; a rerun resumes their runs.
+        for job in running:
+            with contextlib.suppress(Exception):  # best effort while stopping
+                job.cancel(check=False)
+        raise
 
 
 def _summary_metrics(summary: dict[str, Any]) -> dict[str, Any]:
