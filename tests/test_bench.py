@@ -19,7 +19,8 @@ TINY = bench.BenchSettings(batch=8, features=16, repeats=1)
 def test_tiny_bench_runs_every_head_and_writes_json_csv_png(tmp_path):
     report = bench.bench_heads([10, 50], settings=TINY)
     rows = report["results"]
-    assert [(r["classes"], r["head"]) for r in rows] == [(k, n) for k in (10, 50) for n in HEADS.names()]
+    names = [bench.BASELINE, *HEADS.names()]
+    assert [(r["classes"], r["head"]) for r in rows] == [(k, n) for k in (10, 50) for n in names]
     for r in rows:
         assert r["status"] == "ok", r
         assert set(bench.COLUMNS) <= r.keys()
@@ -88,3 +89,14 @@ def test_hierarchical_group_logits_gradients_match_a_gather():
     assert torch.autograd.gradcheck(lambda f, w, b: group_logits(f, w, b, rows), (f, w, b))
     expected = torch.bmm(w[rows], f.unsqueeze(-1)).squeeze(-1) + b[rows]
     torch.testing.assert_close(group_logits(f, w, b, rows), expected)
+
+
+def test_linear_baseline_is_the_layer_alone():
+    # Same layer, same seed: the baseline's parameters are the softmax head's; softmax also
+    # keeps the (B, K) logits for its backward, the baseline does not.
+    rows = bench.bench_heads([1000], heads=[bench.BASELINE, "softmax"], settings=TINY)["results"]
+    base, soft = rows
+    assert base["head"] == "linear" and base["status"] == "ok"
+    assert soft["peak_bytes"] - base["peak_bytes"] >= 8 * 1000 * 4
+    with pytest.raises(UserError, match="valid: linear, softmax"):
+        bench.parse_heads("linaer")

@@ -11,6 +11,11 @@ timed step on CUDA); the median, min and max go into the results. Heads are buil
 :func:`softmaxlab.heads.build_head` with their default options and no class hierarchy, so
 ``hierarchical`` uses its balanced split into round(sqrt(K)) groups.
 
+The first row of every class count is ``linear``, not a head: the final linear layer alone
+with loss = mean of the logits, so its step is the (B, F) x (F, K) product forward and the
+two products of its backward. It is the floor every head pays; a head's time minus it is
+what its normaliser and loss cost.
+
 A combination that cannot run (out of memory, a head that rejects that K, ...) becomes a
 row with ``status: "skipped"`` and the reason in ``note``; it never stops the benchmark.
 
@@ -79,16 +84,40 @@ def parse_classes(text: str) -> list[int]:
     return values
 
 
+#: The row that is not a head: the final linear layer alone (see the module doc).
+BASELINE = "linear"
+
+
+class LinearBaseline(torch.nn.Module):
+    """The final linear layer with no normaliser: loss = mean of the logits (its gradient is
+    a constant, so backward is the two matrix products and nothing else)."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(in_features, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(features)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return logits.mean()
+
+    def step_update(self, step: int, total: int) -> None:
+        """Nothing changes with the step (heads such as Gumbel anneal here)."""
+
+
 def parse_heads(text: str | None) -> list[str]:
-    """``"softmax,hierarchical"`` -> the names, each checked against the registry; None = every head."""
+    """``"softmax,hierarchical"`` -> the names, each checked against the registry (or
+    :data:`BASELINE`); None = the baseline and every head."""
     from softmaxlab.heads import HEADS
 
+    valid = [BASELINE, *HEADS.names()]
     if text is None:
-        return list(HEADS.names())
+        return valid
     names = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [n for n in names if n not in HEADS.names()]
+    unknown = [n for n in names if n not in valid]
     if unknown or not names:
-        raise UserError(f"--heads: unknown head {unknown[0] if unknown else text!r}; valid: {', '.join(HEADS.names())}")
+        raise UserError(f"--heads: unknown head {unknown[0] if unknown else text!r}; valid: {', '.join(valid)}")
     return names
 
 
@@ -136,7 +165,10 @@ def measure_head(name: str, num_classes: int, s: BenchSettings) -> dict[str, Any
     head = None
     try:
         torch.manual_seed(s.seed)
-        head = build_head(HeadConfig(name=name), s.features, num_classes).to(device).train()
+        if name == BASELINE:
+            head = LinearBaseline(s.features, num_classes).to(device).train()
+        else:
+            head = build_head(HeadConfig(name=name), s.features, num_classes).to(device).train()
         gen = torch.Generator(device=device).manual_seed(s.seed)
         feats = torch.randn(s.batch, s.features, device=device, generator=gen)
         target = torch.randint(0, num_classes, (s.batch,), device=device, generator=gen)

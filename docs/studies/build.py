@@ -1,0 +1,515 @@
+"""Tables, findings and figures of the studies in docs/studies/, from the sweeps' own files.
+
+    python docs/studies/build.py [--runs RUNS]
+
+Run from the repository root after the sweeps of configs/studies/ (each writes
+``RUNS/<sweep name>/results.csv`` and ``runs/<run>/metrics.jsonl``). Every number in the
+generated blocks of docs/studies/*.md (between ``<!-- build:KEY -->`` and
+``<!-- /build:KEY -->``) comes from those files: means and sample standard deviations over
+the seeds, never typed by hand. A sweep that has not been run leaves its blocks as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+FIGURES = DOCS / "figures"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def provenance(sweep_dir: Path, rows: list[dict]) -> str:
+    """Runs, wall time (sweep.yaml written -> results.csv last written), summed training
+    time, and the environment recorded in the runs' summaries."""
+    env = {}
+    for row in finished(rows):
+        path = sweep_dir / "runs" / row["run"] / "summary.json"
+        env = json.loads(path.read_text()).get("env", {})
+        break
+    wall = (sweep_dir / "results.csv").stat().st_mtime - (sweep_dir / "sweep.yaml").stat().st_mtime
+    train = sum(number(r, "timing.total_train_seconds") or 0 for r in finished(rows))
+    statuses = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in dict.fromkeys(r["status"] for r in rows))
+    return (
+        f"{len(rows)} runs ({statuses}); wall time {wall / 60:.0f} min from `sweep.yaml` to the last `results.csv` "
+        f"write, {train / 60:.0f} min of training summed over the runs; device {env.get('device', '?')} "
+        f"({env.get('cpu', '?')}), {env.get('torch_threads', '?')} torch thread(s) per run, "
+        f"torch {env.get('torch', '?')}, softmaxlab {env.get('softmaxlab', '?')}."
+    )
+
+
+def read_rows(sweep_dir: Path) -> list[dict]:
+    """results.csv of a sweep, each row with its run's ``history`` (metrics.jsonl records)
+    and ``num_classes`` (from the confusion matrix of its summary)."""
+    with open(sweep_dir / "results.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        run = sweep_dir / "runs" / row["run"]
+        lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
+        row["history"] = [json.loads(line) for line in lines]
+        summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+        row["num_classes"] = len(summary.get("test", {}).get("confusion_matrix") or []) or None
+        row["reliability"] = summary.get("test", {}).get("reliability")
+        matrix = summary.get("test", {}).get("confusion_matrix") or []
+        row["predicted_classes"] = sum(any(r[j] for r in matrix) for j in range(len(matrix))) if matrix else None
+    return rows
+
+
+def ece_floor(reliability: dict | None, draws: int = 2000, seed: int = 0) -> float | None:
+    """The ECE that a perfectly calibrated model would still show on this test set: its
+    images keep their bins and confidences, but each is right with probability exactly its
+    confidence; the mean ECE over ``draws`` such draws (numpy, seeded). An ECE near it
+    is as calibrated as this many test images can tell."""
+    import numpy as np
+
+    if not reliability:
+        return None
+    counts = np.array([c or 0 for c in reliability["count"]])
+    conf = np.array([c if c is not None else 0.0 for c in reliability["confidence"]])
+    keep = counts > 0
+    counts, conf = counts[keep], conf[keep]
+    rng = np.random.default_rng(seed)
+    correct = rng.binomial(counts, conf, size=(draws, len(counts)))
+    gaps = np.abs(correct / counts - conf) * counts / counts.sum()
+    return float(gaps.sum(axis=1).mean())
+
+
+def number(row: dict, key: str) -> float | None:
+    value = row.get(key)
+    if value in (None, ""):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def spread(values: list[float | None], scale: float = 1.0, digits: int = 3) -> str:
+    """``mean ± std`` of the finite values (sample std; n - 1), or ``-`` when there are none."""
+    vals = [v * scale for v in values if v is not None]
+    if not vals:
+        return "-"
+    mean = statistics.fmean(vals)
+    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def groups(rows: list[dict], key: Callable[[dict], str]) -> dict[str, list[dict]]:
+    """Rows by ``key``, in first-seen order."""
+    out: dict[str, list[dict]] = {}
+    for row in rows:
+        out.setdefault(key(row), []).append(row)
+    return out
+
+
+def finished(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["status"] == "finished"]
+
+
+def floor_loss(k: int) -> float:
+    """Least cross-entropy of a double softmax: the inputs are probabilities in [0, 1], so at
+    best the true class scores 1 and the rest 0: -log(e / (e + K - 1)) = ln(1 + (K - 1) / e)."""
+    return math.log(1 + (k - 1) / math.e)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def head_label(row: dict) -> str:
+    name = row["head.name"]
+    if name == "temperature" and row.get("head.learn_temperature") == "true":
+        return "temperature (learned T)"
+    if name == "gumbel":
+        return "gumbel (tau 1)"
+    return name
+
+
+Column = tuple[str, Callable[[str, list[dict], list[dict]], str]]
+
+
+def render(rows: list[dict], label: Callable[[dict], str], columns: list[Column]) -> str:
+    """A Markdown table with one line per ``label`` group; each column's function gets the
+    label, the group's rows and its finished rows."""
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + " --- |" * len(columns)]
+    for name, members in groups(rows, label).items():
+        done = finished(members)
+        lines.append("| " + " | ".join(fn(name, members, done) for _, fn in columns) + " |")
+    return "\n".join(lines)
+
+
+def stat(key: str, scale: float = 1.0, digits: int = 3) -> Callable[[str, list[dict], list[dict]], str]:
+    """Column: mean ± std of a results.csv number over the finished runs."""
+    return lambda name, members, done: spread([number(r, key) for r in done], scale, digits)
+
+
+def last(key: str, scale: float = 1.0, digits: int = 3) -> Callable[[str, list[dict], list[dict]], str]:
+    """Column: mean ± std of the last epoch's metrics.jsonl value."""
+    return lambda name, members, done: spread(
+        [r["history"][-1][key] if r["history"] else None for r in done], scale, digits
+    )
+
+
+def label_column(header: str) -> Column:
+    return header, lambda name, members, done: f"`{name}`"
+
+
+def runs_column(name: str, members: list[dict], done: list[dict]) -> str:
+    """``finished/all``, and the other statuses when some runs did not finish."""
+    text = f"{len(done)}/{len(members)}"
+    if len(done) < len(members):
+        text += " (" + ", ".join(sorted({r["status"] for r in members} - {"finished"})) + ")"
+    return text
+
+
+def heads_table(rows: list[dict]) -> str:
+    """One line per head: test accuracy, macro F1, NLL, ECE before / after temperature scaling
+    against the ECE floor, the fitted T, the share of clamped NLL terms, final train loss and
+    epoch time."""
+    floor = lambda name, members, done: spread([ece_floor(r["reliability"]) for r in done], 100, 1)  # noqa: E731
+    return render(
+        rows,
+        head_label,
+        [
+            label_column("head"),
+            ("runs", runs_column),
+            ("test accuracy %", stat("test.accuracy", 100, 1)),
+            ("macro F1 %", stat("test.f1_macro", 100, 1)),
+            ("NLL", stat("test.nll")),
+            ("ECE %", stat("test.ece", 100, 1)),
+            ("ECE % if calibrated", floor),
+            ("ECE % after T", stat("test.ece_after_temperature", 100, 1)),
+            ("fitted T", stat("temperature", 1, 2)),
+            ("NLL clamped %", stat("test.nll_clamped", 100, 1)),
+            ("final train loss", last("train_loss")),
+            ("epoch s", stat("timing.mean_epoch_seconds", 1, 1)),
+        ],
+    )
+
+
+def same_model_finding(rows: list[dict]) -> str:
+    """softmax vs log-softmax, seed by seed."""
+    by = {(r["head.name"], r["train.seed"]): r for r in finished(rows)}
+    seeds = sorted({s for h, s in by if h == "softmax"} & {s for h, s in by if h == "log_softmax"})
+    if not seeds:
+        return "(not run yet)"
+    keys = ("test.accuracy", "test.nll", "test.ece")
+    worst = {k: max(abs(number(by["softmax", s], k) - number(by["log_softmax", s], k)) for s in seeds) for k in keys}
+    loss = max(
+        abs(a["train_loss"] - b["train_loss"])
+        for s in seeds
+        for a, b in zip(by["softmax", s]["history"], by["log_softmax", s]["history"], strict=True)
+    )
+    return (
+        f"Seed by seed ({len(seeds)} seeds), the largest difference between `softmax` and `log_softmax` is "
+        f"{worst['test.accuracy']:.2g} in test accuracy, {worst['test.nll']:.2g} in NLL, {worst['test.ece']:.2g} in "
+        f"ECE and {loss:.2g} in any epoch's training loss."
+    )
+
+
+def double_softmax_finding(rows: list[dict]) -> str:
+    """The double softmax's final training loss against its floor ln(1 + (K - 1) / e)."""
+    double = [r for r in finished(rows) if r["head.name"] == "double_softmax" and r["history"]]
+    plain = [r for r in finished(rows) if r["head.name"] == "softmax" and r["history"]]
+    if not double:
+        return "(not run yet)"
+    k = double[0]["num_classes"]
+    floor = floor_loss(k)
+    gaps = [r["history"][-1]["train_loss"] - floor for r in double]
+    acc = spread([number(r, "test.accuracy") for r in double], 100, 1)
+    acc_plain = spread([number(r, "test.accuracy") for r in plain], 100, 1)
+    return (
+        f"K = {k} classes: the floor is ln(1 + {k - 1}/e) = {floor:.3f}; the double softmax ends training "
+        f"{spread(gaps)} above it (final training loss {spread([r['history'][-1]['train_loss'] for r in double])}), "
+        f"and reaches {acc} % test accuracy against {acc_plain} % for `softmax`. Chance is {100 / k:.1f} %."
+    )
+
+
+def calibration_finding(rows: list[dict]) -> str:
+    """Post-hoc temperature scaling: ECE and NLL before and after, against the ECE floor,
+    for the heads that have a temperature; and the validation split's NLL against the test split's."""
+    lines = []
+    for head in ("softmax", "double_softmax", "gumbel", "temperature", "hierarchical"):
+        done = [r for r in finished(rows) if r["head.name"] == head and number(r, "temperature") is not None]
+        if not done:
+            continue
+        lines.append(
+            f"- `{head}`: T = {spread([number(r, 'temperature') for r in done], 1, 2)}; test ECE "
+            f"{spread([number(r, 'test.ece') for r in done], 100, 1)} % -> "
+            f"{spread([number(r, 'test.ece_after_temperature') for r in done], 100, 1)} % (a perfectly calibrated "
+            f"model would show {spread([ece_floor(r['reliability']) for r in done], 100, 1)} %); test NLL "
+            f"{spread([number(r, 'test.nll') for r in done])} -> "
+            f"{spread([number(r, 'test.nll_after_temperature') for r in done])}; "
+            f"NLL on the validation split it was fitted on {spread([number(r, 'val.loss') for r in done])}."
+        )
+    return "\n".join(lines) or "(not run yet)"
+
+
+def many_classes_table(rows: list[dict]) -> str:
+    """Softmax, log-softmax and the double softmax with many classes: accuracy, macro
+    precision / recall / F1, how many classes the model ever predicts, the final training
+    loss against the double softmax's floor."""
+    k = next((r["num_classes"] for r in finished(rows) if r["num_classes"]), None)
+    predicted = lambda name, members, done: spread([r["predicted_classes"] for r in done], 1, 1)  # noqa: E731
+    floor = lambda name, members, done: f"{floor_loss(k):.3f}" if name == "double_softmax" and k else ""  # noqa: E731
+    return render(
+        rows,
+        lambda r: r["head.name"],
+        [
+            label_column("head"),
+            ("runs", runs_column),
+            ("test accuracy %", stat("test.accuracy", 100, 1)),
+            ("macro precision", stat("test.precision_macro", 1, 4)),
+            ("macro recall", stat("test.recall_macro", 1, 4)),
+            ("macro F1", stat("test.f1_macro", 1, 4)),
+            (f"classes ever predicted (of {k})", predicted),
+            ("final train loss", last("train_loss")),
+            ("floor ln(1 + (K-1)/e)", floor),
+        ],
+    )
+
+
+def gumbel_label(row: dict) -> str:
+    tau = f"{float(row['head.tau']):g}"
+    if row.get("head.tau_schedule") == "exponential":
+        return f"{tau} -> {float(row.get('head.tau_min') or 0.5):g} (exponential, rate {row['head.anneal_rate']})"
+    return tau
+
+
+def gumbel_table(rows: list[dict]) -> str:
+    return render(
+        rows,
+        gumbel_label,
+        [
+            ("tau", lambda name, members, done: name),
+            ("runs", runs_column),
+            ("test accuracy %", stat("test.accuracy", 100, 1)),
+            ("macro F1 %", stat("test.f1_macro", 100, 1)),
+            ("NLL", stat("test.nll")),
+            ("ECE %", stat("test.ece", 100, 1)),
+            ("ECE % after T", stat("test.ece_after_temperature", 100, 1)),
+            ("fitted T", stat("temperature", 1, 2)),
+            ("final train loss", last("train_loss")),
+        ],
+    )
+
+
+def activation_label(row: dict) -> str:
+    label = row["model.activation"]
+    if row.get("model.softmax_rescale") == "true":
+        label += " + rescale"
+    if row.get("model.learn_activation_temperature") == "true":
+        label += " + learned T"
+    if row.get("model.softmax_blocks"):
+        label += f" in blocks {row['model.softmax_blocks']}"
+    return label
+
+
+def grad_norm(first: bool) -> Callable[[str, list[dict], list[dict]], str]:
+    """Column: the last epoch's gradient norm of the first layer (first block's conv) or the
+    last one (the head's linear layer)."""
+
+    def get(r: dict) -> float | None:
+        norms = r["history"][-1].get("grad_norms") if r["history"] else None
+        return norms[list(norms)[0 if first else -1]] if norms else None
+
+    return lambda name, members, done: spread([get(r) for r in done], 1, 4)
+
+
+def intermediate_table(rows: list[dict]) -> str:
+    return render(
+        rows,
+        activation_label,
+        [
+            label_column("activation"),
+            ("runs", runs_column),
+            ("test accuracy %", stat("test.accuracy", 100, 1)),
+            ("macro F1 %", stat("test.f1_macro", 100, 1)),
+            ("NLL", stat("test.nll")),
+            ("final train accuracy %", last("train_acc", 100, 1)),
+            ("head grad norm, last epoch", grad_norm(False)),
+            ("first conv grad norm, last epoch", grad_norm(True)),
+        ],
+    )
+
+
+def head_cost_table(report: dict) -> str:
+    """Median ms [min - max] of each head's forward + backward at each class count, and the
+    median as a multiple of the linear layer alone (``linear``) at the same K."""
+    results = [r for r in report["results"] if r["status"] == "ok"]
+    classes = sorted({r["classes"] for r in results})
+    cell = {(r["head"], r["classes"]): r for r in results}
+    heads = list(dict.fromkeys(r["head"] for r in results))
+    lines = [
+        "| head | " + " | ".join(f"K = {k:,}" for k in classes) + " |",
+        "| --- | " + " | ".join("---" for _ in classes) + " |",
+    ]
+    for head in heads:
+        cells = []
+        for k in classes:
+            r, base = cell.get((head, k)), cell.get(("linear", k))
+            if r is None:
+                cells.append("skipped")
+                continue
+            text = f"{r['median_ms']:.1f} [{r['min_ms']:.1f} - {r['max_ms']:.1f}]"
+            if base is not None and head != "linear":
+                text += f" ({r['median_ms'] / base['median_ms']:.2f}x)"
+            cells.append(text)
+        lines.append(f"| `{head}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def head_cost_finding(report: dict) -> str:
+    """At the largest K: the share of softmax's step that the linear layer takes, and
+    log-softmax against softmax."""
+    results = {(r["head"], r["classes"]): r for r in report["results"] if r["status"] == "ok"}
+    k = max(c for _, c in results)
+    get = {h: results.get((h, k)) for h in ("linear", "softmax", "log_softmax", "hierarchical", "adaptive")}
+    if not (get["linear"] and get["softmax"] and get["log_softmax"]):
+        return "(not run yet)"
+    soft, lin, logs = get["softmax"]["median_ms"], get["linear"]["median_ms"], get["log_softmax"]["median_ms"]
+    s = report["settings"]
+    text = (
+        f"At K = {k:,} (batch {s['batch']}, {s['features']} features, {s['device']}, {report['env'].get('threads')} "
+        f"threads, median of {s['repeats']}): the linear layer alone takes {lin:.0f} ms, {100 * lin / soft:.0f} % of "
+        f"softmax's {soft:.0f} ms; log-softmax takes {logs:.0f} ms, {logs / soft:.2f}x softmax."
+    )
+    for head in ("hierarchical", "adaptive"):
+        if get[head]:
+            text += f" `{head}` takes {get[head]['median_ms']:.0f} ms ({get[head]['median_ms'] / soft:.2f}x softmax)."
+    return text
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def plot_train_loss(rows_by_dataset: dict[str, list[dict]], path: Path) -> None:
+    """Training loss per epoch of softmax and the double softmax, with the double softmax's floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows_by_dataset), figsize=(5 * len(rows_by_dataset), 3.6), squeeze=False)
+    for ax, (dataset, rows) in zip(axes[0], rows_by_dataset.items(), strict=True):
+        k = None
+        for head, colour in (("softmax", "black"), ("double_softmax", "tab:red")):
+            for i, r in enumerate(r for r in finished(rows) if r["head.name"] == head and r["history"]):
+                k = r["num_classes"] or k
+                epochs = [h["epoch"] for h in r["history"]]
+                ax.plot(epochs, [h["train_loss"] for h in r["history"]], color=colour, label=head if i == 0 else None)
+        if k:
+            ax.axhline(floor_loss(k), color="tab:red", ls="--", lw=1, label=f"ln(1 + (K-1)/e), K = {k}")
+        ax.set(title=dataset, xlabel="epoch", ylabel="training loss")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    FIGURES.mkdir(exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_gumbel(rows: list[dict], path: Path) -> None:
+    """Test accuracy against a constant tau (mean and std over seeds), and the annealed runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    const = groups([r for r in finished(rows) if r.get("head.tau_schedule") != "exponential"], gumbel_label)
+    taus = [float(t) for t in const]
+    means = [statistics.fmean(number(r, "test.accuracy") * 100 for r in m) for m in const.values()]
+    stds = [
+        statistics.stdev([number(r, "test.accuracy") * 100 for r in m]) if len(m) > 1 else 0 for m in const.values()
+    ]
+    ax.errorbar(taus, means, yerr=stds, marker="o", capsize=3, color="tab:blue", label="constant tau")
+    for label, members in groups(
+        [r for r in finished(rows) if r.get("head.tau_schedule") == "exponential"], gumbel_label
+    ).items():
+        accs = [number(r, "test.accuracy") * 100 for r in members]
+        ax.errorbar(
+            [float(members[0]["head.tau"])],
+            [statistics.fmean(accs)],
+            yerr=[statistics.stdev(accs) if len(accs) > 1 else 0],
+            marker="s",
+            capsize=3,
+            color="tab:orange",
+            label=f"annealed {label.split(' (')[0]}",
+        )
+    ax.set(xscale="log", xlabel="tau", ylabel="test accuracy %", title="Gumbel-softmax head, Intel 32 px")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    FIGURES.mkdir(exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- the documents
+
+
+def fill(doc: Path, blocks: dict[str, str]) -> None:
+    """Replace each ``<!-- build:KEY -->`` ... ``<!-- /build:KEY -->`` block of ``doc``."""
+    text = doc.read_text(encoding="utf-8")
+    for key, body in blocks.items():
+        pattern = re.compile(rf"(<!-- build:{re.escape(key)} -->\n)(?:.*?\n)?(<!-- /build:{re.escape(key)} -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"{doc} has no block {key!r}")
+        text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
+    doc.write_text(text, encoding="utf-8")
+    print(f"wrote {doc} ({', '.join(blocks)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="folder holding the sweep directories")
+    runs = parser.parse_args().runs
+    sweeps = {name: runs / name for name in ("output-heads-intel", "output-heads-cifar10", "gumbel-tau-intel")}
+    sweeps["intermediate"] = runs / "intermediate-softmax-study"
+    sweeps["many-classes"] = runs / "double-softmax-100-classes"
+    have = {name: read_rows(path) for name, path in sweeps.items() if (path / "results.csv").is_file()}
+
+    heads: dict[str, str] = {}
+    curves: dict[str, list[dict]] = {}
+    for name, dataset in (("output-heads-intel", "intel"), ("output-heads-cifar10", "cifar10")):
+        if name in have:
+            rows = have[name]
+            heads[f"heads-{dataset}"] = heads_table(rows)
+            heads[f"setup-{dataset}"] = provenance(sweeps[name], rows)
+            heads[f"same-model-{dataset}"] = same_model_finding(rows)
+            heads[f"double-softmax-{dataset}"] = double_softmax_finding(rows)
+            heads[f"calibration-{dataset}"] = calibration_finding(rows)
+            curves[{"intel": "Intel scenes, 32 px", "cifar10": "CIFAR-10 10k subset"}[dataset]] = rows
+    if "gumbel-tau-intel" in have:
+        heads["gumbel-tau"] = gumbel_table(have["gumbel-tau-intel"])
+        heads["setup-gumbel"] = provenance(sweeps["gumbel-tau-intel"], have["gumbel-tau-intel"])
+        plot_gumbel(have["gumbel-tau-intel"], FIGURES / "gumbel-tau.png")
+    if "many-classes" in have:
+        heads["many-classes"] = many_classes_table(have["many-classes"])
+        heads["setup-many-classes"] = provenance(sweeps["many-classes"], have["many-classes"])
+        curves["shapes, 100 classes"] = have["many-classes"]
+    if curves:
+        plot_train_loss(curves, FIGURES / "double-softmax-loss.png")
+    if heads:
+        fill(DOCS / "output-heads.md", heads)
+    bench = runs / "bench-heads" / "bench-heads.json"
+    if bench.is_file():
+        import shutil
+
+        report = json.loads(bench.read_text())
+        fill(
+            DOCS / "head-cost.md",
+            {"head-cost": head_cost_table(report), "head-cost-finding": head_cost_finding(report)},
+        )
+        FIGURES.mkdir(exist_ok=True)
+        shutil.copyfile(bench.with_suffix(".png"), FIGURES / "head-cost.png")
+    if "intermediate" in have:
+        fill(DOCS / "intermediate-softmax.md", {"intermediate": intermediate_table(have["intermediate"])})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The study configs of docs/studies parse, and expand to the documented number of runs,
+none of them invalid (the studies themselves are not run here)."""
+
+from pathlib import Path
+
+import pytest
+
+from softmaxlab import sweep
+
+STUDIES = Path(__file__).resolve().parents[1] / "configs" / "studies"
+
+#: config -> runs, as the docs state them (3 seeds each).
+RUNS = {
+    "output-heads-intel.yaml": 33,
+    "output-heads-cifar10.yaml": 33,
+    "gumbel-tau-intel.yaml": 18,
+    "double-softmax-100-classes.yaml": 9,
+    "intermediate-softmax.yaml": 27,
+    "full/output-heads-cifar100-resnet12.yaml": 39,
+    "full/output-heads-intel150.yaml": 33,
+    "full/intermediate-softmax-intel150.yaml": 27,
+}
+
+
+def test_every_study_config_is_listed():
+    found = {str(p.relative_to(STUDIES)) for p in STUDIES.rglob("*.yaml")}
+    assert found == set(RUNS)
+
+
+@pytest.mark.parametrize(("name", "count"), sorted(RUNS.items()))
+def test_study_config_expands_to_its_runs(name, count):
+    base, spec = sweep.load_sweep(STUDIES / name)
+    plan = sweep.expand_grid(base, spec)
+    assert len(plan) == count
+    assert [r.name for r in plan if r.config is None] == []
+    assert {r.config.train.seed for r in plan} == {0, 1, 2}
