@@ -230,6 +230,10 @@ def double_softmax_finding(rows: list[dict]) -> str:
     )
 
 
+#: Heads whose training loss is the NLL of the probabilities they output.
+NLL_LOSS_HEADS = ("softmax", "log_softmax", "temperature", "hierarchical")
+
+
 def calibration_finding(rows: list[dict]) -> str:
     """Post-hoc temperature scaling: ECE and NLL before and after, against the ECE floor,
     for the heads that have a temperature; and the validation split's NLL against the test split's."""
@@ -244,8 +248,13 @@ def calibration_finding(rows: list[dict]) -> str:
             f"{spread([number(r, 'test.ece_after_temperature') for r in done], 100, 1)} % (a perfectly calibrated "
             f"model would show {spread([ece_floor(r['reliability']) for r in done], 100, 1)} %); test NLL "
             f"{spread([number(r, 'test.nll') for r in done])} -> "
-            f"{spread([number(r, 'test.nll_after_temperature') for r in done])}; "
-            f"NLL on the validation split it was fitted on {spread([number(r, 'val.loss') for r in done])}."
+            f"{spread([number(r, 'test.nll_after_temperature') for r in done])}"
+            # val.loss is the head's own loss: the NLL only where that loss is the NLL of p.
+            + (
+                f"; NLL on the validation split T was fitted on {spread([number(r, 'val.loss') for r in done])}."
+                if head in NLL_LOSS_HEADS
+                else "."
+            )
         )
     return "\n".join(lines) or "(not run yet)"
 
@@ -385,6 +394,30 @@ def head_cost_finding(report: dict) -> str:
     return text
 
 
+def headline_table(have: dict[str, list[dict]]) -> str:
+    """The README's table: test accuracy and ECE of each head on each dataset studied."""
+    sources = [
+        ("output-heads-intel", "Intel scenes (6 classes)"),
+        ("output-heads-cifar10", "CIFAR-10 10k (10 classes)"),
+        ("many-classes", "shapes, 100 classes"),
+    ]
+    sources = [(key, title) for key, title in sources if key in have]
+    labels = list(dict.fromkeys(head_label(r) for key, _ in sources for r in have[key]))
+    lines = [
+        "| head | " + " | ".join(f"{title}: accuracy % / ECE %" for _, title in sources) + " |",
+        "|" + " --- |" * (len(sources) + 1),
+    ]
+    for label in labels:
+        cells = []
+        for key, _ in sources:
+            done = [r for r in finished(have[key]) if head_label(r) == label]
+            acc = spread([number(r, "test.accuracy") for r in done], 100, 1)
+            ece = spread([number(r, "test.ece") for r in done], 100, 1)
+            cells.append(f"{acc} / {ece}" if done else "")
+        lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- figures
 
 
@@ -496,6 +529,8 @@ def main() -> None:
         plot_train_loss(curves, FIGURES / "double-softmax-loss.png")
     if heads:
         fill(DOCS / "output-heads.md", heads)
+    if any(k in have for k in ("output-heads-intel", "output-heads-cifar10", "many-classes")):
+        fill(DOCS.parents[1] / "README.md", {"headline": headline_table(have)})
     bench = runs / "bench-heads" / "bench-heads.json"
     if bench.is_file():
         import shutil

@@ -725,7 +725,9 @@ def write_results(
 
 
 def _write_report(out: Path, base: Config) -> Path | None:
-    """The report of every run of the sweep; a report that cannot be written is a warning."""
+    """The report of every run of the sweep, with its comparison figures even when the runs'
+    own reports have none (``report.figures: false`` saves a second per run, not per sweep);
+    a report that cannot be written is a warning."""
     from softmaxlab.train import write_run_report
 
-    return write_run_report(out, base, what="sweep")
+    return write_run_report(out, base, what="sweep", figures=True)

@@ -655,15 +655,15 @@ def _fit(
     return FitResult(run_dir, summary, history, model, report)
 
 
-def write_run_report(run_dir: Path, cfg: Config, what: str = "run") -> Path | None:
+def write_run_report(run_dir: Path, cfg: Config, what: str = "run", figures: bool | None = None) -> Path | None:
     """``report.html`` and ``report.md`` of the run (or of the directory of runs ``what``
-    names, e.g. a sweep), from its files (figures unless ``report.figures`` is false);
-    returns the HTML's path. A report that cannot be written is a warning, not a lost run:
-    ``softmaxlab report DIR`` writes it later."""
+    names, e.g. a sweep), from its files (figures unless ``figures`` is false, by default
+    ``report.figures``); returns the HTML's path. A report that cannot be written is a
+    warning, not a lost run: ``softmaxlab report DIR`` writes it later."""
     from softmaxlab.report.build import HTML_FILE, write_report
 
     try:
-        write_report(run_dir, figures=cfg.report.figures)
+        write_report(run_dir, figures=cfg.report.figures if figures is None else figures)
     except UserError as exc:
         warnings.warn(f"the {what}'s report was not written: {exc}", stacklevel=2)
         return None
