@@ -347,6 +347,30 @@ def intermediate_table(rows: list[dict]) -> str:
     )
 
 
+def layer_table(rows: list[dict], epoch: int, key: str, fields: tuple[str, ...] = ()) -> str:
+    """Per variant, per layer (``key = "grad_norms"``: weight-gradient norm of each conv and
+    the head's linear layer) or per block (``"activation_stats"``: ``fields`` of each block's
+    output on the fixed probe images) at ``epoch`` (0 = first, -1 = last): mean ± std over seeds."""
+    groups_ = groups(finished(rows), activation_label)
+    sample = next(r["history"][epoch][key] for m in groups_.values() for r in m if r["history"])
+    names = [n for n in sample if key != "grad_norms" or n.endswith(".0") or n.startswith("head")]
+    short = {n: n.replace("backbone.blocks.", "conv ").replace(".0", "").replace("head.fc", "head") for n in names}
+    columns = [(short[n], f) for n in names for f in (fields or ("",))]
+    lines = [
+        "| variant | " + " | ".join(f"{c} {f}".strip() for c, f in columns) + " |",
+        "|" + " --- |" * (len(columns) + 1),
+    ]
+    for label, members in groups_.items():
+        cells = []
+        for n, f in columns:
+            vals = [r["history"][epoch][key][n] for r in members if r["history"]]
+            vals = [v[f] if f else v for v in vals]
+            digits = 4 if max(abs(v) for v in vals) >= 0.01 else 6
+            cells.append(spread(vals, 1, digits))
+        lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def head_cost_table(report: dict) -> str:
     """Median ms [min - max] of each head's forward + backward at each class count, and the
     median as a multiple of the linear layer alone (``linear``) at the same K."""
@@ -543,7 +567,17 @@ def main() -> None:
         FIGURES.mkdir(exist_ok=True)
         shutil.copyfile(bench.with_suffix(".png"), FIGURES / "head-cost.png")
     if "intermediate" in have:
-        fill(DOCS / "intermediate-softmax.md", {"intermediate": intermediate_table(have["intermediate"])})
+        rows = have["intermediate"]
+        fill(
+            DOCS.parent / "intermediate-softmax.md",
+            {
+                "intermediate": intermediate_table(rows),
+                "setup-intermediate": provenance(sweeps["intermediate"], rows),
+                "grad-first": layer_table(rows, 0, "grad_norms"),
+                "grad-last": layer_table(rows, -1, "grad_norms"),
+                "activations-last": layer_table(rows, -1, "activation_stats", ("mean", "std", "near_zero")),
+            },
+        )
 
 
 if __name__ == "__main__":
