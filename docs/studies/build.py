@@ -223,10 +223,12 @@ def double_softmax_finding(rows: list[dict]) -> str:
     gaps = [r["history"][-1]["train_loss"] - floor for r in double]
     acc = spread([number(r, "test.accuracy") for r in double], 100, 1)
     acc_plain = spread([number(r, "test.accuracy") for r in plain], 100, 1)
+    first = spread([r["history"][0]["train_loss"] for r in double])
     return (
-        f"K = {k} classes: the floor is ln(1 + {k - 1}/e) = {floor:.3f}; the double softmax ends training "
-        f"{spread(gaps)} above it (final training loss {spread([r['history'][-1]['train_loss'] for r in double])}), "
-        f"and reaches {acc} % test accuracy against {acc_plain} % for `softmax`. Chance is {100 / k:.1f} %."
+        f"K = {k} classes: the floor is ln(1 + {k - 1}/e) = {floor:.3f} and a uniform prediction scores "
+        f"ln K = {math.log(k):.3f}; the double softmax's training loss goes from {first} (first epoch) to "
+        f"{spread([r['history'][-1]['train_loss'] for r in double])} (last), {spread(gaps)} above the floor, "
+        f"and it reaches {acc} % test accuracy against {acc_plain} % for `softmax`. Chance is {100 / k:.1f} %."
     )
 
 
@@ -462,6 +464,7 @@ def plot_train_loss(rows_by_dataset: dict[str, list[dict]], path: Path) -> None:
                 ax.plot(epochs, [h["train_loss"] for h in r["history"]], color=colour, label=head if i == 0 else None)
         if k:
             ax.axhline(floor_loss(k), color="tab:red", ls="--", lw=1, label=f"ln(1 + (K-1)/e), K = {k}")
+            ax.axhline(math.log(k), color="grey", ls=":", lw=1, label="ln K (uniform guess)")
         ax.set(title=dataset, xlabel="epoch", ylabel="training loss")
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -470,36 +473,55 @@ def plot_train_loss(rows_by_dataset: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_gumbel(rows: list[dict], path: Path) -> None:
-    """Test accuracy against a constant tau (mean and std over seeds), and the annealed runs."""
+def plot_gumbel(rows: list[dict], path: Path, softmax: list[dict] | None = None) -> None:
+    """Test accuracy and ECE (before and after temperature scaling) against a constant tau,
+    mean and std over seeds; the annealed runs at their starting tau; softmax's accuracy
+    (same setup) as a reference band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, (acc_ax, ece_ax) = plt.subplots(1, 2, figsize=(9, 3.4))
+
+    def points(members: list[dict], key: str, scale: float = 100) -> tuple[float, float]:
+        vals = [number(r, key) * scale for r in members]
+        return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
     const = groups([r for r in finished(rows) if r.get("head.tau_schedule") != "exponential"], gumbel_label)
+    annealed = groups([r for r in finished(rows) if r.get("head.tau_schedule") == "exponential"], gumbel_label)
     taus = [float(t) for t in const]
-    means = [statistics.fmean(number(r, "test.accuracy") * 100 for r in m) for m in const.values()]
-    stds = [
-        statistics.stdev([number(r, "test.accuracy") * 100 for r in m]) if len(m) > 1 else 0 for m in const.values()
-    ]
-    ax.errorbar(taus, means, yerr=stds, marker="o", capsize=3, color="tab:blue", label="constant tau")
-    for label, members in groups(
-        [r for r in finished(rows) if r.get("head.tau_schedule") == "exponential"], gumbel_label
-    ).items():
-        accs = [number(r, "test.accuracy") * 100 for r in members]
+    for ax, key, colour, label in (
+        (acc_ax, "test.accuracy", "tab:blue", "constant tau"),
+        (ece_ax, "test.ece", "tab:red", "ECE, constant tau"),
+        (ece_ax, "test.ece_after_temperature", "tab:green", "ECE after T, constant tau"),
+    ):
+        stats = [points(m, key) for m in const.values()]
         ax.errorbar(
-            [float(members[0]["head.tau"])],
-            [statistics.fmean(accs)],
-            yerr=[statistics.stdev(accs) if len(accs) > 1 else 0],
-            marker="s",
-            capsize=3,
-            color="tab:orange",
-            label=f"annealed {label.split(' (')[0]}",
+            taus, [m for m, _ in stats], yerr=[e for _, e in stats], marker="o", capsize=3, color=colour, label=label
         )
-    ax.set(xscale="log", xlabel="tau", ylabel="test accuracy %", title="Gumbel-softmax head, Intel 32 px")
-    ax.legend(fontsize=8)
+        for name, members in annealed.items():
+            m, e = points(members, key)
+            tau0 = float(members[0]["head.tau"])
+            ax.errorbar(
+                [tau0],
+                [m],
+                yerr=[e],
+                marker="s",
+                capsize=3,
+                color=colour,
+                mfc="white",
+                label=f"annealed {name.split(' (')[0]}",
+            )
+    if softmax:
+        m, e = points(softmax, "test.accuracy")
+        acc_ax.axhspan(m - e, m + e, color="grey", alpha=0.25, label="softmax head (mean ± std)")
+    acc_ax.set(xscale="log", xlabel="tau", ylabel="test accuracy %", ylim=(50, 90), title="accuracy")
+    ece_ax.set(xscale="log", xlabel="tau", ylabel="ECE %", title="calibration")
+    for ax in (acc_ax, ece_ax):
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Gumbel-softmax head on the Intel scenes (32 px, 8 epochs, 3 seeds)", fontsize=10)
     fig.tight_layout()
     FIGURES.mkdir(exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -544,9 +566,11 @@ def main() -> None:
     if "gumbel-tau-intel" in have:
         heads["gumbel-tau"] = gumbel_table(have["gumbel-tau-intel"])
         heads["setup-gumbel"] = provenance(sweeps["gumbel-tau-intel"], have["gumbel-tau-intel"])
-        plot_gumbel(have["gumbel-tau-intel"], FIGURES / "gumbel-tau.png")
+        softmax = [r for r in finished(have.get("output-heads-intel", [])) if r["head.name"] == "softmax"]
+        plot_gumbel(have["gumbel-tau-intel"], FIGURES / "gumbel-tau.png", softmax)
     if "many-classes" in have:
         heads["many-classes"] = many_classes_table(have["many-classes"])
+        heads["double-softmax-many"] = double_softmax_finding(have["many-classes"])
         heads["setup-many-classes"] = provenance(sweeps["many-classes"], have["many-classes"])
         curves["shapes, 100 classes"] = have["many-classes"]
     if curves:
