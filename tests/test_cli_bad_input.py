@@ -181,8 +181,12 @@ CASES: list[Case] = [
     # --- data -----------------------------------------------------------------------------
     ("npz missing", lambda c: npz_run(c, c.tmp / "none.npz"), "does not exist"),
     ("npz empty file", lambda c: npz_run(c, c.write("e.npz", "")), "not a readable .npz"),
-    ("npz corrupt", lambda c: npz_run(c, c.write("c.npz", "PK\x03\x04 garbage")), ".npz"),
-    ("npz mismatched arrays", lambda c: npz_run(c, c.npz(y=np.arange(39) % 4)), "(40,)"),
+    ("npz corrupt", lambda c: npz_run(c, c.write("c.npz", "PK\x03\x04 garbage")), "not a readable .npz"),
+    (
+        "npz mismatched arrays",
+        lambda c: npz_run(c, c.npz(y=np.arange(39) % 4)),
+        "labels of shape (40,), got int64 (39,)",
+    ),
     (
         "npz NaN pixels",
         lambda c: npz_run(c, c.npz(x=nan_images())),
@@ -193,7 +197,8 @@ CASES: list[Case] = [
     ("npz without labels", lambda c: npz_run(c, c.npz(y=None)), "no array 'y'"),
     ("npz one class", lambda c: npz_run(c, c.npz(y=np.zeros(40, np.int64))), "single class"),
     ("npz no images", lambda c: npz_run(c, c.npz(n=0)), "no images"),
-    ("npz negative labels", lambda c: npz_run(c, c.npz(y=np.arange(40) % 4 - 1)), "labels"),
+    ("npz no float images", lambda c: npz_run(c, c.npz(n=0, x=np.zeros((0, 16, 16, 3), np.float32))), "no images"),
+    ("npz negative labels", lambda c: npz_run(c, c.npz(y=np.arange(40) % 4 - 1)), "labels outside 0..2"),
     (
         "image folder missing",
         lambda c: [
@@ -232,7 +237,7 @@ CASES: list[Case] = [
             "--out",
             str(c.tmp),
         ],
-        "cifar",
+        "no list of class names",
     ),
     ("unknown dataset spec", lambda c: ["evaluate", str(c.run()), "--data", "mnist"], "unknown dataset spec"),
     ("spec without path", lambda c: ["evaluate", str(c.run()), "--data", "npz"], "needs a path"),
@@ -250,9 +255,17 @@ CASES: list[Case] = [
     ),
     ("run output is a file", lambda c: ["run", *sets(), "--out", str(c.write("f", "x"))], "is a file"),
     ("evaluate without weights", lambda c: ["evaluate", str(no_weights(c)), "--data", "shapes"], "model.pt"),
-    ("evaluate wrong architecture", lambda c: ["evaluate", str(wrong_architecture(c)), "--data", "shapes"], "shape"),
-    ("evaluate foreign pickle weights", lambda c: ["evaluate", str(foreign_weights(c)), "--data", "shapes"], "not"),
-    ("predict a non-image", lambda c: ["predict", str(c.run()), str(c.write("x.jpg", "text"))], "x.jpg"),
+    (
+        "evaluate wrong architecture",
+        lambda c: ["evaluate", str(wrong_architecture(c)), "--data", "shapes"],
+        "shapes differ",
+    ),
+    (
+        "evaluate foreign pickle weights",
+        lambda c: ["evaluate", str(foreign_weights(c)), "--data", "shapes"],
+        "was not loaded",
+    ),
+    ("predict a non-image", lambda c: ["predict", str(c.run()), str(c.write("x.jpg", "text"))], "as an image"),
     ("predict a missing image", lambda c: ["predict", str(c.run()), str(c.tmp / "none.png")], "none.png"),
     ("report of no runs", lambda c: ["report", str(c.tmp)], "holds no runs"),
     ("sweep without a sweep section", lambda c: ["sweep", str(sweep_file(c, None))], "no 'sweep:' section"),
@@ -383,6 +396,26 @@ def test_disk_full_at_a_checkpoint_exits_2_and_the_run_continues_later(tmp_path,
     assert again.exit_code == 0, again.output
     epochs = [json.loads(line)["epoch"] for line in (out / runs.METRICS).read_text().splitlines()]
     assert epochs == [1, 2, 3]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name open files")
+def test_disk_full_writing_the_weights_exits_2(tmp_path, monkeypatch):
+    # torch.save would turn the failed write into a RuntimeError: the weights are serialised first.
+    out = tmp_path / "run"
+    _fail_fsync_of(monkeypatch, f".{runs.WEIGHTS}.", after=1)
+    result = runner.invoke(app, ["run", *sets(), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and runs.WEIGHTS in errors[0] and "the disk is full" in errors[0]
+    assert not list(out.glob(".*.tmp")) and not (out / runs.WEIGHTS).exists()
+
+
+def test_other_permission_errors_are_named_neutrally():
+    from softmaxlab.errors import access_error
+
+    error = access_error(PermissionError(errno.EACCES, "Permission denied", "/data/x.yaml"))
+    assert str(error) == "cannot access '/data/x.yaml': Permission denied; check the path's permissions and free space"
+    assert access_error(OSError(errno.EIO, "I/O error")) is None  # not bad input: a bug report
 
 
 def test_disk_full_writing_a_file_keeps_the_old_one(tmp_path, monkeypatch):

@@ -256,8 +256,9 @@ def test_submitit_local_executor_trains_every_run_as_a_job(tmp_path):
     assert result.exit_code == 0, result.output
     rows = read_csv(out / sweep.RESULTS_FILE)
     assert [r["status"] for r in rows] == ["finished", "finished"], rows
-    jobs = json.loads((out / sweep.JOBS_FILE).read_text())
-    assert sorted(jobs) == ["head-log_softmax", "head-softmax"]
+    record = json.loads((out / sweep.JOBS_FILE).read_text())
+    jobs = record["jobs"]
+    assert record["cluster"] == "local" and sorted(jobs) == ["head-log_softmax", "head-softmax"]
     # Each job ran in its own process, whose log submitit kept under <sweep>/submitit/<job id>/.
     for job_id in jobs.values():
         assert list((out / "submitit" / job_id).glob("*_log.out")), job_id
@@ -268,7 +269,7 @@ def test_submitit_local_executor_trains_every_run_as_a_job(tmp_path):
         app, ["sweep", str(path), "--out", str(out), "--launcher", "submitit", "--cluster", "local"]
     )
     assert again.exit_code == 0, again.output
-    assert json.loads((out / sweep.JOBS_FILE).read_text()) == jobs  # nothing submitted again
+    assert json.loads((out / sweep.JOBS_FILE).read_text())["jobs"] == jobs  # nothing submitted again
 
 
 def test_submitit_refuses_a_run_still_in_an_earlier_job(tmp_path):
@@ -277,10 +278,53 @@ def test_submitit_refuses_a_run_still_in_an_earlier_job(tmp_path):
     base, spec = sweep.load_sweep(path)
     sweep.prepare_sweep_dir(out, base, spec)
     # An earlier sweep command submitted the run as local job <this process id>, still alive.
-    (out / sweep.JOBS_FILE).write_text(json.dumps({"seed-0": str(os.getpid())}))
-    with pytest.raises(UserError, match=f"still in job {os.getpid()}.*scancel"):
-        sweep.run_sweep(path, out, launcher="submitit", cluster="local")
-    assert not (out / sweep.RUNS_DIR).exists()
+    (out / sweep.JOBS_FILE).write_text(json.dumps({"cluster": "local", "jobs": {"seed-0": str(os.getpid())}}))
+    for launcher, overwrite in (("submitit", False), ("local", False), ("local", True)):
+        with pytest.raises(UserError, match=f"still in job {os.getpid()}.*scancel"):
+            sweep.run_sweep(path, out, launcher=launcher, cluster="local", overwrite=overwrite)
+    assert not (out / sweep.RUNS_DIR).exists() and (out / sweep.JOBS_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    ("state", "refused"),
+    [
+        ("RUNNING", True),
+        ("PENDING", True),
+        ("PREEMPTED", True),
+        ("UNKNOWN", True),
+        ("REQUEUED", True),
+        ("COMPLETED", False),
+        ("CANCELLED", False),
+        ("TIMEOUT", False),
+        ("FAILED", False),
+    ],
+)
+def test_slurm_jobs_count_as_running_unless_their_state_is_an_end(tmp_path, monkeypatch, state, refused):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / sweep.JOBS_FILE).write_text(json.dumps({"cluster": "slurm", "jobs": {"a": "101", "b": "102"}}))
+    (out / sweep.RUNS_DIR / "b").mkdir(parents=True)
+    (out / sweep.RUNS_DIR / "b" / "summary.json").write_text("{}")  # finished: its job is not asked about
+    asked = []
+    monkeypatch.setattr(sweep, "_slurm_states", lambda folder, ids: asked.extend(ids) or dict.fromkeys(ids, state))
+    if refused:
+        with pytest.raises(UserError, match=f"job 101 \\({state}\\)"):
+            sweep._check_no_job_in_flight(out)
+    else:
+        sweep._check_no_job_in_flight(out)
+    assert asked == ["101"]
+
+
+def test_a_refused_first_submission_is_a_user_error(tmp_path, monkeypatch):
+    submitit = pytest.importorskip("submitit")
+
+    def refuse(self, fn, *args, **kwargs):
+        raise RuntimeError("sbatch: error: invalid partition specified: gpu")
+
+    monkeypatch.setattr(submitit.AutoExecutor, "submit", refuse)
+    path = write_sweep(tmp_path / "s.yaml", {"train.seed": [0, 1]})
+    with pytest.raises(UserError, match="submitting run 'seed-0' failed: sbatch: error: invalid partition"):
+        sweep.run_sweep(path, tmp_path / "out", launcher="submitit", cluster="local")
 
 
 def test_submitit_bad_settings_are_user_errors(tmp_path, monkeypatch):
@@ -290,6 +334,10 @@ def test_submitit_bad_settings_are_user_errors(tmp_path, monkeypatch):
     raw["sweep"]["submitit"] = {"slurm_partiton": "gpu"}
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(UserError, match=r"submitit rejected the launcher settings.*slurm_partiton"):
+        sweep.run_sweep(path, tmp_path / "out", launcher="submitit", cluster="local")
+    raw["sweep"]["submitit"] = {"timeout_min": "60"}  # submitit checks types with assert
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match="submitit rejected the launcher settings"):
         sweep.run_sweep(path, tmp_path / "out", launcher="submitit", cluster="local")
     with pytest.raises(UserError, match="unknown launcher 'ray'"):
         sweep.run_sweep(path, tmp_path / "out", launcher="ray")

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from softmaxlab.errors import DivergedError, UserError, write_error
+from softmaxlab.errors import DivergedError, UserError, access_error
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
 
@@ -57,9 +57,10 @@ def _exit_codes(command: F) -> F:
             err_console.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except OSError as exc:
-            # A write outside the library's atomic writers (a cache, a plot): full disk or
-            # unwritable place is bad input too; any other OSError stays a bug (exit 1).
-            error = write_error(exc, exc.filename or "a file")
+            # Outside the library's atomic writers (which name the file they write): a full
+            # disk or a path without permission is bad input too; any other OSError stays a
+            # bug (exit 1).
+            error = access_error(exc)
             if error is None:
                 raise
             err_console.print(f"error: {error}", highlight=False, soft_wrap=True, markup=False)
@@ -269,7 +270,7 @@ def sweep_cmd(
         str, typer.Option(help="Where runs train: local (processes here) or submitit (Slurm jobs; sweep.submitit).")
     ] = "local",
     cluster: Annotated[
-        str | None, typer.Option(help="submitit cluster: slurm, local or debug (default: slurm where sbatch exists).")
+        str | None, typer.Option(help="submitit cluster: slurm, local or debug (default: slurm where srun is on PATH).")
     ] = None,
 ) -> None:
     """Train a grid of runs (resumable: a rerun trains only what is missing) -> results.csv, aggregate.csv, report."""

@@ -38,3 +38,13 @@ def write_error(exc: OSError, path: str | Path) -> UserError | None:
         f"cannot write {str(path)!r}: {what} ({exc.strerror}); nothing was half-written: free space or "
         "choose another --out, then run the same command again"
     )
+
+
+def access_error(exc: OSError) -> UserError | None:
+    """A neutral :class:`UserError` for an OSError raised outside the atomic writers (a read
+    or a write of a cache): ``cannot access PATH: strerror``, for the errnos of
+    :data:`WRITE_ERRNOS`; None for others."""
+    if exc.errno not in WRITE_ERRNOS:
+        return None
+    where = f" {str(exc.filename)!r}" if exc.filename else ""
+    return UserError(f"cannot access{where}: {exc.strerror or exc}; check the path's permissions and free space")

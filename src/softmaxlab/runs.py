@@ -125,8 +125,13 @@ def atomic_write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
 
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
-    """``torch.save`` atomically."""
-    _atomic(Path(path), lambda f: torch.save(obj, f))
+    """``torch.save`` atomically. The payload is serialised in memory first: torch's writer
+    turns a failed file write (a full disk) into a RuntimeError, which would hide the OSError."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -204,8 +209,10 @@ def load_weights(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{str(path)!r} does not exist; is {str(run_dir)!r} a finished softmaxlab run directory?")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and torch errors all mean "not our file"
+        payload = safe_load(path)  # a foreign pickle payload: refused, never executed
+    except (UserError, OSError):
+        raise
+    except Exception as exc:  # zip and torch errors mean "not our file"
         raise UserError(
             f"{str(path)!r} cannot be read ({type(exc).__name__}); it is corrupt or not a weights file"
         ) from None
@@ -290,7 +297,7 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
             continue
         try:
             payload = safe_load(path)
-        except UserError:
+        except (UserError, OSError):  # a foreign pickle; a file that cannot be opened is not corrupt
             raise
         except Exception:  # truncated or corrupt: fall back to the previous checkpoint
             unreadable.append(name)

@@ -37,6 +37,7 @@ import os
 import re
 import shutil
 import statistics
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -442,7 +443,7 @@ def run_sweep(
     ``workers`` runs train at a time. ``launcher="local"``: each in its own (spawned)
     process with ``max(1, cores // workers)`` torch threads. ``launcher="submitit"``: each
     as a job of the submitit package (``pip install 'softmaxlab[submitit]'``) on
-    ``cluster`` (``slurm``, ``local``, ``debug``; None: Slurm where ``sbatch`` exists, else
+    ``cluster`` (``slurm``, ``local``, ``debug``; None: Slurm where ``srun`` is on PATH, else
     local) with the ``sweep.submitit`` parameters; job logs go to ``<sweep>/submitit/``.
     Finished and diverged runs already in the directory are skipped, interrupted ones
     continue from their last checkpoint, missing ones start; a failed or diverged run is
@@ -463,10 +464,12 @@ def run_sweep(
     executor = None
     if launcher == "submitit":
         _check_submitit(spec, cluster, base.name or out.name)
+    # Before anything is removed or trained (--overwrite included, any launcher): a run that a
+    # job of an earlier command still trains must not get a second writer.
+    _check_no_job_in_flight(out)
     prepare_sweep_dir(out, base, spec, overwrite)
     if launcher == "submitit":
         executor = _submitit_executor(out / "submitit", spec, cluster, base.name or out.name)
-        _check_no_job_in_flight(out, executor)
     progress = progress or SweepProgress()
     outcome: dict[str, tuple[str, str | None]] = {}
     for run in plan:
@@ -553,7 +556,7 @@ def _submitit_executor(folder: Path, spec: SweepSpec, cluster: str | None, name:
     try:
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
         executor.update_parameters(**{"name": name, **spec.submitit})
-    except (ValueError, TypeError, NameError, RuntimeError) as exc:
+    except (ValueError, TypeError, NameError, RuntimeError, AssertionError) as exc:  # submitit asserts types
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
             f"submitit rejected the launcher settings ({line}); check sweep.submitit and --cluster"
@@ -567,42 +570,79 @@ def _check_submitit(spec: SweepSpec, cluster: str | None, name: str) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        _submitit_executor(Path(tmp), spec, cluster, name)
+        executor = _submitit_executor(Path(tmp), spec, cluster, name)
+    if cluster is None and executor.cluster == "local":
+        warnings.warn(
+            "no Slurm found (srun is not on PATH): the jobs run on this machine; pass --cluster local to say so",
+            stacklevel=3,
+        )
 
 
-def _read_jobs(out: Path) -> dict[str, str]:
+def _read_jobs(out: Path) -> tuple[str | None, dict[str, str]]:
+    """(cluster, {run name: job id}) of the jobs an earlier command submitted."""
     try:
-        jobs = json.loads((out / JOBS_FILE).read_text(encoding="utf-8"))
+        record = json.loads((out / JOBS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {}
-    return jobs if isinstance(jobs, dict) else {}
+        return None, {}
+    if not isinstance(record, dict) or not isinstance(record.get("jobs"), dict):
+        return None, {}
+    return record.get("cluster"), {str(k): str(v) for k, v in record["jobs"].items()}
 
 
-def _job_in_flight(executor: Any, job_id: str) -> bool:
-    """Whether the job ``job_id`` of an earlier sweep command is still queued or running."""
-    if executor.cluster == "slurm":
-        import submitit
+#: Slurm job states after which the job no longer runs (sacct's names; anything else,
+#: UNKNOWN included, counts as possibly running).
+SLURM_ENDED = frozenset(
+    {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+)
 
-        state = submitit.SlurmJob(executor.folder, job_id).state.upper()
-        return state.split()[0] in {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED"}
-    if executor.cluster == "local" and job_id.isdigit():
-        try:  # local job ids are process ids
-            os.kill(int(job_id), 0)
-        except OSError:
-            return False
+
+def _slurm_states(folder: Path, job_ids: list[str]) -> dict[str, str]:
+    """The Slurm state of each job (one sacct query for all of them, through submitit)."""
+    import submitit
+
+    jobs = [submitit.SlurmJob(folder, job_id) for job_id in job_ids]
+    return {job.job_id: str(job.state).split()[0].upper() if job.state else "UNKNOWN" for job in jobs}
+
+
+def _pid_alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but belongs to someone else
         return True
-    return False
+    return True
 
 
-def _check_no_job_in_flight(out: Path, executor: Any) -> None:
-    """Refuse to submit a run again while a job from an earlier, killed sweep command still
-    trains it: two jobs would write one run directory."""
-    for name, job_id in _read_jobs(out).items():
-        if not is_finished(out / RUNS_DIR / name) and _job_in_flight(executor, str(job_id)):
-            raise UserError(
-                f"run {name!r} is still in job {job_id} submitted by an earlier sweep command; wait for it to end "
-                "or cancel it (scancel), then run the same command again"
-            )
+def _check_no_job_in_flight(out: Path) -> None:
+    """Refuse (UserError) while a run that is not finished is in a job of an earlier sweep
+    command that may still run: two jobs would write one run directory. Slurm jobs count as
+    running unless their state is a known end (:data:`SLURM_ENDED`); local jobs while their
+    process lives."""
+    cluster, jobs = _read_jobs(out)
+    open_jobs = {name: job for name, job in jobs.items() if not is_finished(out / RUNS_DIR / name)}
+    if not open_jobs:
+        return
+    if cluster == "slurm":
+        try:
+            states = _slurm_states(out / "submitit", list(open_jobs.values()))
+        except ImportError:
+            states = {job: "UNKNOWN (submitit is not installed)" for job in open_jobs.values()}
+        running = {name: job for name, job in open_jobs.items() if states.get(job, "UNKNOWN") not in SLURM_ENDED}
+        why = {name: states.get(job, "UNKNOWN") for name, job in running.items()}
+    elif cluster == "local":
+        running = {name: job for name, job in open_jobs.items() if _pid_alive(job)}
+        why = dict.fromkeys(running, "its process is alive")
+    else:
+        return
+    if running:
+        name = next(iter(running))
+        raise UserError(
+            f"run {name!r} is still in job {running[name]} ({why[name]}) submitted by an earlier sweep command "
+            f"({len(running)} such run(s)); wait for it to end or cancel it (scancel), then run the same command again"
+        )
 
 
 def _run_submitit(
@@ -620,15 +660,25 @@ def _run_submitit(
 
     poll = poll_seconds if poll_seconds is not None else (15.0 if executor.cluster == "slurm" else 0.5)
     pending, running = list(todo), {}
-    jobs = _read_jobs(out)
+    _, jobs = _read_jobs(out)
+    submitted = 0
     try:
         while pending or running:
             while pending and len(running) < workers:
                 run = pending.pop(0)
-                job = executor.submit(_train_run, run.config.to_dict(), str(out / RUNS_DIR / run.name))
+                try:
+                    job = executor.submit(_train_run, run.config.to_dict(), str(out / RUNS_DIR / run.name))
+                except Exception as exc:  # sbatch refused: a bad partition, a job limit, a busy scheduler
+                    line = " ".join(str(exc).split())[:300] or type(exc).__name__
+                    if submitted == 0 and not running:
+                        raise UserError(f"submitting run {run.name!r} failed: {line}; check sweep.submitit") from None
+                    record(run.name, "failed", f"submission failed: {line}")
+                    continue
+                submitted += 1
                 running[job] = run.name
                 jobs[run.name] = str(job.job_id)
-                atomic_write_text(out / JOBS_FILE, json.dumps(jobs, indent=1) + "\n")
+                record_text = json.dumps({"cluster": executor.cluster, "jobs": jobs}, indent=1) + "\n"
+                atomic_write_text(out / JOBS_FILE, record_text)
             update(len(running))
             finished = [job for job in running if job.done()]
             if not finished:

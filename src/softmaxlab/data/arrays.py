@@ -45,7 +45,7 @@ def _images(arrays: dict[str, np.ndarray], key: str, where: str) -> np.ndarray:
             f"array {key!r} in {where} must be uint8 (or float) images of shape (N, H, W, C), got {x.dtype} {x.shape}"
         )
     if x.dtype.kind == "f":
-        finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+        finite = np.isfinite(x).all(axis=tuple(range(1, x.ndim)))  # per image; N may be 0
         if not finite.all():
             bad = np.flatnonzero(~finite)
             raise UserError(

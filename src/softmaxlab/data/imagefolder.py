@@ -213,9 +213,9 @@ def _read_cache(folder: Path, key: str, n: int, image_size: int) -> tuple[np.nda
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from softmaxlab.runs import atomic_write_text  # temporary file removed on any failure
+
+    atomic_write_text(path, text)
 
 
 def _prune(folder: Path, root: Path, image_size: int, keep: str) -> None:
