@@ -277,7 +277,10 @@ def safe_load(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc) and "Weights only" not in str(exc):
+        # torch's safe unpickler says "Weights only load failed" for every failure; a file
+        # that names a global (a class or function to call) is a foreign payload, anything
+        # else (an unknown opcode: bytes that are no pickle at all) is a corrupt file.
+        if "GLOBAL" not in str(exc) and "global" not in str(exc):
             raise
         raise UserError(
             f"{str(path)!r} holds code or objects other than tensors and plain values and was not loaded; "
