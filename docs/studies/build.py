@@ -590,7 +590,7 @@ def main() -> None:
         )
         FIGURES.mkdir(exist_ok=True)
         shutil.copyfile(bench.with_suffix(".png"), FIGURES / "head-cost.png")
-    if "intermediate" in have:
+    if "intermediate" in have and all(r["status"] != "pending" for r in have["intermediate"]):
         rows = have["intermediate"]
         fill(
             DOCS.parent / "intermediate-softmax.md",
