@@ -1,64 +1,63 @@
 """Run the intermediate-softmax study and draw its figures.
 
-    python docs/intermediate_softmax_study.py run [VARIANT ...]  # all (or the named) variants x seeds
-    python docs/intermediate_softmax_study.py                    # run everything, then plot
-    python docs/intermediate_softmax_study.py plot               # figures from runs/intermediate-softmax/*/
+    python docs/intermediate_softmax_study.py run    # the sweep: 9 variants x 3 seeds (resumable)
+    python docs/intermediate_softmax_study.py plot   # figures from runs/intermediate-softmax-study/
+    python docs/intermediate_softmax_study.py        # both
 
-Run from the repository root; see docs/intermediate-softmax.md.
+Run from the repository root; see docs/intermediate-softmax.md. ``run`` is
+``softmaxlab sweep configs/studies/intermediate-softmax.yaml --workers 2``; the tables of the
+doc come from ``python docs/studies/build.py``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-CONFIG = "configs/intermediate-softmax.yaml"
-RUNS = Path("runs/intermediate-softmax")
+CONFIG = "configs/studies/intermediate-softmax.yaml"
+SWEEP = Path("runs/intermediate-softmax-study")
 FIGURES = Path("docs/figures")
-SEEDS = (0, 1)
-# variant name -> --set overrides on top of the config.
-VARIANTS: dict[str, list[str]] = {
-    "relu": ["model.activation=relu"],
-    "softmax_h": ["model.activation=softmax_h"],
-    "softmax_w": ["model.activation=softmax_w"],
-    "softmax_hw": ["model.activation=softmax_hw"],
-    "softmax_hw-rescale": ["model.activation=softmax_hw", "model.softmax_rescale=true"],
-    "softmax_hw-last": ["model.activation=softmax_hw", "model.softmax_blocks=[2]"],
-    # Added after the first 12 runs: the spatial softmax everywhere except the last block.
-    "softmax_hw-first2": ["model.activation=softmax_hw", "model.softmax_blocks=[0,1]"],
-}
 
 
-def run_all(names: list[str]) -> None:
-    """Train the variants ``names`` (all when empty) for every seed; seeds outermost so that a
-    study cut short still covers every variant."""
-    unknown = sorted(set(names) - set(VARIANTS))
-    if unknown:
-        sys.exit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
-    start = time.perf_counter()
-    for seed in SEEDS:
-        for variant, overrides in VARIANTS.items():
-            if names and variant not in names:
-                continue
-            out = RUNS / f"{variant}-seed{seed}"
-            sets = [*overrides, f"train.seed={seed}", f"name={variant}-seed{seed}"]
-            cmd = ["softmaxlab", "run", CONFIG, *(a for s in sets for a in ("--set", s)), "--out", str(out)]
-            cmd.append("--overwrite")
-            print(" ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True)
-    print(f"all runs: {time.perf_counter() - start:.0f} s wall", flush=True)
+def variant_of(row: dict) -> str:
+    """The short variant name of a results.csv row (the names used in the figures)."""
+    name = row["model.activation"]
+    if row.get("model.softmax_rescale") == "true":
+        name += "-rescale"
+    if row.get("model.learn_activation_temperature") == "true":
+        name += "-learnT"
+    blocks = row.get("model.softmax_blocks")
+    if blocks:
+        name += {"[2]": "-last", "[0, 1]": "-first2"}.get(blocks, f"-{blocks}")  # results.csv holds JSON
+    return name
+
+
+def _runs() -> dict[str, list[Path]]:
+    """Variant -> the directories of its finished runs."""
+    with open(SWEEP / "results.csv", newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["status"] == "finished"]
+    out: dict[str, list[Path]] = {}
+    for row in rows:
+        out.setdefault(variant_of(row), []).append(SWEEP / "runs" / row["run"])
+    return out
+
+
+def run_all() -> None:
+    cmd = ["softmaxlab", "sweep", CONFIG, "--workers", "2"]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
 
 
 def main(argv: list[str]) -> None:
     what = argv[0] if argv else "all"
     if what in ("run", "all"):
-        run_all(argv[1:])
+        run_all()
     if what in ("plot", "all"):
         plot_all()
 
@@ -72,25 +71,19 @@ COLOURS = {
     "softmax_w": "tab:cyan",
     "softmax_hw": "tab:red",
     "softmax_hw-rescale": "tab:green",
+    "softmax_hw-learnT": "tab:olive",
     "softmax_hw-last": "tab:orange",
     "softmax_hw-first2": "tab:purple",
+    "softmax_c": "tab:brown",
 }
 
 
 def load_records(variant: str) -> list[list[dict]]:
-    """The metrics.jsonl records of each seed's run of ``variant`` that exists (one list per seed)."""
-    out = []
-    for seed in SEEDS:
-        path = RUNS / f"{variant}-seed{seed}" / "metrics.jsonl"
-        if path.is_file():
-            out.append([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
-    return out
-
-
-def load_summary(variant: str) -> list[dict]:
-    """The summary.json of each seed's finished run of ``variant``."""
-    paths = (RUNS / f"{variant}-seed{seed}" / "summary.json" for seed in SEEDS)
-    return [json.loads(p.read_text()) for p in paths if p.is_file()]
+    """The metrics.jsonl records of each finished run of ``variant`` (one list per seed)."""
+    return [
+        [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        for d in _runs().get(variant, [])
+    ]
 
 
 def plot_curves(fig) -> None:
@@ -122,7 +115,14 @@ def plot_grad_norms(fig) -> None:
     """
     axes = fig.subplots(1, 2, sharey=True)
     for ax, which in zip(axes, ("first", "last"), strict=True):
-        for variant in ("relu", "softmax_hw", "softmax_hw-rescale", "softmax_hw-last", "softmax_hw-first2"):
+        for variant in (
+            "relu",
+            "softmax_hw",
+            "softmax_hw-rescale",
+            "softmax_hw-learnT",
+            "softmax_hw-last",
+            "softmax_c",
+        ):
             runs = load_records(variant)
             if not runs:
                 continue
@@ -181,30 +181,13 @@ def plot_all() -> None:
         fig = Figure(figsize=size, layout="constrained")
         draw(fig)
         print("wrote", save_png(fig, FIGURES / f"intermediate-softmax-{name}.png"))
+    runs = _runs()
     for variant in ("relu", "softmax_hw", "softmax_hw-rescale"):
-        src = RUNS / f"{variant}-seed0" / "figures" / "feature_maps.png"
-        if src.is_file():
+        if runs.get(variant):
+            src = sorted(runs[variant])[0] / "figures" / "feature_maps.png"
             dst = FIGURES / f"intermediate-softmax-feature-maps-{variant}.png"
             shutil.copyfile(src, dst)
             print("wrote", dst)
-    print_table()
-
-
-def print_table() -> None:
-    """The results table of docs/intermediate-softmax.md: test accuracy, mean +- std over seeds."""
-    print("| variant | seeds | test accuracy (mean ± std) | per seed | val acc by epoch (mean) |")
-    print("| --- | --- | --- | --- | --- |")
-    for variant in COLOURS:
-        summaries, runs = load_summary(variant), load_records(variant)
-        if not summaries:
-            continue
-        acc = np.array([s["test"]["accuracy"] for s in summaries])
-        std = acc.std(ddof=1) if len(acc) > 1 else float("nan")
-        n = min(len(r) for r in runs)
-        val = np.array([[rec["val_acc"] for rec in r[:n]] for r in runs]).mean(0)
-        per_seed = ", ".join(f"{a:.3f}" for a in acc)
-        curve = " ".join(f"{v:.2f}" for v in val)
-        print(f"| {variant} | {len(acc)} | {acc.mean():.3f} ± {std:.3f} | {per_seed} | {curve} |")
 
 
 if __name__ == "__main__":

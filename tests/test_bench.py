@@ -100,3 +100,38 @@ def test_linear_baseline_is_the_layer_alone():
     assert soft["peak_bytes"] - base["peak_bytes"] >= 8 * 1000 * 4
     with pytest.raises(UserError, match="valid: linear, softmax"):
         bench.parse_heads("linaer")
+
+
+def test_heads_take_turns_so_a_drift_hits_every_head(monkeypatch):
+    """The timed steps of one class count go round the heads in rotated order, not head by head."""
+    calls = []
+    real = bench._Case.time_step
+
+    def record(self, i):
+        calls.append((i, self.row["head"]))
+        real(self, i)
+
+    monkeypatch.setattr(bench._Case, "time_step", record)
+    settings = bench.BenchSettings(batch=8, features=16, repeats=3)
+    names = [bench.BASELINE, "softmax", "log_softmax"]
+    rows = bench.bench_heads([10], heads=names, settings=settings)["results"]
+    assert [r["head"] for r in rows] == names and all(r["status"] == "ok" for r in rows)
+    assert calls == [
+        (0, "linear"), (0, "softmax"), (0, "log_softmax"),
+        (1, "softmax"), (1, "log_softmax"), (1, "linear"),
+        (2, "log_softmax"), (2, "linear"), (2, "softmax"),
+    ]  # fmt: skip
+
+
+def test_a_head_failing_mid_timing_is_skipped_and_the_others_finish(monkeypatch):
+    real = bench._Case.time_step
+
+    def flaky(self, i):
+        if self.row["head"] == "softmax" and i == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1 GiB")
+        real(self, i)
+
+    monkeypatch.setattr(bench._Case, "time_step", flaky)
+    rows = bench.bench_heads([10], heads=[bench.BASELINE, "softmax"], settings=bench.BenchSettings(8, 16, repeats=3))
+    base, soft = rows["results"]
+    assert base["status"] == "ok" and soft["status"] == "skipped" and "out of memory" in soft["note"]

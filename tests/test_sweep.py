@@ -195,15 +195,30 @@ def test_aggregate_csv_means_and_stds_over_seeds(tmp_path):
         assert agg["test.accuracy_n"] == "3" and agg["runs"] == "3"
 
 
+def test_aggregate_groups_list_values():
+    # Override values can be lists (model.softmax_blocks: [2]); they group by value.
+    rows = [{"blocks": [2], "acc": 0.5}, {"blocks": [0, 1], "acc": 0.8}, {"blocks": [2], "acc": 0.7}]
+    out = aggregate(rows, ["blocks"], {"acc": lambda r: r["acc"]})
+    assert [(r["blocks"], r["acc_n"]) for r in out] == [([2], 2), ([0, 1], 1)]
+    assert out[0]["acc_mean"] == pytest.approx(0.6)
+
+
 def test_aggregate_csv_of_variants_groups_by_every_variant_key(tmp_path):
-    variants = [{"head.name": "softmax"}, {"head.name": "gumbel", "head.tau": 2}]
+    variants = [{"head.name": "softmax"}, {"head.name": "gumbel", "head.tau": 2}, {"model.widths": [8, 8]}]
     path, out = write_sweep(tmp_path / "s.yaml", {"train.seed": [0, 1]}, variants=variants), tmp_path / "out"
     sweep.run_sweep(path, out)
     rows = read_csv(out / sweep.RESULTS_FILE)
-    assert [(r["head.name"], r["head.tau"]) for r in rows] == [("softmax", "")] * 2 + [("gumbel", "2")] * 2
+    assert [(r["head.name"], r["head.tau"], r["model.widths"]) for r in rows] == (
+        [("softmax", "", "")] * 2 + [("gumbel", "2", "")] * 2 + [("", "", "[8, 8]")] * 2
+    )
+    assert {r["status"] for r in rows} == {"finished"}
     table = read_csv(out / sweep.AGGREGATE_FILE)
-    assert [(r["head.name"], r["head.tau"], r["runs"]) for r in table] == [("softmax", "", "2"), ("gumbel", "2", "2")]
-    accs = [float(r["test.accuracy"]) for r in rows[2:]]
+    assert [(r["head.name"], r["head.tau"], r["model.widths"], r["runs"]) for r in table] == [
+        ("softmax", "", "", "2"),
+        ("gumbel", "2", "", "2"),
+        ("", "", "[8, 8]", "2"),
+    ]
+    accs = [float(r["test.accuracy"]) for r in rows[2:4]]
     assert float(table[1]["test.accuracy_mean"]) == pytest.approx(sum(accs) / 2, abs=1e-9)
 
 

@@ -228,7 +228,75 @@ def double_softmax_finding(rows: list[dict]) -> str:
         f"K = {k} classes: the floor is ln(1 + {k - 1}/e) = {floor:.3f} and a uniform prediction scores "
         f"ln K = {math.log(k):.3f}; the double softmax's training loss goes from {first} (first epoch) to "
         f"{spread([r['history'][-1]['train_loss'] for r in double])} (last), {spread(gaps)} above the floor, "
-        f"and it reaches {acc} % test accuracy against {acc_plain} % for `softmax`. Chance is {100 / k:.1f} %."
+        f"and it reaches {acc} % test accuracy against {acc_plain} % for `softmax`. Chance is {100 / k:.1f} %. "
+        f"Its mean confidence on the test split is {spread([mean_confidence(r) for r in double], 100, 1)} % "
+        f"(`softmax`: {spread([mean_confidence(r) for r in plain], 100, 1)} %) and its test NLL "
+        f"{spread([number(r, 'test.nll') for r in double])} "
+        f"(`softmax`: {spread([number(r, 'test.nll') for r in plain])})."
+    )
+
+
+def mean_confidence(row: dict) -> float | None:
+    """Mean top-1 probability over the test split, from the reliability bins of the summary."""
+    rel = row.get("reliability")
+    if not rel:
+        return None
+    pairs = [(n, c) for n, c in zip(rel["count"], rel["confidence"], strict=True) if n and c is not None]
+    total = sum(n for n, _ in pairs)
+    return sum(n * c for n, c in pairs) / total if total else None
+
+
+def hierarchical_finding(sweep_dir: Path, rows: list[dict], top: int = 5) -> str:
+    """The hierarchical head's groups (contiguous label ids, as the head builds them when the
+    data has no coarse labels) against the class pairs that `softmax` confuses most (its
+    test confusion matrices summed over seeds, both directions)."""
+    from softmaxlab.heads.hierarchical import balanced_groups
+
+    plain = [r for r in finished(rows) if r["head.name"] == "softmax"]
+    if not plain or not any(r["head.name"] == "hierarchical" for r in finished(rows)):
+        return "(not run yet)"
+    summaries = [json.loads((sweep_dir / "runs" / r["run"] / "summary.json").read_text()) for r in plain]
+    classes = summaries[0]["classes"]
+    k = len(classes)
+    total = [[sum(s["test"]["confusion_matrix"][i][j] for s in summaries) for j in range(k)] for i in range(k)]
+    pairs = sorted(((total[i][j] + total[j][i], i, j) for i in range(k) for j in range(i + 1, k)), reverse=True)[:top]
+    group_of = balanced_groups(k).tolist()
+    members = groups(list(range(k)), lambda c: group_of[c])
+    split = [(n, i, j) for n, i, j in pairs if group_of[i] != group_of[j]]
+    every = k * (k - 1) // 2
+    apart = sum(group_of[i] != group_of[j] for i in range(k) for j in range(i + 1, k))
+    errors = sum(n for n, _, _ in pairs)
+    return (
+        f"groups {', '.join('{' + ', '.join(classes[c] for c in m) + '}' for m in members.values())}; "
+        f"{len(split)} of the {len(pairs)} class pairs `softmax` confuses most ({len(plain)} seeds, test errors both "
+        f"ways) are split across groups: "
+        + ", ".join(
+            f"{classes[i]}/{classes[j]} ({n}{'' if group_of[i] != group_of[j] else ', same group'})"
+            for n, i, j in pairs
+        )
+        + f"; the split pairs hold {100 * sum(n for n, _, _ in split) / errors:.0f} % of these pairs' errors, while "
+        f"groups of these sizes "
+        f"split {apart} of all {every} pairs ({100 * apart / every:.0f} %)."
+    )
+
+
+def learned_temperature_finding(rows: list[dict]) -> str:
+    """The temperature head with a learned T: T after the first and the last epoch (logged as
+    ``head_temperature``), accuracy against softmax, and the post-hoc T fitted on top."""
+    runs = [r for r in finished(rows) if r["head.name"] == "temperature" and r["history"]]
+    plain = [r for r in finished(rows) if r["head.name"] == "softmax"]
+    if not runs or "head_temperature" not in runs[0]["history"][0]:
+        return "(not run yet)"
+    epochs = min(len(r["history"]) for r in runs)
+    path = ", ".join(
+        f"{statistics.fmean(r['history'][e]['head_temperature'] for r in runs):.2f}" for e in range(epochs)
+    )
+    return (
+        f"learned T after each epoch (mean of {len(runs)} seeds) {path}; last epoch "
+        f"{spread([r['history'][-1]['head_temperature'] for r in runs], 1, 2)}; test accuracy "
+        f"{spread([number(r, 'test.accuracy') for r in runs], 100, 1)} % against "
+        f"{spread([number(r, 'test.accuracy') for r in plain], 100, 1)} % for `softmax`; post-hoc T fitted on top "
+        f"{spread([number(r, 'temperature') for r in runs], 1, 2)}."
     )
 
 
@@ -357,9 +425,9 @@ def layer_table(rows: list[dict], epoch: int, key: str, fields: tuple[str, ...] 
     sample = next(r["history"][epoch][key] for m in groups_.values() for r in m if r["history"])
     names = [n for n in sample if key != "grad_norms" or n.endswith(".0") or n.startswith("head")]
     short = {n: n.replace("backbone.blocks.", "conv ").replace(".0", "").replace("head.fc", "head") for n in names}
-    columns = [(short[n], f) for n in names for f in (fields or ("",))]
+    columns = [(n, f) for n in names for f in (fields or ("",))]
     lines = [
-        "| variant | " + " | ".join(f"{c} {f}".strip() for c, f in columns) + " |",
+        "| variant | " + " | ".join(f"{short[n]} {f}".strip() for n, f in columns) + " |",
         "|" + " --- |" * (len(columns) + 1),
     ]
     for label, members in groups_.items():
@@ -371,6 +439,28 @@ def layer_table(rows: list[dict], epoch: int, key: str, fields: tuple[str, ...] 
             cells.append(spread(vals, 1, digits))
         lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def learned_activation_temperature(sweep_dir: Path, rows: list[dict]) -> str:
+    """The temperatures T = exp(log T) that the runs with a learned activation temperature
+    ended with, per block, read from each run's ``model.pt``."""
+    import torch
+
+    done = [r for r in finished(rows) if r.get("model.learn_activation_temperature") == "true"]
+    if not done:
+        return "(not run yet)"
+    per_block: dict[str, list[float]] = {}
+    for r in done:
+        state = torch.load(sweep_dir / "runs" / r["run"] / "model.pt", weights_only=True)["state_dict"]
+        for key, value in state.items():
+            if key.endswith("log_temperature"):
+                block = key.removeprefix("backbone.blocks.").split(".")[0]
+                per_block.setdefault(f"block {block}", []).append(float(value.exp()))
+    return (
+        f"learned T after the last epoch ({len(done)} seeds, T starts at 1): "
+        + ", ".join(f"{name} {spread(vals, 1, 2)}" for name, vals in per_block.items())
+        + "."
+    )
 
 
 def head_cost_table(report: dict) -> str:
@@ -562,6 +652,8 @@ def main() -> None:
             heads[f"same-model-{dataset}"] = same_model_finding(rows)
             heads[f"double-softmax-{dataset}"] = double_softmax_finding(rows)
             heads[f"calibration-{dataset}"] = calibration_finding(rows)
+            heads[f"learned-t-{dataset}"] = learned_temperature_finding(rows)
+            heads[f"hierarchical-{dataset}"] = hierarchical_finding(sweeps[name], rows)
             curves[{"intel": "Intel scenes, 32 px", "cifar10": "CIFAR-10 10k subset"}[dataset]] = rows
     if "gumbel-tau-intel" in have:
         heads["gumbel-tau"] = gumbel_table(have["gumbel-tau-intel"])
@@ -572,6 +664,7 @@ def main() -> None:
         heads["many-classes"] = many_classes_table(have["many-classes"])
         heads["double-softmax-many"] = double_softmax_finding(have["many-classes"])
         heads["setup-many-classes"] = provenance(sweeps["many-classes"], have["many-classes"])
+        heads["calibration-many"] = calibration_finding(have["many-classes"])
         curves["shapes, 100 classes"] = have["many-classes"]
     if curves:
         plot_train_loss(curves, FIGURES / "double-softmax-loss.png")
@@ -600,6 +693,7 @@ def main() -> None:
                 "grad-first": layer_table(rows, 0, "grad_norms"),
                 "grad-last": layer_table(rows, -1, "grad_norms"),
                 "activations-last": layer_table(rows, -1, "activation_stats", ("mean", "std", "near_zero")),
+                "learned-activation-t": learned_activation_temperature(sweeps["intermediate"], rows),
             },
         )
 

@@ -7,7 +7,8 @@ For every head and class count K, one step is what a training step costs the hea
     head.loss(head(f), randint(K, (B,))).backward()
 
 timed ``repeats`` times after ``warmup`` untimed steps (``torch.cuda.synchronize`` around each
-timed step on CUDA); the median, min and max go into the results. Heads are built by
+timed step on CUDA), the heads of one class count taking turns step by step; the median,
+min and max go into the results. Heads are built by
 :func:`softmaxlab.heads.build_head` with their default options and no class hierarchy, so
 ``hierarchical`` uses its balanced split into round(sqrt(K)) groups.
 
@@ -141,84 +142,137 @@ def _saved_bytes_hooks(counted: dict[int, int]) -> torch.autograd.graph.saved_te
     return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
 
 
-def measure_head(name: str, num_classes: int, s: BenchSettings) -> dict[str, Any]:
-    """Time and memory of one head at ``num_classes`` classes (one result row; see the module doc).
+class _Case:
+    """One head at one class count, built and warmed up, ready to time one step at a time."""
 
-    Peak memory:
+    def __init__(self, name: str, num_classes: int, s: BenchSettings, device: torch.device) -> None:
+        from softmaxlab.config import HeadConfig
+        from softmaxlab.heads import build_head
 
-    * CUDA: ``torch.cuda.max_memory_allocated`` over the timed steps minus the memory
-      allocated before them (the head's parameters and the inputs are not counted), i.e.
-      the step's own peak: activations, gradients and every transient buffer
+        self.s, self.device = s, device
+        self.row: dict[str, Any] = {c: None for c in COLUMNS} | {"head": name, "classes": num_classes}
+        self.row["memory_measure"] = "cuda_peak_allocated" if device.type == "cuda" else "params+grads+saved"
+        self.times: list[float] = []
+        torch.manual_seed(s.seed)
+        if name == BASELINE:
+            self.head = LinearBaseline(s.features, num_classes).to(device).train()
+        else:
+            self.head = build_head(HeadConfig(name=name), s.features, num_classes).to(device).train()
+        gen = torch.Generator(device=device).manual_seed(s.seed)
+        self.feats = torch.randn(s.batch, s.features, device=device, generator=gen)
+        self.target = torch.randint(0, num_classes, (s.batch,), device=device, generator=gen)
+        self.saved: dict[int, int] = {}
+        for i in range(s.warmup):
+            self.head.step_update(i, s.warmup + s.repeats)
+            self.step()
+        self.row["peak_bytes"] = self.measure_memory()
+
+    def step(self) -> None:
+        """What a training step costs the head (see the module doc)."""
+        self.head.zero_grad(set_to_none=True)
+        f = self.feats.detach().requires_grad_(True)
+        with _saved_bytes_hooks(self.saved):
+            loss = self.head.loss(self.head(f), self.target)
+        loss.backward()
+
+    def measure_memory(self) -> int:
+        """Peak bytes of one step (see :func:`measure_classes`), with nothing else in flight."""
+        if self.device.type == "cuda":
+            self.head.zero_grad(set_to_none=True)
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            self.step()
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device) - before
+        else:
+            self.saved.clear()
+            self.step()
+            params = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in self.head.parameters()}
+            grads = sum(p.grad.untyped_storage().nbytes() for p in self.head.parameters() if p.grad is not None)
+            activations = sum(v for k, v in self.saved.items() if k not in params)
+            peak = sum(params.values()) + grads + activations
+        self.head.zero_grad(set_to_none=True)  # the gradients of idle cases would hold memory
+        return peak
+
+    def time_step(self, i: int) -> None:
+        """One timed step (step index ``warmup + i`` for heads that anneal)."""
+        self.head.step_update(self.s.warmup + i, self.s.warmup + self.s.repeats)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        self.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.times.append(time.perf_counter() - t0)
+        self.head.zero_grad(set_to_none=True)
+
+    def result(self) -> dict[str, Any]:
+        t = self.times
+        return self.row | {
+            "status": "ok",
+            "median_ms": 1000 * statistics.median(t),
+            "min_ms": 1000 * min(t),
+            "max_ms": 1000 * max(t),
+        }
+
+
+def _skipped(name: str, num_classes: int, exc: BaseException) -> dict[str, Any]:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    row = {c: None for c in COLUMNS} | {"head": name, "classes": num_classes, "status": "skipped"}
+    return row | {"note": f"{type(exc).__name__}: {message}"[:300]}
+
+
+#: What makes a combination a ``skipped`` row instead of an error (out of memory is a RuntimeError).
+_SKIP = (RuntimeError, MemoryError, ValueError, UserError)
+
+
+def measure_classes(names: Sequence[str], num_classes: int, s: BenchSettings) -> list[dict[str, Any]]:
+    """Time and memory of every head in ``names`` at ``num_classes`` classes, one row each.
+
+    Every head is built and warmed up first; then the timed steps go round the heads,
+    ``repeats`` rounds, each round in a rotated order, so that a drift in machine speed hits
+    every head alike instead of the heads measured during it. Gradients are released after
+    each step, so only the heads' parameters stay allocated between their steps.
+
+    Peak memory is measured on a separate step of each head before the timing:
+
+    * CUDA: ``torch.cuda.max_memory_allocated`` over the step minus the memory allocated
+      before it (the head's parameters and the inputs are not counted), i.e. the step's own
+      peak: activations, gradients and every transient buffer
       (``memory_measure: "cuda_peak_allocated"``).
     * CPU: the bytes of the head's parameters, their gradients and the distinct tensor
-      storages autograd saved for the backward pass during one step, parameters already
+      storages autograd saved for the backward pass during the step, parameters already
       counted not counted twice (``memory_measure: "params+grads+saved"``). Transient
       buffers that live and die inside one operation are not included: it is a lower
       bound of the step's peak, and it is exactly what scales with K for every head.
     """
-    from softmaxlab.config import HeadConfig
-    from softmaxlab.heads import build_head
-
     device = _resolve_device(s.device)
-    row: dict[str, Any] = {c: None for c in COLUMNS} | {"head": name, "classes": num_classes}
-    row["memory_measure"] = "cuda_peak_allocated" if device.type == "cuda" else "params+grads+saved"
-    head = None
+    rows: dict[str, dict[str, Any]] = {}
+    cases: dict[str, _Case] = {}
     try:
-        torch.manual_seed(s.seed)
-        if name == BASELINE:
-            head = LinearBaseline(s.features, num_classes).to(device).train()
-        else:
-            head = build_head(HeadConfig(name=name), s.features, num_classes).to(device).train()
-        gen = torch.Generator(device=device).manual_seed(s.seed)
-        feats = torch.randn(s.batch, s.features, device=device, generator=gen)
-        target = torch.randint(0, num_classes, (s.batch,), device=device, generator=gen)
-        saved: dict[int, int] = {}
-
-        def step() -> None:
-            head.zero_grad(set_to_none=True)
-            f = feats.detach().requires_grad_(True)
-            with _saved_bytes_hooks(saved):
-                loss = head.loss(head(f), target)
-            loss.backward()
-
-        for i in range(s.warmup):
-            head.step_update(i, s.warmup + s.repeats)
-            step()
-        times = []
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            before = torch.cuda.memory_allocated(device)
+        for name in names:
+            try:
+                cases[name] = _Case(name, num_classes, s, device)
+            except _SKIP as exc:
+                rows[name] = _skipped(name, num_classes, exc)
+        order = list(cases)
         for i in range(s.repeats):
-            head.step_update(s.warmup + i, s.warmup + s.repeats)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - t0)
-        if device.type == "cuda":
-            row["peak_bytes"] = torch.cuda.max_memory_allocated(device) - before
-        else:
-            params = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in head.parameters()}
-            grads = sum(p.grad.untyped_storage().nbytes() for p in head.parameters() if p.grad is not None)
-            activations = sum(v for k, v in saved.items() if k not in params)
-            row["peak_bytes"] = sum(params.values()) + grads + activations
-        row |= {
-            "status": "ok",
-            "median_ms": 1000 * statistics.median(times),
-            "min_ms": 1000 * min(times),
-            "max_ms": 1000 * max(times),
-        }
-    except (RuntimeError, MemoryError, ValueError, UserError) as exc:  # OOM is a RuntimeError
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        row |= {"status": "skipped", "note": f"{type(exc).__name__}: {message}"[:300]}
+            shift = i % len(order) if order else 0
+            for name in order[shift:] + order[:shift]:
+                if name in rows:
+                    continue  # failed in an earlier round
+                try:
+                    cases[name].time_step(i)
+                except _SKIP as exc:
+                    rows[name] = _skipped(name, num_classes, exc)
+        for name, case in cases.items():
+            rows.setdefault(name, case.result())
     finally:
-        head = None  # free the 100,000-class layers before the next combination
+        cases.clear()  # free the 100,000-class layers before the next class count
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return row
+    return [rows[name] for name in names]
 
 
 def bench_heads(
@@ -230,16 +284,15 @@ def bench_heads(
     """Measure every head in ``heads`` (default: all registered) at every class count.
 
     Returns ``{"settings": ..., "env": ..., "results": [row, ...]}`` with one row per
-    (class count, head), class counts in the outer loop; ``on_result`` is called after each
-    row (a progress bar).
+    (class count, head), class counts in the outer loop, heads interleaved within a class
+    count (:func:`measure_classes`); ``on_result`` is called after each row (a progress bar).
     """
     s = settings or BenchSettings()
     names = list(heads) if heads is not None else parse_heads(None)
     _resolve_device(s.device)
     results = []
     for k in classes:
-        for name in names:
-            row = measure_head(name, k, s)
+        for row in measure_classes(names, k, s):
             results.append(row)
             if on_result is not None:
                 on_result(row)

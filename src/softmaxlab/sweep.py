@@ -65,6 +65,12 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     return round(statistics.fmean(vals), 12), round(std, 12), len(vals)
 
 
+def group_key(row: dict[str, Any], keys: Sequence[str]) -> str:
+    """The values of ``keys`` in ``row`` as one hashable text; values may be lists
+    (``model.softmax_blocks: [2]``), so it is their JSON."""
+    return json.dumps([row[k] for k in keys], sort_keys=True, default=str)
+
+
 def aggregate(
     rows: Sequence[dict[str, Any]],
     group_by: Sequence[str],
@@ -76,12 +82,12 @@ def aggregate(
     ``<name>_std`` and ``<name>_n`` over the rows of that group; ``metrics`` maps a name to
     a function that extracts the value from a row.
     """
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault(tuple(row[k] for k in group_by), []).append(row)
+        groups.setdefault(group_key(row, group_by), []).append(row)
     out = []
-    for key, members in groups.items():
-        agg: dict[str, Any] = dict(zip(group_by, key, strict=True))
+    for members in groups.values():
+        agg: dict[str, Any] = {k: members[0][k] for k in group_by}
         for name, get in metrics.items():
             m, s, n = mean_std([v for v in (get(r) for r in members) if v is not None])
             agg[f"{name}_mean"], agg[f"{name}_std"], agg[f"{name}_n"] = m, s, n
@@ -756,11 +762,11 @@ def write_results(
         group_by or ["_"],
         {k: (lambda r, k=k: r.get(k) if r["status"] == "finished" else None) for k in metric_keys},
     )
-    counts = Counter(tuple(r[k] for k in group_by) for r in rows)
-    finished = Counter(tuple(r[k] for k in group_by) for r in rows if r["status"] == "finished")
+    counts = Counter(group_key(r, group_by) for r in rows)
+    finished = Counter(group_key(r, group_by) for r in rows if r["status"] == "finished")
     table = []
     for a in agg:
-        key = tuple(a[k] for k in group_by)
+        key = group_key(a, group_by)
         head = {k: a[k] for k in group_by}
         table.append(
             {
