@@ -1,0 +1,49 @@
+"""The benchmark scripts of benchmarks/ run end to end on tiny data (their numbers are not checked here)."""
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from softmaxlab.data.shapes import generate
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def time_to_accuracy():
+    return load_script("bench_time_to_accuracy")
+
+
+def test_time_to_reach_a_target(time_to_accuracy):
+    curve = [(1.0, 0.5), (2.0, 0.7), (3.0, 0.9)]
+    assert time_to_accuracy.time_to(curve, 0.7) == (3.0, 2)
+    assert time_to_accuracy.time_to(curve, 0.5) == (1.0, 1)
+    assert time_to_accuracy.time_to(curve, 0.95) is None
+
+
+def test_time_to_accuracy_runs_on_a_tiny_npz(time_to_accuracy, tmp_path, capsys):
+    x, y, _ = generate(240, num_classes=3, image_size=16, seed=0)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x=x.permute(0, 2, 3, 1).numpy(), y=y.numpy())
+    args = ["--data", str(path), "--seeds", "0,1", "--notebook-epochs", "2", "--set", "train.epochs=2"]
+    time_to_accuracy.main([*args, "--set", "model.widths=[8,16]", "--set", "data.image_size=16"])
+    out = capsys.readouterr().out
+    seeds = re.findall(r"^seed (\d): target ([\d.]+) \(notebook's best\); ours (.+?), notebook (.+?); ", out, re.M)
+    assert [s[0] for s in seeds] == ["0", "1"]
+    for _, target, ours, notebook in seeds:
+        assert 0 < float(target) <= 1
+        assert re.fullmatch(r"[\d.]+ s \(epoch [12]\)", notebook)  # the notebook reaches its own best
+        assert ours == "never" or re.fullmatch(r"[\d.]+ s \(epoch [12]\)", ours)
+    assert re.search(r"^ours / notebook time to the notebook's best: median ([\d.]+|inf) ", out, re.M)
