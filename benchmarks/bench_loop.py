@@ -131,6 +131,8 @@ def main() -> None:
             "data.test_size=10",
             f"train.batch_size={args.batch_size}",
             f"train.device={args.device}",
+            "model.widths=[32,64,128]",
+            "train.channels_last=false",  # the bare loop's layout
             *aug,
         ]
         cfg = load_config(None, overrides)
@@ -158,6 +160,8 @@ def _diagnostics_row(args: argparse.Namespace, device: torch.device) -> None:
         "data.test_size=10",
         f"train.batch_size={args.batch_size}",
         f"train.device={args.device}",
+        "model.widths=[32,64,128]",
+        "train.channels_last=false",
     ]
     cfg = load_config(None, overrides)
     data = load_data(cfg.data)

@@ -250,8 +250,8 @@ CASES: list[Case] = [
     ("run over a finished run", lambda c: ["run", *sets(), "--out", str(c.run())], "--overwrite"),
     (
         "run continues with another config",
-        lambda c: ["run", *sets("train.lr=0.2"), "--out", str(interrupted(c))],
-        "train.lr 0.05 -> 0.2",
+        lambda c: ["run", *sets("train.lr=0.3"), "--out", str(interrupted(c))],
+        "train.lr 0.1 -> 0.3",
     ),
     ("run output is a file", lambda c: ["run", *sets(), "--out", str(c.write("f", "x"))], "is a file"),
     ("evaluate without weights", lambda c: ["evaluate", str(no_weights(c)), "--data", "shapes"], "model.pt"),

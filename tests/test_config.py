@@ -90,3 +90,16 @@ def test_parse_override_parses_yaml_values():
 
 def test_numeric_run_name_is_text():
     assert load_config(None, ["name=2024"]).name == "2024"
+
+
+def test_channels_last_unset_resolves_by_activation(tmp_path):
+    # Unset: on (faster convolutions), off with a softmax activation (slower in NHWC); a set value stays.
+    assert load_config().train.channels_last is True
+    assert load_config(None, ["model.activation=softmax_hw"]).train.channels_last is False
+    assert load_config(None, ["model.activation=softmax_c"]).train.channels_last is False
+    assert load_config(None, ["train.channels_last=false"]).train.channels_last is False
+    assert load_config(None, ["model.activation=softmax_hw", "train.channels_last=true"]).train.channels_last is True
+    # The resolved value is written out, so the saved config reloads to the same config.
+    cfg = load_config(None, ["model.activation=softmax_h"])
+    (tmp_path / "c.yaml").write_text(cfg.to_yaml())
+    assert "channels_last: false" in cfg.to_yaml() and load_config(tmp_path / "c.yaml") == cfg

@@ -34,3 +34,22 @@ def test_study_config_expands_to_its_runs(name, count):
     assert len(plan) == count
     assert [r.name for r in plan if r.config is None] == []
     assert {r.config.train.seed for r in plan} == {0, 1, 2}
+
+
+def test_defaults_ablation_starts_from_the_defaults():
+    # configs/defaults/ablation.yaml backs README "Why these defaults": its first variant must be
+    # the defaults themselves, each other variant one choice away from them.
+    from softmaxlab.config import load_config
+
+    base, spec = sweep.load_sweep(STUDIES.parent / "defaults" / "ablation.yaml")
+    plan = sweep.expand_grid(base, spec)
+    assert len(plan) == 21 and all(r.config is not None for r in plan)
+    defaults = load_config(None, ["data.name=npz", "data.root=x.npz"])
+    first = spec.variants[0]
+    for key, value in first.items():
+        section, leaf = key.split(".")
+        assert getattr(getattr(defaults, section), leaf) == value, key
+    for variant in spec.variants[1:]:
+        assert len(variant) == 1 and all(
+            getattr(getattr(defaults, k.split(".")[0]), k.split(".")[1]) != v for k, v in variant.items()
+        )

@@ -28,6 +28,22 @@ def test_two_epochs_beat_chance_clearly(tiny_run):
     assert tiny_run.history[-1]["train_loss"] < tiny_run.history[0]["train_loss"]
 
 
+def test_the_default_recipe_learns(tmp_path):
+    # The defaults (model, widths, optimiser, learning rate, schedule, batch size, augmentation),
+    # with only the data and the number of epochs made small: 96 optimisation steps on 4,096
+    # 10-class shapes images. Chance is 0.10; seeds 0-2 reached 0.53-0.73 validation accuracy.
+    cfg = load_config(
+        None,
+        [
+            *("data.train_size=4096", "data.val_size=500", "data.test_size=500", "train.epochs=3"),
+            *("train.device=cpu", "diagnostics.enabled=false", "report.figures=false"),
+        ],
+    )
+    result = fit(cfg, tmp_path / "defaults")
+    assert result.history[-1]["val_acc"] > 0.35
+    assert result.history[-1]["train_loss"] < 0.8 * result.history[0]["train_loss"]
+
+
 def test_run_directory_files_and_keys(tiny_run):
     d = tiny_run.run_dir
     for f in ("config.yaml", "metrics.jsonl", "summary.json", "model.pt"):

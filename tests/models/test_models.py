@@ -113,7 +113,7 @@ def test_every_model_has_default_widths_written_into_the_config(name):
 
 
 def test_default_widths_per_model():
-    assert load_config().model.widths == [32, 64, 128]
+    assert load_config().model.widths == [32, 64, 128, 256]
     assert load_config(None, ["model.name=resnet12"]).model.widths == [64, 160, 320, 640]
     assert load_config(None, ["model.name=resnet12", "model.widths=null"]).model.widths == [64, 160, 320, 640]
 

@@ -19,18 +19,18 @@ def test_seeds_group_into_variants_labelled_by_what_differs(tmp_path):
         load_run(write_run(tmp_path / "g0", "head.name=gumbel", "head.tau_schedule=exponential", seed=0)),
         load_run(write_run(tmp_path / "s1", seed=1)),
         load_run(write_run(tmp_path / "g1", "head.name=gumbel", "head.tau_schedule=exponential", seed=1)),
-        load_run(write_run(tmp_path / "lr", "train.lr=0.1")),
+        load_run(write_run(tmp_path / "lr", "train.lr=0.2")),
     ]
     variants, keys = group_variants(runs, ["red", "blue"])
     assert keys == ["head.name", "head.tau_schedule", "train.lr"]
     # head.tau_schedule only changes with head.name, so the labels leave it out
     assert [v.label for v in variants] == [
-        "head=softmax, train.lr=0.05",
-        "head=gumbel, train.lr=0.05",
         "head=softmax, train.lr=0.1",
+        "head=gumbel, train.lr=0.1",
+        "head=softmax, train.lr=0.2",
     ]
     assert [len(v.runs) for v in variants] == [2, 2, 1] and [v.color for v in variants] == ["red", "blue", "red"]
-    assert runs[2].variant == "head=softmax, train.lr=0.05"
+    assert runs[2].variant == "head=softmax, train.lr=0.1"
 
 
 def test_a_diverged_run_is_read_as_diverged(tmp_path):

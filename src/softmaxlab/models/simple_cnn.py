@@ -54,7 +54,7 @@ class SimpleCNN(nn.Module):
         return self.dropout(self.pool(x).flatten(1))  # (B, c_last)
 
 
-DEFAULT_WIDTHS["simple_cnn"] = (32, 64, 128)
+DEFAULT_WIDTHS["simple_cnn"] = (32, 64, 128, 256)
 
 
 @MODELS.register("simple_cnn")
