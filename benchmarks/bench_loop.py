@@ -4,7 +4,8 @@ Both train the same ``simple_cnn`` + softmax head (same init seed) on the same `
 tensors with the same batch size and optimiser. The bare loop is the floor a notebook
 would write: the images normalised to float32 once up front, a random permutation per
 epoch, slicing, forward, cross-entropy, backward, step, nothing else. ``fit``'s loop is
-``train_one_epoch`` exactly as ``fit`` calls it: the uint8 loader with batched
+``train_one_epoch`` exactly as ``fit`` calls it, in the bare loop's NCHW layout
+(``train.channels_last: false``): the uint8 loader with batched
 normalisation (and random crop + flip in the "crop + flip" row), the head's loss, the
 learning-rate schedule, the on-device accumulators and the progress hooks.
 
@@ -58,7 +59,7 @@ def fit_loop(
     """One epoch of ``fit``'s own loop per call; with ``diagnostics``, also what ``fit`` pays for them."""
     seed_everything(cfg.train.seed)
     model = build_model(cfg, data.image_shape[0], data.num_classes).to(device)
-    if cfg.train.channels_last:
+    if cfg.uses_channels_last():
         model = model.to(memory_format=torch.channels_last)  # as fit does
     loaders = make_loaders(data, cfg, device)
     loader = loaders["train"]

@@ -13,11 +13,11 @@ process, with the same batch size and optimiser:
     ``Normalize``), a ``DataLoader`` (shuffle, default ``num_workers=0``), and
     ``loss.item()`` plus a correct count read every step, as the usual notebooks do.
 
-(a') is (a) with ``train.channels_last: true`` (NHWC memory layout for the model and the
-batches), a one-line config change that softmaxlab's loop supports and the notebook loop
-does not use; a'/c is what a user gains by switching from the notebook to softmaxlab with
-that setting. (b) and (c) stay in the default layout, so a/b measures the loop's overhead
-alone.
+(a) runs in the NCHW layout (``train.channels_last: false``) like (b) and (c), so a/b
+measures the loop's overhead alone; (a') is (a) with ``train.channels_last: true`` (NHWC
+memory layout for the model and the batches, softmaxlab's default for ReLU models), which
+the notebook loop does not use: a'/c is what a user gains by switching from the notebook to
+softmaxlab's defaults.
 
 Epochs rotate between the loops (a, b, c, a', a, b, c, a', ...) after one warm-up epoch of
 each, so drifts in machine speed hit all alike; each ratio is the median of the per-round
@@ -198,7 +198,7 @@ def main() -> None:
                 f"data.image_size={size}",
                 f"train.batch_size={args.batch_size}",
                 f"train.device={args.device}",
-                "train.channels_last=false",  # (a) in the default layout; (a') is the NHWC copy below
+                "train.channels_last=false",  # (a) in NCHW like (b) and (c); (a') is the NHWC copy below
                 "diagnostics.enabled=false",
                 *model,
             ],

@@ -92,14 +92,27 @@ def test_numeric_run_name_is_text():
     assert load_config(None, ["name=2024"]).name == "2024"
 
 
-def test_channels_last_unset_resolves_by_activation(tmp_path):
+def test_channels_last_unset_follows_the_activation(tmp_path):
     # Unset: on (faster convolutions), off with a softmax activation (slower in NHWC); a set value stays.
-    assert load_config().train.channels_last is True
-    assert load_config(None, ["model.activation=softmax_hw"]).train.channels_last is False
-    assert load_config(None, ["model.activation=softmax_c"]).train.channels_last is False
-    assert load_config(None, ["train.channels_last=false"]).train.channels_last is False
-    assert load_config(None, ["model.activation=softmax_hw", "train.channels_last=true"]).train.channels_last is True
-    # The resolved value is written out, so the saved config reloads to the same config.
-    cfg = load_config(None, ["model.activation=softmax_h"])
+    assert load_config().train.channels_last is None and load_config().uses_channels_last()
+    assert not load_config(None, ["model.activation=softmax_hw"]).uses_channels_last()
+    assert not load_config(None, ["model.activation=softmax_c"]).uses_channels_last()
+    assert not load_config(None, ["train.channels_last=false"]).uses_channels_last()
+    assert load_config(None, ["model.activation=softmax_hw", "train.channels_last=true"]).uses_channels_last()
+    # Decided from the config as it is: a copy with another activation gets its own layout.
+    cfg = load_config()
+    copy = cfg.model_copy(update={"model": cfg.model.model_copy(update={"activation": "softmax_h"})})
+    assert cfg.uses_channels_last() and not copy.uses_channels_last()
+    # The saved config keeps it unset and reloads to the same config.
     (tmp_path / "c.yaml").write_text(cfg.to_yaml())
-    assert "channels_last: false" in cfg.to_yaml() and load_config(tmp_path / "c.yaml") == cfg
+    assert "channels_last: null" in cfg.to_yaml() and load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_sweep_variants_get_the_layout_of_their_activation(tmp_path):
+    from softmaxlab import sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text("sweep:\n  variants:\n    - {model.activation: relu}\n    - {model.activation: softmax_hw}\n")
+    base, spec = sweep.load_sweep(path)
+    layouts = {r.config.model.activation: r.config.uses_channels_last() for r in sweep.expand_grid(base, spec)}
+    assert layouts == {"relu": True, "softmax_hw": False}

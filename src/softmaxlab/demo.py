@@ -93,7 +93,7 @@ def demo_config(variant: str | DemoVariant, seed: int, overrides: list[str] | No
         "name": f"{variant.name}-seed{seed}",
         "data": {"name": "shapes", "num_classes": 10, "train_size": 5000, "val_size": 1000, "test_size": 2000},
         "model": {"name": "simple_cnn", "widths": [16, 32, 64]},
-        # channels_last: 1.3-1.4x faster convolutions and max-pooling on CPU for this model
+        # channels_last (the default for ReLU models): 1.3-1.4x faster on CPU for this model
         "train": {"epochs": 3, "batch_size": 64, "lr": 0.1, "seed": seed, "channels_last": True},
         # each run's own report without figures: the demo's report draws them for all runs at once
         "report": {"figures": False},

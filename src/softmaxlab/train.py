@@ -144,7 +144,7 @@ def make_loaders(
     """
     world = world or World()
     mean, std = data.channel_stats()
-    norm = Normalize(mean, std, device, channels_last=cfg.train.channels_last)
+    norm = Normalize(mean, std, device, channels_last=cfg.uses_channels_last())
     d = cfg.data
     train = TensorLoader(
         data.train.x.to(device),
@@ -503,7 +503,7 @@ def _fit(
         )
     seed_everything(cfg.train.seed)
     model = build_model(cfg, data.image_shape[0], data.num_classes, data.coarse_of).to(device)
-    if cfg.train.channels_last:
+    if cfg.uses_channels_last():
         model = model.to(memory_format=torch.channels_last)
     check_forward(model, data.image_shape, device)
     run_dir, resuming = _prepare_run_dir(cfg, out_dir, overwrite, world, resume)
