@@ -195,6 +195,25 @@ def test_aggregate_csv_means_and_stds_over_seeds(tmp_path):
         assert agg["test.accuracy_n"] == "3" and agg["runs"] == "3"
 
 
+def test_a_grown_sweep_keeps_its_runs_and_a_shrunk_one_is_refused(tmp_path):
+    out = tmp_path / "out"
+    sweep.run_sweep(write_sweep(tmp_path / "a.yaml", {"train.seed": [0]}), out)
+    first = (out / "runs" / "seed-0" / "summary.json").stat().st_mtime_ns
+    # One more seed and a variant: the finished run is kept, not retrained; the new ones train.
+    grown = write_sweep(tmp_path / "b.yaml", {"train.seed": [0, 1]}, variants=[{"head.name": "softmax"}])
+    plan = sweep.expand_grid(*sweep.load_sweep(grown))
+    assert [r.name for r in plan] == ["head-softmax_seed-0", "head-softmax_seed-1"]  # names include variants
+    grown = write_sweep(tmp_path / "b.yaml", {"train.seed": [0, 1]})
+    sweep.run_sweep(grown, out)
+    assert (out / "runs" / "seed-0" / "summary.json").stat().st_mtime_ns == first
+    rows = read_csv(out / sweep.RESULTS_FILE)
+    assert [(r["run"], r["status"]) for r in rows] == [("seed-0", "finished"), ("seed-1", "finished")]
+    # A grid without one of the directory's runs would orphan it: refused, naming the run.
+    with pytest.raises(UserError, match=r"another sweep grid \(its run 'seed-0' is not in this grid\)"):
+        sweep.run_sweep(write_sweep(tmp_path / "c.yaml", {"train.seed": [1]}), out)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["seed-0", "seed-1"]
+
+
 def test_aggregate_groups_list_values():
     # Override values can be lists (model.softmax_blocks: [2]); they group by value.
     rows = [{"blocks": [2], "acc": 0.5}, {"blocks": [0, 1], "acc": 0.8}, {"blocks": [2], "acc": 0.7}]

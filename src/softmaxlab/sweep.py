@@ -39,7 +39,7 @@ import shutil
 import statistics
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -336,23 +336,34 @@ def _sweep_record(base: Config, spec: SweepSpec) -> dict[str, Any]:
     return {"base": base.to_dict(), "sweep": sweep}
 
 
-def prepare_sweep_dir(out_dir: Path, base: Config, spec: SweepSpec, overwrite: bool = False) -> None:
+def prepare_sweep_dir(
+    out_dir: Path, base: Config, spec: SweepSpec, overwrite: bool = False, names: Collection[str] | None = None
+) -> None:
     """Create the sweep directory and write ``sweep.yaml`` (the resolved base config and
-    the grid). A directory holding another sweep (a different base or grid) is refused
-    unless ``overwrite``, which removes that sweep's runs and tables first."""
+    the grid). A directory holding another sweep is refused unless ``overwrite``, which
+    removes that sweep's runs and tables first, with one exception: a sweep that has grown
+    (same base config, and every run already in the directory is one of ``names``, the runs
+    of the new grid, e.g. after adding a seed or a variant) keeps its runs, since a run's
+    name fixes its overrides and so its config."""
     record = _sweep_record(base, spec)
     path = out_dir / SWEEP_FILE
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"sweep output {str(out_dir)!r} is a file, not a directory; choose another --out")
     if path.is_file():
         saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if saved != record and not overwrite:
-            what = "base config" if (saved or {}).get("base") != record["base"] else "sweep grid"
+        same_base = (saved or {}).get("base") == record["base"]
+        runs_dir = out_dir / RUNS_DIR
+        existing = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
+        dropped = [n for n in existing if names is not None and n not in names]
+        grown = saved != record and same_base and names is not None and not dropped
+        if saved != record and not overwrite and not grown:
+            what = "base config" if not same_base else "sweep grid"
+            gone = f" (its run {dropped[0]!r} is not in this grid)" if same_base and dropped else ""
             raise UserError(
-                f"{str(out_dir)!r} holds a sweep with another {what}; pass --overwrite to replace its runs "
-                "or choose another --out"
+                f"{str(out_dir)!r} holds a sweep with another {what}{gone}; pass --overwrite to replace its "
+                "runs or choose another --out"
             )
-        if saved != record:
+        if saved != record and not grown:
             for folder in (RUNS_DIR, "submitit"):
                 shutil.rmtree(out_dir / folder, ignore_errors=True)
             for name in (RESULTS_FILE, AGGREGATE_FILE, JOBS_FILE):
@@ -473,7 +484,7 @@ def run_sweep(
     # Before anything is removed or trained (--overwrite included, any launcher): a run that a
     # job of an earlier command still trains must not get a second writer.
     _check_no_job_in_flight(out)
-    prepare_sweep_dir(out, base, spec, overwrite)
+    prepare_sweep_dir(out, base, spec, overwrite, {r.name for r in plan})
     if launcher == "submitit":
         executor = _submitit_executor(out / "submitit", spec, cluster, base.name or out.name)
     progress = progress or SweepProgress()
