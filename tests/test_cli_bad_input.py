@@ -149,6 +149,18 @@ def changed_sweep(ctx: Ctx) -> list[str]:
     return ["sweep", str(second), "--out", str(out)]
 
 
+def shrunk_sweep(ctx: Ctx) -> list[str]:
+    """A sweep directory holding run seed-0 (started), then the same base with a grid without it."""
+    out = ctx.tmp / "sw"
+    first = sweep_file(ctx, {"grid": {"train.seed": [0, 1]}}, "a.yaml")
+    from softmaxlab import sweep as sweep_mod
+
+    base, spec = sweep_mod.load_sweep(first)
+    sweep_mod.prepare_sweep_dir(out, base, spec)
+    (out / sweep_mod.RUNS_DIR / "seed-0").mkdir(parents=True)
+    return ["sweep", str(sweep_file(ctx, {"grid": {"train.seed": [1]}}, "b.yaml")), "--out", str(out)]
+
+
 Case = tuple[str, Callable[[Ctx], list[str]], str]
 
 CASES: list[Case] = [
@@ -271,6 +283,7 @@ CASES: list[Case] = [
     ("sweep without a sweep section", lambda c: ["sweep", str(sweep_file(c, None))], "no 'sweep:' section"),
     ("sweep over an unknown key", lambda c: ["sweep", str(sweep_file(c, {"grid": {"head.tua": [1]}}))], "head.tua"),
     ("sweep with another base", changed_sweep, "--overwrite"),
+    ("sweep grid without a run of its directory", shrunk_sweep, "its run 'seed-0' is not in this grid"),
 ]
 
 

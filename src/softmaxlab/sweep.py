@@ -351,19 +351,7 @@ def prepare_sweep_dir(
         raise UserError(f"sweep output {str(out_dir)!r} is a file, not a directory; choose another --out")
     if path.is_file():
         saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-        same_base = (saved or {}).get("base") == record["base"]
-        runs_dir = out_dir / RUNS_DIR
-        existing = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
-        dropped = [n for n in existing if names is not None and n not in names]
-        grown = saved != record and same_base and names is not None and not dropped
-        if saved != record and not overwrite and not grown:
-            what = "base config" if not same_base else "sweep grid"
-            gone = f" (its run {dropped[0]!r} is not in this grid)" if same_base and dropped else ""
-            raise UserError(
-                f"{str(out_dir)!r} holds a sweep with another {what}{gone}; pass --overwrite to replace its "
-                "runs or choose another --out"
-            )
-        if saved != record and not grown:
+        if saved != record and not _grown(out_dir, saved, record, names, overwrite):
             for folder in (RUNS_DIR, "submitit"):
                 shutil.rmtree(out_dir / folder, ignore_errors=True)
             for name in (RESULTS_FILE, AGGREGATE_FILE, JOBS_FILE):
@@ -377,6 +365,25 @@ def prepare_sweep_dir(
             f"cannot create sweep directory {str(out_dir)!r}: {exc.strerror}; choose another --out"
         ) from None
     atomic_write_text(path, yaml.safe_dump(record, sort_keys=False))
+
+
+def _grown(out_dir: Path, saved: Any, record: dict[str, Any], names: Collection[str] | None, overwrite: bool) -> bool:
+    """Whether the sweep in ``out_dir`` (``saved``, not ``record``) has only grown: same base
+    config and each of its runs one of ``names``. Otherwise a UserError unless ``overwrite``."""
+    same_base = (saved or {}).get("base") == record["base"]
+    runs_dir = out_dir / RUNS_DIR
+    existing = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
+    dropped = [n for n in existing if names is None or n not in names]
+    if same_base and names is not None and not dropped:
+        return True
+    if not overwrite:
+        what = "sweep grid" if same_base else "base config"
+        gone = f" (its run {dropped[0]!r} is not in this grid)" if same_base and names is not None else ""
+        raise UserError(
+            f"{str(out_dir)!r} holds a sweep with another {what}{gone}; pass --overwrite to replace its runs "
+            "or choose another --out"
+        )
+    return False
 
 
 def run_state(out_dir: Path, run: SweepRun) -> str:
