@@ -40,6 +40,7 @@ def test_time_to_accuracy_runs_on_a_tiny_npz(time_to_accuracy, tmp_path, capsys)
     args = ["--data", str(path), "--seeds", "0,1", "--notebook-epochs", "2", "--set", "train.epochs=2"]
     time_to_accuracy.main([*args, "--set", "model.widths=[8,16]", "--set", "data.image_size=16"])
     out = capsys.readouterr().out
+    assert "ours: softmaxlab defaults with train.epochs=2, model.widths=[8,16], data.image_size=16 (" in out
     seeds = re.findall(r"^seed (\d): target ([\d.]+) \(notebook's best\); ours (.+?), notebook (.+?); ", out, re.M)
     assert [s[0] for s in seeds] == ["0", "1"]
     for _, target, ours, notebook in seeds:

@@ -41,6 +41,7 @@ def test_the_default_recipe_learns(tmp_path):
     )
     result = fit(cfg, tmp_path / "defaults")
     assert result.history[-1]["val_acc"] > 0.35
+    assert cfg.data.image_size is None and load_config(result.run_dir / "config.yaml").data.image_size == 32
     assert result.history[-1]["train_loss"] < 0.8 * result.history[0]["train_loss"]
 
 
@@ -277,6 +278,21 @@ def test_resume_contract(tmp_path):
     assert again.summary == fresh.summary and len(again.history) == 1
     with pytest.raises(UserError, match="another config"):
         fit(tiny_config("train.epochs=2", "data.train_size=128"), tmp_path / "run", resume=True)
+
+
+def test_an_unset_image_size_is_written_out_and_its_run_resumes(tmp_path):
+    # Unset = the size the data was loaded at: written into config.yaml (which predict and
+    # evaluate read), and the same unset config resumes the run, unfinished or finished.
+    cfg = tiny_config("train.epochs=1", "data.train_size=128", "data.image_size=null")
+    assert cfg.data.image_size is None
+    run = fit(cfg, tmp_path / "run").run_dir
+    assert load_config(run / "config.yaml").data.image_size == 32
+    (run / "summary.json").unlink()  # as if interrupted after its last checkpoint
+    resumed = fit(cfg, run, resume=True)
+    assert resumed.summary["status"] == "finished"
+    assert fit(cfg, run, resume=True).summary == resumed.summary  # finished: returned as it is
+    with pytest.raises(UserError, match=r"data\.image_size 32 -> 16"):
+        fit(tiny_config("train.epochs=1", "data.train_size=128"), run, resume=True)
 
 
 def test_malicious_checkpoint_is_refused_and_never_executed(tmp_path):

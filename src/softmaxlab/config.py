@@ -56,7 +56,10 @@ class DataConfig(_Section):
     download: bool = False  # cifar10/cifar100: fetch missing files (torchvision's downloader, MD5-checked)
     labels: Literal["fine", "coarse"] = "fine"  # cifar100: 100 fine classes (with the hierarchy) or the 20 coarse
     num_classes: int = Field(10, ge=2)  # shapes only: number of fine classes
-    image_size: int = Field(32, ge=8)  # every dataset: images are generated / resized (square) to this side
+    # Every dataset: images are generated / resized (square) to this side. Unset = the dataset's own size,
+    # written into the run's config.yaml once the data is loaded: npz as stored (the shorter side when not
+    # square), cifar10 / cifar100 and shapes 32, imagefolder 64 (its images differ in size).
+    image_size: int | None = Field(None, ge=8)
     train_size: int = Field(6000, ge=1)  # shapes only: generated training images
     val_size: int = Field(1000, ge=1)  # shapes only: generated validation images
     test_size: int = Field(2000, ge=1)  # shapes only: generated test images

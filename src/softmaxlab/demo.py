@@ -176,7 +176,7 @@ def run_demo(
     text = (
         "# softmaxlab demo\n\n"
         f"`{first.model.name}` (widths {first.model.widths}) on `shapes` ({classes} classes, "
-        f"{first.data.train_size} training / {first.data.test_size} test images, {first.data.image_size} px), "
+        f"{first.data.train_size} training / {first.data.test_size} test images, {data.image_shape[-1]} px), "
         f"{first.train.epochs} epochs, {first.train.optimizer} lr {first.train.lr:g} {first.train.schedule}; "
         f"mean ± sample std over seeds {list(seeds)}. Device: {rows[0]['env']['device']}.\n\n"
         f"{table}\n\n"

@@ -380,6 +380,10 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _with_image_size(cfg: Config, size: int | None) -> Config:
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"image_size": size})})
+
+
 def _resumable(cfg: Config, path: Path, overwrite: bool, resume: bool) -> bool:
     """Whether ``path`` holds an unfinished run to continue (its config must equal ``cfg``)."""
     from softmaxlab.config import load_config
@@ -387,6 +391,11 @@ def _resumable(cfg: Config, path: Path, overwrite: bool, resume: bool) -> bool:
     if overwrite or not resume or not (path / runs.CONFIG).is_file():
         return False
     saved = load_config(path / runs.CONFIG)
+    if cfg.data.image_size is None or saved.data.image_size is None:
+        # Unset on one side (a config before its data is loaded, or a hand-written config.yaml):
+        # the dataset's own size, which the other side holds once resolved.
+        size = cfg.data.image_size if cfg.data.image_size is not None else saved.data.image_size
+        cfg, saved = _with_image_size(cfg, size), _with_image_size(saved, size)
     if saved.to_dict() != cfg.to_dict():
         old, new = _flat(saved.to_dict()), _flat(cfg.to_dict())
         differ = [
@@ -496,6 +505,8 @@ def _fit(
             f"{world.size} processes; choose a multiple of {world.size}"
         )
     data = data if data is not None else load_data(cfg.data)
+    if cfg.data.image_size is None:  # unset: the size the images were loaded at, written into config.yaml
+        cfg = _with_image_size(cfg, data.image_shape[-1])
     if world.distributed and len(data.train) < cfg.train.batch_size:
         raise UserError(
             f"{len(data.train)} training images are fewer than one global batch ({cfg.train.batch_size}); "

@@ -107,6 +107,16 @@ def test_npz_missing_or_unreadable_file(tmp_path):
         load_data(DataConfig(name="npz"))
 
 
+def test_unset_image_size_keeps_the_stored_size(tmp_path):
+    square = load(save(tmp_path, **arrays(h=12, w=12)), image_size=None)
+    assert square.image_shape == (3, 12, 12)
+    # Not square: squares of the shorter side, every split alike.
+    (tmp_path / "data.npz").unlink()
+    a = arrays(h=10, w=14)
+    wide = load(save(tmp_path, **a, x_test=a["x"][:6], y_test=a["y"][:6]), image_size=None)
+    assert wide.image_shape == (3, 10, 10) and wide.test.x.shape[1:] == (3, 10, 10)
+
+
 def test_real_intel_arrays(files):
     path = files.shared / "intel64-train.npz"
     if not path.is_file():

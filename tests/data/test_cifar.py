@@ -79,8 +79,10 @@ def test_root_may_be_the_release_folder_itself(files):
 
 
 def test_image_size_resizes(files):
-    data = load_data(cfg(files.cifar("cifar10"), image_size=16))
+    root = files.cifar("cifar10")
+    data = load_data(cfg(root, image_size=16))
     assert data.image_shape == (3, 16, 16) and data.test.x.dtype == torch.uint8
+    assert load_data(cfg(root)).image_shape == (3, 32, 32)  # unset: as stored
 
 
 def test_missing_root_names_the_command_that_fixes_it(tmp_path):

@@ -45,6 +45,14 @@ def test_image_size_resizes_and_grayscale_becomes_rgb(tmp_path, files):
     assert data.image_shape == (3, 12, 12)
 
 
+def test_unset_image_size_is_64_px(tmp_path, files):
+    # The images of a tree differ in size, so unset means the folder default, not any one image's size.
+    files.tree(tmp_path / "tree", per_class=4)
+    files.image(tmp_path / "tree" / "cat" / "big.png", (200, 10, 10), size=(90, 70))
+    assert imagefolder.DEFAULT_SIZE == 64
+    assert load(tmp_path / "tree", image_size=None).image_shape == (3, 64, 64)
+
+
 def test_train_test_layout(tmp_path, files):
     files.tree(tmp_path / "t" / "train", per_class=6)
     files.tree(tmp_path / "t" / "test", per_class=2)

@@ -65,3 +65,8 @@ def test_generation_is_fast():
     t0 = time.perf_counter()
     generate(2000, 10, 32, seed=0)
     assert time.perf_counter() - t0 < 10
+
+
+def test_unset_image_size_is_32_px():
+    data = load_data(DataConfig(train_size=4, val_size=4, test_size=4))
+    assert data.image_shape == (3, 32, 32)

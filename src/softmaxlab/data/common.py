@@ -111,7 +111,8 @@ def assemble(
     x: (N, C, H, W) uint8, y: (N,) int64, coarse: (N,) int64 or None. Without ``test``,
     ``cfg.test_fraction`` of train becomes the test split; without ``val``,
     ``cfg.val_fraction`` of the rest becomes the validation split (both stratified and seeded
-    by ``cfg.seed``). Images are resized to ``cfg.image_size`` when their side differs.
+    by ``cfg.seed``). Images are resized to ``cfg.image_size`` when their side differs;
+    unset, they keep their size, or become squares of their shorter side when not square.
     """
     x, y, coarse = train
     if test is None:
@@ -122,7 +123,8 @@ def assemble(
         keep, held = stratified_split(y, cfg.val_fraction, cfg.seed, salt=2)
         _check_holdout(len(held), len(keep), "validation", "data.val_fraction", cfg.val_fraction)
         val, (x, y, coarse) = _pick((x, y, coarse), held), _pick((x, y, coarse), keep)
+    size = cfg.image_size if cfg.image_size is not None else min(x.shape[-2:])
     splits = []
     for sx, sy, sc in ((x, y, coarse), val, test):
-        splits.append(Split(resize(sx, cfg.image_size), sy, sc))
+        splits.append(Split(resize(sx, size), sy, sc))
     return ImageData(*splits, classes=classes, coarse_classes=coarse_classes, coarse_of=coarse_of)

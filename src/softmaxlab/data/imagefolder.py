@@ -11,7 +11,7 @@ Layouts, tried in this order:
 Without a validation folder ``data.val_fraction`` of the training images are held out.
 Images (jpg, png, bmp, gif, tif, webp, ...) are found recursively inside each class folder;
 other files and hidden entries are ignored. Every image becomes RGB resized to
-``data.image_size`` square (bilinear, antialiased).
+``data.image_size`` square (bilinear, antialiased), 64 px when unset (``DEFAULT_SIZE``).
 
 Why a cache: decoding JPEGs costs far more than a small CNN's epoch on the decoded pixels.
 The tree is decoded once, in parallel threads (PIL releases the GIL while decoding and
@@ -52,6 +52,10 @@ from softmaxlab.errors import UserError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 CACHE_VERSION = 1  # bump when the decoding changes, so old caches are not reused
 SPLITS = ("train", "val", "test")
+# px, when data.image_size is unset: the images of a tree differ in size, so none is "its own". The Intel
+# scenes at 64 px score 3.4 points above the same images at 32 px with the default recipe (README "Why
+# these defaults").
+DEFAULT_SIZE = 64
 _SHOWN_BAD = 3  # bad files named in an error message
 
 
@@ -330,7 +334,7 @@ def build_cache(tree: Tree, size: int, folder: Path | None, key: str) -> tuple[n
 
 def load_tree(cfg: DataConfig, tree: Tree) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """(images (N, 3, S, S) uint8, possibly memory-mapped, bad files) from the cache or by decoding."""
-    size = cfg.image_size
+    size = cfg.image_size if cfg.image_size is not None else DEFAULT_SIZE
     key = cache_key(tree, size)
     folder = cache_folder(cfg, tree.root)
     if folder is not None:

@@ -61,6 +61,7 @@ def _level(shape: str, u: Tensor, v: Tensor) -> Tensor:
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "diamond", "crescent", "hexagon", "half_disc")
 _HUE_NAMES = ("red", "orange", "yellow", "lime", "green", "teal", "cyan", "azure", "blue", "violet", "magenta", "pink")
 MAX_COLOURS = 36
+DEFAULT_SIZE = 32  # px, when data.image_size is unset
 
 
 def layout(num_classes: int) -> tuple[int, int]:
@@ -162,8 +163,9 @@ def generate(n: int, num_classes: int = 10, image_size: int = 32, seed: int = 0)
 def shapes(cfg: DataConfig) -> ImageData:
     """Embedded offline data: coloured shapes (fine = shape x colour, coarse = shape)."""
     names, coarse_names, coarse_of = class_names(cfg.num_classes)
+    size = cfg.image_size if cfg.image_size is not None else DEFAULT_SIZE
     splits = []
     for offset, n in enumerate((cfg.train_size, cfg.val_size, cfg.test_size)):
-        x, y, coarse = generate(n, cfg.num_classes, cfg.image_size, seed=cfg.seed * 1_000_003 + offset)
+        x, y, coarse = generate(n, cfg.num_classes, size, seed=cfg.seed * 1_000_003 + offset)
         splits.append(Split(x, y, coarse))
     return ImageData(*splits, classes=names, coarse_classes=coarse_names, coarse_of=torch.tensor(coarse_of))
