@@ -7,7 +7,8 @@ For each seed, in one process and on the same training / validation split:
            come from the run's records.
 (notebook) the usual notebook loop on the same model (built from the same config, so the
            same widths): Adam at 1e-3, batch 64, random horizontal flips only, a
-           ``DataLoader`` with per-sample transforms, ``loss.item()`` every step, 12 epochs;
+           ``DataLoader`` with per-sample transforms, ``loss.item()`` every step, 12 epochs
+           at the full image size (ours trains its first epochs smaller: progressive resizing);
            validation accuracy after each epoch (not timed).
 
 The target of a seed is the best validation accuracy the notebook loop reaches in its 12
@@ -134,10 +135,12 @@ def main(argv: list[str] | None = None) -> None:
         )
     device = resolve_device(cfg.train.device)
     with_set = f" with {', '.join(args.set)}" if args.set else ""
+    sizes = "-".join(str(cfg.train_image_size(e, data.image_shape[-1])) for e in range(1, cfg.train.epochs + 1))
     print(
         f"{args.data.name}: {len(data.train)} train / {len(data.val)} val images at {data.image_shape}, "
         f"{cfg.model.name} {cfg.model.widths}; ours: softmaxlab defaults{with_set} ({cfg.train.optimizer}, "
-        f"lr {cfg.train.lr}, {cfg.train.schedule}, {cfg.train.epochs} epochs, batch {cfg.train.batch_size}); "
+        f"lr {cfg.train.lr}, {cfg.train.schedule}, {cfg.train.epochs} epochs at {sizes} px, "
+        f"batch {cfg.train.batch_size}); "
         f"notebook: Adam 1e-3, batch 64, flips, {args.notebook_epochs} epochs; "
         f"device {device}, {torch.get_num_threads()} threads",
         flush=True,

@@ -116,3 +116,23 @@ def test_sweep_variants_get_the_layout_of_their_activation(tmp_path):
     base, spec = sweep.load_sweep(path)
     layouts = {r.config.model.activation: r.config.uses_channels_last() for r in sweep.expand_grid(base, spec)}
     assert layouts == {"relu": True, "softmax_hw": False}
+
+
+def test_progressive_resizing_sizes_per_epoch():
+    # Defaults: half the size for the first half of the epochs (never below 32 px), then a linear
+    # ramp to the full size in steps of 16 px.
+    cfg = load_config(None, ["data.image_size=64"])
+    assert [cfg.train_image_size(e) for e in range(1, 9)] == [32, 32, 32, 32, 48, 48, 64, 64]
+    assert {load_config(None, ["data.image_size=32"]).train_image_size(e) for e in range(1, 9)} == {32}
+    assert load_config(None, ["data.image_size=48"]).train_image_size(1) == 32  # not 24
+    big = load_config(None, ["data.image_size=128"])
+    assert [big.train_image_size(e) for e in range(1, 9)] == [64, 64, 64, 64, 80, 96, 112, 128]
+    odd = load_config(None, ["data.image_size=150", "train.epochs=4"])
+    assert [odd.train_image_size(e) for e in range(1, 5)] == [75, 75, 128, 150]  # 112.5 -> 128; capped at 150
+    off = load_config(None, ["data.image_size=64", "train.low_res_fraction=0"])
+    assert {off.train_image_size(e) for e in range(1, 9)} == {64}
+    set_ = load_config(None, ["train.low_res_size=40", "train.low_res_fraction=0.3", "train.epochs=10"])
+    assert [set_.train_image_size(e, image_size=64) for e in range(1, 11)] == [40] * 3 + [48] * 2 + [64] * 5
+    assert load_config(None, ["train.low_res_size=80"]).train_image_size(1, image_size=64) == 64  # never larger
+    with pytest.raises(ValueError, match="image_size is unset"):
+        load_config().train_image_size(1)

@@ -43,7 +43,7 @@ def test_defaults_ablation_starts_from_the_defaults():
 
     base, spec = sweep.load_sweep(STUDIES.parent / "defaults" / "ablation.yaml")
     plan = sweep.expand_grid(base, spec)
-    assert len(plan) == 21 and all(r.config is not None for r in plan)
+    assert len(plan) == 24 and all(r.config is not None for r in plan)
     defaults = load_config(None, ["data.name=npz", "data.root=x.npz"])
     first = spec.variants[0]
     for key, value in first.items():

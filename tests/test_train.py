@@ -13,7 +13,10 @@ from softmaxlab.train import fit, lr_factor
 
 from .conftest import TINY, tiny_config
 
-EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds", "lr", "grad_norms"}
+EPOCH_KEYS = {
+    *("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds", "lr", "grad_norms"),
+    "train_image_size",
+}
 
 
 @pytest.fixture(scope="module")
@@ -179,13 +182,16 @@ def test_model_too_deep_for_the_images_writes_nothing(tmp_path):
 
 # --------------------------------------------------------------------------- checkpoint and resume
 
-#: 4 steps per epoch, a checkpoint after every step, and a head with state (Gumbel tau).
+#: 4 steps per epoch, a checkpoint after every step, a head with state (Gumbel tau), and
+#: progressive resizing (epoch 1 at 12 px, 2 and 3 at 16): the kill points below straddle the change.
 RESUME = [
     "data.train_size=256",
     "data.val_size=64",
     "data.test_size=64",
     "train.epochs=3",
     "train.checkpoint_every=1",
+    "train.low_res_size=12",
+    "train.low_res_fraction=0.4",
     "head.name=gumbel",
     "head.tau_schedule=exponential",
     "diagnostics.probe_size=16",
@@ -212,6 +218,11 @@ def uninterrupted(tmp_path_factory):
 
 class _Killed(BaseException):
     pass
+
+
+def test_progressive_resizing_trains_the_first_epochs_on_smaller_images(uninterrupted):
+    history = uninterrupted[2]
+    assert [r["train_image_size"] for r in history] == [12, 16, 16]
 
 
 # step:4 = end of epoch 1 (before its checkpoint), step:5 = start of epoch 2, step:6 = its middle.

@@ -12,6 +12,7 @@ config is written next to the results, and running that file reproduces the run.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -264,6 +265,15 @@ class TrainConfig(_Section):
     # whose softmax over height / width is slower in NHWC (Config.uses_channels_last decides).
     channels_last: bool | None = None
     compile: bool = False  # torch.compile the model (first epoch pays the compilation)
+    # Progressive resizing (as in FFCV's and fast.ai's fast-training recipes): the first
+    # `low_res_fraction` of the epochs (rounded down) train on images downscaled to `low_res_size` px
+    # (bilinear, antialiased, after the crop and flip), the size then grows linearly, by epoch, to
+    # data.image_size at the last epoch (in steps of 16 px); validation, test and prediction always see
+    # data.image_size. Unset size = half of data.image_size but not below 32 px, so images of 32 px
+    # and less (CIFAR, shapes) train at their own size throughout. low_res_fraction 0 = off.
+    # Config.train_image_size gives the size of each epoch.
+    low_res_size: int | None = Field(None, ge=8)
+    low_res_fraction: float = Field(0.5, ge=0, lt=1)
     # Also checkpoint every this-many optimisation steps (0 = only at the end of each epoch).
     checkpoint_every: int = Field(0, ge=0)
 
@@ -320,6 +330,34 @@ class Config(_Section):
         from softmaxlab.activations import is_softmax
 
         return not is_softmax(self.model.activation)
+
+    def train_image_size(self, epoch: int, image_size: int | None = None) -> int:
+        """Side of the training images in ``epoch`` (1-based) under progressive resizing.
+
+        With ``s`` = ``image_size`` (default ``data.image_size``, which must then be set),
+        ``E`` = ``train.epochs``, ``L = floor(low_res_fraction * E)`` and ``l`` =
+        ``train.low_res_size`` (unset: ``max(32, s // 2)``):
+
+            size(e) = l                                          for e <= L
+            size(e) = ceil16(l + (s - l) * (e - L) / (E - L))    for e > L
+
+        each capped at ``s`` (and ``s`` throughout when ``L = 0``), where ``ceil16`` rounds up
+        to a multiple of 16 px (so that four 2x2 poolings divide it without dropping a border);
+        the last epoch is at ``s``. The defaults at 64 px over 8 epochs: 32, 32, 32, 32, 48, 48,
+        64, 64.
+        """
+        size = image_size if image_size is not None else self.data.image_size
+        if size is None:
+            raise ValueError("data.image_size is unset: pass the size the images were loaded at")
+        t = self.train
+        low = min(size, t.low_res_size if t.low_res_size is not None else max(32, size // 2))
+        first = math.floor(t.low_res_fraction * t.epochs + 1e-9)  # epochs at the low size
+        if first == 0:  # off
+            return size
+        if epoch <= first:
+            return low
+        grown = low + (size - low) * (epoch - first) / (t.epochs - first)
+        return min(size, 16 * math.ceil(grown / 16 - 1e-9))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of every value (the fully resolved config)."""

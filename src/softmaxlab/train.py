@@ -517,6 +517,14 @@ def _fit(
     if cfg.uses_channels_last():
         model = model.to(memory_format=torch.channels_last)
     check_forward(model, data.image_shape, device)
+    for size in sorted({cfg.train_image_size(e) for e in range(1, cfg.train.epochs + 1)} - {data.image_shape[-1]}):
+        try:  # the smaller images of progressive resizing's first epochs
+            check_forward(model, (data.image_shape[0], size, size), device)
+        except UserError as e:
+            raise UserError(
+                f"progressive resizing trains the first epochs at {size} px (train.low_res_size), too small "
+                f"for the model: {e}; raise train.low_res_size or set train.low_res_fraction=0"
+            ) from None
     run_dir, resuming = _prepare_run_dir(cfg, out_dir, overwrite, world, resume)
     if world.distributed:
         # Same initial weights on every rank (seeded above, and DDP broadcasts rank 0's), but
@@ -598,6 +606,7 @@ def _fit(
         for epoch in range(start_epoch, cfg.train.epochs + 1):
             # --- train
             loaders["train"].set_epoch(epoch)
+            loaders["train"].size = cfg.train_image_size(epoch)
             _sync(device)
             t0 = time.perf_counter()
             first_step = (epoch - 1) * len(loaders["train"])
@@ -633,6 +642,7 @@ def _fit(
                 "val_acc": val["acc"],
                 "epoch_seconds": seconds,
                 "train_images_per_second": stats["images"] / seconds,
+                "train_image_size": loaders["train"].size,  # progressive resizing: smaller in early epochs
                 "lr": lr,  # at the epoch's last step
                 **diagnostics.epoch_record(),  # grad_norms, activation_stats
                 **model.head.epoch_record(),

@@ -112,3 +112,31 @@ def test_resized_crop_loader_gives_normalised_batches():
     loader = make(shuffle=True, flip=True, resized_crop=((0.35, 1.0), (0.75, 4 / 3)))
     for x, y in loader:
         assert x.shape == (y.numel(), 3, 4, 4) and x.dtype == torch.float32 and torch.isfinite(x).all()
+
+
+def test_resize_halves_by_averaging_and_commutes_with_normalisation():
+    from softmaxlab.data.loader import resize
+
+    # Columns alternating 0 / 255: halved, a subsample would keep only one of the two values;
+    # the antialiased filter (weights 1/8, 3/8, 3/8, 1/8 across four columns) averages them.
+    stripes = (torch.arange(8) % 2 * 255).to(torch.uint8).expand(1, 3, 8, 8)
+    half = resize(stripes, 4)
+    torch.testing.assert_close(half[..., 1:3], torch.full((1, 3, 4, 2), 127.5))
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    norm = Normalize([0.5] * 3, [0.25] * 3)
+    torch.testing.assert_close(norm(resize(x, 6)), resize(norm(x), 6))
+    assert resize(x, 8).equal(x.float())
+
+
+def test_a_loader_with_a_size_gives_that_size_and_the_same_draws():
+    # Progressive resizing changes the size between epochs, never the order or the augmentation.
+    from softmaxlab.data.loader import resize
+
+    x = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
+    y = torch.arange(40)
+    full = TensorLoader(x, y, 16, Normalize([0.5] * 3, [0.25] * 3), shuffle=True, crop_padding=2, flip=True, seed=3)
+    small = TensorLoader(x, y, 16, Normalize([0.5] * 3, [0.25] * 3), shuffle=True, crop_padding=2, flip=True, seed=3)
+    small.size = 4
+    for (xf, yf), (xs, ys) in zip(full, small, strict=True):
+        assert xs.shape == (len(ys), 3, 4, 4) and ys.equal(yf)
+        torch.testing.assert_close(xs, resize(xf, 4))

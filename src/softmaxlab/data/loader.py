@@ -100,6 +100,17 @@ def resized_crop_at(x: Tensor, boxes: Tensor) -> Tensor:
     return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def resize(x: Tensor, size: int) -> Tensor:
+    """A (B, C, H, W) batch resized to (B, C, size, size), float32 in the input's value range.
+
+    Bilinear with antialiasing (a triangle filter widened by the scale factor when shrinking,
+    as PIL and torchvision resize), so a downscaled image is an average of its pixels rather
+    than a subsample of them. Resizing before :class:`Normalize` gives the same result as after
+    it: both are affine per channel and the filter weights sum to 1.
+    """
+    return F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
 class Normalize:
     """uint8 [0, 255] -> float32 ``(x / 255 - mean) / std`` per channel, in one multiply-add.
 
@@ -139,6 +150,8 @@ class TensorLoader:
         resized_crop: ``(scale, ratio)`` of a random-resized crop (area fraction and aspect
             ranges, as torchvision's RandomResizedCrop); replaces the padded crop.
         drop_last: drop the last incomplete batch (keeps BatchNorm statistics sane).
+        size: side of the batches' images after augmentation (None = as stored); changed between
+            epochs by progressive resizing (:func:`resize`). Square images only.
         seed: base seed; epoch ``e`` uses a generator seeded with ``(seed, e)``.
         shard: ``(rank, world_size)``: every rank draws the same permutation and the same
             augmentation for each global batch and keeps its contiguous slice of it, so the
@@ -157,6 +170,7 @@ class TensorLoader:
         flip: bool = False,
         resized_crop: tuple[tuple[float, float], tuple[float, float]] | None = None,
         drop_last: bool = False,
+        size: int | None = None,
         seed: int = 0,
         shard: tuple[int, int] = (0, 1),
     ) -> None:
@@ -166,6 +180,7 @@ class TensorLoader:
         self.shuffle, self.crop_padding, self.flip = shuffle, crop_padding, flip
         self.resized_crop = resized_crop
         self.drop_last = drop_last
+        self.size = size
         self.seed = seed
         self.rank, self.world_size = shard
         self.epoch = 0
@@ -214,4 +229,6 @@ class TensorLoader:
                 xb = crop_at(xb, self.crop_padding, offsets[:, a:z])
             if flips is not None:
                 xb = flip_at(xb, flips[a:z])
+            if self.size is not None and self.size != xb.shape[-1]:
+                xb = resize(xb, self.size)
             yield self.normalize(xb), yb
