@@ -291,6 +291,12 @@ CASES: list[Case] = [
     ("sweep over an unknown key", lambda c: ["sweep", str(sweep_file(c, {"grid": {"head.tua": [1]}}))], "head.tua"),
     ("sweep with another base", changed_sweep, "--overwrite"),
     ("sweep grid without a run of its directory", shrunk_sweep, "its run 'seed-0' is not in this grid"),
+    ("dry run of a sweep with another base", lambda c: [*changed_sweep(c), "--dry-run"], "--overwrite"),
+    (
+        "dry run of a grid without a run of its directory",
+        lambda c: [*shrunk_sweep(c), "--dry-run"],
+        "its run 'seed-0' is not in this grid",
+    ),
 ]
 
 

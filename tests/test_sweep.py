@@ -110,6 +110,21 @@ def test_variants_are_crossed_with_the_grid(tmp_path):
     assert "head.learn_temp" in result.output and "5 runs" in result.output
 
 
+def test_a_variant_of_another_model_gets_that_models_default_widths(tmp_path):
+    from softmaxlab.models.base import default_widths
+
+    variants = [{"model.name": "simple_cnn"}, {"model.name": "resnet12"}]
+    raw = apply_overrides({}, [s for s in SWEEP_BASE if not s.startswith("model.widths")])
+    raw["sweep"] = {"grid": {"train.seed": [0]}, "variants": variants}
+    (tmp_path / "unset.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    plan = sweep.expand_grid(*sweep.load_sweep(tmp_path / "unset.yaml"))
+    assert [r.config.model.widths for r in plan] == [default_widths("simple_cnn"), default_widths("resnet12")]
+    # Widths the base sets are the base's for every variant.
+    path = write_sweep(tmp_path / "set.yaml", {"train.seed": [0]}, variants=variants)
+    plan = sweep.expand_grid(*sweep.load_sweep(path))
+    assert [r.config.model.widths for r in plan] == [[8, 16], [8, 16]]
+
+
 @pytest.mark.parametrize(
     ("variants", "fragment"),
     [
@@ -159,6 +174,20 @@ def test_dry_run_lists_runs_and_writes_nothing(tmp_path):
     assert "head-log_softmax_seed-1" in result.output and "pending" in result.output
     assert "4 runs" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_with_overwrite_shows_the_runs_it_would_replace(tmp_path):
+    out = tmp_path / "out"
+    first = write_sweep(tmp_path / "a.yaml", {"train.seed": [0]})
+    assert CliRunner().invoke(app, ["sweep", str(first), "--out", str(out)]).exit_code == 0
+    listed = CliRunner().invoke(app, ["sweep", str(first), "--out", str(out), "--dry-run"])
+    assert "finished" in listed.output and "replacing" not in listed.output
+    other = write_sweep(tmp_path / "b.yaml", {"train.seed": [0]}, extra=["train.lr=0.2"])
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    result = CliRunner().invoke(app, ["sweep", str(other), "--out", str(out), "--dry-run", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert "pending" in result.output and "finished" not in result.output and "replacing the sweep" in result.output
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing removed
 
 
 def test_failed_runs_are_recorded_and_do_not_stop_the_others(tmp_path, monkeypatch):

@@ -284,13 +284,16 @@ def sweep_cmd(
         for column in ("run", *spec.override_keys(), "state"):
             table.add_column(column)
         plan = sweep.expand_grid(base, spec)
+        # What the real command would do with the directory: refuse (a UserError, exit 2) or replace its runs.
+        replaced = sweep.replaces_sweep(target, base, spec, overwrite, {r.name for r in plan})
         for run in plan:
-            state = sweep.run_state(target, run)
+            state = "invalid" if run.config is None else "pending" if replaced else sweep.run_state(target, run)
             given = [run.overrides.get(k, "") for k in spec.override_keys()]
             values = [json.dumps(v) if not isinstance(v, str) else v for v in given]
             table.add_row(run.name, *values, state + (f": {run.error}" if run.error else ""))
         out_console.print(table)
-        out_console.print(f"{len(plan)} runs in {target}", highlight=False, soft_wrap=True)
+        note = " (replacing the sweep there: --overwrite)" if replaced else ""
+        out_console.print(f"{len(plan)} runs in {target}{note}", highlight=False, soft_wrap=True)
         return
     result = sweep.run_sweep(
         config,

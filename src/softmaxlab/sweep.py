@@ -292,7 +292,8 @@ def expand_grid(base: Config, spec: SweepSpec) -> list[SweepRun]:
     """Every run of the sweep, in grid order, without the excluded combinations.
 
     Each run's config is ``base`` with its overrides and ``name`` set to the run's
-    directory name. Names are unique: names that would collide (or exceed
+    directory name. A run that changes ``model.name`` gets that model's default widths unless
+    the base or the run sets ``model.widths``. Names are unique: names that would collide (or exceed
     :data:`MAX_NAME` characters) get a short hash of their overrides appended.
     A combination that fails validation (an option its head or dataset would ignore, for
     example ``head.tau`` with ``head.name: softmax``) is kept with ``config=None`` and the
@@ -314,6 +315,8 @@ def expand_grid(base: Config, spec: SweepSpec) -> list[SweepRun]:
         if counts[name] > 1 or len(name) > MAX_NAME:
             name = f"{name[: MAX_NAME - 9]}-{_digest(combo)}"
         raw = base.to_dict()
+        if "model.name" in combo and "model.widths" not in combo and "widths" not in base.model.model_fields_set:
+            del raw["model"]["widths"]  # unset in the base: a variant's model gets its own default widths
         for key, value in combo.items():
             _set_dotted(raw, key, value)
         raw["name"] = name
@@ -345,26 +348,35 @@ def prepare_sweep_dir(
     (same base config, and every run already in the directory is one of ``names``, the runs
     of the new grid, e.g. after adding a seed or a variant) keeps its runs, since a run's
     name fixes its overrides and so its config."""
-    record = _sweep_record(base, spec)
-    path = out_dir / SWEEP_FILE
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"sweep output {str(out_dir)!r} is a file, not a directory; choose another --out")
-    if path.is_file():
-        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if saved != record and not _grown(out_dir, saved, record, names, overwrite):
-            for folder in (RUNS_DIR, "submitit"):
-                shutil.rmtree(out_dir / folder, ignore_errors=True)
-            for name in (RESULTS_FILE, AGGREGATE_FILE, JOBS_FILE):
-                (out_dir / name).unlink(missing_ok=True)
-    elif out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise UserError(f"{str(out_dir)!r} is not empty and holds no sweep; choose another --out or pass --overwrite")
+    if replaces_sweep(out_dir, base, spec, overwrite, names):
+        for folder in (RUNS_DIR, "submitit"):
+            shutil.rmtree(out_dir / folder, ignore_errors=True)
+        for name in (RESULTS_FILE, AGGREGATE_FILE, JOBS_FILE):
+            (out_dir / name).unlink(missing_ok=True)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(
             f"cannot create sweep directory {str(out_dir)!r}: {exc.strerror}; choose another --out"
         ) from None
-    atomic_write_text(path, yaml.safe_dump(record, sort_keys=False))
+    atomic_write_text(out_dir / SWEEP_FILE, yaml.safe_dump(_sweep_record(base, spec), sort_keys=False))
+
+
+def replaces_sweep(
+    out_dir: Path, base: Config, spec: SweepSpec, overwrite: bool = False, names: Collection[str] | None = None
+) -> bool:
+    """Whether :func:`prepare_sweep_dir` would remove the runs in ``out_dir`` (another sweep,
+    with ``overwrite``); a UserError where it would refuse. Reads only: the dry run asks it too."""
+    record = _sweep_record(base, spec)
+    path = out_dir / SWEEP_FILE
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"sweep output {str(out_dir)!r} is a file, not a directory; choose another --out")
+    if path.is_file():
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return saved != record and not _grown(out_dir, saved, record, names, overwrite)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise UserError(f"{str(out_dir)!r} is not empty and holds no sweep; choose another --out or pass --overwrite")
+    return False
 
 
 def _grown(out_dir: Path, saved: Any, record: dict[str, Any], names: Collection[str] | None, overwrite: bool) -> bool:
