@@ -35,11 +35,12 @@ import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import yaml  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from softmaxlab import sweep  # noqa: E402
+from softmaxlab import runs, sweep  # noqa: E402
 from softmaxlab.cli import app  # noqa: E402
 from softmaxlab.config import apply_overrides  # noqa: E402
 from softmaxlab.errors import UserError  # noqa: E402
@@ -301,6 +302,59 @@ def test_two_worker_sweep_killed_midway_then_rerun_finishes_every_run_once(tmp_p
     changed = write_sweep(tmp_path / "s2.yaml", grid, extra=["train.lr=0.01"])
     refused = CliRunner().invoke(app, ["sweep", str(changed), "--out", str(out)])
     assert refused.exit_code == 2 and "another base config" in refused.output
+
+
+def _children(pid):
+    """Pids of the processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid):
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_sigterm_stops_a_local_sweep_and_its_workers(tmp_path):
+    # A scheduler's stop (SIGTERM to the sweep process only) must not leave its workers training
+    # as orphans, which a rerun would then race; the sweep exits 130 with one line.
+    extra = ["train.epochs=2000", "train.checkpoint_every=2"]  # minutes per run: stopped, not finished
+    path = write_sweep(tmp_path / "s.yaml", {"train.seed": [0, 1]}, extra=extra)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "softmaxlab", "sweep", str(path), "--out", str(out), "--workers", "2"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob(f"runs/*/{runs.CHECKPOINT}"))) < 2 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the runs did not start"
+            time.sleep(0.02)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2 and proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        err = proc.stderr.read().decode()
+        assert proc.returncode == 130, err[-2000:]
+        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted: ")
+        deadline = time.monotonic() + 30
+        while any(_running(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_running(w) for w in workers)
+        assert not list(out.glob(f"runs/*/{runs.SUMMARY}"))  # stopped mid-run, resumable from the checkpoints
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 # --- the submitit launcher (its local executor: each run a job in its own process) --------

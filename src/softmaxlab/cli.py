@@ -21,6 +21,7 @@ from rich.table import Table
 from softmaxlab.errors import DivergedError, UserError, access_error
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's code for Ctrl-C
 
 app = typer.Typer(
     name="softmaxlab",
@@ -42,7 +43,8 @@ def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__
 
 
 def _exit_codes(command: F) -> F:
-    """Map the library's exceptions to exit codes: UserError -> 2, DivergedError -> 3.
+    """Map the library's exceptions to exit codes: UserError -> 2, DivergedError -> 3, an
+    interrupt -> 130.
 
     The message is printed as one line on stderr, without a traceback.
     """
@@ -68,6 +70,15 @@ def _exit_codes(command: F) -> F:
         except DivergedError as exc:
             err_console.print(f"diverged: {exc}", highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(EXIT_DIVERGED) from None
+        except KeyboardInterrupt:  # Ctrl-C; SIGTERM too during a sweep's local runs
+            err_console.print(
+                "interrupted: the same command continues a sweep, and softmaxlab resume RUN_DIR a run, "
+                "from their last checkpoints",
+                highlight=False,
+                soft_wrap=True,
+                markup=False,
+            )
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -36,10 +36,12 @@ import math
 import os
 import re
 import shutil
+import signal
 import statistics
+import threading
 import warnings
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -529,19 +531,40 @@ def run_sweep(
                 out, todo, workers, executor, record, lambda running: progress.update(len(outcome), running, failed)
             )
         elif workers == 1:
-            for run in todo:
-                progress.update(len(outcome), 1, failed)
-                record(run.name, *_train_run(run.config.to_dict(), str(out / RUNS_DIR / run.name)))
+            with sigterm_interrupts():
+                for run in todo:
+                    progress.update(len(outcome), 1, failed)
+                    record(run.name, *_train_run(run.config.to_dict(), str(out / RUNS_DIR / run.name)))
         else:
-            _run_parallel(
-                out, todo, workers, outcome, record, lambda running: progress.update(len(outcome), running, failed)
-            )
+            with sigterm_interrupts():
+                _run_parallel(
+                    out, todo, workers, outcome, record, lambda running: progress.update(len(outcome), running, failed)
+                )
         progress.update(len(outcome), 0, failed)
     finally:
         progress.stop()
     rows, agg = write_results(out, plan, outcome, spec)
     report = _write_report(out, base)
     return SweepResult(out, rows, agg, report)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a scheduler's or ``kill``'s polite stop) raises KeyboardInterrupt inside, as Ctrl-C
+    does, so that the local runs in flight are stopped with the sweep rather than left training
+    as orphans; outside the main thread (where signals cannot be handled) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_parallel(
@@ -555,6 +578,7 @@ def _run_parallel(
     """At most ``workers`` runs in flight in spawned processes; results recorded as they end."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
     pending = list(todo)
@@ -566,7 +590,12 @@ def _run_parallel(
             while pending or running:
                 while pending and len(running) < workers:
                     run = pending.pop(0)
-                    running[pool.submit(_train_run, run.config.to_dict(), str(out / RUNS_DIR / run.name))] = run.name
+                    try:
+                        future = pool.submit(_train_run, run.config.to_dict(), str(out / RUNS_DIR / run.name))
+                    except BrokenProcessPool as exc:  # a worker died abruptly: the pool takes no more runs
+                        record(run.name, "failed", f"worker process died: {type(exc).__name__}: {exc}")
+                        continue
+                    running[future] = run.name
                 update(len(running))
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
@@ -577,7 +606,11 @@ def _run_parallel(
                         status, error = "failed", f"worker process died: {type(exc).__name__}: {exc}"
                     record(name, status, error)
         except BaseException:
-            # Interrupted (Ctrl-C): do not wait for the runs in flight; a rerun resumes them.
+            # Interrupted (Ctrl-C, SIGTERM): stop the runs in flight now (a rerun resumes them from
+            # their checkpoints) instead of waiting for them. ``_processes`` is private; Python 3.14
+            # has ``terminate_workers()`` for it.
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
 
