@@ -53,3 +53,15 @@ def test_defaults_ablation_starts_from_the_defaults():
         assert len(variant) == 1 and all(
             getattr(getattr(defaults, k.split(".")[0]), k.split(".")[1]) != v for k, v in variant.items()
         )
+
+
+def test_defaults_heads_sweep_covers_every_head():
+    # configs/defaults/heads.yaml backs the README's claim that every head trains with the defaults.
+    from softmaxlab.heads import HEADS
+
+    base, spec = sweep.load_sweep(STUDIES.parent / "defaults" / "heads.yaml")
+    assert {v["head.name"] for v in spec.variants if "head.name" in v} == set(HEADS)
+    plan = sweep.expand_grid(base, spec)
+    assert all(r.config is not None for r in plan)
+    resnet = [r.config for r in plan if r.config.model.name == "resnet12"]
+    assert resnet and all(c.model.widths == [64, 160, 320, 640] and c.train.lr == base.train.lr for c in resnet)
