@@ -38,10 +38,10 @@ def test_time_to_accuracy_runs_on_a_tiny_npz(time_to_accuracy, tmp_path, capsys)
     path = tmp_path / "tiny.npz"
     np.savez(path, x=x.permute(0, 2, 3, 1).numpy(), y=y.numpy())
     args = ["--data", str(path), "--seeds", "0,1", "--notebook-epochs", "2", "--set", "train.epochs=2"]
-    sets = ["--set", "model.widths=[8,16]", "--set", "train.low_res_size=8"]
+    sets = ["--set", "model.widths=[8,16]", "--set", "train.low_res_fraction=0.5", "--set", "train.low_res_size=8"]
     time_to_accuracy.main([*args, *sets])
     out = capsys.readouterr().out
-    assert "ours: softmaxlab defaults with train.epochs=2, model.widths=[8,16], train.low_res_size=8 (" in out
+    assert "defaults with train.epochs=2, model.widths=[8,16], train.low_res_fraction=0.5, train.low_res_size=8" in out
     assert "2 epochs at 8-16 px" in out  # the npz's own 16 px, the first epoch at 8
     seeds = re.findall(r"^seed (\d): target ([\d.]+) \(notebook's best\); ours (.+?), notebook (.+?); ", out, re.M)
     assert [s[0] for s in seeds] == ["0", "1"]

@@ -161,6 +161,9 @@ def shrunk_sweep(ctx: Ctx) -> list[str]:
     return ["sweep", str(sweep_file(ctx, {"grid": {"train.seed": [1]}}, "b.yaml")), "--out", str(out)]
 
 
+#: Progressive resizing with its first epoch at 8 px.
+LOW_RES_8 = ("train.low_res_size=8", "train.low_res_fraction=0.5")
+
 Case = tuple[str, Callable[[Ctx], list[str]], str]
 
 CASES: list[Case] = [
@@ -188,8 +191,8 @@ CASES: list[Case] = [
     ("low-res size below 8", lambda c: ["run", *sets("train.low_res_size=4")], "'train.low_res_size'"),
     ("low-res fraction 1", lambda c: ["run", *sets("train.low_res_fraction=1")], "'train.low_res_fraction'"),
     (
-        "low-res images too small for the model",  # 4 blocks need 16 px; epoch 1 of 2 would train at 8
-        lambda c: ["run", *sets("model.widths=[8,8,8,8]", "train.low_res_size=8", "train.epochs=2")],
+        "low-res images too small for the model",  # 4 blocks need 16 px; the first epochs would train at 8
+        lambda c: ["run", *sets("model.widths=[8,8,8,8]", "train.epochs=2", *LOW_RES_8)],
         "raise train.low_res_size",
     ),
     ("unsafe run name", lambda c: ["run", *sets("name=a/b")], "'name'"),

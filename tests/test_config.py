@@ -119,20 +119,21 @@ def test_sweep_variants_get_the_layout_of_their_activation(tmp_path):
 
 
 def test_progressive_resizing_sizes_per_epoch():
-    # Defaults: half the size for the first half of the epochs (never below 32 px), then a linear
-    # ramp to the full size in steps of 16 px.
-    cfg = load_config(None, ["data.image_size=64"])
+    # Off by default.
+    assert {load_config(None, ["data.image_size=64"]).train_image_size(e) for e in range(1, 9)} == {64}
+    # Half the size (never below 32 px) for the first half of the epochs, then a linear ramp to
+    # the full size in steps of 16 px.
+    cfg = load_config(None, ["data.image_size=64", "train.low_res_fraction=0.5"])
     assert [cfg.train_image_size(e) for e in range(1, 9)] == [32, 32, 32, 32, 48, 48, 64, 64]
-    assert {load_config(None, ["data.image_size=32"]).train_image_size(e) for e in range(1, 9)} == {32}
-    assert load_config(None, ["data.image_size=48"]).train_image_size(1) == 32  # not 24
-    big = load_config(None, ["data.image_size=128"])
+    on = "train.low_res_fraction=0.5"
+    assert {load_config(None, ["data.image_size=32", on]).train_image_size(e) for e in range(1, 9)} == {32}
+    assert load_config(None, ["data.image_size=48", on]).train_image_size(1) == 32  # not 24
+    big = load_config(None, ["data.image_size=128", on])
     assert [big.train_image_size(e) for e in range(1, 9)] == [64, 64, 64, 64, 80, 96, 112, 128]
-    odd = load_config(None, ["data.image_size=150", "train.epochs=4"])
+    odd = load_config(None, ["data.image_size=150", "train.epochs=4", on])
     assert [odd.train_image_size(e) for e in range(1, 5)] == [75, 75, 128, 150]  # 112.5 -> 128; capped at 150
-    off = load_config(None, ["data.image_size=64", "train.low_res_fraction=0"])
-    assert {off.train_image_size(e) for e in range(1, 9)} == {64}
     set_ = load_config(None, ["train.low_res_size=40", "train.low_res_fraction=0.3", "train.epochs=10"])
     assert [set_.train_image_size(e, image_size=64) for e in range(1, 11)] == [40] * 3 + [48] * 2 + [64] * 5
-    assert load_config(None, ["train.low_res_size=80"]).train_image_size(1, image_size=64) == 64  # never larger
+    assert load_config(None, ["train.low_res_size=80", on]).train_image_size(1, image_size=64) == 64  # never larger
     with pytest.raises(ValueError, match="image_size is unset"):
         load_config().train_image_size(1)
