@@ -271,7 +271,7 @@ class TrainConfig(_Section):
     # grows linearly, by epoch, to data.image_size at the last epoch (in steps of 16 px); validation,
     # test and prediction always see data.image_size. Unset size = half of data.image_size but not
     # below 32 px, so images of 32 px and less are never resized. 0.5 on the 64 px Intel scenes:
-    # 2.4x less training time for 0.9 points of accuracy (README "Why these defaults").
+    # about half the training time for about a point of accuracy (README "Why these defaults").
     # Config.train_image_size gives the size of each epoch.
     low_res_size: int | None = Field(None, ge=8)
     low_res_fraction: float = Field(0.0, ge=0, lt=1)
