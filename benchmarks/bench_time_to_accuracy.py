@@ -8,7 +8,7 @@ For each seed, in one process and on the same training / validation split:
 (notebook) the usual notebook loop on the same model (built from the same config, so the
            same widths): Adam at 1e-3, batch 64, random horizontal flips only, a
            ``DataLoader`` with per-sample transforms, ``loss.item()`` every step, 12 epochs
-           at the full image size (ours trains its first epochs smaller: progressive resizing);
+           at the full image size (ours too, unless ``--set train.low_res_fraction=...``);
            validation accuracy after each epoch (not timed).
 
 The target of a seed is the best validation accuracy the notebook loop reaches in its 12

@@ -188,8 +188,9 @@ CASES: list[Case] = [
     ("adaptive cutoffs past K", lambda c: ["run", *sets("head.name=adaptive", "head.cutoffs=[2,9]")], "head.cutoffs"),
     ("softmax block out of range", lambda c: ["run", *sets("model.softmax_blocks=[7]")], "softmax_blocks"),
     ("fp16 on the CPU", lambda c: ["run", *sets("train.amp=fp16")], "fp16"),
-    ("low-res size below 8", lambda c: ["run", *sets("train.low_res_size=4")], "'train.low_res_size'"),
+    ("low-res size below 8", lambda c: ["run", *sets("train.low_res_size=4", *LOW_RES_8[1:])], "'train.low_res_size'"),
     ("low-res fraction 1", lambda c: ["run", *sets("train.low_res_fraction=1")], "'train.low_res_fraction'"),
+    ("low-res size without progressive resizing", lambda c: ["run", *sets("train.low_res_size=12")], "> 0 only"),
     (
         "low-res images too small for the model",  # 4 blocks need 16 px; the first epochs would train at 8
         lambda c: ["run", *sets("model.widths=[8,8,8,8]", "train.epochs=2", *LOW_RES_8)],

@@ -304,15 +304,17 @@ def test_two_worker_sweep_killed_midway_then_rerun_finishes_every_run_once(tmp_p
     assert refused.exit_code == 2 and "another base config" in refused.output
 
 
-def _children(pid):
-    """Pids of the processes whose parent is ``pid`` (from /proc)."""
+def _workers(pid):
+    """Pids of the spawned worker processes whose parent is ``pid`` (from /proc; not the
+    resource tracker that multiprocessing starts beside them)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
         except (OSError, IndexError):
             continue
-        if int(fields[1]) == pid:
+        if int(fields[1]) == pid and b"spawn_main" in cmdline:
             found.append(int(stat.parent.name))
     return found
 
@@ -339,8 +341,8 @@ def test_sigterm_stops_a_local_sweep_and_its_workers(tmp_path):
         while len(list(out.glob(f"runs/*/{runs.CHECKPOINT}"))) < 2 and proc.poll() is None:
             assert time.monotonic() < deadline, "the runs did not start"
             time.sleep(0.02)
-        workers = _children(proc.pid)
-        assert len(workers) >= 2 and proc.poll() is None
+        workers = _workers(proc.pid)
+        assert len(workers) == 2 and proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         err = proc.stderr.read().decode()

@@ -266,17 +266,25 @@ class TrainConfig(_Section):
     channels_last: bool | None = None
     compile: bool = False  # torch.compile the model (first epoch pays the compilation)
     # Progressive resizing (as in FFCV's and fast.ai's fast-training recipes), off by default: with
-    # low_res_fraction > 0 the first `low_res_fraction` of the epochs (rounded down) train on images
-    # downscaled to `low_res_size` px (bilinear, antialiased, after the crop and flip), then the size
-    # grows linearly, by epoch, to data.image_size at the last epoch (in steps of 16 px); validation,
-    # test and prediction always see data.image_size. Unset size = half of data.image_size but not
-    # below 32 px, so images of 32 px and less are never resized. 0.5 on the 64 px Intel scenes:
-    # about half the training time for about a point of accuracy (README "Why these defaults").
-    # Config.train_image_size gives the size of each epoch.
-    low_res_size: int | None = Field(None, ge=8)
+    # low_res_fraction > 0 the first `low_res_fraction` of the epochs (rounded down; none = off) train
+    # on images downscaled to `low_res_size` px (bilinear, antialiased, after the crop and flip), then
+    # the size grows linearly by epoch, rounded up to a multiple of 16 px, and reaches data.image_size
+    # by the last epoch; validation, test and prediction always see data.image_size. Unset size = half
+    # of data.image_size but not below 32 px, so with it unset images of 32 px and less are never
+    # resized. 0.5 on the 64 px Intel scenes: about half the training time for about a point of
+    # accuracy (README "Why these defaults"). Config.train_image_size gives the size of each epoch.
     low_res_fraction: float = Field(0.0, ge=0, lt=1)
+    low_res_size: int | None = Field(None, ge=8)
     # Also checkpoint every this-many optimisation steps (0 = only at the end of each epoch).
     checkpoint_every: int = Field(0, ge=0)
+
+    @field_validator("low_res_size")
+    @classmethod
+    def _progressive_only(cls, v: int | None, info: ValidationInfo) -> int | None:
+        # Silently ignored otherwise; low_res_fraction is validated first (field order).
+        if v is not None and info.data.get("low_res_fraction", 1) == 0:
+            raise ValueError("applies with train.low_res_fraction > 0 only (progressive resizing is off)")
+        return v
 
 
 class DiagnosticsConfig(_Section):
@@ -343,8 +351,9 @@ class Config(_Section):
             size(e) = ceil16(l + (s - l) * (e - L) / (E - L))    for e > L
 
         each capped at ``s`` (and ``s`` throughout when ``L = 0``), where ``ceil16`` rounds up
-        to a multiple of 16 px (so that four 2x2 poolings divide it without dropping a border);
-        the last epoch is at ``s``. ``low_res_fraction=0.5`` at 64 px over 8 epochs: 32, 32, 32,
+        to a multiple of 16 px (so that four 2x2 poolings divide the ramp's sizes without dropping
+        a border; the low size itself is used as it is): the ramp reaches ``s`` by the last epoch,
+        earlier when the rounding gets there first. ``low_res_fraction=0.5`` at 64 px over 8 epochs: 32, 32, 32,
         32, 48, 48, 64, 64.
         """
         size = image_size if image_size is not None else self.data.image_size

@@ -564,7 +564,7 @@ def sigterm_interrupts() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _run_parallel(
@@ -593,7 +593,7 @@ def _run_parallel(
                     try:
                         future = pool.submit(_train_run, run.config.to_dict(), str(out / RUNS_DIR / run.name))
                     except BrokenProcessPool as exc:  # a worker died abruptly: the pool takes no more runs
-                        record(run.name, "failed", f"worker process died: {type(exc).__name__}: {exc}")
+                        record(run.name, "failed", f"not started: the worker pool broke ({exc}); rerun the command")
                         continue
                     running[future] = run.name
                 update(len(running))
