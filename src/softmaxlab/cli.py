@@ -298,7 +298,7 @@ def sweep_cmd(
         # What the real command would do with the directory: refuse (a UserError, exit 2) or replace its runs.
         replaced = sweep.replaces_sweep(target, base, spec, overwrite, {r.name for r in plan})
         for run in plan:
-            state = "invalid" if run.config is None else "pending" if replaced else sweep.run_state(target, run)
+            state = "pending" if replaced and run.config is not None else sweep.run_state(target, run)
             given = [run.overrides.get(k, "") for k in spec.override_keys()]
             values = [json.dumps(v) if not isinstance(v, str) else v for v in given]
             table.add_row(run.name, *values, state + (f": {run.error}" if run.error else ""))

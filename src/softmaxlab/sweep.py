@@ -294,9 +294,11 @@ def expand_grid(base: Config, spec: SweepSpec) -> list[SweepRun]:
     """Every run of the sweep, in grid order, without the excluded combinations.
 
     Each run's config is ``base`` with its overrides and ``name`` set to the run's
-    directory name. A run that changes ``model.name`` gets that model's default widths unless
-    the base or the run sets ``model.widths``. Names are unique: names that would collide (or exceed
-    :data:`MAX_NAME` characters) get a short hash of their overrides appended.
+    directory name, validated from what the base sets plus the overrides, so defaults that
+    depend on another key follow the run's value (a run that changes ``model.name`` gets that
+    model's default widths unless the base or the run sets ``model.widths``). Names are unique:
+    names that would collide (or exceed :data:`MAX_NAME` characters) get a short hash of their
+    overrides appended.
     A combination that fails validation (an option its head or dataset would ignore, for
     example ``head.tau`` with ``head.name: softmax``) is kept with ``config=None`` and the
     error, so that it shows in the dry run and in results.csv as ``invalid``; exclude such
@@ -316,9 +318,9 @@ def expand_grid(base: Config, spec: SweepSpec) -> list[SweepRun]:
     for combo, name in zip(combos, names, strict=True):
         if counts[name] > 1 or len(name) > MAX_NAME:
             name = f"{name[: MAX_NAME - 9]}-{_digest(combo)}"
-        raw = base.to_dict()
-        if "model.name" in combo and "model.widths" not in combo and "widths" not in base.model.model_fields_set:
-            del raw["model"]["widths"]  # unset in the base: a variant's model gets its own default widths
+        # What the base config set, not its resolved defaults: validated again with the run's
+        # overrides, a default that depends on another key (model.widths on model.name) follows it.
+        raw = base.model_dump(mode="json", exclude_unset=True)
         for key, value in combo.items():
             _set_dotted(raw, key, value)
         raw["name"] = name

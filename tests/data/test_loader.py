@@ -135,8 +135,9 @@ def test_a_loader_with_a_size_gives_that_size_and_the_same_draws():
     x = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
     y = torch.arange(40)
     full = TensorLoader(x, y, 16, Normalize([0.5] * 3, [0.25] * 3), shuffle=True, crop_padding=2, flip=True, seed=3)
-    small = TensorLoader(x, y, 16, Normalize([0.5] * 3, [0.25] * 3), shuffle=True, crop_padding=2, flip=True, seed=3)
-    small.size = 4
+    small = TensorLoader(
+        x, y, 16, Normalize([0.5] * 3, [0.25] * 3), shuffle=True, crop_padding=2, flip=True, seed=3, size=4
+    )
     for (xf, yf), (xs, ys) in zip(full, small, strict=True):
         assert xs.shape == (len(ys), 3, 4, 4) and ys.equal(yf)
         torch.testing.assert_close(xs, resize(xf, 4))
