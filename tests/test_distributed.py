@@ -10,6 +10,8 @@ import sys
 import pytest
 import torch
 
+from softmaxlab import distributed
+from softmaxlab.cli import main
 from softmaxlab.distributed import World, env_world
 from softmaxlab.errors import UserError
 from softmaxlab.progress import Progress
@@ -59,3 +61,16 @@ def test_two_process_gloo_run_matches_a_single_process_run(tmp_path):
     # Metrics are reduced over the ranks: every training image counted once per epoch.
     images = records[-1]["train_images_per_second"] * records[-1]["epoch_seconds"]
     assert images == pytest.approx(1024, abs=1)
+
+
+def test_a_process_that_joined_a_group_ends_without_interpreter_finalization(monkeypatch):
+    ended: list[int] = []
+    monkeypatch.setattr(os, "_exit", ended.append)
+    with pytest.raises(SystemExit) as exc:
+        main(["list", "heads"])  # no group joined: a normal exit, finalization included
+    assert exc.value.code == 0 and ended == []
+
+    monkeypatch.setattr(distributed, "_joined_group", True)
+    with pytest.raises(SystemExit):  # os._exit is only recorded here, so sys.exit follows
+        main(["list", "nothing"])
+    assert ended == [2]  # the command's exit code, bad input included

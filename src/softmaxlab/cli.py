@@ -427,7 +427,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         err_console.print("aborted", highlight=False)
         code = 130
-    sys.exit(code if isinstance(code, int) else EXIT_OK)
+    code = code if isinstance(code, int) else EXIT_OK
+    distributed = sys.modules.get("softmaxlab.distributed")  # not imported: no process group was joined
+    if distributed is not None:
+        distributed.end_process(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
