@@ -309,3 +309,18 @@ def test_resume_refuses_a_malicious_checkpoint(tmp_path):
     torch.save({"format": runs.CHECKPOINT_FORMAT, "model": Evil()}, out / runs.CHECKPOINT)
     assert_bad_input(invoke("resume", str(out)), "not loaded")
     assert not marker.exists()
+
+
+def test_an_interrupt_exits_130_with_a_resume_hint_where_something_resumes(tmp_path, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("softmaxlab.train.fit", interrupt)
+    monkeypatch.setattr("softmaxlab.models.backbone_parameters", interrupt)
+    run = invoke("run", *sets(), "--out", str(tmp_path / "run"))
+    listing = invoke("list", "models")
+    assert run.exit_code == listing.exit_code == 130
+    assert run.stderr.strip() == (
+        "interrupted: the same command, or softmaxlab resume RUN_DIR, continues from the last checkpoint"
+    )
+    assert listing.stderr.strip() == "interrupted"  # nothing to continue: no hint

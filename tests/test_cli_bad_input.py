@@ -161,8 +161,8 @@ def shrunk_sweep(ctx: Ctx) -> list[str]:
     return ["sweep", str(sweep_file(ctx, {"grid": {"train.seed": [1]}}, "b.yaml")), "--out", str(out)]
 
 
-#: Progressive resizing with its first epoch at 8 px.
-LOW_RES_8 = ("train.low_res_size=8", "train.low_res_fraction=0.5")
+#: Progressive resizing with its first epoch (of 2) at 8 px.
+LOW_RES_8 = ("train.low_res_size=8", "train.low_res_fraction=0.5", "train.epochs=2")
 
 Case = tuple[str, Callable[[Ctx], list[str]], str]
 
@@ -190,10 +190,12 @@ CASES: list[Case] = [
     ("fp16 on the CPU", lambda c: ["run", *sets("train.amp=fp16")], "fp16"),
     ("low-res size below 8", lambda c: ["run", *sets("train.low_res_size=4", *LOW_RES_8[1:])], "'train.low_res_size'"),
     ("low-res fraction 1", lambda c: ["run", *sets("train.low_res_fraction=1")], "'train.low_res_fraction'"),
+    ("low-res fraction of no epoch", lambda c: ["run", *sets("train.low_res_fraction=0.1", "train.epochs=8")], "0.125"),
+    ("progressive resizing in 1 epoch", lambda c: ["run", *sets("train.low_res_fraction=0.5")], "epochs >= 2"),
     ("low-res size without progressive resizing", lambda c: ["run", *sets("train.low_res_size=12")], "> 0 only"),
     (
         "low-res images too small for the model",  # 4 blocks need 16 px; the first epochs would train at 8
-        lambda c: ["run", *sets("model.widths=[8,8,8,8]", "train.epochs=2", *LOW_RES_8)],
+        lambda c: ["run", *sets("model.widths=[8,8,8,8]", *LOW_RES_8)],
         "raise train.low_res_size",
     ),
     ("unsafe run name", lambda c: ["run", *sets("name=a/b")], "'name'"),

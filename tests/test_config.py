@@ -137,3 +137,8 @@ def test_progressive_resizing_sizes_per_epoch():
     assert load_config(None, ["train.low_res_size=80", on]).train_image_size(1, image_size=64) == 64  # never larger
     with pytest.raises(ValueError, match="image_size is unset"):
         load_config().train_image_size(1)
+    # A fraction that would round down to no low-resolution epoch is refused, the smallest one kept.
+    with pytest.raises(UserError, match=r"rounds down to no epoch .* at least 0\.334"):
+        load_config(None, ["train.low_res_fraction=0.3", "train.epochs=3"])
+    least = load_config(None, ["data.image_size=64", "train.low_res_fraction=0.334", "train.epochs=3"])
+    assert [least.train_image_size(e) for e in (1, 2, 3)] == [32, 48, 64]

@@ -404,6 +404,19 @@ def test_submitit_refuses_a_run_still_in_an_earlier_job(tmp_path):
     assert not (out / sweep.RUNS_DIR).exists() and (out / sweep.JOBS_FILE).exists()
 
 
+def test_dry_run_refuses_what_the_sweep_command_refuses(tmp_path):
+    path, out = write_sweep(tmp_path / "s.yaml", {"train.seed": [0]}), tmp_path / "out"
+    base, spec = sweep.load_sweep(path)
+    sweep.prepare_sweep_dir(out, base, spec)
+    (out / sweep.JOBS_FILE).write_text(json.dumps({"cluster": "local", "jobs": {"seed-0": str(os.getpid())}}))
+    before = sorted(p.name for p in out.rglob("*"))
+    for extra, why in (([], f"still in job {os.getpid()}"), (["--launcher", "slurm"], "unknown launcher")):
+        result = CliRunner().invoke(app, ["sweep", str(path), "--out", str(out), "--dry-run", *extra])
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+        assert why in result.stderr
+    assert sorted(p.name for p in out.rglob("*")) == before
+
+
 @pytest.mark.parametrize(
     ("state", "refused"),
     [

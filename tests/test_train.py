@@ -9,7 +9,7 @@ import torch
 from softmaxlab import runs, train
 from softmaxlab.config import load_config
 from softmaxlab.errors import DivergedError, UserError
-from softmaxlab.train import fit, lr_factor
+from softmaxlab.train import _timing, fit, lr_factor
 
 from .conftest import TINY, tiny_config
 
@@ -223,6 +223,18 @@ class _Killed(BaseException):
 def test_progressive_resizing_trains_the_first_epochs_on_smaller_images(uninterrupted):
     history = uninterrupted[2]
     assert [r["train_image_size"] for r in history] == [12, 16, 16]
+
+
+def test_throughput_is_the_median_over_the_epochs_at_full_size():
+    def epoch(size, images_per_second):
+        return {"epoch_seconds": 2.0, "train_images_per_second": images_per_second, "train_image_size": size}
+
+    # The fast 12 px epoch would make the median over all three 300 images/s.
+    timing = _timing([epoch(12, 900.0), epoch(16, 100.0), epoch(16, 300.0)])
+    assert timing == {"mean_epoch_seconds": 2.0, "total_train_seconds": 6.0, "train_images_per_second": 200.0}
+    # Records written before train_image_size existed: every epoch counts.
+    old = [{"epoch_seconds": 1.0, "train_images_per_second": v} for v in (900.0, 100.0, 300.0)]
+    assert _timing(old)["train_images_per_second"] == 300.0
 
 
 # step:4 = end of epoch 1 (before its checkpoint), step:5 = start of epoch 2, step:6 = its middle.

@@ -42,6 +42,14 @@ def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__
     err_console.print(f"warning: {message}", highlight=False, soft_wrap=True, markup=False)
 
 
+#: What continues an interrupted command, for the commands that checkpoint.
+_RESUME_HINTS = {
+    "run_cmd": ": the same command, or softmaxlab resume RUN_DIR, continues from the last checkpoint",
+    "resume_cmd": ": the same command continues from the last checkpoint",
+    "sweep_cmd": ": the same command continues the sweep from its runs' last checkpoints",
+}
+
+
 def _exit_codes(command: F) -> F:
     """Map the library's exceptions to exit codes: UserError -> 2, DivergedError -> 3, an
     interrupt -> 130.
@@ -71,13 +79,8 @@ def _exit_codes(command: F) -> F:
             err_console.print(f"diverged: {exc}", highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(EXIT_DIVERGED) from None
         except KeyboardInterrupt:  # Ctrl-C; SIGTERM too during a sweep's local runs
-            err_console.print(
-                "interrupted: the same command continues a sweep, and softmaxlab resume RUN_DIR a run, "
-                "from their last checkpoints",
-                highlight=False,
-                soft_wrap=True,
-                markup=False,
-            )
+            hint = _RESUME_HINTS.get(command.__name__, "")
+            err_console.print(f"interrupted{hint}", highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]
@@ -289,8 +292,7 @@ def sweep_cmd(
     from softmaxlab.progress import ConsoleSweepProgress
 
     if dry_run:
-        base, spec = sweep.load_sweep(config)
-        target = out or sweep.default_sweep_dir(config, base)
+        base, spec, target = sweep.check_sweep(config, out, workers=workers, launcher=launcher, cluster=cluster)
         table = Table(show_header=True, header_style="bold", box=None)
         for column in ("run", *spec.override_keys(), "state"):
             table.add_column(column)

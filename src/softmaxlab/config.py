@@ -266,7 +266,7 @@ class TrainConfig(_Section):
     channels_last: bool | None = None
     compile: bool = False  # torch.compile the model (first epoch pays the compilation)
     # Progressive resizing (as in FFCV's and fast.ai's fast-training recipes), off by default: with
-    # low_res_fraction > 0 the first `low_res_fraction` of the epochs (rounded down; none = off) train
+    # low_res_fraction > 0 the first `low_res_fraction` of the epochs (rounded down, at least one) train
     # on images downscaled to `low_res_size` px (bilinear, antialiased, after the crop and flip), then
     # the size grows linearly by epoch, rounded up to a multiple of 16 px, and reaches data.image_size
     # by the last epoch; validation, test and prediction always see data.image_size. Unset size = half
@@ -277,6 +277,20 @@ class TrainConfig(_Section):
     low_res_size: int | None = Field(None, ge=8)
     # Also checkpoint every this-many optimisation steps (0 = only at the end of each epoch).
     checkpoint_every: int = Field(0, ge=0)
+
+    @field_validator("low_res_fraction")
+    @classmethod
+    def _some_low_res_epoch(cls, v: float, info: ValidationInfo) -> float:
+        # A fraction that rounds down to no epoch would silently train at full size.
+        epochs = info.data.get("epochs")  # validated first (field order); absent when invalid
+        if v > 0 and epochs == 1:
+            raise ValueError("progressive resizing needs train.epochs >= 2 (one at the low size, one at full); set 0")
+        if v > 0 and epochs is not None and math.floor(v * epochs + 1e-9) == 0:
+            raise ValueError(
+                f"{v} of {epochs} epochs rounds down to no epoch at the low size; "
+                f"use at least {math.ceil(1000 / epochs) / 1000:g} (one epoch) or 0 (off)"
+            )
+        return v
 
     @field_validator("low_res_size")
     @classmethod

@@ -468,6 +468,36 @@ def worker_threads(workers: int, cores: int | None = None) -> int:
     return max(1, cores // workers)
 
 
+def check_sweep(
+    config_path: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    workers: int = 1,
+    launcher: str = "local",
+    cluster: str | None = None,
+) -> tuple[Config, SweepSpec, Path]:
+    """The sweep's base config, grid and directory, after the checks :func:`run_sweep` makes
+    before it writes anything (``--dry-run`` makes them too): the options, the sweep config,
+    the submitit settings, and no run of the directory still in a job of an earlier command.
+    (Whether the directory holds another sweep is :func:`replaces_sweep`'s question.)
+
+    Raises:
+        UserError: what the sweep command would refuse.
+    """
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    if launcher not in LAUNCHERS:
+        raise UserError(f"unknown launcher {launcher!r}; choose one of: {', '.join(LAUNCHERS)}")
+    base, spec = load_sweep(config_path)
+    out = Path(out_dir) if out_dir is not None else default_sweep_dir(config_path, base)
+    if launcher == "submitit":
+        _check_submitit(spec, cluster, base.name or out.name)
+    # Before anything is removed or trained (--overwrite included, any launcher): a run that a
+    # job of an earlier command still trains must not get a second writer.
+    _check_no_job_in_flight(out)
+    return base, spec, out
+
+
 def run_sweep(
     config_path: str | Path,
     out_dir: str | Path | None = None,
@@ -494,19 +524,9 @@ def run_sweep(
     Raises:
         UserError: a bad sweep config, ``workers`` < 1, or a directory that holds another sweep.
     """
-    if workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
-    if launcher not in LAUNCHERS:
-        raise UserError(f"unknown launcher {launcher!r}; choose one of: {', '.join(LAUNCHERS)}")
-    base, spec = load_sweep(config_path)
-    out = Path(out_dir) if out_dir is not None else default_sweep_dir(config_path, base)
+    base, spec, out = check_sweep(config_path, out_dir, workers=workers, launcher=launcher, cluster=cluster)
     plan = expand_grid(base, spec)
     executor = None
-    if launcher == "submitit":
-        _check_submitit(spec, cluster, base.name or out.name)
-    # Before anything is removed or trained (--overwrite included, any launcher): a run that a
-    # job of an earlier command still trains must not get a second writer.
-    _check_no_job_in_flight(out)
     prepare_sweep_dir(out, base, spec, overwrite, {r.name for r in plan})
     if launcher == "submitit":
         executor = _submitit_executor(out / "submitit", spec, cluster, base.name or out.name)
@@ -645,7 +665,7 @@ def _check_submitit(spec: SweepSpec, cluster: str | None, name: str) -> None:
     if cluster is None and executor.cluster == "local":
         warnings.warn(
             "no Slurm found (srun is not on PATH): the jobs run on this machine; pass --cluster local to say so",
-            stacklevel=3,
+            stacklevel=4,
         )
 
 

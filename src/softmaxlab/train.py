@@ -694,11 +694,14 @@ def write_run_report(run_dir: Path, cfg: Config, what: str = "run", figures: boo
 def _timing(history: list[dict[str, Any]]) -> dict[str, float]:
     seconds = [r["epoch_seconds"] for r in history]
     # The first epoch pays one-off costs (allocator warm-up, cuDNN autotuning), so the
-    # throughput is the median over epochs when there are several.
+    # throughput is the median over epochs when there are several: over the epochs at the
+    # last epoch's (full) size, so that progressive resizing's smaller, faster first epochs
+    # do not inflate it (its saving shows in the epoch times).
+    full = [r for r in history if r.get("train_image_size") == history[-1].get("train_image_size")]
     return {
         "mean_epoch_seconds": sum(seconds) / len(seconds),
         "total_train_seconds": sum(seconds),
-        "train_images_per_second": statistics.median(r["train_images_per_second"] for r in history),
+        "train_images_per_second": statistics.median(r["train_images_per_second"] for r in full),
     }
 
 

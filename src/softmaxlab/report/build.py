@@ -121,7 +121,7 @@ COLUMNS = (
         _timing("train_images_per_second"),
         digits=0,
         higher=True,
-        hint="training images per second, median over epochs",
+        hint="training images per second, median over the epochs at full image size",
     ),
 )
 
