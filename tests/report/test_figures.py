@@ -1,9 +1,22 @@
 import io
+import warnings
 
 import torch
 from PIL import Image
 
-from softmaxlab.report.figures import DPI, PANEL_INCHES, TITLE_INCHES, feature_map_figure, save_png, tile_maps
+from softmaxlab.report.figures import (
+    DPI,
+    PANEL_INCHES,
+    TITLE_INCHES,
+    epoch_time_figure,
+    feature_map_figure,
+    figure_png,
+    learning_curves_figure,
+    reliability_figure,
+    save_png,
+    tile_maps,
+    wrap_label,
+)
 
 
 def test_tile_maps_scales_each_map_and_pads_with_nan():
@@ -33,3 +46,28 @@ def test_few_channels_make_a_narrow_figure():
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     assert Image.open(buf).size == (round(3 * PANEL_INCHES * DPI), round((PANEL_INCHES + TITLE_INCHES) * DPI))
+
+
+def test_long_variant_labels_wrap_and_leave_room_for_the_axes():
+    # A sweep over five keys gives labels of about 100 characters: on one line they made
+    # constrained layout collapse the reliability axes to nothing (a warning, an empty plot).
+    labels = [
+        f"root=intel64-train.npz, image_size={s}, widths=[32, 64, 128, 256], lr={lr}, low_res_fraction=0"
+        for s in (32, 64)
+        for lr in (0.05, 0.1, 0.2, 0.4)
+    ]
+    assert all(len(line) <= 48 for label in labels for line in wrap_label(label).splitlines())
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e, "train_acc": 0.5, "val_acc": 0.5} for e in (1, 2)]
+    bins = ([0.3, 0.6, 0.9], [0.2, 0.6, 0.95], [10, 10, 10])
+    variants = [(label, f"C{i}") for i, label in enumerate(labels)]
+    figures = [
+        reliability_figure([(panel, [(label, c, *bins) for label, c in variants]) for panel in ("before", "after")]),
+        learning_curves_figure([(label, c, [history]) for label, c in variants]),
+        epoch_time_figure([(label, c, 1.0, 0.1) for label, c in variants]),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied" included
+        for fig in figures:
+            figure_png(fig)
+    for ax in figures[0].axes:  # the square diagrams keep most of the figure's width
+        assert ax.get_position().width * figures[0].get_figwidth() > 3.0

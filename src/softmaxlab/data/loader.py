@@ -230,5 +230,7 @@ class TensorLoader:
             if flips is not None:
                 xb = flip_at(xb, flips[a:z])
             if self.size is not None and self.size != xb.shape[-1]:
+                # After a resized crop too: sampling the box straight at the smaller size would
+                # alias (grid_sample has no antialiasing), cropping at full size does not.
                 xb = resize(xb, self.size)
             yield self.normalize(xb), yb

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -41,6 +42,27 @@ DPI = 100
 PANEL_INCHES = 1.2
 #: Height of a block's title line, inches.
 TITLE_INCHES = 0.4
+
+
+#: Characters per line of a variant label in a legend, a title or on an axis.
+LABEL_CHARS = 48
+
+
+def wrap_label(label: str, width: int = LABEL_CHARS) -> str:
+    """``label`` on lines of at most ``width`` characters, broken between its ``key=value``
+    parts (a part longer than ``width`` keeps a line to itself).
+
+    >>> print(wrap_label("head=gumbel, lr=0.05, widths=[32, 64, 128, 256]", 24))
+    head=gumbel, lr=0.05,
+    widths=[32, 64, 128, 256]
+    """
+    lines = [""]
+    for part in re.split(r"(?<=,) (?=[\w.]+=)", label):
+        if lines[-1] and len(lines[-1]) + 1 + len(part) > width:
+            lines.append(part)
+        else:
+            lines[-1] = f"{lines[-1]} {part}" if lines[-1] else part
+    return "\n".join(lines)
 
 
 def tile_maps(maps: Tensor, columns: int, pad: int = 1) -> Tensor:
@@ -194,9 +216,14 @@ def _integer_epochs(ax: Axes) -> None:
 
 
 def _legend_below(fig: Figure, handles: list, labels: list[str]) -> None:
-    """One legend under all the axes (constrained layout makes room for it)."""
+    """One legend under all the axes (constrained layout makes room for it), in as many
+    columns (up to 3) as the wrapped labels fit across the figure."""
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=8, frameon=False)
+        labels = [wrap_label(label) for label in labels]
+        longest = max(len(line) for label in labels for line in label.splitlines())
+        fits = int(fig.get_figwidth() // (0.07 * longest + 0.7))  # 8 pt characters, the handle and gap
+        ncols = max(1, min(3, len(labels), fits))
+        fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
 
 
 def learning_curves_figure(variants: Sequence[tuple[str, str, Histories]]) -> Figure:
@@ -266,8 +293,9 @@ def reliability_figure(panels: Sequence[tuple[str, Sequence[ReliabilityLine]]]) 
     confidence bins; a calibrated model lies on the diagonal, a line below it is
     over-confident.
     """
-    entries = 1 + max((len(lines) for _, lines in panels), default=0)  # legend rows below the axes
-    fig = Figure(figsize=(4.8 * max(1, len(panels)), 5.0 + 0.24 * entries), dpi=DPI, layout="constrained")
+    rows = [1 + sum(1 + wrap_label(line[0]).count("\n") for line in lines) for _, lines in panels]
+    entries = max(rows, default=1)  # legend rows below the axes ("calibrated" and the variants' lines)
+    fig = Figure(figsize=(4.8 * max(1, len(panels)), 5.0 + 0.16 * entries), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
     for ax, (title, lines) in zip(axes, panels, strict=False):
         ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", label="calibrated")
@@ -279,10 +307,10 @@ def reliability_figure(panels: Sequence[tuple[str, Sequence[ReliabilityLine]]]) 
             ]
             if points:
                 xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, color=color, marker="o", markersize=3, label=label)
+                ax.plot(xs, ys, color=color, marker="o", markersize=3, label=wrap_label(label))
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-        ax.set_aspect("equal")
+        ax.set_aspect("equal", anchor="N")  # square, at the top: the legend hangs below it
         ax.set_xlabel("confidence (largest probability, bin mean)")
         ax.set_ylabel("accuracy in the bin (fraction)")
         ax.set_title(title, fontsize=9)
@@ -327,7 +355,7 @@ def grad_norm_figure(variants: Sequence[tuple[str, str, Histories]], max_panels:
             _band(ax, x, mean, std, color, label=layer)
         ax.set_yscale("log")
         ax.set_ylabel("mean ||dL/dW||₂ over the epoch's steps")
-        ax.set_title(f"{variants[0][0]}: gradient norm per layer", fontsize=9)
+        ax.set_title(wrap_label(f"{variants[0][0]}: gradient norm per layer", 80), fontsize=9)
         _integer_epochs(ax)
         _legend_below(fig, *ax.get_legend_handles_labels())
         return fig
@@ -374,7 +402,9 @@ def gumbel_tau_figure(
             _, tau, _ = epoch_stats(histories, lambda r: r.get("tau"))
             _, acc, acc_std = epoch_stats(histories, lambda r: r.get("val_acc"))
             n = min(len(tau), len(acc))
-            ax.errorbar(tau[:n], acc[:n] * 100, yerr=acc_std[:n] * 100, color=color, marker="o", ms=3, label=label)
+            ax.errorbar(
+                tau[:n], acc[:n] * 100, yerr=acc_std[:n] * 100, color=color, marker="o", ms=3, label=wrap_label(label)
+            )
         ax.set_xlabel("tau at the end of the epoch")
         ax.set_ylabel("validation accuracy (%)")
         ax.set_title("per epoch (mean over seeds)", fontsize=9)
@@ -383,7 +413,9 @@ def gumbel_tau_figure(
     if per_setting:
         ax = axes.pop(0)
         for label, color, tau0, mean, std in per_setting:
-            ax.errorbar([tau0], [mean * 100], yerr=[std * 100], color=color, marker="o", capsize=3, label=label)
+            ax.errorbar(
+                [tau0], [mean * 100], yerr=[std * 100], color=color, marker="o", capsize=3, label=wrap_label(label)
+            )
         ax.set_xscale("log")
         ax.set_xlabel("head.tau (starting temperature)")
         ax.set_ylabel("test accuracy (%)")
@@ -399,11 +431,13 @@ def epoch_time_figure(bars: Sequence[tuple[str, str, float, float]]) -> Figure:
     ``bars`` are ``(label, colour, mean seconds, std seconds)``.
     """
     n = len(bars)
-    fig = Figure(figsize=(8, 1.2 + 0.4 * n), dpi=DPI, layout="constrained")
+    labels = [wrap_label(b[0]) for b in bars]
+    per_bar = max(0.4, 0.16 * max((label.count("\n") + 1 for label in labels), default=1))  # 8 pt lines
+    fig = Figure(figsize=(8, 1.2 + per_bar * n), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     means, stds = [b[2] for b in bars], [b[3] for b in bars]
     ax.barh(range(n), means, xerr=stds, color=[b[1] for b in bars], capsize=3)
-    ax.set_yticks(range(n), [b[0] for b in bars], fontsize=8)
+    ax.set_yticks(range(n), labels, fontsize=8)
     ax.invert_yaxis()
     for i, (m, s) in enumerate(zip(means, stds, strict=True)):
         ax.text(m + s, i, f"  {m:.2f} s", va="center", fontsize=7)

@@ -6,13 +6,15 @@ before a metric existed simply lack its key; nothing here assumes a key is prese
 
 A *variant* is a set of runs that differ only in ``train.seed`` (and ``name``): its label
 lists the config keys whose values differ across all the runs of the report, e.g.
-``head=gumbel`` (a ``section.name`` key is shown as its section).
+``head=gumbel, lr=0.05`` (a ``section.name`` key is shown as its section, another key as
+its last part where that is unambiguous, and paths without the directory they all share).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,13 +174,40 @@ def format_value(value: Any) -> str:
     return json.dumps(value)
 
 
-def short_key(key: str) -> str:
-    """``head.name`` -> ``head``; any other key unchanged.
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """How each of ``keys`` reads in a label: a ``section.name`` key as its section, any other
+    as its last part, unless two of ``keys`` would then read the same (those stay whole).
 
-    >>> short_key("head.name"), short_key("head.tau")
-    ('head', 'head.tau')
+    >>> short_keys(["head.name", "train.lr", "head.tau"])
+    {'head.name': 'head', 'train.lr': 'lr', 'head.tau': 'tau'}
+    >>> short_keys(["train.lr", "head.lr"])
+    {'train.lr': 'train.lr', 'head.lr': 'head.lr'}
     """
-    return key[: -len(".name")] if key.endswith(".name") else key
+
+    def short(key: str) -> str:
+        return key[: -len(".name")] if key.endswith(".name") else key.rsplit(".", 1)[-1]
+
+    counts = Counter(short(k) for k in keys)
+    return {k: short(k) if counts[short(k)] == 1 else k for k in keys}
+
+
+def shared_directory(values: list[Any]) -> str:
+    """The directory part (up to a ``/``) that every path among ``values`` starts with, ``""``
+    if they share none; labels leave it out (a path is a string with a ``/`` in it). Removing
+    a common prefix keeps distinct paths distinct.
+
+    >>> shared_directory(["data/a/x.npz", "data/a/y.npz", None, 3])
+    'data/a/'
+    >>> shared_directory(["data/x.npz", "other/x.npz"])
+    ''
+    """
+    directories = [v.split("/")[:-1] for v in values if isinstance(v, str) and "/" in v]
+    shared = []
+    for parts in zip(*directories, strict=False):
+        if len(set(parts)) > 1:
+            break
+        shared.append(parts[0])
+    return "/".join(shared) + "/" if shared else ""
 
 
 _ABSENT = object()
@@ -232,21 +261,32 @@ def label_keys(records: list[RunRecord], keys: list[str]) -> list[str]:
 def group_variants(records: list[RunRecord], palette: list[str] | None = None) -> tuple[list[Variant], list[str]]:
     """Group runs into variants (first-seen order); returns the variants and the varying keys.
 
-    Each record's ``variant`` is set to its label (the keys of :func:`label_keys`). When
+    Each record's ``variant`` is set to its label: the keys of :func:`label_keys` named as
+    :func:`short_keys` names them, paths less their :func:`shared_directory`. When
     every run has the same config but the seed, the label is ``head=<head name>``. Colours
     are taken from ``palette`` in order (default: matplotlib's ``C0``, ``C1``, ...).
     """
     keys = varying_keys(records)
     shown = label_keys(records, keys)
+    names = short_keys(shown)  # distinct whenever the keys are
+    flats = [flatten(r.config) for r in records]
+
+    def labels(directory: dict[str, str]) -> list[str]:
+        def value(k: str, v: Any) -> Any:
+            d = directory.get(k, "")
+            return v[len(d) :] if d and isinstance(v, str) and v.startswith(d) else v
+
+        return [", ".join(f"{names[k]}={format_value(value(k, f.get(k)))}" for k in shown) for f in flats]
+
+    texts, whole = labels({k: shared_directory([f.get(k) for f in flats]) for k in shown}), labels({})
+    if len(set(texts)) < len(set(whole)):  # a path and a plain value became alike: keep paths whole
+        texts = whole
     groups: dict[str, list[RunRecord]] = {}
-    for r in records:
-        flat = flatten(r.config)
-        if keys:
-            label = ", ".join(f"{short_key(k)}={format_value(flat.get(k))}" for k in shown)
-        else:
-            label = f"head={format_value(flat.get('head.name', r.summary.get('head', '?')))}"
-        r.variant = label
-        groups.setdefault(label, []).append(r)
+    for r, flat, text in zip(records, flats, texts, strict=True):
+        if not keys:
+            text = f"head={format_value(flat.get('head.name', r.summary.get('head', '?')))}"
+        r.variant = text
+        groups.setdefault(text, []).append(r)
     colours = palette or [f"C{i}" for i in range(len(groups))]
     variants = [Variant(label, members, colours[i % len(colours)]) for i, (label, members) in enumerate(groups.items())]
     return variants, keys
