@@ -320,7 +320,5 @@ def test_an_interrupt_exits_130_with_a_resume_hint_where_something_resumes(tmp_p
     run = invoke("run", *sets(), "--out", str(tmp_path / "run"))
     listing = invoke("list", "models")
     assert run.exit_code == listing.exit_code == 130
-    assert run.stderr.strip() == (
-        "interrupted: the same command, or softmaxlab resume RUN_DIR, continues from the last checkpoint"
-    )
+    assert run.stderr.strip() == ("interrupted: softmaxlab resume RUN_DIR continues from the last checkpoint")
     assert listing.stderr.strip() == "interrupted"  # nothing to continue: no hint

@@ -63,7 +63,7 @@ def test_two_process_gloo_run_matches_a_single_process_run(tmp_path):
     assert images == pytest.approx(1024, abs=1)
 
 
-def test_a_process_that_joined_a_group_ends_without_interpreter_finalization(monkeypatch):
+def test_a_process_that_joined_a_group_ends_without_interpreter_finalization(monkeypatch, capsys):
     ended: list[int] = []
     monkeypatch.setattr(os, "_exit", ended.append)
     with pytest.raises(SystemExit) as exc:
@@ -74,3 +74,12 @@ def test_a_process_that_joined_a_group_ends_without_interpreter_finalization(mon
     with pytest.raises(SystemExit):  # os._exit is only recorded here, so sys.exit follows
         main(["list", "nothing"])
     assert ended == [2]  # the command's exit code, bad input included
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("softmaxlab.models.backbone_parameters", crash)
+    with pytest.raises(SystemExit):
+        main(["list", "models"])
+    assert ended == [2, 1]  # a bug too: its traceback, then the same exit
+    assert "RuntimeError: a bug" in capsys.readouterr().err

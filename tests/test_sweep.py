@@ -404,16 +404,20 @@ def test_submitit_refuses_a_run_still_in_an_earlier_job(tmp_path):
     assert not (out / sweep.RUNS_DIR).exists() and (out / sweep.JOBS_FILE).exists()
 
 
-def test_dry_run_refuses_what_the_sweep_command_refuses(tmp_path):
-    path, out = write_sweep(tmp_path / "s.yaml", {"train.seed": [0]}), tmp_path / "out"
+def test_dry_run_shows_runs_still_in_an_earlier_job_and_refuses_bad_options(tmp_path):
+    path, out = write_sweep(tmp_path / "s.yaml", {"train.seed": [0, 1]}), tmp_path / "out"
     base, spec = sweep.load_sweep(path)
     sweep.prepare_sweep_dir(out, base, spec)
     (out / sweep.JOBS_FILE).write_text(json.dumps({"cluster": "local", "jobs": {"seed-0": str(os.getpid())}}))
     before = sorted(p.name for p in out.rglob("*"))
-    for extra, why in (([], f"still in job {os.getpid()}"), (["--launcher", "slurm"], "unknown launcher")):
-        result = CliRunner().invoke(app, ["sweep", str(path), "--out", str(out), "--dry-run", *extra])
-        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
-        assert why in result.stderr
+    listed = CliRunner().invoke(app, ["sweep", str(path), "--out", str(out), "--dry-run"])
+    assert listed.exit_code == 0, listed.output
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines() if line.strip().startswith("seed-")}
+    assert f"in job {os.getpid()} (its process is alive)" in rows["seed-0"] and "pending" in rows["seed-1"]
+    assert "1 in an earlier command's jobs" in listed.stdout.replace("\n", "")
+    refused = CliRunner().invoke(app, ["sweep", str(path), "--out", str(out), "--dry-run", "--launcher", "slurm"])
+    assert refused.exit_code == 2 and refused.stderr.strip().splitlines() == [refused.stderr.strip()]
+    assert "unknown launcher" in refused.stderr
     assert sorted(p.name for p in out.rglob("*")) == before
 
 

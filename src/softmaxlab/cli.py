@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +45,7 @@ def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__
 
 #: What continues an interrupted command, for the commands that checkpoint.
 _RESUME_HINTS = {
-    "run_cmd": ": the same command, or softmaxlab resume RUN_DIR, continues from the last checkpoint",
+    "run_cmd": ": softmaxlab resume RUN_DIR continues from the last checkpoint",
     "resume_cmd": ": the same command continues from the last checkpoint",
     "sweep_cmd": ": the same command continues the sweep from its runs' last checkpoints",
 }
@@ -299,13 +300,17 @@ def sweep_cmd(
         plan = sweep.expand_grid(base, spec)
         # What the real command would do with the directory: refuse (a UserError, exit 2) or replace its runs.
         replaced = sweep.replaces_sweep(target, base, spec, overwrite, {r.name for r in plan})
+        in_flight = sweep.runs_in_flight(target)  # the real command refuses to start while there are any
         for run in plan:
             state = "pending" if replaced and run.config is not None else sweep.run_state(target, run)
+            state = f"in {in_flight[run.name]}" if run.name in in_flight else state
             given = [run.overrides.get(k, "") for k in spec.override_keys()]
             values = [json.dumps(v) if not isinstance(v, str) else v for v in given]
             table.add_row(run.name, *values, state + (f": {run.error}" if run.error else ""))
         out_console.print(table)
         note = " (replacing the sweep there: --overwrite)" if replaced else ""
+        if in_flight:
+            note += f"; {len(in_flight)} in an earlier command's jobs: the sweep command refuses to start till they end"
         out_console.print(f"{len(plan)} runs in {target}{note}", highlight=False, soft_wrap=True)
         return
     result = sweep.run_sweep(
@@ -411,8 +416,25 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: exits with the command's code.
 
     Usage errors (an unknown option, a missing argument) exit 2 with one line, as the
-    library's bad-input errors do, instead of the parser's multi-line usage box.
+    library's bad-input errors do, instead of the parser's multi-line usage box. A process
+    that joined a torchrun process group ends through :func:`softmaxlab.distributed.end_process`,
+    an unexpected error included (its traceback, then exit 1).
     """
+    try:
+        code = _main(argv)
+    except Exception:
+        distributed = sys.modules.get("softmaxlab.distributed")  # not imported: no process group was joined
+        if distributed is None or not distributed.joined_group():
+            raise
+        traceback.print_exc()
+        code = EXIT_UNEXPECTED
+    distributed = sys.modules.get("softmaxlab.distributed")
+    if distributed is not None:
+        distributed.end_process(code)
+    sys.exit(code)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         code = app(args=argv, prog_name="softmaxlab", standalone_mode=False)
     except Exception as exc:
@@ -420,20 +442,16 @@ def main(argv: list[str] | None = None) -> None:
             raise
         message, ctx = exc.format_message(), getattr(exc, "ctx", None)
         if not message:  # no arguments at all: the help was shown
-            sys.exit(EXIT_BAD_INPUT)
+            return EXIT_BAD_INPUT
         hint = f"; see '{ctx.command_path} --help'" if ctx is not None else "; see 'softmaxlab --help'"
         err_console.print(f"error: {message}{hint}", highlight=False, soft_wrap=True, markup=False)
-        code = EXIT_BAD_INPUT
+        return EXIT_BAD_INPUT
     except BaseException as exc:
         if not _is_a(exc, "Abort"):
             raise
         err_console.print("aborted", highlight=False)
-        code = 130
-    code = code if isinstance(code, int) else EXIT_OK
-    distributed = sys.modules.get("softmaxlab.distributed")  # not imported: no process group was joined
-    if distributed is not None:
-        distributed.end_process(code)
-    sys.exit(code)
+        return 130
+    return code if isinstance(code, int) else EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,7 @@ whatever the number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -103,10 +104,16 @@ def end_process(code: int) -> NoReturn:
     streams and ends with ``os._exit``; any other process exits normally.
     """
     if _joined_group:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe or file: nothing more to say there
+                stream.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def joined_group() -> bool:
+    """Whether this process has joined a process group (:func:`setup` under torchrun)."""
+    return _joined_group
 
 
 def all_reduce(values: torch.Tensor, world: World, op: str = "sum") -> torch.Tensor:

@@ -476,10 +476,11 @@ def check_sweep(
     launcher: str = "local",
     cluster: str | None = None,
 ) -> tuple[Config, SweepSpec, Path]:
-    """The sweep's base config, grid and directory, after the checks :func:`run_sweep` makes
-    before it writes anything (``--dry-run`` makes them too): the options, the sweep config,
-    the submitit settings, and no run of the directory still in a job of an earlier command.
-    (Whether the directory holds another sweep is :func:`replaces_sweep`'s question.)
+    """The sweep's base config, grid and directory, after the checks of the options, the
+    sweep config and the submitit settings that :func:`run_sweep` makes before it writes
+    anything (``--dry-run`` makes them too; whether the directory holds another sweep is
+    :func:`replaces_sweep`'s question, runs still in an earlier command's jobs
+    :func:`runs_in_flight`'s).
 
     Raises:
         UserError: what the sweep command would refuse.
@@ -492,9 +493,6 @@ def check_sweep(
     out = Path(out_dir) if out_dir is not None else default_sweep_dir(config_path, base)
     if launcher == "submitit":
         _check_submitit(spec, cluster, base.name or out.name)
-    # Before anything is removed or trained (--overwrite included, any launcher): a run that a
-    # job of an earlier command still trains must not get a second writer.
-    _check_no_job_in_flight(out)
     return base, spec, out
 
 
@@ -527,6 +525,9 @@ def run_sweep(
     base, spec, out = check_sweep(config_path, out_dir, workers=workers, launcher=launcher, cluster=cluster)
     plan = expand_grid(base, spec)
     executor = None
+    # Before anything is removed or trained (--overwrite included, any launcher): a run that a
+    # job of an earlier command still trains must not get a second writer.
+    _check_no_job_in_flight(out)
     prepare_sweep_dir(out, base, spec, overwrite, {r.name for r in plan})
     if launcher == "submitit":
         executor = _submitit_executor(out / "submitit", spec, cluster, base.name or out.name)
@@ -707,31 +708,35 @@ def _pid_alive(pid: str) -> bool:
     return True
 
 
-def _check_no_job_in_flight(out: Path) -> None:
-    """Refuse (UserError) while a run that is not finished is in a job of an earlier sweep
-    command that may still run: two jobs would write one run directory. Slurm jobs count as
-    running unless their state is a known end (:data:`SLURM_ENDED`); local jobs while their
+def runs_in_flight(out: Path) -> dict[str, str]:
+    """``{run name: "job <id> (<why>)"}`` for each run of the sweep directory ``out`` that is not
+    finished and is in a job of an earlier sweep command that may still run. Slurm jobs count
+    as running unless their state is a known end (:data:`SLURM_ENDED`); local jobs while their
     process lives."""
     cluster, jobs = _read_jobs(out)
     open_jobs = {name: job for name, job in jobs.items() if not is_finished(out / RUNS_DIR / name)}
     if not open_jobs:
-        return
+        return {}
     if cluster == "slurm":
         try:
             states = _slurm_states(out / "submitit", list(open_jobs.values()))
         except ImportError:
             states = {job: "UNKNOWN (submitit is not installed)" for job in open_jobs.values()}
         running = {name: job for name, job in open_jobs.items() if states.get(job, "UNKNOWN") not in SLURM_ENDED}
-        why = {name: states.get(job, "UNKNOWN") for name, job in running.items()}
-    elif cluster == "local":
-        running = {name: job for name, job in open_jobs.items() if _pid_alive(job)}
-        why = dict.fromkeys(running, "its process is alive")
-    else:
-        return
+        return {name: f"job {job} ({states.get(job, 'UNKNOWN')})" for name, job in running.items()}
+    if cluster == "local":
+        return {name: f"job {job} (its process is alive)" for name, job in open_jobs.items() if _pid_alive(job)}
+    return {}
+
+
+def _check_no_job_in_flight(out: Path) -> None:
+    """Refuse (UserError) while a run that is not finished is in a job of an earlier sweep
+    command that may still run (:func:`runs_in_flight`): two jobs would write one run directory."""
+    running = runs_in_flight(out)
     if running:
         name = next(iter(running))
         raise UserError(
-            f"run {name!r} is still in job {running[name]} ({why[name]}) submitted by an earlier sweep command "
+            f"run {name!r} is still in {running[name]} submitted by an earlier sweep command "
             f"({len(running)} such run(s)); wait for it to end or cancel it (scancel), then run the same command again"
         )
 

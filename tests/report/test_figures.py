@@ -11,6 +11,7 @@ from softmaxlab.report.figures import (
     epoch_time_figure,
     feature_map_figure,
     figure_png,
+    grad_norm_figure,
     learning_curves_figure,
     reliability_figure,
     save_png,
@@ -54,16 +55,20 @@ def test_long_variant_labels_wrap_and_leave_room_for_the_axes():
     labels = [
         f"root=intel64-train.npz, image_size={s}, widths=[32, 64, 128, 256], lr={lr}, low_res_fraction=0"
         for s in (32, 64)
-        for lr in (0.05, 0.1, 0.2, 0.4)
+        for lr in (0.0125, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
     ]
     assert all(len(line) <= 48 for label in labels for line in wrap_label(label).splitlines())
-    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e, "train_acc": 0.5, "val_acc": 0.5} for e in (1, 2)]
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e, "train_acc": 0.5, "val_acc": 0.5, "grad_norms": {"fc": e}}
+        for e in (1, 2)
+    ]
     bins = ([0.3, 0.6, 0.9], [0.2, 0.6, 0.95], [10, 10, 10])
     variants = [(label, f"C{i}") for i, label in enumerate(labels)]
     figures = [
         reliability_figure([(panel, [(label, c, *bins) for label, c in variants]) for panel in ("before", "after")]),
         learning_curves_figure([(label, c, [history]) for label, c in variants]),
         epoch_time_figure([(label, c, 1.0, 0.1) for label, c in variants]),
+        grad_norm_figure([(label, c, [history]) for label, c in variants]),
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "constrained_layout not applied" included
@@ -71,3 +76,5 @@ def test_long_variant_labels_wrap_and_leave_room_for_the_axes():
             figure_png(fig)
     for ax in figures[0].axes:  # the square diagrams keep most of the figure's width
         assert ax.get_position().width * figures[0].get_figwidth() > 3.0
+    for fig in figures[1:]:  # the plots keep a readable height above the legend
+        assert all(ax.get_position().height * fig.get_figheight() > 1.5 for ax in fig.axes)

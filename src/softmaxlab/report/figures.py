@@ -223,6 +223,9 @@ def _legend_below(fig: Figure, handles: list, labels: list[str]) -> None:
         longest = max(len(line) for label in labels for line in label.splitlines())
         fits = int(fig.get_figwidth() // (0.07 * longest + 0.7))  # 8 pt characters, the handle and gap
         ncols = max(1, min(3, len(labels), fits))
+        # The figure grows by the legend's height (8 pt lines, a gap per row), so the axes keep theirs.
+        rows = [labels[i : i + ncols] for i in range(0, len(labels), ncols)]
+        fig.set_figheight(fig.get_figheight() + sum(0.15 * max(x.count("\n") + 1 for x in r) + 0.1 for r in rows))
         fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
 
 
@@ -272,7 +275,7 @@ def confusion_figure(matrix: Sequence[Sequence[float]], classes: Sequence[str], 
     ax.set_yticks(ticks, [names[i] for i in ticks], fontsize=7)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(wrap_label(title, max(32, int(fig.get_figwidth() * 12))), fontsize=9)  # 9 pt: ~12 characters per inch
     if k <= 15:
         for i in range(k):
             for j in range(k):
