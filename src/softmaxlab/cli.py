@@ -423,15 +423,19 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = _main(argv)
     except Exception:
-        distributed = sys.modules.get("softmaxlab.distributed")  # not imported: no process group was joined
-        if distributed is None or not distributed.joined_group():
+        if not _joined_group():
             raise
         traceback.print_exc()
         code = EXIT_UNEXPECTED
-    distributed = sys.modules.get("softmaxlab.distributed")
-    if distributed is not None:
-        distributed.end_process(code)
+    if _joined_group():
+        sys.modules["softmaxlab.distributed"].end_process(code)
     sys.exit(code)
+
+
+def _joined_group() -> bool:
+    # softmaxlab.distributed (and torch) not imported: no process group was joined.
+    distributed = sys.modules.get("softmaxlab.distributed")
+    return distributed is not None and distributed.joined_group()
 
 
 def _main(argv: list[str] | None) -> int:
