@@ -99,3 +99,40 @@ def test_checkpoint_falls_back_to_previous_and_never_truncated(tmp_path):
     with pytest.raises(RuntimeError):
         runs.save_checkpoint(tmp_path, {"n": 3}, during_write=lambda: (_ for _ in ()).throw(RuntimeError))
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def _run_dir(path, seed=0):
+    path.mkdir(parents=True)
+    (path / runs.CONFIG).write_text(f"name: {path.name}\ntrain:\n  seed: {seed}\n")
+    return path
+
+
+def test_runs_are_found_below_and_ordered_as_they_were_written(tmp_path):
+    b = _run_dir(tmp_path / "b")
+    a = _run_dir(tmp_path / "group" / "a", seed=1)
+    os.utime(b / "config.yaml", (1, 1))  # b was written first
+    assert runs.find_run_dirs(tmp_path) == [b, a]
+    assert runs.find_run_dirs(a) == [a]  # a run directory is its own report
+    _run_dir(tmp_path / ".hidden" / "c")
+    _run_dir(a / "inner")  # a run inside a run is part of it
+    assert runs.find_run_dirs(tmp_path) == [b, a]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no runs"):
+        runs.find_run_dirs(tmp_path / "empty")
+
+
+def test_one_reader_per_file_strict_and_lenient(tmp_path):
+    run = _run_dir(tmp_path / "r")
+    assert runs.read_summary(run) is None and runs.read_history(run) == []
+    assert runs.read_config(run) == {"name": "r", "train": {"seed": 0}}
+    (run / runs.SUMMARY).write_text("{not json")
+    (run / runs.METRICS).write_text('{"epoch": 1}\n[1]\n')
+    with pytest.raises(UserError, match=r"summary.json could not be read \(JSONDecodeError\)"):
+        runs.read_summary(run)
+    assert runs.read_history(run) == [{"epoch": 1}]  # a record that is not an object is skipped
+    record = runs.read_run(run)  # a report's reader: never raises, says what it could not read
+    assert record.summary == {} and record.history == [{"epoch": 1}] and record.seed == 0
+    assert record.problems == ["summary.json could not be read (JSONDecodeError)"] and record.status == "unfinished"
+    (run / runs.SUMMARY).write_text("[1, 2]")
+    with pytest.raises(UserError, match=r"summary\.json does not hold a dict"):
+        runs.read_summary(run)

@@ -46,6 +46,19 @@ class World:
         return self.rank == 0
 
 
+def resolve_device(name: str, option: str = "--set train.device") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu`` or ``cuda`` as named. ``cuda``
+    without a GPU, or another name, is a UserError that names ``option`` (where the name
+    came from: ``--set train.device``, ``--device``)."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise UserError(f"{option} must be auto, cpu or cuda, got {name!r}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{option}=cuda but no CUDA GPU is available here; use {option}=cpu (or auto)")
+    return torch.device(name)
+
+
 def env_world() -> World:
     """The world described by torchrun's environment variables (a single process without them)."""
     try:
@@ -131,12 +144,6 @@ def broadcast_object(obj: Any, world: World) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def barrier(world: World) -> None:
-    """Wait for every rank (a no-op for a single process)."""
-    if world.distributed:
-        dist.barrier()
 
 
 def broadcast_buffers(model: torch.nn.Module, world: World) -> None:

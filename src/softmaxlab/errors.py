@@ -20,12 +20,14 @@ class UserError(Exception):
 
 
 class DivergedError(Exception):
-    """Training produced a non-finite loss: exit code 3."""
+    """Training produced a non-finite loss: exit code 3. ``run_dir`` is the run's directory
+    (which records ``status: diverged``), once known."""
 
-    def __init__(self, message: str, *, epoch: int, step: int) -> None:
+    def __init__(self, message: str, *, epoch: int, step: int, run_dir: Path | None = None) -> None:
         super().__init__(message)
         self.epoch = epoch
         self.step = step
+        self.run_dir = run_dir
 
 
 def write_error(exc: OSError, path: str | Path) -> UserError | None:

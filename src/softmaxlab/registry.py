@@ -1,14 +1,17 @@
 """One small registry type; every extension point (heads, activations, models, datasets)
-uses it.
+uses it. A component registers with its own options (an :class:`Options` model), from
+which the experiment config builds its section; the component never sees the config.
 
+>>> class Shade(Options):
+...     dark: bool = False  # a darker red
 >>> COLOURS = Registry("colour")
->>> @COLOURS.register("red", summary="the colour of blood")
-... def red():
-...     return (255, 0, 0)
->>> COLOURS.create("red")
-(255, 0, 0)
->>> COLOURS.names()
-['red']
+>>> @COLOURS.register("red", summary="the colour of blood", options=Shade)
+... def red(options):
+...     return (128 if options.dark else 255, 0, 0)
+>>> COLOURS.create("red", Shade(dark=True))
+(128, 0, 0)
+>>> COLOURS.names(), COLOURS.options("red").model_fields["dark"].default
+(['red'], False)
 """
 
 from __future__ import annotations
@@ -16,11 +19,28 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict
 
 from softmaxlab.errors import UserError
 
 T = TypeVar("T", bound=Callable[..., Any])
+
+
+class Options(BaseModel):
+    """The options a component declares where it registers: a pydantic model whose fields
+    become the keys of its config section (``head.tau`` of the ``gumbel`` head).
+
+    Unknown keys are errors and assignments are validated. Give every field a default and a
+    comment (``tau: float = Field(1.0, gt=0)  # what it does``); a component without options
+    uses this class itself.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    #: How errors name the components that own these options when the chosen one does not
+    #: ("the softmax activations"); None: by their registry names.
+    owners_label: ClassVar[str | None] = None
 
 
 class UnknownNameError(UserError, KeyError):
@@ -28,6 +48,13 @@ class UnknownNameError(UserError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class NamedOptions(Protocol):
+    """A component's options with the registry name they belong to: a config section such as
+    ``head``, which is an instance of the chosen head's :class:`Options` with its ``name``."""
+
+    name: str
 
 
 class Registry(Generic[T]):
@@ -42,13 +69,19 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, T] = {}
         self._summaries: dict[str, str] = {}
+        self._options: dict[str, type[Options]] = {}
 
-    def register(self, name: str | None = None, *, summary: str | None = None) -> Callable[[T], T]:
+    def register(
+        self, name: str | None = None, *, summary: str | None = None, options: type[Options] = Options
+    ) -> Callable[[T], T]:
         """Decorator that registers a factory under ``name`` (default: its ``__name__``).
 
         ``summary`` is the one-line description shown by ``softmaxlab list``; by default the
-        first line of the factory's docstring.
+        first line of the factory's docstring. ``options`` is the component's own
+        :class:`Options` model (none by default).
         """
+        if not (isinstance(options, type) and issubclass(options, Options)):
+            raise TypeError(f"options of a {self.kind} must be a subclass of softmaxlab.Options, got {options!r}")
 
         def decorator(factory: T) -> T:
             key = name or factory.__name__
@@ -57,9 +90,25 @@ class Registry(Generic[T]):
             self._entries[key] = factory
             doc = inspect.getdoc(factory) or ""
             self._summaries[key] = summary or (doc.splitlines()[0] if doc else "")
+            self._options[key] = options
             return factory
 
         return decorator
+
+    def options(self, name: str) -> type[Options]:
+        """The :class:`Options` model that ``name`` registered with."""
+        self.get(name)
+        return self._options[name]
+
+    def name_of(self, factory: Any) -> str | None:
+        """The name ``factory`` is registered under (None when it is not registered)."""
+        return next((k for k, v in self._entries.items() if v is factory), None)
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a component registered for a while, e.g. by a test)."""
+        self.get(name)
+        for table in (self._entries, self._summaries, self._options):
+            del table[name]
 
     def get(self, name: str) -> T:
         """The factory registered as ``name``."""

@@ -1,23 +1,37 @@
-"""The run directory: atomic writes, weights, and the files every run writes.
+"""The run directory: the one reader and writer of its files.
 
 A run directory holds ``config.yaml`` (fully resolved), ``metrics.jsonl`` (one JSON object
-per epoch), ``summary.json``, ``model.pt`` (weights) and ``figures/``. Every file is written
-to a temporary file in the same directory and renamed over the target, so a crash never
-leaves a half-written file behind.
+per epoch), ``summary.json``, ``model.pt`` (weights), ``checkpoint.pt`` while it trains and
+``figures/``. Every file is written to a temporary file in the same directory and renamed
+over the target, so a crash never leaves a half-written file behind. Reading:
+
+* :func:`read_config`, :func:`read_summary`, :func:`read_history`: one file each, strict
+  (a file that is there but cannot be read is a :class:`UserError` naming it);
+* :func:`read_run`: all three as a :class:`RunRecord`, lenient (what cannot be read is
+  listed in ``problems``), for reports over many runs; :func:`find_run_dirs` finds them;
+* :func:`load_weights`, :func:`load_checkpoint`: ``model.pt`` and the checkpoints.
+
+The config is read as the plain mapping on disk: validating it is the config's job.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import pickle
+import platform
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
+from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
 import torch
+import yaml
 
 from softmaxlab.errors import UserError, write_error
 
@@ -127,8 +141,6 @@ def atomic_write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
     """``torch.save`` atomically. The payload is serialised in memory first: torch's writer
     turns a failed file write (a full disk) into a RuntimeError, which would hide the OSError."""
-    import io
-
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -137,6 +149,158 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """The records of a JSON-lines file."""
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def version() -> str:
+    """The installed softmaxlab's version (from the package metadata, i.e. pyproject.toml)."""
+    try:
+        return metadata.version("softmaxlab")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree that is not installed
+        return "unknown"
+
+
+# --------------------------------------------------------------------------- reading a run
+
+
+class UnreadableFileError(UserError):
+    """A run file that is there but cannot be read; ``problem`` says which and why in a few words."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{problem} in {str(path.parent)!r}; re-run the training to rewrite it")
+        self.problem = problem
+
+
+def _read_file(path: Path, parse: Callable[[str], Any], kind: type) -> Any:
+    """``parse`` of the text at ``path``; None when there is no such file. A file that cannot
+    be read or parsed, or that does not hold a ``kind``, is an :class:`UnreadableFileError`."""
+    if not path.is_file():
+        return None
+    try:
+        value = parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise UnreadableFileError(path, f"{path.name} could not be read ({type(exc).__name__})") from None
+    if not isinstance(value, kind):
+        raise UnreadableFileError(path, f"{path.name} does not hold a {kind.__name__}")
+    return value
+
+
+def _jsonl(text: str) -> list[Any]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any] | None:
+    """The mapping in ``config.yaml`` (as written, not validated), or None when there is none."""
+    return _read_file(Path(run_dir) / CONFIG, yaml.safe_load, dict)
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """``summary.json`` of a run, or None when it has none (not finished)."""
+    return _read_file(Path(run_dir) / SUMMARY, json.loads, dict)
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The epoch records of ``metrics.jsonl`` ([] before the first epoch)."""
+    records = _read_file(Path(run_dir) / METRICS, _jsonl, list) or []
+    return [r for r in records if isinstance(r, dict)]
+
+
+@dataclass
+class RunRecord:
+    """One run directory as read from disk; missing or unreadable files leave their part empty.
+
+    ``problems`` lists one line per file that could not be read; ``variant`` is the label a
+    report gives the run.
+    """
+
+    path: Path
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    history: list[dict[str, Any]]
+    problems: list[str] = field(default_factory=list)
+    variant: str = ""
+
+    @property
+    def status(self) -> str:
+        """``finished``, ``diverged`` (from ``summary.json``) or ``unfinished`` (no summary yet)."""
+        return str(self.summary.get("status", "unfinished"))
+
+    @property
+    def name(self) -> str:
+        """The config's ``name``, else the directory's name."""
+        return str(self.summary.get("name") or self.config.get("name") or self.path.name)
+
+    @property
+    def seed(self) -> Any:
+        """``train.seed`` of the config (None when unknown)."""
+        return (self.config.get("train") or {}).get("seed", (self.summary.get("env") or {}).get("seed"))
+
+    @property
+    def test(self) -> dict[str, Any]:
+        """``summary["test"]``, or {} (a diverged or unfinished run)."""
+        test = self.summary.get("test")
+        return test if isinstance(test, dict) else {}
+
+    @property
+    def command(self) -> str:
+        """The command that reproduces the run: ``summary.command`` when recorded, else
+        ``softmaxlab run DIR/config.yaml``."""
+        recorded = self.summary.get("command")
+        if isinstance(recorded, list):
+            return " ".join(str(a) for a in recorded)
+        if isinstance(recorded, str) and recorded:
+            return recorded
+        return f"softmaxlab run {self.path.as_posix()}/{CONFIG}"
+
+
+def read_run(path: str | Path) -> RunRecord:
+    """Read one run directory; never raises for missing or corrupt files (see ``problems``)."""
+    p = Path(path)
+    problems: list[str] = []
+
+    def lenient(read: Callable[[Path], Any], default: Any) -> Any:
+        try:
+            value = read(p)
+        except UnreadableFileError as exc:
+            problems.append(exc.problem)
+            return default
+        return default if value is None else value
+
+    return RunRecord(p, lenient(read_config, {}), lenient(read_summary, {}), lenient(read_history, []), problems)
+
+
+#: How deep below a directory runs are looked for (a sweep keeps them in runs/).
+SEARCH_DEPTH = 3
+
+
+def find_run_dirs(path: str | Path) -> list[Path]:
+    """``path`` itself when it is a run directory (it holds ``config.yaml``), else the run
+    directories below it (at most :data:`SEARCH_DEPTH` levels), oldest first.
+
+    Runs are ordered by the time their ``config.yaml`` was written, so a demo's or a sweep's
+    runs appear in the order they were run.
+
+    Raises:
+        UserError: ``path`` does not exist, is a file, or holds no run.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{str(p)!r} does not exist; pass a run directory or a directory of runs")
+    if not p.is_dir():
+        raise UserError(f"{str(p)!r} is a file; pass a run directory or a directory of runs")
+    if (p / CONFIG).is_file():
+        return [p]
+    found: list[Path] = []
+    for depth in range(1, SEARCH_DEPTH + 1):
+        for cfg in p.glob("/".join(["*"] * depth + [CONFIG])):
+            run = cfg.parent
+            hidden = any(part.startswith(".") for part in run.relative_to(p).parts)
+            if not hidden and not any(f in run.parents for f in found):  # not a run inside a run
+                found.append(run)
+    if not found:
+        raise UserError(
+            f"{str(p)!r} holds no runs (no {CONFIG} in it or below); pass a run directory or a directory of runs"
+        )
+    return sorted(found, key=lambda r: ((r / CONFIG).stat().st_mtime, r.as_posix()))
 
 
 def default_run_dir(name: str | None, root: str | Path = "runs") -> Path:
@@ -232,8 +396,6 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any], during_write: Ca
     leaves the old checkpoint; between them, the previous one (:func:`load_checkpoint` falls
     back to it). ``during_write`` is called halfway through writing the temporary file.
     """
-    import io
-
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
     data = buffer.getvalue()
@@ -272,8 +434,6 @@ def safe_load(path: str | Path) -> Any:
             is refused, never executed).
         Exception: other read errors (a truncated or corrupt file) pass through.
     """
-    import pickle
-
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -349,14 +509,10 @@ def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], 
 
 def environment(device: torch.device, seed: int) -> dict[str, Any]:
     """Versions, device and seed: what a reader needs to reproduce or compare a number."""
-    import platform
-
-    import softmaxlab
-
     env: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "softmaxlab": softmaxlab.__version__,
+        "softmaxlab": version(),
         "platform": platform.platform(),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
