@@ -7,8 +7,10 @@ Each entry maps an (N, C, H, W) feature map to a map of the same shape. Two kind
   subclass of :class:`AxisSoftmax` that normalises over some axes of the map and takes
   :class:`SoftmaxOptions` (temperature, learned temperature, rescaling).
 
-:func:`build_activation` builds either kind by name; :func:`block_activations` says which
-activation each block of a backbone gets (``model.activation`` / ``model.softmax_blocks``).
+:func:`build_activation` builds either kind by name. The softmax family registers
+:class:`SoftmaxActivationOptions` (``model.activation_temperature``, ``model.softmax_blocks``,
+...); :class:`BlockActivations` is what a backbone is given: which activation each of its
+blocks gets, and a fresh module of it per block.
 
 >>> x = torch.randn(2, 3, 4, 5)
 >>> y = build_activation("softmax_hw")(x)
@@ -20,17 +22,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from softmaxlab.errors import UserError
-from softmaxlab.registry import Registry
-
-if TYPE_CHECKING:
-    from softmaxlab.config import ModelConfig
+from softmaxlab.registry import Options, Registry
 
 ACTIVATIONS: Registry[Callable[..., nn.Module]] = Registry("activation")
 
@@ -107,15 +107,33 @@ def axis_softmax(x: Tensor, dims: tuple[int, ...], temperature: float | Tensor =
 
 @dataclass(frozen=True)
 class SoftmaxOptions:
-    """Options of a softmax activation (``model.activation_temperature`` and friends)."""
+    """The arguments of one softmax activation module (:class:`AxisSoftmax`)."""
 
     temperature: float = 1.0  # T: the input is divided by T before the softmax
     learn_temperature: bool = False  # learn log T, starting at log(temperature)
     rescale: bool = False  # multiply by the number of positions normalised over (mean 1)
 
+
+class SoftmaxActivationOptions(Options):
+    """The ``model.*`` options of the softmax activations (softmax_h, softmax_w, softmax_hw, softmax_c)."""
+
+    owners_label = "the softmax activations"
+
+    activation_temperature: float = Field(1.0, gt=0)  # T: the input is divided by T before the softmax
+    learn_activation_temperature: bool = False  # learn log T (one per block), starting at activation_temperature
+    softmax_rescale: bool = False  # multiply by the number of positions normalised over: mean 1, not 1/n
+    softmax_blocks: list[int] | None = None  # 0-based blocks that get `activation` (relu in the others); None = all
+
+    @field_validator("softmax_blocks")
     @classmethod
-    def from_config(cls, cfg: ModelConfig) -> SoftmaxOptions:
-        return cls(cfg.activation_temperature, cfg.learn_activation_temperature, cfg.softmax_rescale)
+    def _block_indices(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or min(v) < 0 or len(set(v)) != len(v)):
+            raise ValueError("must be a non-empty list of distinct 0-based block indices")
+        return v
+
+    def module_options(self) -> SoftmaxOptions:
+        """The arguments of each block's :class:`AxisSoftmax`."""
+        return SoftmaxOptions(self.activation_temperature, self.learn_activation_temperature, self.softmax_rescale)
 
 
 class AxisSoftmax(nn.Module):
@@ -152,28 +170,28 @@ class AxisSoftmax(nn.Module):
         return f"dims={self.dims}, temperature={t:g}, learned={self.learn_temperature}, rescale={self.rescale}"
 
 
-@ACTIVATIONS.register("softmax_h")
+@ACTIVATIONS.register("softmax_h", options=SoftmaxActivationOptions)
 class SoftmaxH(AxisSoftmax):
     """softmax over the height H of each column: sum over h of y(n, c, h, w) = 1."""
 
     dims = (2,)
 
 
-@ACTIVATIONS.register("softmax_w")
+@ACTIVATIONS.register("softmax_w", options=SoftmaxActivationOptions)
 class SoftmaxW(AxisSoftmax):
     """softmax over the width W of each row: sum over w of y(n, c, h, w) = 1."""
 
     dims = (3,)
 
 
-@ACTIVATIONS.register("softmax_hw")
+@ACTIVATIONS.register("softmax_hw", options=SoftmaxActivationOptions)
 class SoftmaxHW(AxisSoftmax):
     """spatial softmax over H x W of each channel: sum over (h, w) of y(n, c, h, w) = 1."""
 
     dims = (2, 3)
 
 
-@ACTIVATIONS.register("softmax_c")
+@ACTIVATIONS.register("softmax_c", options=SoftmaxActivationOptions)
 class SoftmaxC(AxisSoftmax):
     """softmax over the channels C at each pixel (as nn.Softmax2d): sum over c of y(n, c, h, w) = 1."""
 
@@ -203,32 +221,38 @@ def build_activation(name: str, options: SoftmaxOptions | None = None) -> nn.Mod
     return ACTIVATIONS.create(name)
 
 
-def block_activations(cfg: ModelConfig, num_blocks: int) -> list[str]:
-    """The activation name of each of ``num_blocks`` blocks.
+@dataclass(frozen=True)
+class BlockActivations:
+    """Which activation each block of a backbone gets, and a fresh module of it per block.
 
-    ``model.activation`` in every block, or, when ``model.softmax_blocks`` lists block
-    indices, the (softmax) ``model.activation`` in those blocks and ``relu`` in the others.
+    ``name`` (``model.activation``) in every block or, when ``options.softmax_blocks`` lists
+    block indices, the (softmax) ``name`` in those blocks and ``relu`` in the others.
+    ``options`` are the activation's own (:class:`SoftmaxActivationOptions` for the softmax
+    family, none for the pointwise ones); ``model`` names the backbone in errors.
 
-    >>> from softmaxlab.config import ModelConfig
-    >>> block_activations(ModelConfig(activation="softmax_hw", softmax_blocks=[2]), 3)
+    >>> BlockActivations("softmax_hw", SoftmaxActivationOptions(softmax_blocks=[2])).names(3)
     ['relu', 'relu', 'softmax_hw']
     """
-    if cfg.softmax_blocks is None:
-        return [cfg.activation] * num_blocks
-    if not is_softmax(cfg.activation):
-        raise UserError(
-            f"model.softmax_blocks needs a softmax model.activation ({', '.join(softmax_names())}), "
-            f"got {cfg.activation!r}"
-        )
-    bad = [i for i in cfg.softmax_blocks if not 0 <= i < num_blocks]
-    if bad:
-        raise UserError(
-            f"model.softmax_blocks={cfg.softmax_blocks} but model {cfg.name!r} has {num_blocks} blocks; "
-            f"use indices 0 to {num_blocks - 1}"
-        )
-    return [cfg.activation if i in cfg.softmax_blocks else "relu" for i in range(num_blocks)]
 
+    name: str = "relu"
+    options: Options = field(default_factory=Options)
+    model: str = "the model"
 
-def build_block_activation(cfg: ModelConfig, name: str) -> nn.Module:
-    """The activation ``name`` of a block, with the softmax options of ``cfg`` when it is a softmax."""
-    return build_activation(name, SoftmaxOptions.from_config(cfg) if is_softmax(name) else None)
+    def names(self, num_blocks: int) -> list[str]:
+        """The activation name of each of ``num_blocks`` blocks (UserError: a listed block it lacks)."""
+        blocks = getattr(self.options, "softmax_blocks", None)
+        if blocks is None:
+            return [self.name] * num_blocks
+        bad = [i for i in blocks if not 0 <= i < num_blocks]
+        if bad:
+            raise UserError(
+                f"model.softmax_blocks={blocks} but model {self.model!r} has {num_blocks} blocks; "
+                f"use indices 0 to {num_blocks - 1}"
+            )
+        return [self.name if i in blocks else "relu" for i in range(num_blocks)]
+
+    def build(self, name: str) -> nn.Module:
+        """A fresh module of the activation ``name`` (one of :meth:`names`), with the options when it is a softmax."""
+        if is_softmax(name) and isinstance(self.options, SoftmaxActivationOptions):
+            return build_activation(name, self.options.module_options())
+        return build_activation(name)

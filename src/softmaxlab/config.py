@@ -1,245 +1,233 @@
 """The typed, validated experiment config: YAML file + dotted ``--set`` overrides.
 
-Sections ``data``, ``model``, ``head``, ``train``, ``diagnostics``, ``report``. Unknown keys and wrong
-types are errors that name the key and suggest the closest valid one; the fully resolved
-config is written next to the results, and running that file reproduces the run.
+Sections ``data``, ``model``, ``head``, ``train``, ``diagnostics``, ``report``. The ``data``,
+``model`` and ``head`` sections are composed from the registries: their keys are the options
+that the chosen dataset, model (with its activation) and head declare where they register
+(:class:`~softmaxlab.registry.Options`), so ``head.tau`` exists where ``head.name`` is
+``gumbel``. Unknown keys and wrong types are errors that name the key and suggest the
+closest valid one; an option of another component is an error that names its owners (set to
+its default, as the flat sections of earlier versions wrote them, it is dropped). The fully
+resolved config holds only the options of the chosen components; it is written next to the
+results, and running that file reproduces the run.
 
->>> cfg = load_config(None, ["train.epochs=3", "head.name=log_softmax"])
->>> cfg.train.epochs, cfg.head.name
-(3, 'log_softmax')
+>>> cfg = load_config(None, ["train.epochs=3", "head.name=gumbel", "head.tau=0.5"])
+>>> cfg.train.epochs, cfg.head.name, cfg.head.tau
+(3, 'gumbel', 0.5)
+>>> cfg.to_dict()["head"]
+{'name': 'gumbel', 'tau': 0.5, 'tau_schedule': 'constant', 'tau_min': 0.5, 'anneal_rate': 0.001}
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from softmaxlab import runs
+from softmaxlab.activations import ACTIVATIONS, is_softmax
+from softmaxlab.data import DATASETS, DataOptions
 from softmaxlab.errors import UserError
+from softmaxlab.heads import HEADS
+from softmaxlab.models import MODELS
+from softmaxlab.registry import Options, Registry
 
 
-class _Section(BaseModel):
-    # Unknown keys are errors, not silently ignored; assignments are re-validated.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class _Section(Options):
+    """A fixed config section: unknown keys are errors, assignments are re-validated."""
 
 
-def _registered(kind: str, name: str) -> str:
-    """``name`` if it is in the registry of ``kind``; else a ValueError listing valid names.
+@dataclass(frozen=True)
+class Selector:
+    """A key of a component section that picks a registered component (``head.name``)."""
 
-    The registries are imported here, not at module level, because their modules import
-    the config types.
+    key: str
+    registry: Registry
+    default: str
+    #: How errors name the owners of an option: ``head.name=`` + ``gumbel``.
+    prefix: str = ""
+
+
+#: Keys that earlier versions had and that no longer exist, with their old default: that value
+#: is dropped without a word (it changed nothing); another is an error, except in the config of
+#: an existing run directory (``legacy``), where it is dropped too.
+REMOVED_KEYS: dict[tuple[str, str], tuple[Any, str]] = {
+    ("head", "hard"): (False, "it changed neither training nor evaluation (the loss uses the soft sample)"),
+}
+
+
+def _error(loc: tuple[str, ...], message: str, value: Any) -> ValidationError:
+    """A one-entry ValidationError at ``loc``, inside a section (pydantic prefixes the section)."""
+    error = PydanticCustomError("value_error", "Value error, {message}", {"message": message})
+    return ValidationError.from_exception_data("config", [InitErrorDetails(type=error, loc=loc, input=value)])
+
+
+class ComponentSection(Options):
+    """A section whose selector keys (``name``; the model's ``activation`` too) pick registered
+    components, and whose other keys are their options.
+
+    The section class itself stands for "whichever component is chosen": constructing or
+    validating it gives an instance of the class composed of the chosen components' options
+    and the section (cached, so equal configs have equal types), e.g. ``HeadConfig(name="gumbel",
+    tau=0.5)`` is an instance of ``HeadConfig[gumbel]``, which is also a ``GumbelOptions``.
     """
-    if kind == "dataset":
-        from softmaxlab.data import DATASETS as registry
-    elif kind == "model":
-        from softmaxlab.models import MODELS as registry
-    elif kind == "head":
-        from softmaxlab.heads import HEADS as registry
-    else:
-        from softmaxlab.activations import ACTIVATIONS as registry
-    if name not in registry:
-        raise ValueError(registry.unknown_message(name))
-    return name
 
+    section: ClassVar[str] = ""
+    selectors: ClassVar[tuple[Selector, ...]] = ()
 
-class DataConfig(_Section):
-    """Which images, how they are split and augmented."""
+    def __new__(cls, *args: Any, **data: Any) -> Any:
+        if cls in _SECTION_BASES:  # HeadConfig(...): build the composed class of the chosen head
+            cls = _composed(cls, _choices(cls, data))
+        return super().__new__(cls)
 
-    name: str = "shapes"  # registry name: shapes, cifar10, cifar100, npz, imagefolder (`softmaxlab list datasets`)
-    # cifar10/cifar100: the folder holding (or to receive) cifar-10-batches-py/ or cifar-100-python/;
-    # npz: the .npz file; imagefolder: the folder of class folders. Unused by shapes.
-    root: str | None = None
-    download: bool = False  # cifar10/cifar100: fetch missing files (torchvision's downloader, MD5-checked)
-    labels: Literal["fine", "coarse"] = "fine"  # cifar100: 100 fine classes (with the hierarchy) or the 20 coarse
-    num_classes: int = Field(10, ge=2)  # shapes only: number of fine classes
-    # Every dataset: images are generated / resized (square) to this side. Unset = the dataset's own size,
-    # written into the run's config.yaml once the data is loaded: npz as stored (the shorter side when not
-    # square), cifar10 / cifar100 and shapes 32, imagefolder 64 (its images differ in size).
-    image_size: int | None = Field(None, ge=8)
-    train_size: int = Field(6000, ge=1)  # shapes only: generated training images
-    val_size: int = Field(1000, ge=1)  # shapes only: generated validation images
-    test_size: int = Field(2000, ge=1)  # shapes only: generated test images
-    # All but shapes: share of the training images held out for validation when there is no official
-    # validation split (stratified by class, seeded by data.seed).
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    # npz without x_test, imagefolder without a test folder: share of all images held out for testing.
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    skip_corrupt: bool = False  # imagefolder: skip unreadable images with a warning (false: stop, naming them)
-    # imagefolder: where decoded images are cached; None = <root>/.softmaxlab-cache, or the user cache
-    # folder (~/.cache/softmaxlab) when the root is read-only.
-    cache_dir: str | None = None
-    seed: int = 0  # seed of the data itself (generation, splits), separate from train.seed
-    crop_padding: int = Field(4, ge=0)  # random-crop augmentation: pad by this many pixels
-    flip: bool = True  # random horizontal flips
-    # Random-resized crop (for larger images, e.g. 64 px and up): crop a box covering a fraction of the
-    # image area in rrc_scale, with aspect ratio (w / h) in rrc_ratio, and resize it back; replaces the
-    # padded crop above (crop_padding is then unused).
-    random_resized_crop: bool = False
-    rrc_scale: tuple[float, float] = (0.35, 1.0)
-    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**_applicable(type(self), data, legacy=False))
 
-    @field_validator("rrc_scale", "rrc_ratio")
+    @model_validator(mode="wrap")
     @classmethod
-    def _range(cls, v: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
-        upper = 1.0 if info.field_name == "rrc_scale" else float("inf")
-        if not 0 < v[0] <= v[1] <= upper:
-            bound = "0 < low <= high <= 1" if upper == 1.0 else "0 < low <= high"
-            raise ValueError(f"must be [low, high] with {bound}, got {list(v)}")
-        return v
+    def _dispatch(cls, data: Any, handler: Any, info: ValidationInfo) -> Any:
+        if cls not in _SECTION_BASES or not isinstance(data, dict):
+            return handler(data)
+        target = _composed(cls, _choices(cls, data))
+        legacy = bool((info.context or {}).get("legacy"))
+        return target.model_validate(_applicable(target, data, legacy), context=info.context)
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registered("dataset", v)
+    @model_serializer(mode="wrap")
+    def _selectors_first(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        first = {s.key: out[s.key] for s in self.selectors if s.key in out}
+        return {**first, **out}
 
-    @field_validator(
-        "root",
-        "download",
-        "labels",
-        "num_classes",
-        "train_size",
-        "val_size",
-        "test_size",
-        "val_fraction",
-        "test_fraction",
-        "skip_corrupt",
-        "cache_dir",
+    def __reduce__(self) -> Any:
+        # Composed classes are made at run time; pickle rebuilds one from its section base.
+        base = next(b for b in type(self).__mro__ if b in _SECTION_BASES)
+        return (_rebuild, (base, self.model_dump(mode="json")))
+
+
+def _rebuild(base: type[ComponentSection], data: dict[str, Any]) -> ComponentSection:
+    return base.model_validate(data)
+
+
+def _choices(base: type[ComponentSection], data: dict[str, Any]) -> tuple[tuple[str, type[Options]], ...]:
+    """(name, options model) of each selector of ``base`` in ``data``; an unknown name is a ValidationError."""
+    out = []
+    for s in base.selectors:
+        name = data.get(s.key, s.default)
+        if not isinstance(name, str) or name not in s.registry:
+            raise _error((s.key,), s.registry.unknown_message(name), name)
+        out.append((name, s.registry.options(name)))
+    return tuple(out)
+
+
+@functools.cache
+def _composed(base: type[ComponentSection], choices: tuple[tuple[str, type[Options]], ...]) -> type[ComponentSection]:
+    """The section class of ``base`` with the options of the chosen components (cached)."""
+    bases = tuple(dict.fromkeys(opts for _, opts in choices if not issubclass(base, opts)))
+    label = ", ".join(name for name, _ in choices)
+    return create_model(f"{base.__name__}[{label}]", __base__=(*bases, base), __module__=base.__module__)
+
+
+def _applicable(target: type[ComponentSection], data: dict[str, Any], legacy: bool) -> dict[str, Any]:
+    """``data`` without the options of other components that are set to their defaults (the
+    flat sections of earlier versions wrote every option); an option of another component set
+    to something else is a ValidationError naming its owners. Unknown keys are left for
+    pydantic to refuse (``extra="forbid"``)."""
+    out = dict(data)
+    for key, value in data.items():
+        if key in target.model_fields:
+            continue
+        removed = REMOVED_KEYS.get((target.section, key))
+        if removed is not None:
+            if value != removed[0] and not legacy:
+                raise _error((key,), f"this option was removed: {removed[1]}; delete it", value)
+            del out[key]
+            continue
+        owners = _owners(target, key)
+        if not owners:
+            continue
+        if all(_default(opts, key) == value for _, _, opts in owners):
+            del out[key]
+            continue
+        raise _error((key,), _owners_text(target, data, owners), value)
+    return out
+
+
+def _owners(target: type[ComponentSection], key: str) -> list[tuple[Selector, str, type[Options]]]:
+    """(selector, name, options) of every registered component of the section that has ``key``,
+    from the first selector with any."""
+    for s in target.selectors:
+        found = [(s, n, s.registry.options(n)) for n in s.registry.names() if key in s.registry.options(n).model_fields]
+        if found:
+            return found
+    return []
+
+
+def _default(options: type[Options], key: str) -> Any:
+    return options.model_fields[key].get_default(call_default_factory=True)
+
+
+def _owners_text(target: type[ComponentSection], data: dict[str, Any], owners: list) -> str:
+    """``applies to head.name=gumbel only; head.name is 'softmax'`` (owners named by their
+    options' ``owners_label`` when they all share one)."""
+    selector = owners[0][0]
+    names = [n for _, n, _ in owners]
+    labels = {opts.owners_label for _, _, opts in owners}
+    label = labels.pop() if len(labels) == 1 else None
+    who = f"{label} only ({', '.join(names)})" if label else f"{selector.prefix}{' and '.join(names)} only"
+    chosen = data.get(selector.key, selector.default)
+    return f"applies to {who}; {target.section}.{selector.key} is {chosen!r}"
+
+
+class DataConfig(ComponentSection, DataOptions):
+    """Which images, how they are split and augmented: ``name`` and the dataset's options
+    (``softmaxlab list datasets``)."""
+
+    section = "data"
+    selectors = (Selector("name", DATASETS, "shapes"),)
+
+    name: str = Field("shapes", frozen=True)  # registry name: shapes, cifar10, cifar100, npz, imagefolder
+
+
+class ModelConfig(ComponentSection):
+    """The backbone (images -> features): ``name`` and its options, ``activation`` and its options."""
+
+    section = "model"
+    selectors = (
+        Selector("name", MODELS, "simple_cnn", prefix="model.name="),
+        Selector("activation", ACTIVATIONS, "relu", prefix="model.activation="),
     )
-    @classmethod
-    def _dataset_only(cls, v: Any, info: ValidationInfo) -> Any:
-        # Options that the chosen dataset would silently ignore are errors.
-        # Fields are validated in order, so `name` is in info.data when it was valid.
-        on_disk = ("cifar10", "cifar100", "npz", "imagefolder")
-        allowed = {
-            "root": on_disk,
-            "num_classes": ("shapes",),
-            "train_size": ("shapes",),
-            "val_size": ("shapes",),
-            "test_size": ("shapes",),
-            "val_fraction": on_disk,
-            "test_fraction": ("npz", "imagefolder"),
-            "download": ("cifar10", "cifar100"),
-            "labels": ("cifar100",),
-            "skip_corrupt": ("imagefolder",),
-            "cache_dir": ("imagefolder",),
-        }[info.field_name]
-        name = info.data.get("name")
-        if v != cls.model_fields[info.field_name].default and name is not None and name not in allowed:
-            raise ValueError(f"applies to {' and '.join(allowed)} only; data.name is {name!r}")
-        return v
+
+    name: str = Field("simple_cnn", frozen=True)  # registry name (`softmaxlab list models`)
+    activation: str = Field("relu", frozen=True)  # registry name (`softmaxlab list activations`)
 
 
-class ModelConfig(_Section):
-    """The backbone: images -> features."""
+class HeadConfig(ComponentSection):
+    """The output normaliser: ``name`` and the head's options (``softmaxlab list heads``)."""
 
-    name: str = "simple_cnn"  # registry name (`softmaxlab list models`)
-    # Output channels of each block (one block per entry); unset = the model's own default, written
-    # out when validated so the resolved config shows it: simple_cnn [32, 64, 128, 256], resnet12 [64, 160, 320, 640].
-    widths: list[int] = Field(None, validate_default=True)
-    width: float = Field(1.0, gt=0)  # multiplier of every width (rounded, at least 1): resnet12 at 0.25 is 16-40-80-160
-    activation: str = "relu"  # registry name (`softmaxlab list activations`)
-    # The softmax activations (softmax_h, softmax_w, softmax_hw, softmax_c) only:
-    activation_temperature: float = Field(1.0, gt=0)  # T: the input is divided by T before the softmax
-    learn_activation_temperature: bool = False  # learn log T (one per block), starting at activation_temperature
-    softmax_rescale: bool = False  # multiply by the number of positions normalised over: mean 1, not 1/n
-    softmax_blocks: list[int] | None = None  # 0-based blocks that get `activation` (relu in the others); None = all
-    batch_norm: bool = True  # BatchNorm after every convolution
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # dropout before the head
+    section = "head"
+    selectors = (Selector("name", HEADS, "softmax", prefix="head.name="),)
 
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        return _registered("model", v)
-
-    @field_validator("activation")
-    @classmethod
-    def _known_activation(cls, v: str) -> str:
-        return _registered("activation", v)
-
-    @field_validator("activation_temperature", "learn_activation_temperature", "softmax_rescale", "softmax_blocks")
-    @classmethod
-    def _softmax_only(cls, v: Any, info: ValidationInfo) -> Any:
-        # Options that would be silently ignored with a pointwise activation are errors.
-        # Fields are validated in order, so `activation` is in info.data when it was valid.
-        from softmaxlab.activations import is_softmax, softmax_names
-
-        default = cls.model_fields[info.field_name].default
-        activation = info.data.get("activation")
-        if v != default and activation is not None and not is_softmax(activation):
-            raise ValueError(
-                f"applies to the softmax activations only ({', '.join(softmax_names())}); "
-                f"model.activation is {activation!r}"
-            )
-        if info.field_name == "softmax_blocks" and v is not None and (not v or min(v) < 0 or len(set(v)) != len(v)):
-            raise ValueError("must be a non-empty list of distinct 0-based block indices")
-        return v
-
-    @field_validator("widths", mode="before")
-    @classmethod
-    def _model_default_widths(cls, v: Any, info: ValidationInfo) -> Any:
-        # `name` is validated first (field order), so it is in info.data when it was valid.
-        if v is None and "name" in info.data:
-            from softmaxlab.models.base import default_widths
-
-            return default_widths(info.data["name"])
-        return v
-
-    @field_validator("widths")
-    @classmethod
-    def _positive_widths(cls, v: list[int]) -> list[int]:
-        if not v or any(w < 1 for w in v):
-            raise ValueError("must be a non-empty list of positive integers")
-        return v
+    name: str = Field("softmax", frozen=True)  # registry name (`softmaxlab list heads`)
 
 
-class HeadConfig(_Section):
-    """The output normaliser and its options."""
-
-    name: str = "softmax"  # registry name (`softmaxlab list heads`)
-    temperature: float = Field(1.0, gt=0)  # temperature: T in softmax(z / T); the start value when learned
-    learn_temperature: bool = False  # temperature: learn log T (so T stays positive) with the network
-    tau: float = Field(1.0, gt=0)  # gumbel: temperature tau0 of the Gumbel-softmax samples
-    hard: bool = False  # gumbel: straight-through one-hot samples (forward one-hot, backward soft)
-    tau_schedule: Literal["constant", "exponential"] = "constant"  # gumbel: how tau changes with the step
-    tau_min: float = Field(0.5, gt=0)  # gumbel, exponential: tau = max(tau_min, tau0 * exp(-anneal_rate * step))
-    anneal_rate: float = Field(1e-3, ge=0)  # gumbel, exponential: decay rate of tau per optimisation step
-    cutoffs: list[int] | None = None  # adaptive: increasing class cutoffs of the clusters; None = from K
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registered("head", v)
-
-    @field_validator(
-        "temperature", "learn_temperature", "tau", "hard", "tau_schedule", "tau_min", "anneal_rate", "cutoffs"
-    )
-    @classmethod
-    def _head_only(cls, v: Any, info: ValidationInfo) -> Any:
-        # Options that the chosen head would silently ignore are errors.
-        # Fields are validated in order, so `name` (and `tau_schedule`) are in info.data when valid.
-        key = info.field_name
-        head = {"temperature": "temperature", "learn_temperature": "temperature", "cutoffs": "adaptive"}
-        owner = head.get(key, "gumbel")
-        name = info.data.get("name")
-        changed = v != cls.model_fields[key].default
-        if changed and name is not None and name != owner:
-            raise ValueError(f"applies to head.name={owner} only; head.name is {name!r}")
-        annealing = info.data.get("tau_schedule", "exponential") == "exponential"
-        if changed and key in ("tau_min", "anneal_rate") and not annealing:
-            raise ValueError("applies to head.tau_schedule=exponential only")
-        return v
-
-    @field_validator("cutoffs")
-    @classmethod
-    def _increasing_cutoffs(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (not v or v[0] < 1 or any(v[i + 1] <= v[i] for i in range(len(v) - 1))):
-            raise ValueError("must be a non-empty, strictly increasing list of positive class counts")
-        return v
+_SECTION_BASES = (DataConfig, ModelConfig, HeadConfig)
 
 
 class TrainConfig(_Section):
@@ -323,9 +311,9 @@ class Config(_Section):
     """A whole experiment."""
 
     name: str | None = None  # run directory name; a timestamp when unset
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    head: HeadConfig = Field(default_factory=HeadConfig)
+    data: SerializeAsAny[DataConfig] = Field(default_factory=DataConfig)
+    model: SerializeAsAny[ModelConfig] = Field(default_factory=ModelConfig)
+    head: SerializeAsAny[HeadConfig] = Field(default_factory=HeadConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
@@ -350,8 +338,6 @@ class Config(_Section):
         """
         if self.train.channels_last is not None:
             return self.train.channels_last
-        from softmaxlab.activations import is_softmax
-
         return not is_softmax(self.model.activation)
 
     def train_image_size(self, epoch: int, image_size: int | None = None) -> int:
@@ -392,26 +378,35 @@ class Config(_Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
-    """Every dotted key that ``model`` accepts (sections and leaves)."""
-    keys = []
-    for name, field in model.model_fields.items():
-        key = prefix + name
-        keys.append(key)
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys.extend(_valid_keys(ann, key + "."))
-    return keys
+def config_keys() -> tuple[list[str], list[str]]:
+    """(sections, leaves): every dotted key a config accepts, over every registered component
+    (``head.tau`` is a leaf: some head has it)."""
+    sections, leaves = [], []
+    for name, field in Config.model_fields.items():
+        section = field.annotation
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            section = next((b for b in _SECTION_BASES if b.__name__ in str(field.annotation)), None)
+        if section is None:
+            leaves.append(name)
+            continue
+        sections.append(name)
+        fields = list(section.model_fields)
+        for s in getattr(section, "selectors", ()):
+            fields += [f for n in s.registry.names() for f in s.registry.options(n).model_fields]
+        leaves += [f"{name}.{f}" for f in dict.fromkeys(fields)]
+    return sections, leaves
 
 
-def _closest(key: str) -> str:
-    valid = _valid_keys(Config)
+def closest_key(key: str) -> str:
+    """`` (did you mean 'train.epochs'?)`` for the valid key closest to ``key``, or ``""``."""
+    sections, leaves = config_keys()
+    valid = sections + leaves
     match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     if not match:  # compare only the last part: `train.epoch` -> `train.epochs`
         leaf = key.rsplit(".", 1)[-1]
-        leaves = {k.rsplit(".", 1)[-1]: k for k in valid}
-        close = difflib.get_close_matches(leaf, leaves, n=1, cutoff=0.6)
-        match = [leaves[close[0]]] if close else []
+        by_leaf = {k.rsplit(".", 1)[-1]: k for k in valid}
+        close = difflib.get_close_matches(leaf, by_leaf, n=1, cutoff=0.6)
+        match = [by_leaf[close[0]]] if close else []
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
@@ -420,7 +415,7 @@ def _format_error(err: ValidationError, source: str) -> str:
     e = err.errors()[0]
     key = ".".join(str(p) for p in e["loc"])
     if e["type"] == "extra_forbidden":
-        return f"unknown config key {key!r} in {source}{_closest(key)}"
+        return f"unknown config key {key!r} in {source}{closest_key(key)}"
     value = e.get("input")
     msg = e["msg"]
     if msg.startswith("Value error, "):
@@ -479,10 +474,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
-    """Validate a nested dict into a :class:`Config`; errors become one-line UserErrors."""
+def validate_config(raw: dict[str, Any], source: str = "config", *, legacy: bool = False) -> Config:
+    """Validate a nested dict into a :class:`Config`; errors become one-line UserErrors.
+
+    ``legacy``: the config of an existing run directory, which may hold keys that were
+    removed since it was written (:data:`REMOVED_KEYS`); they are dropped.
+    """
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context={"legacy": legacy})
     except ValidationError as err:
         raise UserError(_format_error(err, source)) from None
 
@@ -496,3 +495,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None and overrides:
         source = f"{path} / the command line"
     return validate_config(raw, source)
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The config of the run directory ``run_dir`` (its ``config.yaml``), also one written by an
+    earlier version (flat sections holding every component's options, removed keys).
+
+    Raises:
+        UserError: no config.yaml there, or one that does not validate.
+    """
+    path = Path(run_dir) / runs.CONFIG
+    raw = runs.read_config(run_dir)
+    if raw is None:
+        raise UserError(f"{str(run_dir)!r} holds no {runs.CONFIG}; pass a run directory written by `softmaxlab run`")
+    return validate_config(raw, str(path), legacy=True)

@@ -36,14 +36,13 @@ not a softmax of their scores (sparsemax, entmax-1.5, sigmoid) declare
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from softmaxlab.heads import Head
+from softmaxlab.heads import Head
 
 NLL_CLAMP = 1e-12
 #: Equal-width confidence bins of ECE, MCE and the reliability data.
@@ -252,7 +251,7 @@ def fit_head_temperature(head: Head, probs: Tensor, target: Tensor, source: str)
     when the head declares ``temperature_scalable = False`` or there are no images. The note
     is one sentence for ``summary.json``: what T does to this head, or why there is none.
     """
-    name = head.cfg.name
+    name = head.name
     if not head.temperature_scalable:
         return None, f"{name}: {head.temperature_note}"
     if target.shape[0] == 0:

@@ -111,7 +111,7 @@ def test_gumbel_sample_matches_torch_with_the_same_noise(hard):
 
 @pytest.mark.parametrize("hard", [False, True])
 def test_gumbel_head_training_loss_is_nll_of_the_soft_sample(hard):
-    head = make("gumbel", tau=0.7, hard=hard).train()
+    head = make("gumbel", tau=0.7).train()
     feats, y = torch.randn(8, 6), torch.arange(8) % 5
     torch.manual_seed(3)
     scores = head(feats)
@@ -120,13 +120,13 @@ def test_gumbel_head_training_loss_is_nll_of_the_soft_sample(hard):
     soft = F.gumbel_softmax(head.fc(feats), tau=0.7, hard=False)
     torch.testing.assert_close(loss, F.nll_loss(soft.log(), y))
     torch.manual_seed(3)
-    torch.testing.assert_close(head.sample(scores), F.gumbel_softmax(head.fc(feats), tau=0.7, hard=hard))
+    torch.testing.assert_close(head.sample(scores, hard), F.gumbel_softmax(head.fc(feats), tau=0.7, hard=hard))
 
 
 def test_gumbel_hard_sample_is_one_hot_forward_with_soft_gradients():
-    head = make("gumbel", hard=True)
+    head = make("gumbel")
     z = torch.randn(4, 5, requires_grad=True)
-    y = head.sample(z)
+    y = head.sample(z, hard=True)
     assert torch.equal(y.detach(), F.one_hot(z.argmax(-1), 5).float())
     (y * torch.arange(5.0)).sum().backward()
     soft_grad = torch.autograd.grad((torch.softmax(z, -1) * torch.arange(5.0)).sum(), z)[0]
@@ -309,7 +309,8 @@ def test_adaptive_cutoffs_are_configurable_and_checked():
     ("overrides", "message"),
     [
         (["head.tau=0.5"], "gumbel only"),
-        (["head.name=temperature", "head.hard=true"], "gumbel only"),
+        (["head.name=temperature", "head.tau_schedule=exponential"], "gumbel only"),
+        (["head.name=gumbel", "head.hard=true"], "was removed: it changed neither training nor evaluation"),
         (["head.name=gumbel", "head.temperature=2"], "temperature only"),
         (["head.cutoffs=[2]"], "adaptive only"),
         (["head.name=gumbel", "head.anneal_rate=0.1"], "exponential only"),

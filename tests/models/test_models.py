@@ -3,12 +3,18 @@ import math
 
 import pytest
 import torch
+from pydantic import Field
+from torch import nn
 
+from softmaxlab.activations import BlockActivations
 from softmaxlab.config import load_config
+from softmaxlab.errors import UserError
+from softmaxlab.experiment import run_experiment
 from softmaxlab.models import MODELS, Classifier, build_model
+from softmaxlab.registry import Options
 from softmaxlab.train import fit
 
-from ..conftest import tiny_config
+from ..conftest import TINY, tiny_config
 
 
 @pytest.mark.parametrize("name", MODELS.names())
@@ -104,10 +110,8 @@ def test_softmax_options_are_validated(overrides, fragment):
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_model_has_default_widths_written_into_the_config(name):
-    from softmaxlab.models.base import DEFAULT_WIDTHS
-
     cfg = load_config(None, [f"model.name={name}"])
-    assert cfg.model.widths == list(DEFAULT_WIDTHS[name])
+    assert cfg.model.widths == MODELS.options(name)().widths  # the default its options declare
     # The resolved config states the widths, so reloading it builds the same model.
     assert load_config(None, [f"model.name={name}", f"model.widths={cfg.model.widths}"]) == cfg
 
@@ -223,7 +227,7 @@ def test_resnet12_softmax_block_out_of_range_is_a_user_error():
 def test_resnet12_fits_end_to_end_with_block_diagnostics(tmp_path):
     # 4 steps of 64 images: the point is the wiring (blocks, hooks, figures), not learning.
     cfg = tiny_config("model.name=resnet12", "model.widths=[8,16,16,32]", "train.epochs=1", "data.train_size=256")
-    result = fit(cfg, tmp_path / "run")
+    result = run_experiment(cfg, tmp_path / "run")
     (record,) = result.history
     assert math.isfinite(record["train_loss"]) and math.isfinite(record["val_loss"])
     assert list(record["activation_stats"]) == ["block0", "block1", "block2", "block3"]
@@ -247,3 +251,74 @@ def test_backbone_parameters_of_the_defaults():
 
     # As derived in test_resnet12_parameter_count_is_the_published_12_4_million.
     assert backbone_parameters("resnet12") == 12_424_320
+
+
+# --------------------------------------------------------------------------- a user's own model
+
+
+class TinyOptions(Options):
+    """Options of ``tiny``."""
+
+    width: int = Field(6, ge=1)  # channels of the one convolution
+
+
+class TinyNet(nn.Module):
+    def __init__(self, in_channels, width, activation):
+        super().__init__()
+        self.conv, self.activation = nn.Conv2d(in_channels, width, 3, padding=1), activation
+        self.out_features = width
+
+    def forward(self, x):
+        return self.activation(self.conv(x)).mean(dim=(2, 3))  # (B, width)
+
+
+def tiny(in_channels: int, options: TinyOptions, activations: BlockActivations) -> nn.Module:
+    """One convolution and global average pooling."""
+    return TinyNet(in_channels, options.width, activations.build(activations.names(1)[0]))
+
+
+#: The tiny config without the built-in models' widths (a user's model has options of its own).
+NO_WIDTHS = [s for s in TINY if not s.startswith("model.widths")]
+
+
+@pytest.fixture
+def registered():
+    added = []
+
+    def register(name, factory, options=TinyOptions):
+        MODELS.register(name, options=options)(factory)
+        added.append(name)
+
+    yield register
+    for name in added:
+        MODELS.unregister(name)
+
+
+def test_a_users_model_registered_the_documented_way_trains(registered, tmp_path):
+    registered("tiny", tiny)
+    cfg = load_config(None, [*NO_WIDTHS, "model.name=tiny", "model.width=5", "train.epochs=1", "model.activation=gelu"])
+    assert cfg.to_dict()["model"] == {"name": "tiny", "activation": "gelu", "width": 5}  # no widths: its own options
+    result = fit(cfg, tmp_path / "tiny")
+    assert result.model.backbone.out_features == 5 and isinstance(result.model.backbone.activation, nn.GELU)
+    assert result.summary["model"] == "tiny" and 0 <= result.summary["test"]["accuracy"] <= 1
+    with pytest.raises(UserError, match=r"'model\.widths'.*applies to model\.name=simple_cnn and resnet12 only"):
+        tiny_config("model.name=tiny", "model.widths=[4]")
+
+
+def test_a_wrong_factory_signature_is_exit_2_with_one_line(registered, tmp_path, capsys):
+    from softmaxlab.cli import main
+
+    def old_style(in_channels, cfg):  # what models took before they owned their options
+        return TinyNet(in_channels, 4, nn.ReLU())
+
+    registered("old", old_style)
+    with pytest.raises(UserError, match=r"model 'old': its factory 'old_style' cannot be called as factory\("):
+        build_model(load_config(None, ["model.name=old"]), 3, 5)
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--out", str(tmp_path / "r"), *(f"--set={s}" for s in (*NO_WIDTHS, "model.name=old"))])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and "cannot be called as factory" in err
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+    registered("no_features", lambda in_channels, options, activations: nn.Identity())
+    with pytest.raises(UserError, match=r"must return an nn\.Module with an integer out_features"):
+        build_model(load_config(None, ["model.name=no_features"]), 3, 5)

@@ -2,42 +2,32 @@
 
 Importing this package registers every dataset: ``shapes`` (embedded, generated),
 ``cifar10`` and ``cifar100`` (official files), ``npz`` (NumPy arrays) and ``imagefolder``
-(class folders of images, decoded once into a cache). Which ``data.*`` keys apply to which:
-
-=====================================================  ==========================================
-key                                                    datasets
-=====================================================  ==========================================
-``num_classes``, ``train_size``, ``val_size``,         shapes
-``test_size``
-``root``                                               cifar10, cifar100, npz, imagefolder
-``download``                                           cifar10, cifar100
-``labels``                                             cifar100
-``val_fraction``                                       cifar10, cifar100, npz, imagefolder (no val folder)
-``test_fraction``                                      npz without x_test, imagefolder without a test folder
-``skip_corrupt``, ``cache_dir``                        imagefolder
-``image_size``, ``seed``, ``crop_padding``, ``flip``   all
-=====================================================  ==========================================
+(class folders of images, decoded once into a cache). Each registers its own options
+(``softmaxlab list datasets`` shows them); those of every dataset (image size, the data's
+seed, augmentation) are :class:`~softmaxlab.data.base.DataOptions`.
 """
 
 from __future__ import annotations
 
-from softmaxlab.config import DataConfig
 from softmaxlab.data import shapes  # noqa: F401  (registers it first: the default is listed first)
 
 # isort: split
 from softmaxlab.data import arrays, cifar, imagefolder  # noqa: F401  (register the on-disk datasets)
-from softmaxlab.data.base import DATASETS, ImageData, Split
+from softmaxlab.data.base import DATASETS, DataOptions, ImageData, Split
 from softmaxlab.data.loader import Normalize, TensorLoader, random_crop, random_flip
 from softmaxlab.data.spec import parse_data_spec
+from softmaxlab.registry import NamedOptions
 
 
-def load_data(cfg: DataConfig) -> ImageData:
-    """Build the dataset named ``cfg.name`` from the registry."""
+def load_data(cfg: NamedOptions) -> ImageData:
+    """Build the dataset named ``cfg.name`` from the registry, with ``cfg`` (the ``data``
+    config section, an instance of the dataset's options) as its options."""
     return DATASETS.create(cfg.name, cfg)
 
 
 __all__ = [
     "DATASETS",
+    "DataOptions",
     "ImageData",
     "Normalize",
     "Split",

@@ -27,8 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from softmaxlab.config import DataConfig
-from softmaxlab.data.base import DATASETS, ImageData
+from softmaxlab.data.base import DATASETS, HoldoutOptions, ImageData
 from softmaxlab.data.common import assemble
 from softmaxlab.errors import UserError
 
@@ -96,7 +95,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         ) from None
 
 
-def load_npz(cfg: DataConfig) -> ImageData:
+def load_npz(cfg: HoldoutOptions) -> ImageData:
     """The :class:`ImageData` of the ``.npz`` file at ``cfg.root``."""
     if cfg.root is None:
         raise UserError("data.root is not set: npz needs the path of a .npz file (--set data.root=PATH)")
@@ -147,7 +146,7 @@ def load_npz(cfg: DataConfig) -> ImageData:
     return assemble(cfg, _to_tensors(x, y), classes, test=test)
 
 
-@DATASETS.register("npz")
-def npz(cfg: DataConfig) -> ImageData:
+@DATASETS.register("npz", options=HoldoutOptions)
+def npz(cfg: HoldoutOptions) -> ImageData:
     """NumPy arrays x (N, H, W, C uint8) and y in a .npz file (data.root); optional classes, x_test, y_test."""
     return load_npz(cfg)

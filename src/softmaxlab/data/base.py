@@ -12,11 +12,58 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
 
-from softmaxlab.registry import Registry
+from softmaxlab.registry import Options, Registry
 
+#: Datasets by name: ``factory(options) -> ImageData``, each registered with its options
+#: (a subclass of :class:`DataOptions`), which become its ``data.*`` config keys.
 DATASETS: Registry[Callable[..., ImageData]] = Registry("dataset")
+
+
+class DataOptions(Options):
+    """The ``data.*`` options of every dataset: image size, the seed of the data, augmentation."""
+
+    # Images are generated / resized (square) to this side. Unset = the dataset's own size, written into
+    # the run's config.yaml once the data is loaded: npz as stored (the shorter side when not square),
+    # cifar10 / cifar100 and shapes 32, imagefolder 64 (its images differ in size).
+    image_size: int | None = Field(None, ge=8)
+    seed: int = 0  # seed of the data itself (generation, splits), separate from train.seed
+    crop_padding: int = Field(4, ge=0)  # random-crop augmentation: pad by this many pixels
+    flip: bool = True  # random horizontal flips
+    # Random-resized crop (for larger images, e.g. 64 px and up): crop a box covering a fraction of the
+    # image area in rrc_scale, with aspect ratio (w / h) in rrc_ratio, and resize it back; replaces the
+    # padded crop above (crop_padding is then unused).
+    random_resized_crop: bool = False
+    rrc_scale: tuple[float, float] = (0.35, 1.0)
+    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    @field_validator("rrc_scale", "rrc_ratio")
+    @classmethod
+    def _range(cls, v: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+        upper = 1.0 if info.field_name == "rrc_scale" else float("inf")
+        if not 0 < v[0] <= v[1] <= upper:
+            bound = "0 < low <= high <= 1" if upper == 1.0 else "0 < low <= high"
+            raise ValueError(f"must be [low, high] with {bound}, got {list(v)}")
+        return v
+
+
+class OnDiskOptions(DataOptions):
+    """Options of the datasets read from files."""
+
+    # cifar10 / cifar100: the folder holding (or to receive) cifar-10-batches-py/ or cifar-100-python/;
+    # npz: the .npz file; imagefolder: the folder of class folders.
+    root: str | None = None
+    # Share of the training images held out for validation when there is no official validation split
+    # (stratified by class, seeded by data.seed).
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+
+
+class HoldoutOptions(OnDiskOptions):
+    """Options of the file datasets that may come without a test split (npz, imagefolder)."""
+
+    test_fraction: float = Field(0.2, gt=0, lt=1)  # without a test split: share of all images held out for testing
 
 
 @dataclass

@@ -19,14 +19,13 @@ import pickle
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from softmaxlab.config import DataConfig
-from softmaxlab.data.base import DATASETS, ImageData
+from softmaxlab.data.base import DATASETS, ImageData, OnDiskOptions
 from softmaxlab.data.common import assemble
 from softmaxlab.errors import UserError
 
@@ -202,12 +201,25 @@ def download(fmt: CifarFormat, root: Path) -> None:
         ) from None
 
 
-def locate(fmt: CifarFormat, cfg: DataConfig) -> Path:
+class CifarOptions(OnDiskOptions):
+    """Options of ``cifar10`` (and, with ``labels``, of ``cifar100``)."""
+
+    download: bool = False  # fetch missing files (torchvision's downloader, MD5-checked)
+
+
+class Cifar100Options(CifarOptions):
+    """Options of ``cifar100``."""
+
+    labels: Literal["fine", "coarse"] = "fine"  # the 100 fine classes (with the hierarchy) or the 20 coarse
+
+
+def locate(fmt: CifarFormat, cfg: CifarOptions) -> Path:
     """The folder with the official files, downloading them first when allowed."""
+    labels = getattr(cfg, "labels", "fine")
     if cfg.root is None:
         raise UserError(
             f"data.root is not set: {fmt.name} needs the folder that holds (or will hold) {fmt.folder}/; "
-            f"download it with: {_fix_command(fmt, 'data', cfg.labels)}"
+            f"download it with: {_fix_command(fmt, 'data', labels)}"
         )
     root = Path(cfg.root).expanduser()
     folder = _find_folder(fmt, root)
@@ -219,12 +231,12 @@ def locate(fmt: CifarFormat, cfg: DataConfig) -> Path:
     if folder is None:
         raise UserError(
             f"{fmt.title} not found: {str(root)!r} has no {fmt.folder}/ folder; download it with: "
-            f"{_fix_command(fmt, cfg.root, cfg.labels)}"
+            f"{_fix_command(fmt, cfg.root, labels)}"
         )
     if missing:
         raise UserError(
             f"{fmt.title} in {str(folder)!r} is incomplete (missing {', '.join(missing)}); download it again with: "
-            f"{_fix_command(fmt, cfg.root, cfg.labels)}"
+            f"{_fix_command(fmt, cfg.root, labels)}"
         )
     return folder
 
@@ -242,7 +254,7 @@ def _coarse_of(fmt: CifarFormat, fine: Tensor, coarse: Tensor, num_fine: int, fo
     return coarse_of
 
 
-def load_cifar(fmt: CifarFormat, cfg: DataConfig) -> ImageData:
+def load_cifar(fmt: CifarFormat, cfg: CifarOptions) -> ImageData:
     """Read the official files of ``fmt`` into an :class:`ImageData`."""
     folder = locate(fmt, cfg)
     meta = _unpickle(fmt, folder / fmt.meta)
@@ -260,20 +272,20 @@ def load_cifar(fmt: CifarFormat, cfg: DataConfig) -> ImageData:
     if coarse_classes is None:
         return assemble(cfg, train, classes, test=test)
     assert train[2] is not None and test[2] is not None
-    if cfg.labels == "coarse":  # the 20 superclasses are the classes; no hierarchy below them
+    if getattr(cfg, "labels", "fine") == "coarse":  # the 20 superclasses are the classes; no hierarchy below them
         return assemble(cfg, (train[0], train[2], None), coarse_classes, test=(test[0], test[2], None))
     fine, coarse = torch.cat([train[1], test[1]]), torch.cat([train[2], test[2]])
     coarse_of = _coarse_of(fmt, fine, coarse, len(classes), folder)
     return assemble(cfg, train, classes, test=test, coarse_classes=coarse_classes, coarse_of=coarse_of)
 
 
-@DATASETS.register("cifar10")
-def cifar10(cfg: DataConfig) -> ImageData:
+@DATASETS.register("cifar10", options=CifarOptions)
+def cifar10(cfg: CifarOptions) -> ImageData:
     """CIFAR-10: 10 classes, 50,000 training and 10,000 test images of 32x32 (official files)."""
     return load_cifar(CIFAR10, cfg)
 
 
-@DATASETS.register("cifar100")
-def cifar100(cfg: DataConfig) -> ImageData:
+@DATASETS.register("cifar100", options=Cifar100Options)
+def cifar100(cfg: Cifar100Options) -> ImageData:
     """CIFAR-100: 100 fine classes in 20 superclasses (data.labels: fine | coarse), official files."""
     return load_cifar(CIFAR100, cfg)

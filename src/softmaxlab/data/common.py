@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from softmaxlab.config import DataConfig
-from softmaxlab.data.base import ImageData, Split
+from softmaxlab.data.base import DataOptions, ImageData, Split
 from softmaxlab.errors import UserError
 
 
@@ -97,7 +96,7 @@ def _check_holdout(n_held: int, n_kept: int, what: str, key: str, fraction: floa
 
 
 def assemble(
-    cfg: DataConfig,
+    cfg: DataOptions,
     train: tuple[Tensor, Tensor, Tensor | None],
     classes: list[str],
     *,
@@ -111,17 +110,20 @@ def assemble(
     x: (N, C, H, W) uint8, y: (N,) int64, coarse: (N,) int64 or None. Without ``test``,
     ``cfg.test_fraction`` of train becomes the test split; without ``val``,
     ``cfg.val_fraction`` of the rest becomes the validation split (both stratified and seeded
-    by ``cfg.seed``). Images are resized to ``cfg.image_size`` when their side differs;
+    by ``cfg.seed``; ``cfg`` has these options when the dataset can lack the split, see
+    :class:`~softmaxlab.data.base.HoldoutOptions`). Images are resized to ``cfg.image_size`` when their side differs;
     unset, they keep their size, or become squares of their shorter side when not square.
     """
     x, y, coarse = train
     if test is None:
-        keep, held = stratified_split(y, cfg.test_fraction, cfg.seed, salt=1)
-        _check_holdout(len(held), len(keep), "test", "data.test_fraction", cfg.test_fraction)
+        fraction = cfg.test_fraction  # type: ignore[attr-defined]  (HoldoutOptions)
+        keep, held = stratified_split(y, fraction, cfg.seed, salt=1)
+        _check_holdout(len(held), len(keep), "test", "data.test_fraction", fraction)
         test, (x, y, coarse) = _pick((x, y, coarse), held), _pick((x, y, coarse), keep)
     if val is None:
-        keep, held = stratified_split(y, cfg.val_fraction, cfg.seed, salt=2)
-        _check_holdout(len(held), len(keep), "validation", "data.val_fraction", cfg.val_fraction)
+        fraction = cfg.val_fraction  # type: ignore[attr-defined]  (OnDiskOptions)
+        keep, held = stratified_split(y, fraction, cfg.seed, salt=2)
+        _check_holdout(len(held), len(keep), "validation", "data.val_fraction", fraction)
         val, (x, y, coarse) = _pick((x, y, coarse), held), _pick((x, y, coarse), keep)
     size = cfg.image_size if cfg.image_size is not None else min(x.shape[-2:])
     splits = []

@@ -44,10 +44,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from softmaxlab.config import DataConfig
-from softmaxlab.data.base import DATASETS, ImageData
+from softmaxlab.data.base import DATASETS, HoldoutOptions, ImageData
 from softmaxlab.data.common import assemble
 from softmaxlab.errors import UserError
+from softmaxlab.runs import atomic_write_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 CACHE_VERSION = 1  # bump when the decoding changes, so old caches are not reused
@@ -56,6 +56,17 @@ SPLITS = ("train", "val", "test")
 # scenes at 64 px score 3.4 points above the same images at 32 px with the default recipe (README "Why
 # these defaults").
 DEFAULT_SIZE = 64
+
+
+class ImageFolderOptions(HoldoutOptions):
+    """Options of ``imagefolder``."""
+
+    skip_corrupt: bool = False  # skip unreadable images with a warning (false: stop, naming them)
+    # Where decoded images are cached; None = <root>/.softmaxlab-cache, or the user cache folder
+    # (~/.cache/softmaxlab) when the root is read-only.
+    cache_dir: str | None = None
+
+
 _SHOWN_BAD = 3  # bad files named in an error message
 
 
@@ -187,7 +198,7 @@ def _writable(folder: Path) -> bool:
         return False
 
 
-def cache_folder(cfg: DataConfig, root: Path) -> Path | None:
+def cache_folder(cfg: ImageFolderOptions, root: Path) -> Path | None:
     """Where the cache of ``root`` lives; None when no folder can be written."""
     if cfg.cache_dir is not None:
         folder = Path(cfg.cache_dir).expanduser()
@@ -214,12 +225,6 @@ def _read_cache(folder: Path, key: str, n: int, image_size: int) -> tuple[np.nda
     if x.shape != (n, 3, image_size, image_size) or x.dtype != np.uint8:
         return None
     return x, index
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    from softmaxlab.runs import atomic_write_text  # temporary file removed on any failure
-
-    atomic_write_text(path, text)
 
 
 def _prune(folder: Path, root: Path, image_size: int, keep: str) -> None:
@@ -327,12 +332,12 @@ def build_cache(tree: Tree, size: int, folder: Path | None, key: str) -> tuple[n
         "files": tree.files,
         "bad": [[i, reason] for i, reason in bad],
     }
-    _atomic_write_text(folder / f"index-{key[:16]}.json", json.dumps(index))
+    atomic_write_text(folder / f"index-{key[:16]}.json", json.dumps(index))
     _prune(folder, tree.root, size, key)
     return np.load(array_path, mmap_mode="r"), bad
 
 
-def load_tree(cfg: DataConfig, tree: Tree) -> tuple[np.ndarray, list[tuple[int, str]]]:
+def load_tree(cfg: ImageFolderOptions, tree: Tree) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """(images (N, 3, S, S) uint8, possibly memory-mapped, bad files) from the cache or by decoding."""
     size = cfg.image_size if cfg.image_size is not None else DEFAULT_SIZE
     key = cache_key(tree, size)
@@ -352,7 +357,7 @@ def load_tree(cfg: DataConfig, tree: Tree) -> tuple[np.ndarray, list[tuple[int, 
 # ---------------------------------------------------------------- the dataset
 
 
-def load_imagefolder(cfg: DataConfig) -> ImageData:
+def load_imagefolder(cfg: ImageFolderOptions) -> ImageData:
     """The :class:`ImageData` of the image tree at ``cfg.root``."""
     if cfg.root is None:
         raise UserError("data.root is not set: imagefolder needs a folder of class folders (--set data.root=PATH)")
@@ -385,7 +390,7 @@ def load_imagefolder(cfg: DataConfig) -> ImageData:
     return assemble(cfg, parts["train"], tree.classes, test=parts.get("test"), val=parts.get("val"))
 
 
-@DATASETS.register("imagefolder")
-def imagefolder(cfg: DataConfig) -> ImageData:
+@DATASETS.register("imagefolder", options=ImageFolderOptions)
+def imagefolder(cfg: ImageFolderOptions) -> ImageData:
     """Class folders of images (data.root; Kaggle Intel and train/test layouts), decoded once into a cache."""
     return load_imagefolder(cfg)

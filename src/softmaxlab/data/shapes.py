@@ -16,10 +16,10 @@ from __future__ import annotations
 import math
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from softmaxlab.config import DataConfig
-from softmaxlab.data.base import DATASETS, ImageData, Split
+from softmaxlab.data.base import DATASETS, DataOptions, ImageData, Split
 from softmaxlab.errors import UserError
 
 
@@ -159,8 +159,17 @@ def generate(n: int, num_classes: int = 10, image_size: int = 32, seed: int = 0)
     return x, y, coarse
 
 
-@DATASETS.register("shapes")
-def shapes(cfg: DataConfig) -> ImageData:
+class ShapesOptions(DataOptions):
+    """Options of ``shapes``."""
+
+    num_classes: int = Field(10, ge=2)  # number of fine classes
+    train_size: int = Field(6000, ge=1)  # generated training images
+    val_size: int = Field(1000, ge=1)  # generated validation images
+    test_size: int = Field(2000, ge=1)  # generated test images
+
+
+@DATASETS.register("shapes", options=ShapesOptions)
+def shapes(cfg: ShapesOptions) -> ImageData:
     """Embedded offline data: coloured shapes (fine = shape x colour, coarse = shape)."""
     names, coarse_names, coarse_of = class_names(cfg.num_classes)
     size = cfg.image_size if cfg.image_size is not None else DEFAULT_SIZE

@@ -15,15 +15,13 @@ adaptive softmax pays off when the first classes are the frequent ones.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
+from pydantic import field_validator
 from torch import Tensor, nn
 
 from softmaxlab.errors import UserError
 from softmaxlab.heads.base import HEADS, Head, at_least_float32
-
-if TYPE_CHECKING:
-    from softmaxlab.config import HeadConfig
+from softmaxlab.registry import Options
 
 
 def default_cutoffs(num_classes: int) -> list[int]:
@@ -37,7 +35,20 @@ def default_cutoffs(num_classes: int) -> list[int]:
     return cuts or [max(1, k // 2)]
 
 
-@HEADS.register("adaptive")
+class AdaptiveOptions(Options):
+    """Options of the ``adaptive`` head."""
+
+    cutoffs: list[int] | None = None  # increasing class cutoffs of the clusters; None = from K (default_cutoffs)
+
+    @field_validator("cutoffs")
+    @classmethod
+    def _increasing(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or v[0] < 1 or any(v[i + 1] <= v[i] for i in range(len(v) - 1))):
+            raise ValueError("must be a non-empty, strictly increasing list of positive class counts")
+        return v
+
+
+@HEADS.register("adaptive", options=AdaptiveOptions)
 class AdaptiveSoftmaxHead(Head):
     """Adaptive softmax (torch AdaptiveLogSoftmaxWithLoss): head + shrinking tail clusters for many classes.
 
@@ -54,11 +65,17 @@ class AdaptiveSoftmaxHead(Head):
         "p_T = softmax(log p / T), proportional to p^(1/T), which keeps every prediction"
     )
 
+    options: AdaptiveOptions
+
     def __init__(
-        self, in_features: int, num_classes: int, cfg: HeadConfig | None = None, coarse_of: Tensor | None = None
+        self,
+        in_features: int,
+        num_classes: int,
+        options: AdaptiveOptions | None = None,
+        coarse_of: Tensor | None = None,
     ) -> None:
-        super().__init__(in_features, num_classes, cfg, coarse_of)
-        cutoffs = self.cfg.cutoffs or default_cutoffs(num_classes)
+        super().__init__(in_features, num_classes, options, coarse_of)
+        cutoffs = self.options.cutoffs or default_cutoffs(num_classes)
         if cutoffs[-1] > num_classes - 1:
             raise UserError(
                 f"head.cutoffs {cutoffs} must stay below the {num_classes} classes; "

@@ -15,27 +15,30 @@ The scores are whatever the head's loss needs: logits for most heads, probabilit
 ``double_softmax`` pitfall, and the features themselves for heads whose loss evaluates only
 part of the output layer (``hierarchical``, ``adaptive``).
 
-Adding a head is one subclass and one decorator::
+Adding a head is one subclass and one decorator; a head with options declares them as an
+:class:`~softmaxlab.registry.Options` model, which becomes its ``head.*`` config keys::
 
-    @HEADS.register("my_head")
-    class MyHead(Head):
+    class FocalOptions(Options):
+        gamma: float = Field(2.0, ge=0)  # focusing exponent: (1 - p_y)^gamma weights the loss
+
+    @HEADS.register("focal", options=FocalOptions)
+    class FocalHead(Head):
         \"\"\"One line shown by `softmaxlab list heads`.\"\"\"
 
-        def loss(self, scores, target): ...
+        options: FocalOptions
+
+        def loss(self, scores, target): ...  # self.options.gamma
         def log_probs(self, scores): ...
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from softmaxlab.registry import Registry
-
-if TYPE_CHECKING:
-    from softmaxlab.config import HeadConfig
+from softmaxlab.registry import NamedOptions, Options, Registry
 
 HEADS: Registry[type[Head]] = Registry("head")
 
@@ -46,8 +49,8 @@ class Head(nn.Module):
     Args:
         in_features: F, the backbone's feature size.
         num_classes: K.
-        cfg: the ``head`` section of the experiment config (head-specific options); defaults
-            when None.
+        options: the head's own options (the ``head`` section of the experiment config, which
+            is an instance of the options model the head registered with); defaults when None.
         coarse_of: optional ``(K,)`` long tensor mapping each fine class to its coarse class,
             for heads that use a class hierarchy.
     """
@@ -71,17 +74,14 @@ class Head(nn.Module):
         self,
         in_features: int,
         num_classes: int,
-        cfg: HeadConfig | None = None,
+        options: Options | None = None,
         coarse_of: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.in_features = in_features
         self.num_classes = num_classes
-        if cfg is None:  # imported here: the config module validates names against HEADS
-            from softmaxlab.config import HeadConfig
-
-            cfg = HeadConfig()
-        self.cfg = cfg
+        name = HEADS.name_of(type(self))
+        self.options = options if options is not None else HEADS.options(name)() if name else Options()
         self.fc = nn.Linear(in_features, num_classes) if self.uses_fc else None
 
     def forward(self, features: Tensor) -> Tensor:
@@ -107,9 +107,25 @@ class Head(nn.Module):
     def step_update(self, step: int, total_steps: int) -> None:
         """Called before every optimisation step (e.g. to anneal a temperature)."""
 
-    def epoch_record(self) -> dict[str, Any]:
-        """Head state worth logging once per epoch in ``metrics.jsonl`` (e.g. a temperature)."""
+    @property
+    def name(self) -> str:
+        """The name this head is registered under (its class name when it is not registered)."""
+        return HEADS.name_of(type(self)) or type(self).__name__
+
+    def epoch_record(self, reduce: Reduce | None = None) -> dict[str, Any]:
+        """Head state worth logging once per epoch in ``metrics.jsonl`` (e.g. a temperature).
+
+        ``reduce`` sums a tensor over the training processes (identity for one process): a
+        head that tallies something on its shard of the data must pass its sums through it,
+        as torchmetrics' ``dist_reduce_fx="sum"`` does, before turning them into a rate.
+        """
         return {}
+
+
+class Reduce(Protocol):
+    """Sums a tensor over the training processes (see :func:`softmaxlab.distributed.all_reduce`)."""
+
+    def __call__(self, values: Tensor) -> Tensor: ...
 
 
 def at_least_float32(x: Tensor) -> Tensor:
@@ -121,10 +137,9 @@ def at_least_float32(x: Tensor) -> Tensor:
     return x.float() if x.is_floating_point() and torch.finfo(x.dtype).bits < 32 else x
 
 
-def build_head(cfg: HeadConfig, in_features: int, num_classes: int, coarse_of: Tensor | None = None) -> Head:
-    """Create the head named ``cfg.name`` from the registry."""
-    head = HEADS.create(cfg.name, in_features, num_classes, cfg, coarse_of)
-    return head
+def build_head(cfg: NamedOptions, in_features: int, num_classes: int, coarse_of: Tensor | None = None) -> Head:
+    """Create the head named ``cfg.name`` from the registry, with ``cfg`` as its options."""
+    return HEADS.create(cfg.name, in_features, num_classes, cfg, coarse_of)
 
 
 def check_probs(probs: Tensor, atol: float = 1e-3) -> bool:

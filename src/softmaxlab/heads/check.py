@@ -14,11 +14,12 @@ True
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
 from torch import Tensor
+
+from softmaxlab.heads.pitfalls import double_softmax_floor
 
 
 class DoubleSoftmaxWarning(UserWarning):
@@ -51,7 +52,7 @@ def check_logits(outputs: Tensor, *, strict: bool = False) -> str | None:
     if not looks_like_probabilities(outputs):
         return None
     k = outputs.shape[-1]
-    floor = math.log1p((k - 1) / math.e)
+    floor = double_softmax_floor(k)
     message = (
         "these outputs look like probabilities (all in [0, 1], rows sum to 1), so applying softmax or "
         f"cross-entropy to them is the double-softmax pitfall (loss stuck above ln(1 + (K-1)/e) = {floor:.2f} "

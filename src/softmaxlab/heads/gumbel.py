@@ -12,16 +12,15 @@ uses the gradient of y_soft: y = y_hard - stop_grad(y_soft) + y_soft.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
 
-from softmaxlab.heads.base import HEADS, Head, at_least_float32
-
-if TYPE_CHECKING:
-    from softmaxlab.config import HeadConfig
+from softmaxlab.heads.base import HEADS, Head, Reduce, at_least_float32
+from softmaxlab.registry import Options
 
 
 def gumbel_noise(like: Tensor) -> Tensor:
@@ -55,7 +54,25 @@ def annealed_tau(step: int, tau0: float, tau_min: float, rate: float) -> float:
     return max(tau_min, tau0 * math.exp(-rate * step))
 
 
-@HEADS.register("gumbel")
+class GumbelOptions(Options):
+    """Options of the ``gumbel`` head."""
+
+    tau: float = Field(1.0, gt=0)  # temperature tau0 of the Gumbel-softmax samples
+    tau_schedule: Literal["constant", "exponential"] = "constant"  # how tau changes with the step
+    tau_min: float = Field(0.5, gt=0)  # exponential: tau = max(tau_min, tau0 * exp(-anneal_rate * step))
+    anneal_rate: float = Field(1e-3, ge=0)  # exponential: decay rate of tau per optimisation step
+
+    @field_validator("tau_min", "anneal_rate")
+    @classmethod
+    def _annealing_only(cls, v: float, info: ValidationInfo) -> float:
+        # Silently ignored with a constant tau; tau_schedule is validated first (field order).
+        changed = v != cls.model_fields[info.field_name].default
+        if changed and info.data.get("tau_schedule", "exponential") != "exponential":
+            raise ValueError("applies to head.tau_schedule=exponential only")
+        return v
+
+
+@HEADS.register("gumbel", options=GumbelOptions)
 class GumbelSoftmaxHead(Head):
     """Gumbel-softmax sample softmax((z+g)/tau) in training (NLL); softmax(z/tau) at evaluation.
 
@@ -69,27 +86,29 @@ class GumbelSoftmaxHead(Head):
     logged each epoch as ``tau``. tau is a buffer, so a saved model evaluates with the
     annealed value.
 
-    ``head.hard`` makes :meth:`sample` return the straight-through one-hot sample (what a
-    downstream layer would consume). The loss still uses the soft sample, because the log
-    of a one-hot vector is 0 or -inf; so for this classification loss the hard and soft
-    variants have the same gradients and the same predictions (argmax y_hard = argmax y_soft).
+    :meth:`sample` gives the sample behind training scores, soft or straight-through one-hot
+    (``hard=True``, what a downstream layer would consume). The loss always uses the soft
+    sample, because the log of a one-hot vector is 0 or -inf: for this classification loss a
+    straight-through variant would have the same gradients and predictions, so it is no option.
     """
 
     applies_softmax = True
     temperature_note = "p_T = softmax(log p / T) = softmax(z / (tau T)): the fitted T multiplies the evaluation tau"
 
+    options: GumbelOptions
+
     def __init__(
-        self, in_features: int, num_classes: int, cfg: HeadConfig | None = None, coarse_of: Tensor | None = None
+        self, in_features: int, num_classes: int, options: GumbelOptions | None = None, coarse_of: Tensor | None = None
     ) -> None:
-        super().__init__(in_features, num_classes, cfg, coarse_of)
-        self.tau0 = self.cfg.tau
-        self.hard = self.cfg.hard
+        super().__init__(in_features, num_classes, options, coarse_of)
+        self.tau0 = self.options.tau
         self.register_buffer("tau", torch.tensor(self.tau0))
 
     def step_update(self, step: int, total_steps: int) -> None:
         """Anneal tau (a device-side fill, no host sync)."""
-        if self.cfg.tau_schedule == "exponential":
-            self.tau.fill_(annealed_tau(step, self.tau0, self.cfg.tau_min, self.cfg.anneal_rate))
+        o = self.options
+        if o.tau_schedule == "exponential":
+            self.tau.fill_(annealed_tau(step, self.tau0, o.tau_min, o.anneal_rate))
 
     def forward(self, features: Tensor) -> Tensor:
         """(B, F) -> (B, K): (z + g) / tau when training, z / tau when evaluating."""
@@ -98,10 +117,10 @@ class GumbelSoftmaxHead(Head):
             z = z + gumbel_noise(z)
         return z / self.tau.to(z.dtype)
 
-    def sample(self, scores: Tensor) -> Tensor:
+    def sample(self, scores: Tensor, hard: bool = False) -> Tensor:
         """The (B, K) sample behind training scores: y_soft, or the straight-through y_hard."""
         y_soft = torch.softmax(scores, dim=-1)
-        return straight_through(y_soft) if self.hard else y_soft
+        return straight_through(y_soft) if hard else y_soft
 
     def loss(self, scores: Tensor, target: Tensor) -> Tensor:
         """L = -log softmax(s)_y: NLL of the soft sample (training) or of softmax(z / tau)."""
@@ -111,6 +130,6 @@ class GumbelSoftmaxHead(Head):
         """log softmax(s): of the noiseless softmax(z / tau) when the head is in eval mode."""
         return F.log_softmax(at_least_float32(scores), dim=-1)
 
-    def epoch_record(self) -> dict[str, Any]:
-        """The current tau (one host read per epoch)."""
+    def epoch_record(self, reduce: Reduce | None = None) -> dict[str, Any]:
+        """The current tau (one host read per epoch; the same on every process)."""
         return {"tau": self.tau.item()}

@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from softmaxlab.errors import UserError
-from softmaxlab.heads.base import HEADS, Head, at_least_float32
-
-if TYPE_CHECKING:
-    from softmaxlab.config import HeadConfig
+from softmaxlab.heads.base import HEADS, Head, Reduce, at_least_float32
+from softmaxlab.registry import Options
 
 
 def balanced_groups(num_classes: int, num_groups: int | None = None) -> Tensor:
@@ -162,9 +160,9 @@ class HierarchicalSoftmaxHead(Head):
     )
 
     def __init__(
-        self, in_features: int, num_classes: int, cfg: HeadConfig | None = None, coarse_of: Tensor | None = None
+        self, in_features: int, num_classes: int, options: Options | None = None, coarse_of: Tensor | None = None
     ) -> None:
-        super().__init__(in_features, num_classes, cfg, coarse_of)
+        super().__init__(in_features, num_classes, options, coarse_of)
         if coarse_of is not None:
             coarse_of = torch.as_tensor(coarse_of, dtype=torch.long)
             if coarse_of.shape != (num_classes,):
@@ -234,10 +232,19 @@ class HierarchicalSoftmaxHead(Head):
             self._coarse_tally = None
         return super().train(mode)
 
-    def epoch_record(self) -> dict[str, Any]:
-        """Coarse accuracy over the samples evaluated since training last ran (one host read)."""
-        if self._coarse_tally is None:
-            return {}
-        correct, seen = self._coarse_tally.tolist()
+    def epoch_record(self, reduce: Reduce | None = None) -> dict[str, Any]:
+        """Coarse accuracy over the samples evaluated since training last ran (one host read).
+
+        With several processes each tallies its shard of the validation split: the (correct,
+        seen) sums go through ``reduce`` (a sum over the processes) before the division.
+        Every process must call it, also one whose shard was empty.
+        """
+        tally = self._coarse_tally
         self._coarse_tally = None
-        return {"val_coarse_acc": correct / max(seen, 1)}
+        if reduce is not None:
+            local = tally if tally is not None else self.coarse.weight.new_zeros(2, dtype=torch.long)
+            tally = reduce(local)
+        if tally is None:
+            return {}
+        correct, seen = tally.tolist()
+        return {"val_coarse_acc": correct / max(seen, 1)} if seen else {}

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
-from softmaxlab.heads.base import HEADS, Head, at_least_float32
-
-if TYPE_CHECKING:
-    from softmaxlab.config import HeadConfig
+from softmaxlab.heads.base import HEADS, Head, Reduce, at_least_float32
+from softmaxlab.registry import Options
 
 
-@HEADS.register("temperature")
+class TemperatureOptions(Options):
+    """Options of the ``temperature`` head."""
+
+    temperature: float = Field(1.0, gt=0)  # T in softmax(z / T); the start value when learned
+    learn_temperature: bool = False  # learn log T (so T stays positive) with the network
+
+
+@HEADS.register("temperature", options=TemperatureOptions)
 class TemperatureHead(Head):
     """softmax(z / T), cross-entropy; T fixed (head.temperature) or learned (head.learn_temperature).
 
@@ -32,12 +38,18 @@ class TemperatureHead(Head):
         "p_T = softmax(log p / T) = softmax(z / (T_head T)): the fitted T multiplies the head's own temperature"
     )
 
+    options: TemperatureOptions
+
     def __init__(
-        self, in_features: int, num_classes: int, cfg: HeadConfig | None = None, coarse_of: Tensor | None = None
+        self,
+        in_features: int,
+        num_classes: int,
+        options: TemperatureOptions | None = None,
+        coarse_of: Tensor | None = None,
     ) -> None:
-        super().__init__(in_features, num_classes, cfg, coarse_of)
-        self.learn_temperature = self.cfg.learn_temperature
-        log_t = torch.tensor(math.log(self.cfg.temperature))
+        super().__init__(in_features, num_classes, options, coarse_of)
+        self.learn_temperature = self.options.learn_temperature
+        log_t = torch.tensor(math.log(self.options.temperature))
         if self.learn_temperature:
             self.log_temperature = nn.Parameter(log_t)
         else:
@@ -61,6 +73,6 @@ class TemperatureHead(Head):
         """log softmax(z / T)."""
         return F.log_softmax(at_least_float32(scores), dim=-1)
 
-    def epoch_record(self) -> dict[str, Any]:
-        """The current T (one host read per epoch)."""
+    def epoch_record(self, reduce: Reduce | None = None) -> dict[str, Any]:
+        """The current T (one host read per epoch; the same on every process)."""
         return {"head_temperature": self.temperature.item()}

@@ -2,54 +2,79 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+import inspect
+from typing import Protocol
 
-from torch import Tensor
+from torch import Tensor, nn
 
-from softmaxlab.config import Config, ModelConfig
+from softmaxlab.activations import BlockActivations
 from softmaxlab.errors import UserError
 from softmaxlab.heads import build_head
 from softmaxlab.models import simple_cnn  # noqa: F401  (registers the default model first: `softmaxlab list`)
 
 # isort: split
 from softmaxlab.models import resnet12  # noqa: F401  (registers the other models)
-from softmaxlab.models.base import MODELS, Classifier
+from softmaxlab.models.base import MODELS, Classifier, ConvNetOptions
+from softmaxlab.registry import NamedOptions, Options
 
 
-def build_model(cfg: Config, in_channels: int, num_classes: int, coarse_of: Tensor | None = None) -> Classifier:
+class ModelSection(NamedOptions, Protocol):
+    """The ``model`` config section: a registered model's options plus ``activation`` and its options."""
+
+    activation: str
+
+
+class ModelAndHead(Protocol):
+    """What :func:`build_model` reads of an experiment config: its ``model`` and ``head`` sections."""
+
+    model: ModelSection
+    head: NamedOptions
+
+
+def build_backbone(cfg: ModelSection, in_channels: int) -> nn.Module:
+    """The backbone ``cfg.name``, built by its factory ``factory(in_channels, options, activations)``
+    with ``cfg`` as its options (see :mod:`softmaxlab.models.base`)."""
+    return _call_factory(cfg.name, in_channels, cfg, BlockActivations(cfg.activation, cfg, cfg.name))
+
+
+def _call_factory(name: str, in_channels: int, options: Options, activations: BlockActivations) -> nn.Module:
+    """Call the factory of ``name``.
+
+    Raises:
+        UserError: a factory that cannot be called as ``factory(in_channels, options,
+            activations)``, that returns no ``nn.Module``, or whose module has no integer
+            ``out_features`` (the feature size the head needs).
+    """
+    factory = MODELS.get(name)
+    try:
+        inspect.signature(factory).bind(in_channels, options, activations)
+    except TypeError as exc:
+        raise UserError(
+            f"model {name!r}: its factory {getattr(factory, '__name__', factory)!r} cannot be called as "
+            f"factory(in_channels, options, activations) ({exc}); register a factory with that signature"
+        ) from None
+    except ValueError:  # no signature to inspect (a builtin): the call itself says what is wrong
+        pass
+    backbone = factory(in_channels, options, activations)
+    if not isinstance(backbone, nn.Module) or not isinstance(getattr(backbone, "out_features", None), int):
+        raise UserError(
+            f"model {name!r}: its factory must return an nn.Module with an integer out_features (the size of "
+            f"the features it outputs), got {type(backbone).__name__}"
+        )
+    return backbone
+
+
+def build_model(cfg: ModelAndHead, in_channels: int, num_classes: int, coarse_of: Tensor | None = None) -> Classifier:
     """Backbone ``cfg.model.name`` + head ``cfg.head.name`` for ``num_classes`` classes."""
-    backbone = MODELS.create(cfg.model.name, in_channels, cfg.model)
+    backbone = build_backbone(cfg.model, in_channels)
     head = build_head(cfg.head, backbone.out_features, num_classes, coarse_of)
     return Classifier(backbone, head)
 
 
-def load_trained(run_dir: str | Path) -> tuple[Classifier, Config, dict[str, Any]]:
-    """The trained model of a run directory (in eval mode, on the CPU), its config and the
-    weights payload (``classes``, ``normalization``, ...).
-
-    Raises:
-        UserError: no weights, a foreign or corrupt file, or weights that do not fit the
-            model the saved config describes.
-    """
-    from softmaxlab import runs
-    from softmaxlab.config import validate_config
-
-    payload = runs.load_weights(run_dir)
-    where = str(Path(run_dir) / runs.WEIGHTS)
-    cfg = validate_config(payload["config"], source=where)
-    norm = payload.get("normalization")
-    if not norm:
-        raise UserError(f"{where!r} has no normalisation statistics (written by an older softmaxlab); retrain the run")
-    coarse_of = payload.get("coarse_of")
-    model = build_model(cfg, len(norm["mean"]), len(payload["classes"]), coarse_of)
-    runs.load_state_checked(model, payload["state_dict"], f"{where!r}")
-    return model.eval(), cfg, payload
-
-
 def backbone_parameters(name: str, in_channels: int = 3) -> int:
-    """Parameters of the backbone ``name`` with its default widths (the head adds F x K + K)."""
-    return sum(p.numel() for p in MODELS.create(name, in_channels, ModelConfig(name=name)).parameters())
+    """Parameters of the backbone ``name`` with its default options (the head adds F x K + K)."""
+    backbone = _call_factory(name, in_channels, MODELS.options(name)(), BlockActivations("relu", Options(), name))
+    return sum(p.numel() for p in backbone.parameters())
 
 
-__all__ = ["MODELS", "Classifier", "backbone_parameters", "build_model", "load_trained"]
+__all__ = ["MODELS", "Classifier", "ConvNetOptions", "backbone_parameters", "build_backbone", "build_model"]

@@ -1,48 +1,68 @@
-"""The model registry and :class:`Classifier` = backbone + head.
+"""The model registry, the options of the built-in backbones, and :class:`Classifier` = backbone + head.
 
 A backbone is an ``nn.Module`` (images (B, C, H, W) -> features (B, F)) with
-``out_features`` = F and ``blocks``: an ``nn.ModuleList`` of its stages, each with an
-``activation_name``. Diagnostics (activation statistics) and feature-map pictures hook the
-outputs of ``blocks``. A backbone has one stage per entry of ``model.widths``; its own default
-widths (used when ``model.widths`` is unset) are registered in :data:`DEFAULT_WIDTHS`.
+``out_features`` = F and, optionally, ``blocks``: an ``nn.ModuleList`` of its stages, each
+with an ``activation_name``. Diagnostics (activation statistics) and feature-map pictures
+hook the outputs of ``blocks``.
+
+A model registers a factory ``factory(in_channels, options, activations) -> backbone`` with
+its options model, which becomes its ``model.*`` config keys::
+
+    class TinyOptions(Options):
+        width: int = Field(16, ge=1)  # channels of the one convolution
+
+    @MODELS.register("tiny", options=TinyOptions)
+    def tiny(in_channels: int, options: TinyOptions, activations: BlockActivations) -> nn.Module:
+        \"\"\"One conv block and global average pooling.\"\"\"
+        return TinyNet(in_channels, options.width, activations.build(activations.names(1)[0]))
+
+``activations`` (:class:`softmaxlab.activations.BlockActivations`) carries
+``model.activation`` and its options: which activation each block gets, and a fresh module
+per block.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
+from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor, nn
 
 from softmaxlab.errors import UserError
-from softmaxlab.registry import Registry
-
-if TYPE_CHECKING:
-    from softmaxlab.config import ModelConfig
+from softmaxlab.registry import Options, Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
-#: The block widths each registered model uses when ``model.widths`` is unset; the config
-#: writes them out (see ``ModelConfig.widths``) so the resolved config.yaml shows them.
-DEFAULT_WIDTHS: dict[str, tuple[int, ...]] = {}
 
+class ConvNetOptions(Options):
+    """Options of the built-in conv nets (``simple_cnn``, ``resnet12``); each sets its own ``widths``."""
 
-def default_widths(name: str) -> list[int]:
-    """The default block widths of the registered model ``name``."""
-    MODELS.get(name)  # an unknown name is an UnknownNameError listing the valid ones
-    if name not in DEFAULT_WIDTHS:
-        raise KeyError(f"model {name!r} registers no default widths in softmaxlab.models.base.DEFAULT_WIDTHS")
-    return list(DEFAULT_WIDTHS[name])
+    widths: list[int] = Field(default_factory=list)  # output channels of each block (one block per entry)
+    width: float = Field(1.0, gt=0)  # multiplier of every width (rounded, at least 1): resnet12 at 0.25 is 16-40-80-160
+    batch_norm: bool = True  # BatchNorm after every convolution
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # dropout before the head
 
+    @field_validator("widths", mode="before")
+    @classmethod
+    def _default_when_null(cls, v: Any, info: ValidationInfo) -> Any:
+        # `model.widths: null` (or unset) means the model's own default, written out in config.yaml.
+        return cls.model_fields[info.field_name].get_default(call_default_factory=True) if v is None else v
 
-def block_widths(cfg: ModelConfig) -> list[int]:
-    """Output channels of each block: ``model.widths`` times the ``model.width`` multiplier.
+    @field_validator("widths")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if not v or any(w < 1 for w in v):
+            raise ValueError("must be a non-empty list of positive integers")
+        return v
 
-    >>> from softmaxlab.config import ModelConfig
-    >>> block_widths(ModelConfig(name="resnet12", width=0.25))
-    [16, 40, 80, 160]
-    """
-    return [max(1, round(w * cfg.width)) for w in cfg.widths]
+    def block_widths(self) -> list[int]:
+        """Output channels of each block: ``widths`` times the ``width`` multiplier.
+
+        >>> ConvNetOptions(widths=[64, 160, 320, 640], width=0.25).block_widths()
+        [16, 40, 80, 160]
+        """
+        return [max(1, round(w * self.width)) for w in self.widths]
 
 
 def check_input_size(x: Tensor, num_pools: int, model: str) -> None:

@@ -16,18 +16,18 @@ With 3 input channels and the default widths the backbone has 12,424,320 paramet
 (convolutions without bias, BatchNorm weight and bias), the usual "12.4 M" of the literature.
 The original uses LeakyReLU(0.1) and DropBlock; here each block's activation comes from
 ``model.activation`` / ``model.softmax_blocks`` exactly as in ``simple_cnn``
-(:func:`softmaxlab.activations.block_activations`), and ``model.dropout`` drops features.
+(:class:`softmaxlab.activations.BlockActivations`), and ``model.dropout`` drops features.
 """
 
 from __future__ import annotations
 
 import itertools
 
+from pydantic import Field
 from torch import Tensor, nn
 
-from softmaxlab.activations import block_activations, build_block_activation
-from softmaxlab.config import ModelConfig
-from softmaxlab.models.base import DEFAULT_WIDTHS, MODELS, block_widths, check_input_size
+from softmaxlab.activations import BlockActivations
+from softmaxlab.models.base import MODELS, ConvNetOptions, check_input_size
 
 
 def _conv_bn(c_in: int, c_out: int, kernel_size: int, batch_norm: bool) -> nn.Sequential:
@@ -65,16 +65,16 @@ class ResidualBlock(nn.Module):
 class ResNet12(nn.Module):
     """:class:`ResidualBlock` s (``self.blocks``), global average pooling and optional dropout."""
 
-    def __init__(self, in_channels: int, cfg: ModelConfig) -> None:
+    def __init__(self, in_channels: int, options: ConvNetOptions, activations: BlockActivations) -> None:
         super().__init__()
-        widths = [in_channels, *block_widths(cfg)]
-        names = block_activations(cfg, len(cfg.widths))
+        widths = [in_channels, *options.block_widths()]
+        names = activations.names(len(options.widths))
         self.blocks = nn.ModuleList(
-            ResidualBlock(c_in, c_out, build_block_activation(cfg, name), name, cfg.batch_norm)
+            ResidualBlock(c_in, c_out, activations.build(name), name, options.batch_norm)
             for (c_in, c_out), name in zip(itertools.pairwise(widths), names, strict=True)
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.dropout = nn.Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
         self.out_features = widths[-1]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -84,10 +84,13 @@ class ResNet12(nn.Module):
         return self.dropout(self.pool(x).flatten(1))  # (B, c_last)
 
 
-DEFAULT_WIDTHS["resnet12"] = (64, 160, 320, 640)
+class ResNet12Options(ConvNetOptions):
+    """Options of ``resnet12``."""
+
+    widths: list[int] = Field(default_factory=lambda: [64, 160, 320, 640])  # output channels of each block
 
 
-@MODELS.register("resnet12")
-def resnet12(in_channels: int, cfg: ModelConfig) -> ResNet12:
+@MODELS.register("resnet12", options=ResNet12Options)
+def resnet12(in_channels: int, options: ResNet12Options, activations: BlockActivations) -> ResNet12:
     """Few-shot ResNet-12: residual blocks of three 3x3 convs + max-pool (widths 64-160-320-640)."""
-    return ResNet12(in_channels, cfg)
+    return ResNet12(in_channels, options, activations)

@@ -3,18 +3,18 @@
 Block i: ``Conv3x3(c_{i-1} -> c_i) -> [BatchNorm] -> activation -> MaxPool2x2``; then global
 average pooling gives the features (B, c_last). The head is not part of the backbone. Each
 block's activation comes from ``model.activation`` / ``model.softmax_blocks``
-(:func:`softmaxlab.activations.block_activations`).
+(:class:`softmaxlab.activations.BlockActivations`).
 """
 
 from __future__ import annotations
 
 import itertools
 
+from pydantic import Field
 from torch import Tensor, nn
 
-from softmaxlab.activations import block_activations, build_block_activation
-from softmaxlab.config import ModelConfig
-from softmaxlab.models.base import DEFAULT_WIDTHS, MODELS, block_widths, check_input_size
+from softmaxlab.activations import BlockActivations
+from softmaxlab.models.base import MODELS, ConvNetOptions, check_input_size
 
 
 class ConvBlock(nn.Sequential):
@@ -35,16 +35,16 @@ class ConvBlock(nn.Sequential):
 class SimpleCNN(nn.Module):
     """Stacked :class:`ConvBlock` s (``self.blocks``), global average pooling and optional dropout."""
 
-    def __init__(self, in_channels: int, cfg: ModelConfig) -> None:
+    def __init__(self, in_channels: int, options: ConvNetOptions, activations: BlockActivations) -> None:
         super().__init__()
-        widths = [in_channels, *block_widths(cfg)]
-        names = block_activations(cfg, len(cfg.widths))
+        widths = [in_channels, *options.block_widths()]
+        names = activations.names(len(options.widths))
         self.blocks = nn.ModuleList(
-            ConvBlock(c_in, c_out, build_block_activation(cfg, name), name, cfg.batch_norm)
+            ConvBlock(c_in, c_out, activations.build(name), name, options.batch_norm)
             for (c_in, c_out), name in zip(itertools.pairwise(widths), names, strict=True)
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.dropout = nn.Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
         self.out_features = widths[-1]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -54,10 +54,13 @@ class SimpleCNN(nn.Module):
         return self.dropout(self.pool(x).flatten(1))  # (B, c_last)
 
 
-DEFAULT_WIDTHS["simple_cnn"] = (32, 64, 128, 256)
+class SimpleCNNOptions(ConvNetOptions):
+    """Options of ``simple_cnn``."""
+
+    widths: list[int] = Field(default_factory=lambda: [32, 64, 128, 256])  # output channels of each block
 
 
-@MODELS.register("simple_cnn")
-def simple_cnn(in_channels: int, cfg: ModelConfig) -> SimpleCNN:
+@MODELS.register("simple_cnn", options=SimpleCNNOptions)
+def simple_cnn(in_channels: int, options: SimpleCNNOptions, activations: BlockActivations) -> SimpleCNN:
     """Conv-BN-activation-maxpool blocks (widths `model.widths`) and global average pooling."""
-    return SimpleCNN(in_channels, cfg)
+    return SimpleCNN(in_channels, options, activations)
