@@ -7,7 +7,8 @@ epoch, slicing, forward, cross-entropy, backward, step, nothing else. ``fit``'s 
 ``train_one_epoch`` exactly as ``fit`` calls it, in the bare loop's NCHW layout
 (``train.channels_last: false``): the uint8 loader with batched
 normalisation (and random crop + flip in the "crop + flip" row), the head's loss, the
-learning-rate schedule, the on-device accumulators and the progress hooks.
+learning-rate schedule, the on-device accumulators of the training state and fit's own
+hooks (checkpoint every N steps, off as by default, and progress).
 
 Epochs alternate between the two loops (ours, bare, ours, bare, ...) so that drifts in
 machine speed hit both alike; the ratio is the median of the per-pair ratios, with the
@@ -29,17 +30,29 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from softmaxlab import load_config, load_data
+from softmaxlab.checkpoint import TrainingState
 from softmaxlab.config import Config
 from softmaxlab.data import ImageData
 from softmaxlab.diagnostics import Diagnostics
+from softmaxlab.distributed import World
 from softmaxlab.models import build_model
 from softmaxlab.progress import Progress
-from softmaxlab.train import Stepper, build_optimizer, lr_factor, make_loaders, seed_everything, train_one_epoch
+from softmaxlab.train import (
+    Checkpointer,
+    Hooks,
+    ProgressHook,
+    build_optimizer,
+    lr_factor,
+    make_loaders,
+    seed_everything,
+    train_one_epoch,
+)
 
 
 def _timed(device: torch.device, run: Callable[[], int]) -> float:
@@ -61,21 +74,21 @@ def fit_loop(
     model = build_model(cfg, data.image_shape[0], data.num_classes).to(device)
     if cfg.uses_channels_last():
         model = model.to(memory_format=torch.channels_last)  # as fit does
-    loaders = make_loaders(data, cfg, device)
+    world = World()
+    loaders = make_loaders(data, cfg, device, world)
     loader = loaders["train"]
-    diag = Diagnostics(model, loaders["val"], cfg.diagnostics) if diagnostics else None
+    diag = Diagnostics(model, loaders["val"], diagnostics, cfg.diagnostics.probe_size)
     opt = build_optimizer(model, cfg.train)
     total = epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, "onecycle", 0.2))
-    stepper = Stepper(opt, sched, cfg.train.amp, diag)
-    state = {"epoch": 0}
+    state = TrainingState(model, opt, sched, len(loader), total, diag.grad_norms, cfg.train.amp)
+    hooks = Hooks([Checkpointer(Path("unused"), world), ProgressHook(Progress())])  # fit's own hooks
 
     def run() -> int:
-        state["epoch"] += 1
-        loader.set_epoch(state["epoch"])
-        first = (state["epoch"] - 1) * len(loader)
-        images = train_one_epoch(model, loader, stepper, Progress(), first, total)["images"]
-        if diag is not None:
+        loader.set_epoch(state.epochs_done + 1)
+        images = train_one_epoch(state, loader, hooks, world)["images"]
+        state.end_epoch({})
+        if diagnostics:
             diag.epoch_record()  # the once-per-epoch read of the norms + activation_stats
         return images
 

@@ -43,8 +43,9 @@ from torchvision.transforms import v2
 from softmaxlab import fit, load_config, load_data
 from softmaxlab.config import Config
 from softmaxlab.data import ImageData
+from softmaxlab.distributed import resolve_device
 from softmaxlab.models import build_model
-from softmaxlab.train import resolve_device, seed_everything
+from softmaxlab.train import seed_everything
 
 
 class _Images(Dataset):

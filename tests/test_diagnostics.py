@@ -10,17 +10,15 @@ from softmaxlab.diagnostics import (
     block_outputs,
     blocks_of,
     parameterised_layers,
-    read_image,
 )
-from softmaxlab.errors import UserError
+from softmaxlab.experiment import run_experiment
 from softmaxlab.models import build_model
-from softmaxlab.train import fit
 
 from .conftest import tiny_config
 
 
 def _fit(tmp_path, name, *overrides):
-    return fit(tiny_config(*overrides), tmp_path / name)
+    return run_experiment(tiny_config(*overrides), tmp_path / name)
 
 
 def test_grad_norms_are_the_mean_over_steps():
@@ -117,19 +115,3 @@ def test_spatial_softmax_gradients_vanish(tmp_path):
     # Rescaling the softmax to mean 1 gives them back.
     fixed = _fit(tmp_path, "fix", *common, "model.activation=softmax_hw", "model.softmax_rescale=true")
     assert fixed.history[0]["grad_norms"]["backbone.blocks.0.0"] > relu / 10
-
-
-def test_read_image_resizes_and_rejects_bad_files(tmp_path):
-    from PIL import Image
-
-    path = tmp_path / "a.png"
-    Image.new("RGB", (30, 20), (255, 0, 0)).save(path)
-    x = read_image(path, 16, 3)
-    assert x.shape == (1, 3, 16, 16) and x.dtype == torch.uint8
-    assert x[0, 0].min() == 255 and x[0, 1].max() == 0
-    assert read_image(path, 8, 1).shape == (1, 1, 8, 8)
-    with pytest.raises(UserError, match="does not exist"):
-        read_image(tmp_path / "none.png", 16, 3)
-    (tmp_path / "bad.png").write_bytes(b"not an image")
-    with pytest.raises(UserError, match="cannot read"):
-        read_image(tmp_path / "bad.png", 16, 3)

@@ -15,7 +15,7 @@ from softmaxlab.cli import main
 from softmaxlab.distributed import World, env_world
 from softmaxlab.errors import UserError
 from softmaxlab.progress import Progress
-from softmaxlab.train import _fit, fit
+from softmaxlab.train import _fit, _Job, fit
 
 from .conftest import TINY, tiny_config
 
@@ -33,7 +33,8 @@ def test_env_world_reads_torchrun_variables(monkeypatch):
 def test_global_batch_must_split_evenly_over_processes(tmp_path):
     cfg = tiny_config("train.batch_size=64")
     with pytest.raises(UserError, match="must divide evenly over 3 processes"):
-        _fit(cfg, tmp_path / "run", False, Progress(), None, World(0, 3), torch.device("cpu"))
+        job = _Job(cfg, tmp_path / "run", overwrite=False, resume=False, progress=Progress(), data=None, hooks=())
+        _fit(job, World(0, 3), torch.device("cpu"))
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 

@@ -9,7 +9,7 @@ import torch
 
 from softmaxlab.data import load_data
 from softmaxlab.errors import UserError
-from softmaxlab.inference import evaluate_run, load_run, predict_images
+from softmaxlab.inference import evaluate_run, load_trained_run, predict_images, read_image
 from softmaxlab.metrics import apply_temperature
 from softmaxlab.train import fit
 
@@ -85,8 +85,8 @@ def test_predict_gives_temperature_scaled_top_k(run, tmp_path):
     result = predict_images(run.run_dir, images, top_k=10)
     t = run.summary["temperature"]
     assert result["temperature"] == t and result["top_k"] == 4  # capped at the class count
-    loaded = load_run(run.run_dir)
-    from softmaxlab.diagnostics import model_input
+    loaded = load_trained_run(run.run_dir)
+    from softmaxlab.inference import model_input
 
     with torch.no_grad():
         x = torch.cat([model_input(p, 16, loaded.normalization) for p in images])
@@ -125,3 +125,19 @@ def test_data_location_is_not_carried_to_another_kind_of_dataset(tmp_path):
     assert data_config(run_cfg, "cifar10").data.root is None  # not the npz file's path
     assert data_config(run_cfg, f"npz:{tmp_path / 'b.npz'}").data.root == str(tmp_path / "b.npz")
     assert data_config(run_cfg, "cifar10").data.image_size == 16  # what the model needs is kept
+
+
+def test_read_image_resizes_and_rejects_bad_files(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "a.png"
+    Image.new("RGB", (30, 20), (255, 0, 0)).save(path)
+    x = read_image(path, 16, 3)
+    assert x.shape == (1, 3, 16, 16) and x.dtype == torch.uint8
+    assert x[0, 0].min() == 255 and x[0, 1].max() == 0
+    assert read_image(path, 8, 1).shape == (1, 1, 8, 8)
+    with pytest.raises(UserError, match="does not exist"):
+        read_image(tmp_path / "none.png", 16, 3)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(UserError, match="cannot read"):
+        read_image(tmp_path / "bad.png", 16, 3)

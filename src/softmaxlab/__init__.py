@@ -3,25 +3,31 @@
 Output normalisers ("heads"), softmax as an intermediate activation, and how the variants
 compare on accuracy, calibration, gradient flow and cost. The flat public API::
 
-    from softmaxlab import load_config, fit
-    result = fit(load_config("experiment.yaml", ["head.name=log_softmax"]))
+    from softmaxlab import load_config, run_experiment
+    result = run_experiment(load_config("experiment.yaml", ["head.name=log_softmax"]), "runs/try")
+    result.summary["test"]["accuracy"], result.report
+
+``fit`` is the training alone (the run directory without its report and figures).
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from softmaxlab.activations import ACTIVATIONS, build_activation
-from softmaxlab.config import Config, load_config
-from softmaxlab.data import DATASETS, ImageData, Split, TensorLoader, load_data
+from softmaxlab.checkpoint import TrainingState, load_trained
+from softmaxlab.config import Config, load_config, load_run_config
+from softmaxlab.data import DATASETS, DataOptions, ImageData, Split, TensorLoader, load_data
 from softmaxlab.errors import DivergedError, UserError
+from softmaxlab.experiment import run_experiment
 from softmaxlab.heads import HEADS, DoubleSoftmaxWarning, Head, build_head, check_logits
 from softmaxlab.inference import evaluate_run, predict_images
 from softmaxlab.metrics import classification_metrics, fit_temperature
 from softmaxlab.models import MODELS, Classifier, build_model
-from softmaxlab.registry import Registry
+from softmaxlab.registry import Options, Registry
 from softmaxlab.report import write_report
-from softmaxlab.train import FitResult, evaluate, fit, train_one_epoch
+from softmaxlab.runs import version as _version
+from softmaxlab.train import FitResult, Hook, evaluate, fit, train_one_epoch
+
+__version__ = _version()
 
 __all__ = [
     "ACTIVATIONS",
@@ -30,14 +36,18 @@ __all__ = [
     "MODELS",
     "Classifier",
     "Config",
+    "DataOptions",
     "DivergedError",
     "DoubleSoftmaxWarning",
     "FitResult",
     "Head",
+    "Hook",
     "ImageData",
+    "Options",
     "Registry",
     "Split",
     "TensorLoader",
+    "TrainingState",
     "UserError",
     "__version__",
     "build_activation",
@@ -51,7 +61,10 @@ __all__ = [
     "fit_temperature",
     "load_config",
     "load_data",
+    "load_run_config",
+    "load_trained",
     "predict_images",
+    "run_experiment",
     "train_one_epoch",
     "write_report",
 ]

@@ -39,8 +39,15 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichBar
 
+from softmaxlab import heads, runs
+from softmaxlab.config import HeadConfig
+from softmaxlab.distributed import resolve_device
 from softmaxlab.errors import UserError
+from softmaxlab.heads import HEADS
+from softmaxlab.report.figures import bench_figure, save_png
 
 #: Default class counts of ``softmaxlab bench heads``.
 DEFAULT_CLASSES = (10, 100, 1000, 10_000, 100_000)
@@ -110,8 +117,6 @@ class LinearBaseline(torch.nn.Module):
 def parse_heads(text: str | None) -> list[str]:
     """``"softmax,hierarchical"`` -> the names, each checked against the registry (or
     :data:`BASELINE`); None = the baseline and every head."""
-    from softmaxlab.heads import HEADS
-
     valid = [BASELINE, *HEADS.names()]
     if text is None:
         return valid
@@ -120,14 +125,6 @@ def parse_heads(text: str | None) -> list[str]:
     if unknown or not names:
         raise UserError(f"--heads: unknown head {unknown[0] if unknown else text!r}; valid: {', '.join(valid)}")
     return names
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"--device must be cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
-    return torch.device(name)
 
 
 def _saved_bytes_hooks(counted: dict[int, int]) -> torch.autograd.graph.saved_tensors_hooks:
@@ -146,9 +143,6 @@ class _Case:
     """One head at one class count, built and warmed up, ready to time one step at a time."""
 
     def __init__(self, name: str, num_classes: int, s: BenchSettings, device: torch.device) -> None:
-        from softmaxlab.config import HeadConfig
-        from softmaxlab.heads import build_head
-
         self.s, self.device = s, device
         self.row: dict[str, Any] = {c: None for c in COLUMNS} | {"head": name, "classes": num_classes}
         self.row["memory_measure"] = "cuda_peak_allocated" if device.type == "cuda" else "params+grads+saved"
@@ -157,7 +151,7 @@ class _Case:
         if name == BASELINE:
             self.head = LinearBaseline(s.features, num_classes).to(device).train()
         else:
-            self.head = build_head(HeadConfig(name=name), s.features, num_classes).to(device).train()
+            self.head = heads.build_head(HeadConfig(name=name), s.features, num_classes).to(device).train()
         gen = torch.Generator(device=device).manual_seed(s.seed)
         self.feats = torch.randn(s.batch, s.features, device=device, generator=gen)
         self.target = torch.randint(0, num_classes, (s.batch,), device=device, generator=gen)
@@ -247,7 +241,7 @@ def measure_classes(names: Sequence[str], num_classes: int, s: BenchSettings) ->
       buffers that live and die inside one operation are not included: it is a lower
       bound of the step's peak, and it is exactly what scales with K for every head.
     """
-    device = _resolve_device(s.device)
+    device = resolve_device(s.device, "--device")
     rows: dict[str, dict[str, Any]] = {}
     cases: dict[str, _Case] = {}
     try:
@@ -289,7 +283,7 @@ def bench_heads(
     """
     s = settings or BenchSettings()
     names = list(heads) if heads is not None else parse_heads(None)
-    _resolve_device(s.device)
+    resolve_device(s.device, "--device")
     results = []
     for k in classes:
         for row in measure_classes(names, k, s):
@@ -308,9 +302,6 @@ def progress_bar(console: Console, total: int) -> Iterator[Callable[[dict[str, A
     if not (console.is_terminal and sys.stderr.isatty()):
         yield lambda row: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-    from rich.progress import Progress as RichBar
-
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with RichBar(*columns, TimeRemainingColumn(), console=console, transient=True) as bar:
         task = bar.add_task("bench heads", total=total)
@@ -360,9 +351,6 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
 
 def write_results(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write ``bench-heads.json``, ``bench-heads.csv`` and ``bench-heads.png`` into ``out_dir`` (atomically)."""
-    from softmaxlab import runs
-    from softmaxlab.report.figures import bench_figure, save_png
-
     out = Path(out_dir)
     paths = {"json": out / JSON_NAME, "csv": out / CSV_NAME, "png": out / PNG_NAME}
     try:

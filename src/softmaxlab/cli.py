@@ -2,6 +2,9 @@
 
 Exit codes: 0 success, 1 anything unexpected, 2 bad input (one line on stderr saying what
 is wrong and how to fix it, no traceback), 3 the run diverged (non-finite loss).
+
+Each command imports the library inside its function: ``softmaxlab --help`` and a usage
+error then answer without importing torch (seconds).
 """
 
 from __future__ import annotations
@@ -111,18 +114,17 @@ def run_cmd(
     ] = False,
 ) -> None:
     """Train one experiment and write its run directory."""
-    from softmaxlab import runs
     from softmaxlab.config import load_config
     from softmaxlab.data import parse_data_spec
-    from softmaxlab.train import fit
+    from softmaxlab.experiment import run_experiment
 
     # The spec's values are JSON-quoted so a path such as "2024" stays a string; --set wins.
     spec = [f"data.{k}={json.dumps(v)}" for k, v in parse_data_spec(data).items()] if data else []
     cfg = load_config(config, [*spec, *(set_ or [])])
     # An interrupted run in the output directory is continued; a finished one is refused.
-    target = out if out is not None else (runs.default_run_dir(cfg.name) if cfg.name else None)
-    resume = not overwrite and target is not None and not runs.is_finished(target)
-    result = fit(cfg, out, overwrite=overwrite, progress=_progress(), resume=resume)
+    result = run_experiment(
+        cfg, out, overwrite=overwrite, progress=_progress(), resume=False if overwrite else "unfinished"
+    )
     _print_run(result)
 
 
@@ -147,16 +149,9 @@ def resume_cmd(
     run_dir: Annotated[Path, typer.Argument(help="An interrupted run directory (it holds config.yaml).")],
 ) -> None:
     """Continue an interrupted run from its last complete checkpoint (same final metrics as if never stopped)."""
-    from softmaxlab import runs
-    from softmaxlab.config import load_config
-    from softmaxlab.train import fit
+    from softmaxlab.experiment import resume_experiment
 
-    if not (run_dir / runs.CONFIG).is_file():
-        raise UserError(f"{str(run_dir)!r} holds no config.yaml; pass a run directory written by `softmaxlab run`")
-    if runs.is_finished(run_dir):
-        raise UserError(f"{str(run_dir)!r} already holds a finished run; nothing to resume")
-    cfg = load_config(run_dir / runs.CONFIG)
-    _print_run(fit(cfg, run_dir, progress=_progress(), resume=True))
+    _print_run(resume_experiment(run_dir, progress=_progress()))
 
 
 @app.command("demo")
@@ -259,7 +254,7 @@ def visualize_cmd(
     channels: Annotated[int, typer.Option(min=1, help="Channels drawn per block.")] = 16,
 ) -> None:
     """Draw the feature maps of each block of a trained run for one image -> PNG."""
-    from softmaxlab.diagnostics import visualize_run
+    from softmaxlab.inference import visualize_run
 
     path = visualize_run(run_dir, image, out, channels)
     out_console.print(f"wrote {path}", highlight=False, soft_wrap=True)
@@ -293,25 +288,15 @@ def sweep_cmd(
     from softmaxlab.progress import ConsoleSweepProgress
 
     if dry_run:
-        base, spec, target = sweep.check_sweep(config, out, workers=workers, launcher=launcher, cluster=cluster)
+        plan = sweep.dry_run(config, out, workers=workers, overwrite=overwrite, launcher=launcher, cluster=cluster)
         table = Table(show_header=True, header_style="bold", box=None)
-        for column in ("run", *spec.override_keys(), "state"):
+        for column in ("run", *plan.keys, "state"):
             table.add_column(column)
-        plan = sweep.expand_grid(base, spec)
-        # What the real command would do with the directory: refuse (a UserError, exit 2) or replace its runs.
-        replaced = sweep.replaces_sweep(target, base, spec, overwrite, {r.name for r in plan})
-        in_flight = sweep.runs_in_flight(target)  # the real command refuses to start while there are any
-        for run in plan:
-            state = "pending" if replaced and run.config is not None else sweep.run_state(target, run)
-            state = f"in {in_flight[run.name]}" if run.name in in_flight else state
-            given = [run.overrides.get(k, "") for k in spec.override_keys()]
-            values = [json.dumps(v) if not isinstance(v, str) else v for v in given]
-            table.add_row(run.name, *values, state + (f": {run.error}" if run.error else ""))
+        for run, state in zip(plan.runs, plan.states, strict=True):
+            given = [run.overrides.get(k, "") for k in plan.keys]
+            table.add_row(run.name, *(json.dumps(v) if not isinstance(v, str) else v for v in given), state)
         out_console.print(table)
-        note = " (replacing the sweep there: --overwrite)" if replaced else ""
-        if in_flight:
-            note += f"; {len(in_flight)} in an earlier command's jobs: the sweep command refuses to start till they end"
-        out_console.print(f"{len(plan)} runs in {target}{note}", highlight=False, soft_wrap=True)
+        out_console.print(plan.summary(), highlight=False, soft_wrap=True)
         return
     result = sweep.run_sweep(
         config,

@@ -22,12 +22,12 @@ from softmaxlab import runs
 from softmaxlab.config import Config, apply_overrides, validate_config
 from softmaxlab.data import load_data
 from softmaxlab.errors import UserError
+from softmaxlab.experiment import run_experiment
 from softmaxlab.heads.pitfalls import double_softmax_floor
 from softmaxlab.progress import Progress
 from softmaxlab.report import format_mean_std, markdown_table
 from softmaxlab.report.build import HTML_FILE, write_report
-from softmaxlab.sweep import aggregate, mean_std
-from softmaxlab.train import fit
+from softmaxlab.stats import aggregate, mean_std
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def run_demo(
     results: dict[str, list[Any]] = {v.name: [] for v in variants}
     rows = []
     for variant, cfg in configs:
-        result = fit(cfg, out / str(cfg.name), overwrite=overwrite, progress=progress, data=data)
+        result = run_experiment(cfg, out / str(cfg.name), overwrite=overwrite, progress=progress, data=data)
         results[variant.name].append(result)
         rows.append({"variant": variant.name, **result.summary})
 

@@ -7,28 +7,23 @@
   of its output and the fraction of values below 1e-6 (dead ReLUs, vanished softmax
   entries), on a fixed batch, via forward hooks that exist only during that forward pass.
 * :class:`Diagnostics`: both, as ``fit`` records them in every epoch of ``metrics.jsonl``
-  (``diagnostics.enabled: false`` gives empty dicts).
-* :func:`block_outputs`, :func:`read_image`, :func:`model_input` and :func:`visualize_run`:
-  the feature maps of each block for one image, drawn by :func:`softmaxlab.report.figures.feature_map_figure`.
+  (``diagnostics.enabled: false`` gives empty dicts), and the feature maps of the first
+  validation image at the end.
+* :func:`block_outputs`, :func:`feature_maps`: the output of each block for one image (drawn
+  by :func:`softmaxlab.report.figures.feature_map_figure`).
 
-A backbone exposes its stages as ``backbone.blocks`` (see :mod:`softmaxlab.models.base`).
+Compute only: nothing here draws or writes a file. A backbone exposes its stages as
+``backbone.blocks`` (see :mod:`softmaxlab.models.base`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from softmaxlab.errors import UserError
-
-if TYPE_CHECKING:
-    from softmaxlab.config import DiagnosticsConfig
-    from softmaxlab.data import TensorLoader
-    from softmaxlab.models import Classifier
+from softmaxlab.data import TensorLoader
 
 #: Output values below this count as (near) zero in ``activation_stats``.
 NEAR_ZERO = 1e-6
@@ -145,104 +140,37 @@ def activation_stats(model: nn.Module, x: Tensor) -> dict[str, dict[str, float]]
     return {f"block{i}": dict(zip(("mean", "std", "near_zero"), v, strict=True)) for i, v in enumerate(values)}
 
 
+def feature_maps(model: nn.Module, x: Tensor) -> list[tuple[str, Tensor]]:
+    """(activation name, (C_i, H_i, W_i) output on the CPU) of each block for the one image ``x`` (1, C, H, W)."""
+    names = [getattr(b, "activation_name", type(b).__name__) for b in blocks_of(model)]
+    return list(zip(names, [m[0].float().cpu() for m in block_outputs(model, x)], strict=True))
+
+
 class Diagnostics:
     """What ``fit`` records each epoch besides loss and accuracy.
 
     Args:
         model: the classifier being trained.
-        val_loader: the validation loader; its first ``cfg.probe_size`` images are the fixed
+        val_loader: the validation loader; its first ``probe_size`` images are the fixed
             batch for :func:`activation_stats` and its first image the one of
-            :meth:`save_feature_maps`.
-        cfg: the ``diagnostics`` config section.
+            :meth:`feature_maps`.
+        enabled: ``diagnostics.enabled``; False records empty dicts and no feature maps.
+        probe_size: ``diagnostics.probe_size``.
     """
 
-    def __init__(self, model: Classifier, val_loader: TensorLoader, cfg: DiagnosticsConfig) -> None:
-        self.model, self.val_loader, self.cfg = model, val_loader, cfg
-        self.grad_norms = GradNorms(model) if cfg.enabled else None
-
-    def after_backward(self) -> None:
-        """Called by the training step (:class:`softmaxlab.train.Stepper`) after each backward."""
-        if self.grad_norms is not None:
-            self.grad_norms.update()
+    def __init__(self, model: nn.Module, val_loader: TensorLoader, enabled: bool = True, probe_size: int = 256) -> None:
+        self.model, self.val_loader, self.enabled, self.probe_size = model, val_loader, enabled, probe_size
+        self.grad_norms = GradNorms(model) if enabled else None
 
     def epoch_record(self) -> dict[str, Any]:
         """``grad_norms`` and ``activation_stats`` for the epoch's metrics record (empty when disabled)."""
         if self.grad_norms is None:
             return {"grad_norms": {}, "activation_stats": {}}
-        probe = self.val_loader.normalize(self.val_loader.x[: self.cfg.probe_size])
+        probe = self.val_loader.normalize(self.val_loader.x[: self.probe_size])
         return {"grad_norms": self.grad_norms.read(), "activation_stats": activation_stats(self.model, probe)}
 
-    def save_feature_maps(self, path: str | Path, channels: int = 16) -> Path | None:
-        """Draw the block outputs of the first validation image to ``path`` (PNG); None when disabled."""
-        if not self.cfg.enabled or not blocks_of(self.model):
+    def feature_maps(self) -> list[tuple[str, Tensor]] | None:
+        """:func:`feature_maps` of the first validation image; None when disabled or without blocks."""
+        if not self.enabled or not blocks_of(self.model):
             return None
-        x = self.val_loader.normalize(self.val_loader.x[:1])
-        return _draw(self.model, x, path, channels)
-
-
-# --------------------------------------------------------------------------- feature maps
-
-
-def read_image(path: str | Path, size: int, channels: int) -> Tensor:
-    """The image file at ``path`` as (1, channels, size, size) uint8, resized bilinearly.
-
-    Raises:
-        UserError: a missing file, or one that is not a readable image.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"image file {str(p)!r} does not exist; pass the path of a PNG or JPEG image")
-    if channels not in (1, 3):
-        raise UserError(f"the run's images have {channels} channels; only 1 (grey) or 3 (RGB) can be read from files")
-    try:
-        with Image.open(p) as img:
-            img = img.convert("RGB" if channels == 3 else "L").resize((size, size), Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UserError(f"cannot read {str(p)!r} as an image ({type(exc).__name__}); pass a PNG or JPEG file") from None
-    x = torch.from_numpy(array.copy())  # (H, W, C) or (H, W)
-    x = x[:, :, None] if x.ndim == 2 else x
-    return x.permute(2, 0, 1)[None].contiguous()  # (1, C, H, W)
-
-
-def _draw(model: nn.Module, x: Tensor, path: str | Path, channels: int) -> Path:
-    from softmaxlab.report.figures import feature_map_figure, save_png
-
-    maps = [m[0].float().cpu() for m in block_outputs(model, x)]  # each (C_i, H_i, W_i)
-    names = [getattr(b, "activation_name", type(b).__name__) for b in blocks_of(model)]
-    return save_png(feature_map_figure(maps, names, channels), path)
-
-
-def model_input(image: str | Path, image_size: int, normalization: dict[str, list[float]]) -> Tensor:
-    """The image file at ``image`` as the (1, C, S, S) float batch a trained run's model takes:
-    resized to ``image_size`` and normalised with the run's training ``normalization``
-    (``{"mean": [...], "std": [...]}`` per channel, as saved in ``model.pt``).
-
-    Raises:
-        UserError: a missing or unreadable image (see :func:`read_image`).
-    """
-    from softmaxlab.data import Normalize
-
-    x = read_image(image, image_size, len(normalization["mean"]))
-    return Normalize(normalization["mean"], normalization["std"])(x)
-
-
-def visualize_run(run_dir: str | Path, image: str | Path, out: str | Path | None = None, channels: int = 16) -> Path:
-    """Draw each block's feature maps (first ``channels`` channels) of a trained run for one
-    image, resized and normalised as in training; returns the PNG's path.
-
-    ``out`` defaults to ``RUN_DIR/figures/feature_maps-<image name>.png``.
-
-    Raises:
-        UserError: a run directory without (valid) weights, or a missing / unreadable image.
-    """
-    from softmaxlab.models import load_trained
-
-    if channels < 1:
-        raise UserError(f"--channels must be at least 1, got {channels}")
-    model, cfg, payload = load_trained(run_dir)
-    x = model_input(image, cfg.data.image_size, payload["normalization"])  # (1, C, S, S), as in training
-    out = Path(out) if out is not None else Path(run_dir) / "figures" / f"feature_maps-{Path(image).stem}.png"
-    return _draw(model, x, out, channels)
+        return feature_maps(self.model, self.val_loader.normalize(self.val_loader.x[:1]))

@@ -1,5 +1,5 @@
-"""Use a trained run: its metrics on any dataset with the same classes, and its predictions
-for image files.
+"""Use a trained run: its metrics on any dataset with the same classes, its predictions for
+image files, and its feature maps for one image.
 
 * :func:`evaluate_run` (``softmaxlab evaluate``): every metric of :mod:`softmaxlab.metrics`
   on a split of a dataset given as a spec (``shapes``, ``npz:PATH``, ...), the same keys as
@@ -8,6 +8,7 @@ for image files.
   training.
 * :func:`predict_images` (``softmaxlab predict``): the top-k classes of each image with
   their probabilities.
+* :func:`visualize_run` (``softmaxlab visualize``): each block's feature maps for one image.
 
 Both rebuild the model from ``model.pt`` and use the temperature that training fitted on the
 validation split (``summary.json``'s ``temperature``), when there is one: the metrics gain
@@ -16,7 +17,6 @@ their ``*_after_temperature`` values and the predictions are p_T = softmax(log p
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -24,13 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from pydantic import ValidationError
+from PIL import Image, UnidentifiedImageError
 
 from softmaxlab import runs
+from softmaxlab.checkpoint import load_trained
 from softmaxlab.config import Config, DataConfig, validate_config
+from softmaxlab.data import Normalize, TensorLoader, load_data, parse_data_spec
+from softmaxlab.diagnostics import feature_maps
+from softmaxlab.distributed import World, resolve_device
 from softmaxlab.errors import UserError
+from softmaxlab.metrics import after_temperature, apply_temperature, classification_metrics, validate_probs
 from softmaxlab.models import Classifier
+from softmaxlab.report.figures import feature_map_figure, save_png
+from softmaxlab.train import evaluate
 
 #: The splits ``evaluate_run`` accepts; ``all`` is train + validation + test.
 SPLITS = ("test", "val", "all")
@@ -62,14 +70,12 @@ class TrainedRun:
     temperature_note: str  # summary.json's temperature_note, or why there is no temperature
 
 
-def load_run(run_dir: str | Path) -> TrainedRun:
+def load_trained_run(run_dir: str | Path) -> TrainedRun:
     """The trained run in ``run_dir`` (``model.pt`` and, for the temperature, ``summary.json``).
 
     Raises:
         UserError: missing, foreign or corrupt weights; a summary.json that is not JSON.
     """
-    from softmaxlab.models import load_trained
-
     model, cfg, payload = load_trained(run_dir)
     temperature, note = _run_temperature(Path(run_dir), cfg.head.name)
     return TrainedRun(Path(run_dir), model, cfg, list(payload["classes"]), payload["normalization"], temperature, note)
@@ -77,12 +83,9 @@ def load_run(run_dir: str | Path) -> TrainedRun:
 
 def _run_temperature(run_dir: Path, head: str) -> tuple[float | None, str]:
     path = run_dir / runs.SUMMARY
-    if not path.is_file():
+    summary = runs.read_summary(run_dir)
+    if summary is None:
         return None, f"{head}: no summary.json (the run did not finish), so no temperature was fitted"
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{str(path)!r} is not valid JSON; re-run the training to rewrite it") from None
     if summary.get("status") == "diverged":
         return None, f"{head}: the run diverged, so no temperature was fitted"
     if "temperature" not in summary:
@@ -106,31 +109,17 @@ def data_config(run_cfg: Config, spec: str) -> Config:
     names another kind of dataset: an image folder's root is not where CIFAR lives. With the
     run's own dataset everything is kept, so ``shapes`` gives back the run's splits.
     """
-    from softmaxlab.data import parse_data_spec
-
     overrides = parse_data_spec(spec)
     run_data = run_cfg.data.model_dump(mode="json")
     other_kind = overrides["name"] != run_cfg.data.name
-    kept = {
-        k: v
-        for k, v in run_data.items()
-        if k != "name" and not (other_kind and k in _LOCATION) and _applies(overrides["name"], k, v)
-    }
+    applies = type(DataConfig(name=overrides["name"])).model_fields  # the new dataset's options
+    kept = {k: v for k, v in run_data.items() if k in applies and k != "name" and not (other_kind and k in _LOCATION)}
     raw = run_cfg.to_dict()
     raw["data"] = {**kept, **overrides}
     return validate_config(raw, source=f"--data {spec}")
 
 
 _LOCATION = ("root", "cache_dir", "download")  # where a dataset lives: not carried to another kind
-
-
-def _applies(name: str, key: str, value: Any) -> bool:
-    """Whether the data option ``key: value`` is accepted for the dataset ``name``."""
-    try:
-        DataConfig.model_validate({"name": name, key: value})
-    except ValidationError:
-        return False
-    return True
 
 
 def class_mapping(run_classes: list[str], data_classes: list[str], spec: str) -> torch.Tensor | None:
@@ -174,13 +163,9 @@ def evaluate_run(run_dir: str | Path, spec: str, split: str = "test", device: st
         UserError: an unknown split or spec, a dataset that cannot be loaded, other class
             names or channel count than the run's, missing or corrupt weights.
     """
-    from softmaxlab.data import Normalize, TensorLoader, load_data
-    from softmaxlab.metrics import after_temperature, classification_metrics
-    from softmaxlab.train import evaluate, resolve_device
-
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-    run = load_run(run_dir)
+    run = load_trained_run(run_dir)
     cfg = data_config(run.cfg, spec)
     data = load_data(cfg.data)
     channels = len(run.normalization["mean"])
@@ -195,10 +180,11 @@ def evaluate_run(run_dir: str | Path, spec: str, split: str = "test", device: st
     y = torch.cat([s.y for s in parts])  # (N,) dataset labels
     if mapping is not None:
         y = mapping[y]  # run labels
-    target = resolve_device(device)
+    target = resolve_device(device, "device")
     model = run.model.to(target)
     norm = Normalize(run.normalization["mean"], run.normalization["std"], target)
-    out = evaluate(model, TensorLoader(x.to(target), y.to(target), cfg.train.eval_batch_size, norm), keep_probs=True)
+    loader = TensorLoader(x.to(target), y.to(target), cfg.train.eval_batch_size, norm)
+    out = evaluate(model, loader, World(), keep_probs=True)
     head = run.cfg.head.name
     metrics = classification_metrics(out["probs"], out["targets"], source=f"head {head!r}")
     metrics.update(after_temperature(out["probs"], out["targets"], run.temperature))
@@ -256,14 +242,11 @@ def predict_images(run_dir: str | Path, images: Sequence[str | Path], top_k: int
         UserError: ``top_k`` < 1, no images, a missing or unreadable image, missing or
             corrupt weights.
     """
-    from softmaxlab.diagnostics import model_input
-    from softmaxlab.metrics import apply_temperature, validate_probs
-
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}")
     if not images:
         raise UserError("no image given; pass one or more PNG or JPEG files")
-    run = load_run(run_dir)
+    run = load_trained_run(run_dir)
     x = torch.cat([model_input(image, run.cfg.data.image_size, run.normalization) for image in images])
     head = run.model.head
     probs = torch.cat([head.probs(run.model(b)).float() for b in x.split(run.cfg.train.eval_batch_size)])
@@ -287,3 +270,58 @@ def predict_images(run_dir: str | Path, images: Sequence[str | Path], top_k: int
         "top_k": k,
         "predictions": predictions,
     }
+
+
+# --------------------------------------------------------------------------- images and feature maps
+
+
+def read_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
+    """The image file at ``path`` as (1, channels, size, size) uint8, resized bilinearly.
+
+    Raises:
+        UserError: a missing file, or one that is not a readable image.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"image file {str(p)!r} does not exist; pass the path of a PNG or JPEG image")
+    if channels not in (1, 3):
+        raise UserError(f"the run's images have {channels} channels; only 1 (grey) or 3 (RGB) can be read from files")
+    try:
+        with Image.open(p) as img:
+            img = img.convert("RGB" if channels == 3 else "L").resize((size, size), Image.Resampling.BILINEAR)
+            array = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UserError(f"cannot read {str(p)!r} as an image ({type(exc).__name__}); pass a PNG or JPEG file") from None
+    x = torch.from_numpy(array.copy())  # (H, W, C) or (H, W)
+    x = x[:, :, None] if x.ndim == 2 else x
+    return x.permute(2, 0, 1)[None].contiguous()  # (1, C, H, W)
+
+
+def model_input(image: str | Path, image_size: int, normalization: dict[str, list[float]]) -> torch.Tensor:
+    """The image file at ``image`` as the (1, C, S, S) float batch a trained run's model takes:
+    resized to ``image_size`` and normalised with the run's training ``normalization``
+    (``{"mean": [...], "std": [...]}`` per channel, as saved in ``model.pt``).
+
+    Raises:
+        UserError: a missing or unreadable image (see :func:`read_image`).
+    """
+    x = read_image(image, image_size, len(normalization["mean"]))
+    return Normalize(normalization["mean"], normalization["std"])(x)
+
+
+def visualize_run(run_dir: str | Path, image: str | Path, out: str | Path | None = None, channels: int = 16) -> Path:
+    """Draw each block's feature maps (first ``channels`` channels) of a trained run for one
+    image, resized and normalised as in training; returns the PNG's path.
+
+    ``out`` defaults to ``RUN_DIR/figures/feature_maps-<image name>.png``.
+
+    Raises:
+        UserError: a run directory without (valid) weights, or a missing / unreadable image.
+    """
+    if channels < 1:
+        raise UserError(f"--channels must be at least 1, got {channels}")
+    model, cfg, payload = load_trained(run_dir)
+    x = model_input(image, cfg.data.image_size, payload["normalization"])  # (1, C, S, S), as in training
+    out = Path(out) if out is not None else Path(run_dir) / "figures" / f"feature_maps-{Path(image).stem}.png"
+    maps = feature_maps(model, x)
+    return save_png(feature_map_figure([m for _, m in maps], [n for n, _ in maps], channels), out)

@@ -2,15 +2,24 @@
 
 The loop runs in named phases::
 
-    setup     seeds, device, data (uint8 tensors on the device), model = backbone + head,
-              optimiser, learning-rate schedule (a pure function of the step)
+    decide    what the run directory holds and what to do with it: a new run, the
+              continuation of an interrupted one, or a finished run returned as it is
+              (:func:`decide`, the one place of the resume / overwrite policy)
+    setup     checks, seeds, data (uint8 tensors on the device), model = backbone + head,
+              optimiser, learning-rate schedule (a pure function of the step), all in a
+              :class:`~softmaxlab.checkpoint.TrainingState`; then the run directory
     train     train_one_epoch: forward, head.loss, backward, step; the loss sum and the
-              correct count (and the diagnostics' gradient norms) are accumulated on the
-              device and read once per epoch
+              correct count (and the gradient norms) are accumulated on the device and
+              read once per epoch
     validate  evaluate on the validation split; one record per epoch in metrics.jsonl,
-              with grad_norms and activation_stats (softmaxlab.diagnostics)
-    test      head.probs on the test split -> metrics -> summary.json, weights,
-              figures/feature_maps.png, then report.html / report.md (softmaxlab.report)
+              with grad_norms and activation_stats (softmaxlab.diagnostics); weights and
+              checkpoint written
+    test      head.probs on the test split -> metrics -> summary.json (:func:`run_summary`,
+              which also writes the summary of a diverged run)
+
+Hooks (:class:`Hook`) are called at fixed points: progress, checkpoints every N steps, and
+whatever a caller passes (a test's kill points). The report and the feature-map figure are
+not the loop's: :mod:`softmaxlab.experiment` draws them from what ``fit`` returns.
 
 In a notebook::
 
@@ -22,44 +31,148 @@ In a notebook::
 from __future__ import annotations
 
 import math
-import os
 import random
-import signal
 import statistics
 import time
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from softmaxlab import distributed, runs
-from softmaxlab.config import Config, TrainConfig
+from softmaxlab.checkpoint import TrainingState, load_trained
+from softmaxlab.config import Config, TrainConfig, load_run_config
 from softmaxlab.data import ImageData, Normalize, TensorLoader, load_data
 from softmaxlab.diagnostics import Diagnostics
-from softmaxlab.distributed import World, all_reduce
+from softmaxlab.distributed import World, all_reduce, resolve_device
+from softmaxlab.dotted import differences
 from softmaxlab.errors import DivergedError, UserError
-from softmaxlab.heads import Head
 from softmaxlab.heads.check import warn_if_probabilities
 from softmaxlab.metrics import after_temperature, classification_metrics, fit_head_temperature
 from softmaxlab.models import Classifier, build_model
 from softmaxlab.progress import Progress
 
+#: What ``fit`` does with a run directory that already holds a run (see :func:`decide`).
+Resume = bool | Literal["unfinished", "required"]
+
 
 @dataclass
 class FitResult:
-    """What :func:`fit` returns: the run directory, the summary, the epoch records, the model,
-    and the run's ``report.html`` (None where it was not written: ranks other than 0)."""
+    """What :func:`fit` returns: the run directory, the summary, the epoch records and the model.
+
+    ``feature_maps`` are (activation name, (C, H, W) output) of each block for the first
+    validation image, computed at the end of a run (None when diagnostics are off, on ranks
+    other than 0, and for a finished run returned as it was). ``report`` is the run's
+    ``report.html`` once :mod:`softmaxlab.experiment` wrote it.
+    """
 
     run_dir: Path
     summary: dict[str, Any]
     history: list[dict[str, Any]]
     model: Classifier
     report: Path | None = None
+    feature_maps: list[tuple[str, Tensor]] | None = None
+    resumed_finished: bool = False
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+class Hook:
+    """Called by :func:`fit` at fixed points; subclass and override what you need.
+
+    The hooks a caller passes run before fit's own (the checkpoint every
+    ``train.checkpoint_every`` steps, then the progress), in the order given.
+    """
+
+    def on_fit_start(self, label: str, epochs: int, steps_per_epoch: int) -> None:
+        """Training begins (or continues): ``epochs`` in all, ``steps_per_epoch`` each."""
+
+    def on_step_end(self, state: TrainingState) -> None:
+        """After each optimisation step (``state.steps_done`` counts it)."""
+
+    def on_checkpoint_write(self, steps_done: int) -> None:
+        """Halfway through writing the checkpoint of ``steps_done`` steps (rank 0)."""
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        """An epoch ended with this metrics record (written, checkpointed)."""
+
+    def on_fit_end(self) -> None:
+        """Training stopped: finished, diverged or interrupted."""
+
+
+class Hooks(Hook):
+    """Several hooks called in order."""
+
+    def __init__(self, hooks: Sequence[Hook]) -> None:
+        self.hooks = list(hooks)
+
+    def on_fit_start(self, label: str, epochs: int, steps_per_epoch: int) -> None:
+        for h in self.hooks:
+            h.on_fit_start(label, epochs, steps_per_epoch)
+
+    def on_step_end(self, state: TrainingState) -> None:
+        for h in self.hooks:
+            h.on_step_end(state)
+
+    def on_checkpoint_write(self, steps_done: int) -> None:
+        for h in self.hooks:
+            h.on_checkpoint_write(steps_done)
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        for h in self.hooks:
+            h.on_epoch_end(record)
+
+    def on_fit_end(self) -> None:
+        for h in self.hooks:
+            h.on_fit_end()
+
+
+class ProgressHook(Hook):
+    """Drives a :class:`~softmaxlab.progress.Progress` (bar or epoch lines)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def on_fit_start(self, label: str, epochs: int, steps_per_epoch: int) -> None:
+        self.progress.start(label, epochs, steps_per_epoch)
+
+    def on_step_end(self, state: TrainingState) -> None:
+        self.progress.advance()
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        self.progress.epoch_end(record)
+
+    def on_fit_end(self) -> None:
+        self.progress.stop()
+
+
+@dataclass
+class Checkpointer(Hook):
+    """Writes the checkpoint (rank 0): at every epoch's end, and every ``every`` steps between."""
+
+    run_dir: Path
+    world: World
+    every: int = 0
+    hooks: Hook = field(default_factory=Hook)  # told halfway through each write
+
+    def save(self, state: TrainingState) -> None:
+        if not self.world.is_main:
+            return
+        steps = state.steps_done
+        runs.save_checkpoint(
+            self.run_dir, state.state_dict(), during_write=lambda: self.hooks.on_checkpoint_write(steps)
+        )
+
+    def on_step_end(self, state: TrainingState) -> None:
+        mid_epoch = state.batches_done < state.steps_per_epoch  # the epoch's end has its own checkpoint
+        if self.every and state.steps_done % self.every == 0 and mid_epoch:
+            self.save(state)
 
 
 # --------------------------------------------------------------------------- setup
@@ -70,15 +183,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a UserError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device=cuda but no CUDA GPU is available; use --set train.device=cpu (or auto)")
-    return torch.device(name)
 
 
 def lr_factor(step: int, total_steps: int, schedule: str, warmup_fraction: float) -> float:
@@ -133,16 +237,13 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def make_loaders(
-    data: ImageData, cfg: Config, device: torch.device, world: World | None = None
-) -> dict[str, TensorLoader]:
+def make_loaders(data: ImageData, cfg: Config, device: torch.device, world: World) -> dict[str, TensorLoader]:
     """Loaders over the uint8 splits on ``device``; normalisation statistics from training.
 
     With several processes (``world``) the training loader gives each rank its slice of every
     global batch and the validation split is cut into one contiguous block per rank; the
     test loader always covers the whole test split (it is evaluated on rank 0).
     """
-    world = world or World()
     mean, std = data.channel_stats()
     norm = Normalize(mean, std, device, channels_last=cfg.uses_channels_last())
     d = cfg.data
@@ -175,123 +276,49 @@ def autocast(device: torch.device, amp: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype, enabled=amp != "none")
 
 
-@dataclass
-class Stepper:
-    """Everything between a batch's loss and the next batch: backward (scaled for float16),
-    the diagnostics' gradient read, the optimiser step and the schedule step."""
-
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    amp: str = "none"
-    diagnostics: Diagnostics | None = None
-    scaler: torch.amp.GradScaler | None = None
-
-    def __post_init__(self) -> None:
-        if self.amp == "fp16" and self.scaler is None:
-            # float16 gradients underflow without loss scaling; bfloat16 has float32's range.
-            self.scaler = torch.amp.GradScaler("cuda")
-
-    def step(self, loss: torch.Tensor) -> None:
-        """Backward of ``loss`` and one optimisation step (skipped by the scaler on inf/NaN)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is None:
-            loss.backward()
-        else:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)  # true gradients for the diagnostics
-        if self.diagnostics is not None:
-            self.diagnostics.after_backward()
-        if self.scaler is None:
-            self.optimizer.step()
-        else:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        self.scheduler.step()
-
-
 # --------------------------------------------------------------------------- train / evaluate
 
 
-def train_one_epoch(
-    model: Classifier,
-    loader: TensorLoader,
-    stepper: Stepper,
-    progress: Progress,
-    first_step: int,
-    total_steps: int,
-    net: nn.Module | None = None,
-    world: World | None = None,
-    *,
-    skip: int = 0,
-    sums: dict[str, Any] | None = None,
-    after_step: Callable[[int, dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """One pass over ``loader``; returns mean loss, accuracy and the first non-finite step.
+def train_one_epoch(state: TrainingState, loader: TensorLoader, hooks: Hook, world: World) -> dict[str, Any]:
+    """One pass over ``loader`` from ``state``; returns mean loss, accuracy, images and the
+    first non-finite step (-1: none), summed over the processes.
 
-    Resuming mid-epoch: ``skip`` batches are drawn from the loader (replaying its random
-    numbers) but not trained on, and ``sums`` (``loss_sum``, ``correct``, ``bad_step``,
-    ``seen``, as a checkpoint holds them) continue the epoch's sums. ``after_step(i, sums)``
-    is called after each step with the number of the epoch's batches done so far.
-
-    Nothing is read back to the host inside the loop: the loss sum, the correct count and
-    the index of the first step with a non-finite loss stay on the device until the end
-    (so do the gradient norms that the stepper's diagnostics accumulate after each backward).
-    ``net`` is what the forward pass calls (the DistributedDataParallel wrapper of ``model``
-    when there are several processes); the epoch's sums are then added over the ranks.
+    A state that stopped mid-epoch (``batches_done`` > 0) draws those batches from the
+    loader (replaying its random numbers) without training on them, and continues its
+    ``totals``. Nothing is read back to the host inside the loop: the sums stay on the
+    device until the end (so do the gradient norms that :meth:`TrainingState.step` adds).
     """
-    net = net if net is not None else model
-    world = world or World()
+    model, head = state.model, state.model.head
     model.train()
-    head: Head = model.head
     device = loader.x.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    bad_step = torch.full((), -1, device=device, dtype=torch.long)
-    seen = 0
-    if sums is not None:
-        loss_sum.copy_(sums["loss_sum"]), correct.copy_(sums["correct"]), bad_step.copy_(sums["bad_step"])
-        seen = int(sums["seen"])
+    skip, first_step = state.batches_done, state.epochs_done * len(loader)
     for i, (x, y) in enumerate(loader):
         if i < skip:
             continue
         step = first_step + i
-        head.step_update(step, total_steps)
-        with autocast(device, stepper.amp):
-            scores = net(x)  # (B, K)
+        head.step_update(step, state.total_steps)
+        with autocast(device, state.amp):
+            scores = state.net(x)  # (B, K)
             loss = head.loss(scores, y)
         if step == 0 and head.applies_softmax and world.is_main:  # first batch of the run only: one host read
             warn_if_probabilities(scores.detach())  # the double-softmax pitfall
-        stepper.step(loss)
-        loss = loss.detach()
-        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
-        loss_sum += loss * y.shape[0]
-        correct += (head.predict(scores.detach()) == y).sum()
-        seen += y.shape[0]
-        progress.advance()
-        if after_step is not None:
-            after_step(i + 1, {"loss_sum": loss_sum, "correct": correct, "bad_step": bad_step, "seen": seen})
-    totals = all_reduce(torch.stack([loss_sum.double(), correct.double(), loss_sum.new_tensor(seen).double()]), world)
-    first_bad = all_reduce(torch.where(bad_step < 0, total_steps, bad_step), world, "min").item()
-    loss_total, correct_total, seen_total = totals.tolist()
-    return {
-        "loss": loss_total / max(seen_total, 1),
-        "acc": correct_total / max(seen_total, 1),
-        "bad_step": int(first_bad) if first_bad < total_steps else -1,
-        "images": int(seen_total),
-        "steps": len(loader),
-    }
+        state.step(loss)
+        state.totals.add(loss.detach(), (head.predict(scores.detach()) == y).sum(), y.shape[0], step)
+        state.batches_done = i + 1
+        hooks.on_step_end(state)
+    return {**state.totals.reduce(world, state.total_steps), "steps": len(loader)}
 
 
 @torch.no_grad()
 def evaluate(
-    model: Classifier, loader: TensorLoader, keep_probs: bool = False, amp: str = "none", world: World | None = None
+    model: Classifier, loader: TensorLoader, world: World, *, keep_probs: bool = False, amp: str = "none"
 ) -> dict[str, Any]:
     """Mean head loss and accuracy over ``loader``; with ``keep_probs`` also the (N, K)
     probabilities from ``head.probs`` and the (N,) targets, on the CPU. ``amp`` as
-    ``train.amp`` (the head still normalises in float32). With several processes
-    (``world``) each rank passes its shard and the sums are added over the ranks."""
+    ``train.amp`` (the head still normalises in float32). With several processes each rank
+    passes its shard and the sums are added over the ranks (``World()``: one process)."""
     model.eval()
-    head: Head = model.head
+    head = model.head
     device = loader.x.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -306,7 +333,7 @@ def evaluate(
             probs.append(p.float().cpu())
             targets.append(y.cpu())
     n_local = loss_sum.new_tensor(len(loader.y)).double()
-    totals = all_reduce(torch.stack([loss_sum.double(), correct.double(), n_local]), world or World())
+    totals = all_reduce(torch.stack([loss_sum.double(), correct.double(), n_local]), world)
     loss_total, correct_total, n = totals.tolist()
     out: dict[str, Any] = {"loss": loss_total / n, "acc": correct_total / n}
     if keep_probs:
@@ -317,9 +344,17 @@ def evaluate(
 # --------------------------------------------------------------------------- fit
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+@dataclass
+class _Job:
+    """The arguments of one :func:`fit` call."""
+
+    cfg: Config
+    run_dir: Path
+    overwrite: bool
+    resume: Resume
+    progress: Progress
+    data: ImageData | None
+    hooks: Sequence[Hook]
 
 
 def fit(
@@ -329,26 +364,29 @@ def fit(
     overwrite: bool = False,
     progress: Progress | None = None,
     data: ImageData | None = None,
-    resume: bool = False,
+    resume: Resume = False,
+    hooks: Sequence[Hook] = (),
 ) -> FitResult:
     """Train ``cfg`` and write its run directory; returns a :class:`FitResult`.
 
     Args:
         cfg: the validated experiment config.
         out_dir: the run directory (default ``runs/<cfg.name or timestamp>``). A directory
-            that already holds a run is refused unless ``overwrite``.
+            that already holds a run is refused unless ``overwrite`` or ``resume`` says what to do.
         overwrite: replace the run files of an existing run directory.
         resume: continue an interrupted run in ``out_dir`` from its last complete checkpoint
             (written every epoch, and every ``train.checkpoint_every`` steps), with the
             model, optimiser, schedule, loss scaler, head state, epoch sums and the
             Python / NumPy / torch random states, so that on the CPU the final metrics equal
-            those of the run left alone. ``config.yaml`` there must equal ``cfg``
-            (UserError otherwise). A directory without a run starts fresh; a finished run
-            is returned as it is (its model loaded from ``model.pt``) and a diverged one
-            raises its DivergedError again.
-        progress: progress hooks (default: silent).
+            those of the run left alone; ``config.yaml`` there must equal ``cfg`` (UserError
+            otherwise). ``True``: a directory without a run starts fresh, a finished run is
+            returned as it is (its model loaded from ``model.pt``) and a diverged one raises
+            its DivergedError again. ``"unfinished"``: the same, but a finished run is refused.
+            ``"required"``: there must be an interrupted run to continue.
+        progress: progress display (default: silent).
         data: an already loaded dataset matching ``cfg.data`` (saves regenerating it when
             several runs share one dataset, as in the demo).
+        hooks: :class:`Hook` s called during training (before fit's own).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls ``fit`` with the same
     arguments: the model is wrapped in DistributedDataParallel, each rank trains on its
@@ -364,139 +402,108 @@ def fit(
     device = resolve_device(cfg.train.device)
     world, device = distributed.setup(device)
     try:
-        return _fit(cfg, out_dir, overwrite, progress or Progress(), data, world, device, resume)
+        # Rank 0's path: a timestamp taken on each rank could differ by a second.
+        run_dir = _on_main(world, lambda: runs.default_run_dir(cfg.name) if out_dir is None else Path(out_dir))
+        job = _Job(cfg, run_dir, overwrite, resume, progress or Progress(), data, hooks)
+        return _fit(job, world, device)
     finally:
         distributed.teardown(world)
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
+def _fit(job: _Job, world: World, device: torch.device) -> FitResult:
+    """The phases of :func:`fit` in this process's ``world``."""
+    _check_world(job.cfg, world, device)
+    decision = _on_main(world, lambda: decide(job.cfg, job.run_dir, job.overwrite, job.resume))
+    if decision == "finished":
+        return _finished_result(job.run_dir)
+    cfg, data, model = _setup(job.cfg, job.data, world, device)
+    run_dir = job.run_dir
+    _on_main(world, lambda: _prepare_run_dir(cfg, run_dir, decision, job.overwrite))
+    if world.distributed:
+        # Same initial weights on every rank (seeded above, and DDP broadcasts rank 0's), but
+        # each rank its own noise for dropout and Gumbel samples.
+        torch.manual_seed(cfg.train.seed + 1_000_003 * world.rank)
+    loaders = make_loaders(data, cfg, device, world)
+    diagnostics = Diagnostics(model, loaders["val"], cfg.diagnostics.enabled, cfg.diagnostics.probe_size)
+    state = _training_state(cfg, model, loaders["train"], diagnostics, world, device)
+    if decision == "continue":
+        _restore(state, run_dir, cfg, world)
+    checkpoints = Checkpointer(run_dir, world, cfg.train.checkpoint_every, Hooks(job.hooks))
+    progress = ProgressHook(job.progress if world.is_main else Progress())
+    hooks = Hooks([*job.hooks, checkpoints, progress])
+    try:
+        _train_epochs(state, cfg, loaders, diagnostics, hooks, checkpoints, data, world)
+    except DivergedError as exc:
+        if world.is_main:
+            summary = run_summary(cfg, data, state.history, device, world, diverged=exc)
+            runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
+        exc.run_dir = run_dir
+        raise
+    return _finish(state, cfg, loaders, diagnostics, data, run_dir, world, device)
+
+
+def _on_main(world: World, work: Any) -> Any:
+    """``work()`` on rank 0, its result (or its UserError) on every rank, so that no rank is
+    left waiting for one that stopped."""
+    result, error = None, None
+    if world.is_main:
+        try:
+            result = work()
+        except UserError as exc:
+            error = str(exc)
+    result, error = distributed.broadcast_object((result, error), world)
+    if error is not None:
+        raise UserError(error)
+    return result
+
+
+def decide(cfg: Config, run_dir: Path, overwrite: bool, resume: Resume) -> Literal["new", "continue", "finished"]:
+    """What :func:`fit` does in ``run_dir``: train a ``new`` run there, ``continue`` the
+    interrupted one, or return the ``finished`` one (see ``fit``'s ``resume``).
+
+    A new run in a directory that holds one is refused later, when the directory is
+    prepared (unless ``overwrite``). Continuing or returning needs the same config.
+
+    Raises:
+        UserError: ``resume="required"`` without an interrupted run, or a run with another config.
+    """
+    if overwrite or not resume:
+        return "new"
+    finished = runs.is_finished(run_dir)
+    if finished and resume == "unfinished":
+        return "new"  # refused when the directory is prepared: a finished run is not trained again
+    if finished and resume == "required":
+        raise UserError(f"{str(run_dir)!r} already holds a finished run; nothing to resume")
+    if not (run_dir / runs.CONFIG).is_file():
+        if resume == "required":
+            raise UserError(f"{str(run_dir)!r} holds no config.yaml; pass a run directory written by `softmaxlab run`")
+        return "new"
+    check_same_config(cfg, run_dir)
+    return "finished" if finished else "continue"
+
+
+def check_same_config(cfg: Config, run_dir: Path) -> None:
+    """A UserError unless the run in ``run_dir`` has ``cfg`` (an unset ``data.image_size`` on
+    either side stands for the dataset's own size, which the other side holds)."""
+    saved = load_run_config(run_dir)
+    if cfg.data.image_size is None or saved.data.image_size is None:
+        size = cfg.data.image_size if cfg.data.image_size is not None else saved.data.image_size
+        cfg, saved = _with_image_size(cfg, size), _with_image_size(saved, size)
+    if saved.to_dict() != cfg.to_dict():
+        differ = differences(saved.to_dict(), cfg.to_dict())
+        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+        raise UserError(
+            f"{str(run_dir)!r} holds a run with another config ({', '.join(differ[:3])}{more}); "
+            "resume it with its own config.yaml, pass --overwrite to replace it, or choose another --out"
+        )
 
 
 def _with_image_size(cfg: Config, size: int | None) -> Config:
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"image_size": size})})
 
 
-def _resumable(cfg: Config, path: Path, overwrite: bool, resume: bool) -> bool:
-    """Whether ``path`` holds an unfinished run to continue (its config must equal ``cfg``)."""
-    from softmaxlab.config import load_config
-
-    if overwrite or not resume or not (path / runs.CONFIG).is_file():
-        return False
-    saved = load_config(path / runs.CONFIG)
-    if cfg.data.image_size is None or saved.data.image_size is None:
-        # Unset on one side (a config before its data is loaded, or a hand-written config.yaml):
-        # the dataset's own size, which the other side holds once resolved.
-        size = cfg.data.image_size if cfg.data.image_size is not None else saved.data.image_size
-        cfg, saved = _with_image_size(cfg, size), _with_image_size(saved, size)
-    if saved.to_dict() != cfg.to_dict():
-        old, new = _flat(saved.to_dict()), _flat(cfg.to_dict())
-        differ = [
-            f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
-        ]
-        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
-        raise UserError(
-            f"{str(path)!r} holds a run with another config ({', '.join(differ[:3])}{more}); "
-            "resume it with its own config.yaml, pass --overwrite to replace it, or choose another --out"
-        )
-    return True
-
-
-def _prepare_run_dir(
-    cfg: Config, out_dir: str | Path | None, overwrite: bool, world: World, resume: bool = False
-) -> tuple[Path, bool]:
-    """Rank 0 creates the run directory and writes config.yaml (or checks that the run to
-    resume has ``cfg``); every rank gets its path and whether it resumes, or rank 0's
-    UserError (so that no rank is left waiting for a rank that stopped)."""
-    path, error = runs.default_run_dir(cfg.name) if out_dir is None else Path(out_dir), None
-    resuming = False
-    if world.is_main:
-        try:
-            resuming = _resumable(cfg, path, overwrite, resume)
-            if not resuming:
-                path = runs.prepare_run_dir(path, overwrite=overwrite)
-                runs.atomic_write_text(path / runs.CONFIG, cfg.to_yaml())
-        except UserError as exc:
-            error = str(exc)
-    path, resuming, error = distributed.broadcast_object((path, resuming, error), world)
-    if error is not None:
-        raise UserError(error)
-    return Path(path), resuming
-
-
-#: Test hook: ``step:N`` kills the process (SIGKILL) right after optimisation step N (1-based
-#: count of steps done), ``checkpoint:N`` halfway through writing the checkpoint of step N.
-TEST_KILL_ENV = "SOFTMAXLAB_TEST_KILL_AT"
-
-
-def _test_kill(point: str) -> None:
-    if os.environ.get(TEST_KILL_ENV) == point:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch (CPU and CUDA) random states as tensors and plain values."""
-    _, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
-    return {
-        "python": random.getstate(),
-        "numpy": {
-            "key": torch.from_numpy(key.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "gauss": float(gauss),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _finished_result(run_dir: Path) -> FitResult:
-    """The FitResult of a run that already ran to its end (resume of a finished run)."""
-    import json
-
-    from softmaxlab.models import load_trained
-    from softmaxlab.report.build import HTML_FILE
-
-    summary = json.loads((run_dir / runs.SUMMARY).read_text(encoding="utf-8"))
-    if summary.get("status") == "diverged":
-        d = summary.get("diverged", {})
-        raise DivergedError(d.get("message", "the run diverged"), epoch=d.get("epoch", 0), step=d.get("step", -1))
-    model, _, _ = load_trained(run_dir)
-    history = runs.read_jsonl(run_dir / runs.METRICS)
-    report = run_dir / HTML_FILE
-    return FitResult(run_dir, summary, history, model, report if report.is_file() else None)
-
-
-def _fit(
-    cfg: Config,
-    out_dir: str | Path | None,
-    overwrite: bool,
-    progress: Progress,
-    data: ImageData | None,
-    world: World,
-    device: torch.device,
-    resume: bool = False,
-) -> FitResult:
-    if resume and not overwrite and out_dir is not None and runs.is_finished(out_dir):
-        _resumable(cfg, Path(out_dir), overwrite, resume)  # the same config, or a UserError
-        return _finished_result(Path(out_dir))
-    # --- setup: everything that can fail on bad input happens before the first write.
+def _check_world(cfg: Config, world: World, device: torch.device) -> None:
+    """What the device and the number of processes allow, checked before any process waits for another."""
     if cfg.train.amp == "fp16" and device.type != "cuda":
         raise UserError("train.amp=fp16 (float16 with loss scaling) needs CUDA; use --set train.amp=bf16 on the CPU")
     if cfg.train.batch_size % world.size:
@@ -504,8 +511,15 @@ def _fit(
             f"train.batch_size={cfg.train.batch_size} is the global batch and must divide evenly over "
             f"{world.size} processes; choose a multiple of {world.size}"
         )
+
+
+def _setup(
+    cfg: Config, data: ImageData | None, world: World, device: torch.device
+) -> tuple[Config, ImageData, Classifier]:
+    """Data and model: everything that can fail on bad input, before anything is written.
+    The config comes back with ``data.image_size`` set (unset: the size the images were loaded at)."""
     data = data if data is not None else load_data(cfg.data)
-    if cfg.data.image_size is None:  # unset: the size the images were loaded at, written into config.yaml
+    if cfg.data.image_size is None:  # written into config.yaml
         cfg = _with_image_size(cfg, data.image_shape[-1])
     if world.distributed and len(data.train) < cfg.train.batch_size:
         raise UserError(
@@ -516,179 +530,185 @@ def _fit(
     model = build_model(cfg, data.image_shape[0], data.num_classes, data.coarse_of).to(device)
     if cfg.uses_channels_last():
         model = model.to(memory_format=torch.channels_last)
+    _check_forwards(model, cfg, data, device)
+    return cfg, data, model
+
+
+def _check_forwards(model: Classifier, cfg: Config, data: ImageData, device: torch.device) -> None:
+    """The model takes the data's images, and the smaller ones of progressive resizing's first epochs."""
     check_forward(model, data.image_shape, device)
     for size in sorted({cfg.train_image_size(e) for e in range(1, cfg.train.epochs + 1)} - {data.image_shape[-1]}):
-        try:  # the smaller images of progressive resizing's first epochs
+        try:
             check_forward(model, (data.image_shape[0], size, size), device)
         except UserError as e:
             raise UserError(
                 f"progressive resizing trains the first epochs at {size} px (train.low_res_size), too small "
                 f"for the model: {e}; raise train.low_res_size or set train.low_res_fraction=0"
             ) from None
-    run_dir, resuming = _prepare_run_dir(cfg, out_dir, overwrite, world, resume)
-    if world.distributed:
-        # Same initial weights on every rank (seeded above, and DDP broadcasts rank 0's), but
-        # each rank its own noise for dropout and Gumbel samples.
-        torch.manual_seed(cfg.train.seed + 1_000_003 * world.rank)
-    if not world.is_main:
-        progress = Progress()
 
-    loaders = make_loaders(data, cfg, device, world)
-    diagnostics = Diagnostics(model, loaders["val"], cfg.diagnostics)
+
+def _prepare_run_dir(cfg: Config, run_dir: Path, decision: str, overwrite: bool) -> None:
+    """A new run: create the directory and write config.yaml; a continued one: the same config,
+    now that the data's image size is known."""
+    if decision == "continue":
+        check_same_config(cfg, run_dir)
+        return
+    runs.prepare_run_dir(run_dir, overwrite=overwrite)
+    runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
+
+
+def _training_state(
+    cfg: Config, model: Classifier, loader: TensorLoader, diagnostics: Diagnostics, world: World, device: torch.device
+) -> TrainingState:
+    """Optimiser, schedule, loss scaler, compiled and distributed forward around ``model``."""
     optimizer = build_optimizer(model, cfg.train)
-    total_steps = cfg.train.epochs * len(loaders["train"])
+    total_steps = cfg.train.epochs * len(loader)
+    t = cfg.train
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, cfg.train.schedule, cfg.train.warmup_fraction)
+        optimizer, lambda s: lr_factor(s, total_steps, t.schedule, t.warmup_fraction)
     )
-    stepper = Stepper(optimizer, scheduler, cfg.train.amp, diagnostics)
-    if cfg.train.compile:
+    state = TrainingState(model, optimizer, scheduler, len(loader), total_steps, diagnostics.grad_norms, t.amp)
+    if t.compile:
         model.compile()  # in place: parameter names (and so model.pt) stay those of the plain model
-    net: nn.Module = model
     if world.distributed:
-        from torch.nn.parallel import DistributedDataParallel
+        state.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return state
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+def _restore(state: TrainingState, run_dir: Path, cfg: Config, world: World) -> None:
+    """Continue from the newest complete checkpoint of ``run_dir`` (none: from the start)."""
+    checkpoint = runs.load_checkpoint(run_dir)
+    if checkpoint is None:
+        return
+    state.load_state_dict(checkpoint, f"checkpoint {str(run_dir / runs.CHECKPOINT)!r}")
+    if world.distributed:  # only rank 0's random state is saved: fresh, distinct noise per rank
+        torch.manual_seed(cfg.train.seed + 1_000_003 * world.rank + 7919 * (checkpoint["steps_done"] + 1))
+
+
+def _train_epochs(
+    state: TrainingState,
+    cfg: Config,
+    loaders: dict[str, TensorLoader],
+    diagnostics: Diagnostics,
+    hooks: Hook,
+    checkpoints: Checkpointer,
+    data: ImageData,
+    world: World,
+) -> None:
+    """The epochs left to train: train, validate, record; weights and checkpoint after each."""
     label = cfg.name or f"{cfg.head.name}/{cfg.model.activation} seed {cfg.train.seed}"
-    history: list[dict[str, Any]] = []
-    checkpoint = runs.load_checkpoint(run_dir) if resuming else None
-    start_epoch, skip, sums = 1, 0, None
-    if checkpoint is not None:
-        runs.load_state_checked(model, checkpoint["model"], f"checkpoint {str(run_dir / runs.CHECKPOINT)!r}")
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        if stepper.scaler is not None and checkpoint["scaler"] is not None:
-            stepper.scaler.load_state_dict(checkpoint["scaler"])
-        if diagnostics.grad_norms is not None and checkpoint["grad_norms"] is not None:
-            diagnostics.grad_norms.load_state_dict(checkpoint["grad_norms"])
-        history = list(checkpoint["history"])
-        start_epoch, skip, sums = checkpoint["epochs_done"] + 1, checkpoint["batches_done"], checkpoint["sums"]
-        if world.distributed:  # only rank 0's random state is saved: fresh, distinct noise per rank
-            torch.manual_seed(cfg.train.seed + 1_000_003 * world.rank + 7919 * (checkpoint["steps_done"] + 1))
-        else:
-            _set_rng_state(checkpoint["rng"])
-    norm = loaders["train"].normalize
-    steps_per_epoch = len(loaders["train"])
-
-    def save_checkpoint(epochs_done: int, batches_done: int, epoch_sums: dict[str, Any] | None) -> None:
-        """Rank 0 writes the state after ``epochs_done`` epochs and ``batches_done`` more batches."""
-        steps_done = epochs_done * steps_per_epoch + batches_done
-        if not world.is_main:
-            return
-        state = {
-            "epochs_done": epochs_done,
-            "batches_done": batches_done,
-            "steps_done": steps_done,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": None if stepper.scaler is None else stepper.scaler.state_dict(),
-            "grad_norms": None if diagnostics.grad_norms is None else diagnostics.grad_norms.state_dict(),
-            "sums": None
-            if epoch_sums is None
-            else {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in epoch_sums.items()},
-            "history": history,
-            "rng": _rng_state(),
-        }
-        runs.save_checkpoint(run_dir, state, during_write=lambda: _test_kill(f"checkpoint:{steps_done}"))
-
-    def after_step(epoch: int) -> Callable[[int, dict[str, Any]], None]:
-        def hook(batches_done: int, epoch_sums: dict[str, Any]) -> None:
-            steps_done = (epoch - 1) * steps_per_epoch + batches_done
-            _test_kill(f"step:{steps_done}")
-            every = cfg.train.checkpoint_every
-            if every and steps_done % every == 0 and batches_done < steps_per_epoch:
-                save_checkpoint(epoch - 1, batches_done, epoch_sums)
-
-        return hook
-
-    progress.start(label, cfg.train.epochs, len(loaders["train"]))
+    hooks.on_fit_start(label, cfg.train.epochs, len(loaders["train"]))
     try:
-        for epoch in range(start_epoch, cfg.train.epochs + 1):
-            # --- train
-            loaders["train"].set_epoch(epoch)
-            loaders["train"].size = cfg.train_image_size(epoch)
-            _sync(device)
-            t0 = time.perf_counter()
-            first_step = (epoch - 1) * len(loaders["train"])
-            last_step = first_step + len(loaders["train"]) - 1
-            lr = cfg.train.lr * lr_factor(last_step, total_steps, cfg.train.schedule, cfg.train.warmup_fraction)
-            stats = train_one_epoch(
-                model,
-                loaders["train"],
-                stepper,
-                progress,
-                first_step,
-                total_steps,
-                net,
-                world,
-                skip=skip if epoch == start_epoch else 0,
-                sums=sums if epoch == start_epoch else None,
-                after_step=after_step(epoch),
-            )
-            _sync(device)
-            seconds = time.perf_counter() - t0
-            if stats["bad_step"] >= 0 or not math.isfinite(stats["loss"]):
-                _diverged(cfg, run_dir, history, epoch, stats["bad_step"], data, device, world=world)
-            # --- validate (with rank 0's BatchNorm statistics on every rank, as saved)
-            distributed.broadcast_buffers(model, world)
-            val = evaluate(model, loaders["val"], amp=cfg.train.amp, world=world)
-            if not math.isfinite(val["loss"]):  # e.g. an unstable head overflowing on unseen images
-                _diverged(cfg, run_dir, history, epoch, -1, data, device, "validation loss", world)
-            record = {
-                "epoch": epoch,
-                "train_loss": stats["loss"],
-                "train_acc": stats["acc"],
-                "val_loss": val["loss"],
-                "val_acc": val["acc"],
-                "epoch_seconds": seconds,
-                "train_images_per_second": stats["images"] / seconds,
-                "train_image_size": loaders["train"].size,  # progressive resizing: smaller in early epochs
-                "lr": lr,  # at the epoch's last step
-                **diagnostics.epoch_record(),  # grad_norms, activation_stats
-                **model.head.epoch_record(),
-            }
-            history.append(record)
+        for epoch in range(state.epochs_done + 1, cfg.train.epochs + 1):
+            record = _epoch(state, cfg, loaders, hooks, world, epoch)
+            record.update(diagnostics.epoch_record())  # grad_norms, activation_stats
+            record.update(state.model.head.epoch_record(lambda t: all_reduce(t, world)))
+            state.end_epoch(record)
             if world.is_main:
-                runs.atomic_write_jsonl(run_dir / runs.METRICS, history)
+                runs.atomic_write_jsonl(checkpoints.run_dir / runs.METRICS, state.history)
+                norm = loaders["train"].normalize
                 runs.save_weights(
-                    run_dir,
-                    model,
+                    checkpoints.run_dir,
+                    state.model,
                     cfg,
                     data.classes,
                     epoch,
                     normalization={"mean": norm.mean, "std": norm.std},
                     coarse_of=data.coarse_of,
                 )
-            save_checkpoint(epoch, 0, None)
-            progress.epoch_end(record)
+            checkpoints.save(state)
+            hooks.on_epoch_end(record)
     finally:
-        progress.stop()
+        hooks.on_fit_end()
 
-    # --- test (rank 0, on the whole test split)
-    summary, report = None, None
+
+def _epoch(
+    state: TrainingState, cfg: Config, loaders: dict[str, TensorLoader], hooks: Hook, world: World, epoch: int
+) -> dict[str, Any]:
+    """Train and validate epoch ``epoch`` (1-based): its metrics record, or a DivergedError."""
+    train, device = loaders["train"], loaders["train"].x.device
+    train.set_epoch(epoch)
+    train.size = cfg.train_image_size(epoch)
+    _sync(device)
+    t0 = time.perf_counter()
+    stats = train_one_epoch(state, train, hooks, world)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    if stats["bad_step"] >= 0 or not math.isfinite(stats["loss"]):
+        raise _divergence(cfg, epoch, stats["bad_step"], "loss")
+    distributed.broadcast_buffers(state.model, world)  # rank 0's BatchNorm statistics, as saved
+    val = evaluate(state.model, loaders["val"], world, amp=cfg.train.amp)
+    if not math.isfinite(val["loss"]):  # e.g. an unstable head overflowing on unseen images
+        raise _divergence(cfg, epoch, -1, "validation loss")
+    last_step = epoch * len(train) - 1
+    t = cfg.train
+    return {
+        "epoch": epoch,
+        "train_loss": stats["loss"],
+        "train_acc": stats["acc"],
+        "val_loss": val["loss"],
+        "val_acc": val["acc"],
+        "epoch_seconds": seconds,
+        "train_images_per_second": stats["images"] / seconds,
+        "train_image_size": train.size,  # progressive resizing: smaller in early epochs
+        "lr": t.lr * lr_factor(last_step, state.total_steps, t.schedule, t.warmup_fraction),  # at the last step
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _divergence(cfg: Config, epoch: int, step: int, what: str) -> DivergedError:
+    where = f"epoch {epoch}, step {step}" if step >= 0 else f"epoch {epoch}"
+    message = (
+        f"training diverged at {where}: non-finite {what} with head {cfg.head.name!r} and lr {cfg.train.lr:g}; "
+        "lower train.lr or choose a numerically stable head"
+    )
+    return DivergedError(message, epoch=epoch, step=step)
+
+
+def _finish(
+    state: TrainingState,
+    cfg: Config,
+    loaders: dict[str, TensorLoader],
+    diagnostics: Diagnostics,
+    data: ImageData,
+    run_dir: Path,
+    world: World,
+    device: torch.device,
+) -> FitResult:
+    """Test (rank 0, on the whole test split), summary.json, and the checkpoints removed."""
+    summary, maps = None, None
     if world.is_main:
-        summary = _summary(cfg, model, loaders["test"], history, data, device, world)
-        diagnostics.save_feature_maps(run_dir / "figures" / "feature_maps.png")  # the first validation image
+        test, temperature, note = _test_metrics(state.model, cfg, loaders["test"], data, device)
+        summary = run_summary(cfg, data, state.history, device, world, test=test, temperature=temperature, note=note)
+        maps = diagnostics.feature_maps()  # the first validation image
         runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
         runs.remove_checkpoints(run_dir)  # finished: the weights are in model.pt
-        report = write_run_report(run_dir, cfg)
     summary = distributed.broadcast_object(summary, world)
-    return FitResult(run_dir, summary, history, model, report)
+    return FitResult(run_dir, summary, state.history, state.model, feature_maps=maps)
 
 
-def write_run_report(run_dir: Path, cfg: Config, what: str = "run", figures: bool | None = None) -> Path | None:
-    """``report.html`` and ``report.md`` of the run (or of the directory of runs ``what``
-    names, e.g. a sweep), from its files (figures unless ``figures`` is false, by default
-    ``report.figures``); returns the HTML's path. A report that cannot be written is a
-    warning, not a lost run: ``softmaxlab report DIR`` writes it later."""
-    from softmaxlab.report.build import HTML_FILE, write_report
+def _test_metrics(
+    model: Classifier, cfg: Config, test_loader: TensorLoader, data: ImageData, device: torch.device
+) -> tuple[dict[str, Any], float | None, str]:
+    """Every test metric, before and after temperature scaling, and the temperature with its note.
 
-    try:
-        write_report(run_dir, figures=cfg.report.figures if figures is None else figures)
-    except UserError as exc:
-        warnings.warn(f"the {what}'s report was not written: {exc}", stacklevel=2)
-        return None
-    return run_dir / HTML_FILE
+    The temperature is fitted on the whole validation split (the training loop's validation
+    loader may be one rank's shard), then applied to the test probabilities.
+    """
+    one = World()
+    test = evaluate(model, test_loader, one, keep_probs=True, amp=cfg.train.amp)
+    metrics = classification_metrics(test["probs"], test["targets"], source=f"head {cfg.head.name!r}")
+    norm = test_loader.normalize
+    val_loader = TensorLoader(data.val.x.to(device), data.val.y.to(device), cfg.train.eval_batch_size, norm)
+    val = evaluate(model, val_loader, one, keep_probs=True, amp=cfg.train.amp)
+    source = f"head {cfg.head.name!r} (validation split)"
+    temperature, note = fit_head_temperature(model.head, val["probs"], val["targets"], source=source)
+    metrics.update(after_temperature(test["probs"], test["targets"], temperature))
+    return {"loss": test["loss"], **metrics}, temperature, note
 
 
 def _timing(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -705,29 +725,23 @@ def _timing(history: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def _summary(
+def run_summary(
     cfg: Config,
-    model: Classifier,
-    test_loader: TensorLoader,
-    history: list[dict[str, Any]],
     data: ImageData,
+    history: list[dict[str, Any]],
     device: torch.device,
-    world: World | None = None,
+    world: World,
+    *,
+    test: dict[str, Any] | None = None,
+    temperature: float | None = None,
+    note: str = "",
+    diverged: DivergedError | None = None,
 ) -> dict[str, Any]:
-    test = evaluate(model, test_loader, keep_probs=True, amp=cfg.train.amp)
-    metrics = classification_metrics(test["probs"], test["targets"], source=f"head {cfg.head.name!r}")
-    # Temperature scaling: one T fitted on the whole validation split (the training loop's val
-    # loader may be one rank's shard), then applied to the test probabilities.
-    val_loader = TensorLoader(
-        data.val.x.to(device), data.val.y.to(device), cfg.train.eval_batch_size, test_loader.normalize
-    )
-    val = evaluate(model, val_loader, keep_probs=True, amp=cfg.train.amp)
-    temperature, temperature_note = fit_head_temperature(
-        model.head, val["probs"], val["targets"], source=f"head {cfg.head.name!r} (validation split)"
-    )
-    metrics.update(after_temperature(test["probs"], test["targets"], temperature))
-    return {
-        "status": "finished",
+    """``summary.json`` of a run: ``status`` ``finished`` with the ``test`` metrics and the
+    fitted ``temperature`` with its ``note``, or ``diverged`` with where and why; both with
+    what the run is, its epochs, timing and environment."""
+    summary: dict[str, Any] = {
+        "status": "diverged" if diverged is not None else "finished",
         "name": cfg.name,
         "head": cfg.head.name,
         "model": cfg.model.name,
@@ -735,45 +749,24 @@ def _summary(
         "dataset": cfg.data.name,
         "classes": data.classes,
         "epochs": len(history),
-        "test": {"loss": test["loss"], **metrics},
-        "temperature": temperature,
-        "temperature_note": temperature_note,
-        "val": {"loss": history[-1]["val_loss"], "accuracy": history[-1]["val_acc"]},
-        "timing": _timing(history),
-        "env": {**runs.environment(device, cfg.train.seed), "processes": (world or World()).size},
     }
-
-
-def _diverged(
-    cfg: Config,
-    run_dir: Path,
-    history: list[dict[str, Any]],
-    epoch: int,
-    step: int,
-    data: ImageData,
-    device: torch.device,
-    what: str = "loss",
-    world: World | None = None,
-) -> None:
-    """Record ``status: diverged`` (keeping the last good weights; rank 0 writes) and raise."""
-    where = f"epoch {epoch}, step {step}" if step >= 0 else f"epoch {epoch}"
-    message = (
-        f"training diverged at {where}: non-finite {what} with head {cfg.head.name!r} and lr {cfg.train.lr:g}; "
-        "lower train.lr or choose a numerically stable head"
-    )
-    summary = {
-        "status": "diverged",
-        "name": cfg.name,
-        "head": cfg.head.name,
-        "dataset": cfg.data.name,
-        "classes": data.classes,
-        "diverged": {"epoch": epoch, "step": step, "message": message},
-        "epochs": len(history),
-        "env": runs.environment(device, cfg.train.seed),
-    }
+    if diverged is not None:
+        summary["diverged"] = {"epoch": diverged.epoch, "step": diverged.step, "message": str(diverged)}
+    if test is not None:
+        summary.update({"test": test, "temperature": temperature, "temperature_note": note})
+        summary["val"] = {"loss": history[-1]["val_loss"], "accuracy": history[-1]["val_acc"]}
     if history:
         summary["timing"] = _timing(history)
-    if (world or World()).is_main:
-        runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
-        write_run_report(run_dir, cfg)  # shows the run as diverged, with its curves up to then
-    raise DivergedError(message, epoch=epoch, step=step)
+    summary["env"] = {**runs.environment(device, cfg.train.seed), "processes": world.size}
+    return summary
+
+
+def _finished_result(run_dir: Path) -> FitResult:
+    """The FitResult of a run that already ran to its end (its diverged error raised again)."""
+    summary = runs.read_summary(run_dir) or {}
+    if summary.get("status") == "diverged":
+        d = summary.get("diverged", {})
+        message = d.get("message", "the run diverged")
+        raise DivergedError(message, epoch=d.get("epoch", 0), step=d.get("step", -1), run_dir=run_dir)
+    model, _, _ = load_trained(run_dir)
+    return FitResult(run_dir, summary, runs.read_history(run_dir), model, resumed_finished=True)

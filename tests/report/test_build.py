@@ -8,7 +8,8 @@ from softmaxlab.errors import UserError
 from softmaxlab.report import build
 from softmaxlab.report.build import build_report, write_report
 from softmaxlab.report.document import Image, Note, Table
-from softmaxlab.report.rundata import group_variants, load_run
+from softmaxlab.report.rundata import group_variants
+from softmaxlab.runs import read_run
 
 from .conftest import write_run
 
@@ -75,7 +76,7 @@ def test_report_of_a_directory_of_runs_has_every_section(study_report):
 
 
 def test_learning_curves_draw_each_variant_in_its_colour(study):
-    variants, _ = group_variants([load_run(p) for p in build.find_run_dirs(study)], build.palette(3))
+    variants, _ = group_variants([read_run(p) for p in build.find_run_dirs(study)], build.palette(3))
     curves = build.curves_section(variants).blocks[0]
     with PILImage.open(io.BytesIO(curves.png)) as png:
         colours = {c for _, c in png.convert("RGB").getcolors(1 << 20)}
@@ -86,7 +87,7 @@ def test_learning_curves_draw_each_variant_in_its_colour(study):
 def test_older_runs_without_calibration_leave_it_out_and_say_so(tmp_path):
     for seed in (0, 1):
         write_run(tmp_path / f"old-{seed}", seed=seed, calibration=False)
-    records = [load_run(p) for p in build.find_run_dirs(tmp_path)]
+    records = [read_run(p) for p in build.find_run_dirs(tmp_path)]
     variants, _ = group_variants(records)
     table, *notes = build.comparison_section(variants, records).blocks[1:]
     assert "ECE (%)" not in table.headers and "accuracy (%)" in table.headers
@@ -104,7 +105,7 @@ def test_single_run(tmp_path):
     assert not (run / "report.md").exists()
     report = build_report(run, figures=False)
     assert "runs" not in [s.key for s in report.sections] and report.title == "softmaxlab report: one"
-    variants, _ = group_variants([load_run(run)])
+    variants, _ = group_variants([read_run(run)])
     assert [b.name for b in build.confusion_section(variants).blocks if isinstance(b, Image)] == ["confusion"]
     assert "tau was constant (1) in every Gumbel run" in build.gumbel_section(variants).blocks[0].text
     assert build.epoch_time_section(variants).blocks[0].text == "One variant: 1.50 s per epoch (see the table)."

@@ -1,9 +1,9 @@
 """``softmaxlab report DIR``: the HTML and Markdown report of a run or a directory of runs.
 
-The report is rebuilt from files on disk only (see :mod:`softmaxlab.report.rundata`), so it
+The report is rebuilt from files on disk only (:func:`softmaxlab.runs.read_run`), so it
 works on old runs and takes about a second. Runs are grouped into variants (everything in
 the config but the seed); every number is the mean ± sample standard deviation over a
-variant's finished runs (:func:`softmaxlab.sweep.aggregate`). Diverged and unfinished runs
+variant's finished runs (:func:`softmaxlab.stats.aggregate`). Diverged and unfinished runs
 are listed, marked, and left out of the means. A metric or figure that the runs did not
 record (older runs) is left out with one line saying so.
 
@@ -26,21 +26,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+from matplotlib.colors import to_hex
+
 from softmaxlab import runs
+from softmaxlab.dotted import flatten
 from softmaxlab.errors import UserError
+from softmaxlab.metrics import HIGHER_IS_BETTER
 from softmaxlab.report.document import Cell, Code, Image, Note, Report, Section, Table
-from softmaxlab.report.markdown import format_mean_std
-from softmaxlab.report.rundata import (
-    RunRecord,
-    Variant,
-    find_run_dirs,
-    finite,
-    flatten,
-    format_value,
-    group_variants,
-    load_run,
+from softmaxlab.report.figures import (
+    confusion_figure,
+    epoch_time_figure,
+    figure_png,
+    grad_norm_figure,
+    gumbel_tau_figure,
+    learning_curves_figure,
+    reliability_figure,
 )
-from softmaxlab.sweep import aggregate, mean_std
+from softmaxlab.report.html import render_html
+from softmaxlab.report.markdown import format_mean_std, render_markdown
+from softmaxlab.report.rundata import Variant, finite, format_value, group_variants
+from softmaxlab.runs import RunRecord, find_run_dirs, read_run
+from softmaxlab.stats import aggregate, mean_std
 
 HTML_FILE = "report.html"
 MARKDOWN_FILE = "report.md"
@@ -83,8 +90,6 @@ def _timing(key: str) -> Callable[[RunRecord], float | None]:
 
 
 def _direction(key: str, default: bool | None) -> bool | None:
-    from softmaxlab.metrics import HIGHER_IS_BETTER
-
     return HIGHER_IS_BETTER.get(key, default)
 
 
@@ -282,15 +287,11 @@ def runs_section(records: Sequence[RunRecord], root: Path) -> Section:
 
 
 def _image(name: str, fig: Any, alt: str, caption: str = "") -> Image:
-    from softmaxlab.report.figures import figure_png
-
     return Image(name, figure_png(fig), alt, caption)
 
 
 def curves_section(variants: Sequence[Variant]) -> Section:
     """Loss and accuracy per epoch, training and validation, a line (and band) per variant."""
-    from softmaxlab.report.figures import learning_curves_figure
-
     with_history = [(v.label, v.color, [r.history for r in v.runs if r.history]) for v in variants]
     with_history = [t for t in with_history if t[2]]
     if not with_history:
@@ -321,8 +322,6 @@ def _mean_metric(records: Sequence[RunRecord], key: str) -> float | None:
 def confusion_section(variants: Sequence[Variant]) -> Section:
     """Row-normalised confusion matrices: of the best and the worst variant (by mean test
     accuracy, summed over seeds), or of every run when there is one variant."""
-    from softmaxlab.report.figures import confusion_figure
-
     title = FIGURE_SECTIONS["confusion"]
     have = [v for v in variants if _summed_confusion(v.finished) is not None]
     if not have:
@@ -382,8 +381,6 @@ def combined_bins(records: Sequence[RunRecord], key: str) -> tuple[list, list, l
 
 def reliability_section(variants: Sequence[Variant]) -> Section:
     """Reliability diagrams before and after temperature scaling, a line per variant."""
-    from softmaxlab.report.figures import reliability_figure
-
     title = FIGURE_SECTIONS["reliability"]
     panels = []
     blocks: list[Any] = []
@@ -427,8 +424,6 @@ def reliability_section(variants: Sequence[Variant]) -> Section:
 
 def gradients_section(variants: Sequence[Variant]) -> Section:
     """Per-layer gradient-norm curves, when the runs recorded ``grad_norms``."""
-    from softmaxlab.report.figures import grad_norm_figure
-
     title = FIGURE_SECTIONS["gradients"]
     data = [
         (v.label, v.color, [r.history for r in v.runs if any(x.get("grad_norms") for x in r.history)]) for v in variants
@@ -464,8 +459,6 @@ def feature_maps_section(variants: Sequence[Variant], root: Path) -> Section:
 
 def gumbel_section(variants: Sequence[Variant]) -> Section | None:
     """Accuracy against tau for the Gumbel-softmax variants; None when there are none."""
-    from softmaxlab.report.figures import gumbel_tau_figure
-
     gumbel = [v for v in variants if _config(v.runs[0], "head.name", v.runs[0].summary.get("head")) == "gumbel"]
     if not gumbel:
         return None
@@ -502,8 +495,6 @@ def gumbel_section(variants: Sequence[Variant]) -> Section | None:
 
 def epoch_time_section(variants: Sequence[Variant]) -> Section:
     """Mean epoch time per variant as bars (two or more variants)."""
-    from softmaxlab.report.figures import epoch_time_figure
-
     title = FIGURE_SECTIONS["epoch-time"]
     bars = []
     for v in variants:
@@ -565,9 +556,6 @@ def palette(n: int) -> list[str]:
     """Colours for ``n`` variants as hex strings: matplotlib's tab10, or past 10 tab20 with its
     ten dark shades first (its pairs of a dark and a light shade would put look-alikes side by
     side); they repeat past 20."""
-    import matplotlib
-    from matplotlib.colors import to_hex
-
     if n <= 10:
         return [to_hex(c) for c in matplotlib.colormaps["tab10"].colors]
     colours = matplotlib.colormaps["tab20"].colors
@@ -589,7 +577,7 @@ def build_report(path: str | Path, figures: bool = True) -> Report:
         UserError: ``path`` does not exist or holds no run.
     """
     root = Path(path)
-    records = [load_run(d) for d in find_run_dirs(root)]
+    records = [read_run(d) for d in find_run_dirs(root)]
     variants, keys = group_variants(records)
     colours = palette(len(variants))
     for i, v in enumerate(variants):
@@ -642,9 +630,6 @@ def write_report(path: str | Path, fmt: str = "both", figures: bool = True) -> l
     Raises:
         UserError: bad ``path`` or ``fmt``, or a directory that cannot be written.
     """
-    from softmaxlab.report.html import render_html
-    from softmaxlab.report.markdown import render_markdown
-
     formats = parse_format(fmt)
     root = Path(path)
     report = build_report(root, figures)

@@ -33,8 +33,10 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
+from softmaxlab import runs
 from softmaxlab.errors import UserError
 from softmaxlab.report.rundata import finite
+from softmaxlab.stats import mean_std
 
 #: Resolution of saved figures, dots per inch.
 DPI = 100
@@ -139,8 +141,6 @@ def figure_png(fig: Figure) -> bytes:
 
 def save_png(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as a PNG at ``path`` (atomically; parent folders created); returns the path."""
-    from softmaxlab import runs
-
     p = Path(path)
     try:
         runs.atomic_write_bytes(p, figure_png(fig))
@@ -189,8 +189,6 @@ def epoch_stats(histories: Histories, get: Callable[[dict], object]) -> tuple[np
     >>> epoch_stats([[{"epoch": 1, "v": 1.0}, {"epoch": 2, "v": 2.0}], [{"epoch": 1, "v": 3.0}]], lambda r: r["v"])
     (array([1, 2]), array([2., 2.]), array([1.41421356, 0.        ]))
     """
-    from softmaxlab.sweep import mean_std
-
     by_epoch: dict[int, list[float]] = {}
     for history in histories:
         for record in history:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from softmaxlab.report.document import Report
+from softmaxlab.report.document import Code, Image, Note, Report, Table
 
 
 def format_mean_std(mean: float, std: float, digits: int = 3, scale: float = 1.0) -> str:
@@ -47,8 +45,6 @@ def render_markdown(report: Report, links: Mapping[str, str]) -> str:
 
     ``links`` maps each figure's name to its path relative to the report (a PNG beside it).
     """
-    from softmaxlab.report.document import Code, Image, Note, Table
-
     lines = [f"# {report.title}", "", *(f"{line}  " for line in report.intro), ""]
     for section in report.sections:
         lines += [f"## {section.title}", ""]

@@ -1,8 +1,9 @@
-"""Runs read back from disk, and grouped into variants, for the report.
+"""Runs grouped into variants, for the report.
 
 A report is built from files only (``config.yaml``, ``metrics.jsonl``, ``summary.json``,
-``figures/``), so it can be rebuilt for old runs without loading a model. Runs written
-before a metric existed simply lack its key; nothing here assumes a key is present.
+``figures/``, read by :func:`softmaxlab.runs.read_run`), so it can be rebuilt for old runs
+without loading a model. Runs written before a metric existed simply lack its key; nothing
+here assumes a key is present.
 
 A *variant* is a set of runs that differ only in ``train.seed`` (and ``name``): its label
 lists the config keys whose values differ across all the runs of the report, e.g.
@@ -15,66 +16,14 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
-from softmaxlab import runs
-from softmaxlab.errors import UserError
+from softmaxlab.dotted import flatten
+from softmaxlab.runs import RunRecord
 
 #: Config keys that do not define a variant: runs that differ only in these are seeds of one variant.
 NOT_VARIANT_KEYS = ("name", "train.seed", "report.figures")
-#: How deep below the report directory runs are looked for (a sweep may group them in folders).
-SEARCH_DEPTH = 3
-
-
-@dataclass
-class RunRecord:
-    """One run directory as read from disk; missing or unreadable files leave their part empty.
-
-    ``problems`` lists one line per file that could not be read.
-    """
-
-    path: Path
-    config: dict[str, Any]
-    summary: dict[str, Any]
-    history: list[dict[str, Any]]
-    problems: list[str] = field(default_factory=list)
-    variant: str = ""
-
-    @property
-    def status(self) -> str:
-        """``finished``, ``diverged`` (from ``summary.json``) or ``unfinished`` (no summary yet)."""
-        return str(self.summary.get("status", "unfinished"))
-
-    @property
-    def name(self) -> str:
-        """The config's ``name``, else the directory's name."""
-        return str(self.summary.get("name") or self.config.get("name") or self.path.name)
-
-    @property
-    def seed(self) -> Any:
-        """``train.seed`` of the config (None when unknown)."""
-        return self.config.get("train", {}).get("seed", self.summary.get("env", {}).get("seed"))
-
-    @property
-    def test(self) -> dict[str, Any]:
-        """``summary["test"]``, or {} (a diverged or unfinished run)."""
-        test = self.summary.get("test")
-        return test if isinstance(test, dict) else {}
-
-    @property
-    def command(self) -> str:
-        """The command that reproduces the run: ``summary.command`` when recorded, else
-        ``softmaxlab run DIR/config.yaml``."""
-        recorded = self.summary.get("command")
-        if isinstance(recorded, list):
-            return " ".join(str(a) for a in recorded)
-        if isinstance(recorded, str) and recorded:
-            return recorded
-        return f"softmaxlab run {self.path.as_posix()}/{runs.CONFIG}"
 
 
 @dataclass
@@ -89,80 +38,6 @@ class Variant:
     def finished(self) -> list[RunRecord]:
         """The runs that ran to their end (diverged and unfinished runs left out)."""
         return [r for r in self.runs if r.status == "finished"]
-
-
-def find_run_dirs(path: str | Path) -> list[Path]:
-    """``path`` itself when it is a run directory (it holds ``config.yaml``), else the run
-    directories below it (at most :data:`SEARCH_DEPTH` levels), oldest first.
-
-    Runs are ordered by the time their ``config.yaml`` was written, so a demo's or a sweep's
-    runs appear in the order they were run.
-
-    Raises:
-        UserError: ``path`` does not exist, is a file, or holds no run.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{str(p)!r} does not exist; pass a run directory or a directory of runs")
-    if not p.is_dir():
-        raise UserError(f"{str(p)!r} is a file; pass a run directory or a directory of runs")
-    if (p / runs.CONFIG).is_file():
-        return [p]
-    found: list[Path] = []
-    for depth in range(1, SEARCH_DEPTH + 1):
-        for cfg in p.glob("/".join(["*"] * depth + [runs.CONFIG])):
-            run = cfg.parent
-            hidden = any(part.startswith(".") for part in run.relative_to(p).parts)
-            if not hidden and not any(f in run.parents for f in found):  # not a run inside a run
-                found.append(run)
-    if not found:
-        raise UserError(
-            f"{str(p)!r} holds no runs (no {runs.CONFIG} in it or below); pass a run directory or a directory of runs"
-        )
-    return sorted(found, key=lambda r: ((r / runs.CONFIG).stat().st_mtime, r.as_posix()))
-
-
-def _read(path: Path, parse: Any, problems: list[str], default: Any) -> Any:
-    if not path.is_file():
-        return default
-    try:
-        value = parse(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
-        problems.append(f"{path.name} could not be read ({type(exc).__name__})")
-        return default
-    if not isinstance(value, type(default)):
-        problems.append(f"{path.name} does not hold a {type(default).__name__}")
-        return default
-    return value
-
-
-def load_run(path: str | Path) -> RunRecord:
-    """Read one run directory; never raises for missing or corrupt files (see ``problems``)."""
-    p = Path(path)
-    problems: list[str] = []
-    config = _read(p / runs.CONFIG, yaml.safe_load, problems, {})
-    summary = _read(p / runs.SUMMARY, json.loads, problems, {})
-
-    def jsonl(text: str) -> list[Any]:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-    history = [r for r in _read(p / runs.METRICS, jsonl, problems, []) if isinstance(r, dict)]
-    return RunRecord(p, config, summary, history, problems)
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config -> {dotted key: value}.
-
-    >>> flatten({"head": {"name": "gumbel", "tau": 1.0}, "name": None})
-    {'head.name': 'gumbel', 'head.tau': 1.0, 'name': None}
-    """
-    out: dict[str, Any] = {}
-    for k, v in config.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def format_value(value: Any) -> str:
@@ -210,9 +85,6 @@ def shared_directory(values: list[Any]) -> str:
     return "/".join(shared) + "/" if shared else ""
 
 
-_ABSENT = object()
-
-
 def finite(value: Any) -> float | None:
     """``value`` as a float when it is a finite number, else None (missing keys, nulls, NaN, text).
 
@@ -225,14 +97,17 @@ def finite(value: Any) -> float | None:
 
 
 def varying_keys(records: list[RunRecord]) -> list[str]:
-    """Dotted config keys whose values differ across ``records`` (seed and name left out), in config order."""
+    """Dotted config keys whose values differ across the ``records`` that have them (seed and
+    name left out), in config order. A key only some runs have (an option of their head, which
+    the others' heads do not have) varies only if those runs disagree on it: the difference is
+    the component's, which its ``name`` key shows."""
     flat = [flatten(r.config) for r in records]
     keys = list(dict.fromkeys(k for f in flat for k in f))
     out = []
     for k in keys:
         if k in NOT_VARIANT_KEYS:
             continue
-        values = {json.dumps(f.get(k, _ABSENT), default=repr, sort_keys=True) for f in flat}
+        values = {json.dumps(f[k], default=repr, sort_keys=True) for f in flat if k in f}
         if len(values) > 1:
             out.append(k)
     return out
@@ -276,7 +151,7 @@ def group_variants(records: list[RunRecord], palette: list[str] | None = None) -
             d = directory.get(k, "")
             return v[len(d) :] if d and isinstance(v, str) and v.startswith(d) else v
 
-        return [", ".join(f"{names[k]}={format_value(value(k, f.get(k)))}" for k in shown) for f in flats]
+        return [", ".join(f"{names[k]}={format_value(value(k, f[k]))}" for k in shown if k in f) for f in flats]
 
     texts, whole = labels({k: shared_directory([f.get(k) for f in flats]) for k in shown}), labels({})
     if len(set(texts)) < len(set(whole)):  # a path and a plain value became alike: keep paths whole
