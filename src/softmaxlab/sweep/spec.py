@@ -1,0 +1,126 @@
+"""The ``sweep:`` section of a sweep config and its validation.
+
+A sweep config is a normal experiment config (the base) plus a ``sweep:`` section::
+
+    sweep:
+      grid:                      # dotted config keys -> the values each takes
+        head.name: [softmax, gumbel]
+        head.tau: [0.5, 1, 3]
+        train.seed: [0, 1, 2]
+      exclude:                   # combinations left out: every key of an entry must match
+        - {head.name: softmax, head.tau: [0.5, 3]}
+      variants:                  # optional: named sets of overrides, each crossed with the grid
+        - {head.name: softmax}
+        - {head.name: temperature, head.learn_temperature: true}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from softmaxlab.config import Config, closest_key, config_keys, read_yaml, validate_config
+from softmaxlab.errors import UserError
+
+#: The grid key whose values are seeds of one variant (the means of aggregate.csv are over it).
+SEED_KEY = "train.seed"
+
+
+class SweepSpec(BaseModel):
+    """The ``sweep:`` section of a sweep config.
+
+    ``grid`` maps dotted config keys to the list of values each takes; the runs are the
+    Cartesian product of the lists (in key order, the last key varying fastest).
+    ``exclude`` lists partial combinations ({key: value or [values]}); a run whose
+    overrides match every key of one entry is left out. ``variants`` lists sets of
+    overrides ({key: value}) that are each crossed with the grid. ``submitit`` holds the
+    parameters of the submitit executor used by ``--launcher submitit`` (for Slurm, e.g.
+    ``slurm_partition``, ``timeout_min``, ``gpus_per_node``, ``cpus_per_task``); they say
+    where runs train, not what they compute, so changing them never invalidates a sweep.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
+    variants: list[dict[str, Any]] = Field(default_factory=list)
+    submitit: dict[str, Any] = Field(default_factory=dict)
+
+    def override_keys(self) -> list[str]:
+        """Every key a run may override: the variants' keys (first seen first), then the grid's."""
+        return list(dict.fromkeys([k for v in self.variants for k in v] + list(self.grid)))
+
+
+def load_sweep(path: str | Path) -> tuple[Config, SweepSpec]:
+    """The base experiment (a normal, validated :class:`Config`) and the ``sweep:`` section
+    of the YAML file at ``path``; bad keys and values are one-line UserErrors."""
+    raw = read_yaml(path)
+    section = raw.pop("sweep", None)
+    if not isinstance(section, dict):
+        raise UserError(f"{str(path)!r} has no 'sweep:' section; add sweep.grid, e.g. grid: {{train.seed: [0, 1, 2]}}")
+    base = validate_config(raw, f"{path} (base experiment)")
+    try:
+        spec = SweepSpec.model_validate(section)
+    except ValidationError as err:
+        e = err.errors()[0]
+        where = ".".join(str(p) for p in ("sweep", *e["loc"]))
+        raise UserError(f"invalid {where!r} in {path}: {e['msg']}; see the Sweeps section of the README") from None
+    check_spec(spec, str(path))
+    return base, spec
+
+
+def check_spec(spec: SweepSpec, source: str = "the sweep") -> None:
+    """Grid and variant keys must be config leaves (not ``name``); grid keys take non-empty
+    lists of distinct values; a key is either in the grid or in the variants; variants are
+    distinct; exclude entries may only name grid or variant keys."""
+    if not spec.grid and not spec.variants:
+        raise UserError(f"sweep.grid in {source} is empty; give at least one key with a list of values")
+    leaves = set(config_keys()[1])
+    _check_variants(spec, leaves, source)
+    _check_grid(spec, leaves, source)
+    for entry in spec.exclude:
+        unknown = [k for k in entry if k not in spec.override_keys()]
+        if unknown or not entry:
+            raise UserError(
+                f"sweep.exclude in {source}: {unknown[0] if unknown else '{}'!r} is not a sweep.grid or "
+                "sweep.variants key; an exclude entry maps those keys to the value (or list of values) to leave out"
+            )
+
+
+def _check_variants(spec: SweepSpec, leaves: set[str], source: str) -> None:
+    seen: set[str] = set()
+    for i, variant in enumerate(spec.variants):
+        if not variant:
+            raise UserError(f"sweep.variants[{i}] in {source} is empty; give it at least one key: value")
+        for key in variant:
+            if key == "name" or key not in leaves:
+                why = (
+                    "each run is named after its overrides"
+                    if key == "name"
+                    else f"unknown config key{closest_key(key)}"
+                )
+                raise UserError(f"sweep.variants[{i}] in {source}: {key!r}: {why}")
+            if key in spec.grid:
+                raise UserError(
+                    f"sweep.variants[{i}] in {source} sets {key!r}, which sweep.grid also varies; "
+                    "set each key in one of them"
+                )
+        text = json.dumps(variant, sort_keys=True)
+        if text in seen:
+            raise UserError(f"sweep.variants[{i}] in {source} repeats an earlier variant; list each once")
+        seen.add(text)
+
+
+def _check_grid(spec: SweepSpec, leaves: set[str], source: str) -> None:
+    for key, values in spec.grid.items():
+        if key == "name":
+            raise UserError(f"sweep.grid in {source} may not vary 'name': each run is named after its overrides")
+        if key not in leaves:
+            raise UserError(f"sweep.grid in {source}: unknown config key {key!r}{closest_key(key)}")
+        if not values:
+            raise UserError(f"sweep.grid.{key} in {source} is an empty list; give at least one value")
+        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+            raise UserError(f"sweep.grid.{key} in {source} lists a value twice; list each value once")
