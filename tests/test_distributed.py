@@ -84,3 +84,32 @@ def test_a_process_that_joined_a_group_ends_without_interpreter_finalization(mon
         main(["list", "models"])
     assert ended == [2, 1]  # a bug too: its traceback, then the same exit
     assert "RuntimeError: a bug" in capsys.readouterr().err
+
+
+_RANK_SCRIPT = """
+import json, sys
+from softmaxlab.config import load_config
+from softmaxlab.distributed import env_world
+from softmaxlab.train import fit
+result = fit(load_config(None, json.loads(sys.argv[2])), sys.argv[1])
+record = result.history[-1]
+print("rank", env_world().rank, json.dumps([record["val_acc"], record["val_coarse_acc"]]), flush=True)
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
+def test_a_metric_a_head_tallies_is_summed_over_the_processes(tmp_path):
+    # The hierarchical head counts its coarse hits inside its loss, on each rank's shard of the
+    # validation split; every rank must report the tally over the whole split, as val_acc is.
+    overrides = [*TINY, "train.epochs=1", "data.train_size=256", "head.name=hierarchical"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["--no-python", sys.executable, "-c", _RANK_SCRIPT, str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*cmd, json.dumps(overrides)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ranks = dict(line.split(" ", 2)[1:] for line in proc.stdout.splitlines() if line.startswith("rank "))
+    assert sorted(ranks) == ["0", "1"]
+    assert ranks["0"] == ranks["1"]  # both ranks: the whole split (their shards differ)
+    val_acc, coarse_acc = json.loads(ranks["0"])
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["val_coarse_acc"] == coarse_acc and records[-1]["val_acc"] == val_acc
