@@ -65,3 +65,23 @@ def test_defaults_heads_sweep_covers_every_head():
     assert all(r.config is not None for r in plan)
     resnet = [r.config for r in plan if r.config.model.name == "resnet12"]
     assert resnet and all(c.model.widths == [64, 160, 320, 640] and c.train.lr == base.train.lr for c in resnet)
+
+
+def test_the_studies_build_script_reads_a_sweep_through_the_package(tmp_path):
+    # docs/studies/build.py turns sweeps into the docs' tables; here it reads a small sweep
+    # directory (a fixture) with the package's run reader and statistics.
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("studies_build", STUDIES.parents[1] / "docs" / "studies" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    out = tmp_path / "sweep"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "legacy-runs" / "sweep" / "out", out)
+    rows = build.read_rows(out)
+    assert [(r["run"], r["status"], r["num_classes"]) for r in rows] == [("seed-0", "finished", 4)]
+    assert len(rows[0]["history"]) == 1 and rows[0]["reliability"]["bins"] == 15
+    assert "1 runs (1 finished)" in build.provenance(out, rows) and "device cpu" in build.provenance(out, rows)
+    assert build.spread([0.5, None, 0.7], 100, 1) == "60.0 ± 14.1" and build.spread([None]) == "-"
+    floor = build.ece_floor(rows[0]["reliability"])
+    assert 0 < floor < 0.2  # 64 test images: a perfectly calibrated model still shows several points of ECE

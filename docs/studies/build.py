@@ -16,9 +16,13 @@ import csv
 import json
 import math
 import re
-import statistics
 from collections.abc import Callable
 from pathlib import Path
+
+from softmaxlab.heads.pitfalls import double_softmax_floor
+from softmaxlab.report.markdown import format_mean_std
+from softmaxlab.runs import read_history, read_summary
+from softmaxlab.stats import ece_noise_floor, mean_std
 
 DOCS = Path(__file__).resolve().parent
 FIGURES = DOCS / "figures"
@@ -32,8 +36,7 @@ def provenance(sweep_dir: Path, rows: list[dict]) -> str:
     time, and the environment recorded in the runs' summaries."""
     env = {}
     for row in finished(rows):
-        path = sweep_dir / "runs" / row["run"] / "summary.json"
-        env = json.loads(path.read_text()).get("env", {})
+        env = (read_summary(sweep_dir / "runs" / row["run"]) or {}).get("env", {})
         break
     wall = (sweep_dir / "results.csv").stat().st_mtime - (sweep_dir / "sweep.yaml").stat().st_mtime
     train = sum(number(r, "timing.total_train_seconds") or 0 for r in finished(rows))
@@ -53,9 +56,8 @@ def read_rows(sweep_dir: Path) -> list[dict]:
         rows = list(csv.DictReader(f))
     for row in rows:
         run = sweep_dir / "runs" / row["run"]
-        lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
-        row["history"] = [json.loads(line) for line in lines]
-        summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+        row["history"] = read_history(run)
+        summary = read_summary(run) or {}
         row["num_classes"] = len(summary.get("test", {}).get("confusion_matrix") or []) or None
         row["reliability"] = summary.get("test", {}).get("reliability")
         matrix = summary.get("test", {}).get("confusion_matrix") or []
@@ -63,23 +65,11 @@ def read_rows(sweep_dir: Path) -> list[dict]:
     return rows
 
 
-def ece_floor(reliability: dict | None, draws: int = 2000, seed: int = 0) -> float | None:
-    """The ECE that a perfectly calibrated model would still show on this test set: its
-    images keep their bins and confidences, but each is right with probability exactly its
-    confidence; the mean ECE over ``draws`` such draws (numpy, seeded). An ECE near it
-    is as calibrated as this many test images can tell."""
-    import numpy as np
-
-    if not reliability:
-        return None
-    counts = np.array([c or 0 for c in reliability["count"]])
-    conf = np.array([c if c is not None else 0.0 for c in reliability["confidence"]])
-    keep = counts > 0
-    counts, conf = counts[keep], conf[keep]
-    rng = np.random.default_rng(seed)
-    correct = rng.binomial(counts, conf, size=(draws, len(counts)))
-    gaps = np.abs(correct / counts - conf) * counts / counts.sum()
-    return float(gaps.sum(axis=1).mean())
+def ece_floor(reliability: dict | None) -> float | None:
+    """The ECE that a perfectly calibrated model would still show on these test images and
+    confidences (:func:`softmaxlab.stats.ece_noise_floor` of the reliability bins). An ECE
+    near it is as calibrated as this many test images can tell."""
+    return ece_noise_floor(reliability["count"], reliability["confidence"]) if reliability else None
 
 
 def number(row: dict, key: str) -> float | None:
@@ -92,12 +82,8 @@ def number(row: dict, key: str) -> float | None:
 
 def spread(values: list[float | None], scale: float = 1.0, digits: int = 3) -> str:
     """``mean ± std`` of the finite values (sample std; n - 1), or ``-`` when there are none."""
-    vals = [v * scale for v in values if v is not None]
-    if not vals:
-        return "-"
-    mean = statistics.fmean(vals)
-    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    mean, std, n = mean_std(values)
+    return format_mean_std(mean, std, digits, scale) if n else "-"
 
 
 def groups(rows: list[dict], key: Callable[[dict], str]) -> dict[str, list[dict]]:
@@ -110,12 +96,6 @@ def groups(rows: list[dict], key: Callable[[dict], str]) -> dict[str, list[dict]
 
 def finished(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["status"] == "finished"]
-
-
-def floor_loss(k: int) -> float:
-    """Least cross-entropy of a double softmax: the inputs are probabilities in [0, 1], so at
-    best the true class scores 1 and the rest 0: -log(e / (e + K - 1)) = ln(1 + (K - 1) / e)."""
-    return math.log(1 + (k - 1) / math.e)
 
 
 # --------------------------------------------------------------------------- tables
@@ -219,7 +199,7 @@ def double_softmax_finding(rows: list[dict]) -> str:
     if not double:
         return "(not run yet)"
     k = double[0]["num_classes"]
-    floor = floor_loss(k)
+    floor = double_softmax_floor(k)
     gaps = [r["history"][-1]["train_loss"] - floor for r in double]
     acc = spread([number(r, "test.accuracy") for r in double], 100, 1)
     acc_plain = spread([number(r, "test.accuracy") for r in plain], 100, 1)
@@ -255,7 +235,7 @@ def hierarchical_finding(sweep_dir: Path, rows: list[dict], top: int = 5) -> str
     plain = [r for r in finished(rows) if r["head.name"] == "softmax"]
     if not plain or not any(r["head.name"] == "hierarchical" for r in finished(rows)):
         return "(not run yet)"
-    summaries = [json.loads((sweep_dir / "runs" / r["run"] / "summary.json").read_text()) for r in plain]
+    summaries = [read_summary(sweep_dir / "runs" / r["run"]) for r in plain]
     classes = summaries[0]["classes"]
     k = len(classes)
     total = [[sum(s["test"]["confusion_matrix"][i][j] for s in summaries) for j in range(k)] for i in range(k)]
@@ -288,9 +268,7 @@ def learned_temperature_finding(rows: list[dict]) -> str:
     if not runs or "head_temperature" not in runs[0]["history"][0]:
         return "(not run yet)"
     epochs = min(len(r["history"]) for r in runs)
-    path = ", ".join(
-        f"{statistics.fmean(r['history'][e]['head_temperature'] for r in runs):.2f}" for e in range(epochs)
-    )
+    path = ", ".join(f"{mean_std([r['history'][e]['head_temperature'] for r in runs])[0]:.2f}" for e in range(epochs))
     return (
         f"learned T after each epoch (mean of {len(runs)} seeds) {path}; last epoch "
         f"{spread([r['history'][-1]['head_temperature'] for r in runs], 1, 2)}; test accuracy "
@@ -335,7 +313,7 @@ def many_classes_table(rows: list[dict]) -> str:
     loss against the double softmax's floor."""
     k = next((r["num_classes"] for r in finished(rows) if r["num_classes"]), None)
     predicted = lambda name, members, done: spread([r["predicted_classes"] for r in done], 1, 1)  # noqa: E731
-    floor = lambda name, members, done: f"{floor_loss(k):.3f}" if name == "double_softmax" and k else ""  # noqa: E731
+    floor = lambda name, members, done: f"{double_softmax_floor(k):.3f}" if name == "double_softmax" and k else ""  # noqa: E731
     return render(
         rows,
         lambda r: r["head.name"],
@@ -553,7 +531,7 @@ def plot_train_loss(rows_by_dataset: dict[str, list[dict]], path: Path) -> None:
                 epochs = [h["epoch"] for h in r["history"]]
                 ax.plot(epochs, [h["train_loss"] for h in r["history"]], color=colour, label=head if i == 0 else None)
         if k:
-            ax.axhline(floor_loss(k), color="tab:red", ls="--", lw=1, label=f"ln(1 + (K-1)/e), K = {k}")
+            ax.axhline(double_softmax_floor(k), color="tab:red", ls="--", lw=1, label=f"ln(1 + (K-1)/e), K = {k}")
             ax.axhline(math.log(k), color="grey", ls=":", lw=1, label="ln K (uniform guess)")
         ax.set(title=dataset, xlabel="epoch", ylabel="training loss")
         ax.legend(fontsize=8)
@@ -575,8 +553,8 @@ def plot_gumbel(rows: list[dict], path: Path, softmax: list[dict] | None = None)
     fig, (acc_ax, ece_ax) = plt.subplots(1, 2, figsize=(9, 3.4))
 
     def points(members: list[dict], key: str, scale: float = 100) -> tuple[float, float]:
-        vals = [number(r, key) * scale for r in members]
-        return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+        mean, std, _ = mean_std([number(r, key) * scale for r in members])
+        return mean, std
 
     const = groups([r for r in finished(rows) if r.get("head.tau_schedule") != "exponential"], gumbel_label)
     annealed = groups([r for r in finished(rows) if r.get("head.tau_schedule") == "exponential"], gumbel_label)
