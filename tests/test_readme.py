@@ -43,3 +43,32 @@ def test_ruff_clean():
     for args in (["check", "."], ["format", "--check", "."]):
         result = subprocess.run([ruff, *args], cwd=ROOT, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def development_examples() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Development", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_the_development_examples_add_a_head_a_model_a_dataset_and_an_activation(tmp_path):
+    from softmaxlab import ACTIVATIONS, DATASETS, HEADS, MODELS, load_config, run_experiment
+
+    examples = development_examples()
+    assert len(examples) == 3
+    added = {"focal": HEADS, "tiny": MODELS, "noise": DATASETS, "mish": ACTIVATIONS}
+    try:
+        namespace: dict = {}
+        for code in examples:
+            exec(compile(code, "README.md", "exec"), namespace)
+        assert all(name in registry for name, registry in added.items())
+        overrides = ["data.name=noise", "data.images=128", "model.name=tiny", "model.activation=mish"]
+        overrides += ["head.name=focal", "head.gamma=1", "train.epochs=2", "train.batch_size=32", "train.device=cpu"]
+        cfg = load_config(None, [*overrides, "report.figures=false"])
+        result = run_experiment(cfg, tmp_path / "run")
+        assert result.summary["status"] == "finished" and result.summary["test"]["accuracy"] > 0.6  # brightness
+        assert result.model.backbone.out_features == 16 and result.report.is_file()
+    finally:
+        for name, registry in added.items():
+            if name in registry:
+                registry.unregister(name)
