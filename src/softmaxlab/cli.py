@@ -288,25 +288,33 @@ def sweep_cmd(
     from softmaxlab.progress import ConsoleSweepProgress
 
     if dry_run:
-        plan = sweep.dry_run(config, out, workers=workers, overwrite=overwrite, launcher=launcher, cluster=cluster)
-        table = Table(show_header=True, header_style="bold", box=None)
-        for column in ("run", *plan.keys, "state"):
-            table.add_column(column)
-        for run, state in zip(plan.runs, plan.states, strict=True):
-            given = [run.overrides.get(k, "") for k in plan.keys]
-            table.add_row(run.name, *(json.dumps(v) if not isinstance(v, str) else v for v in given), state)
-        out_console.print(table)
-        out_console.print(plan.summary(), highlight=False, soft_wrap=True)
+        _print_plan(
+            sweep.dry_run(config, out, workers=workers, overwrite=overwrite, launcher=launcher, cluster=cluster)
+        )
         return
+    progress = ConsoleSweepProgress(err_console)
     result = sweep.run_sweep(
-        config,
-        out,
-        workers=workers,
-        overwrite=overwrite,
-        progress=ConsoleSweepProgress(err_console),
-        launcher=launcher,
-        cluster=cluster,
+        config, out, workers=workers, overwrite=overwrite, progress=progress, launcher=launcher, cluster=cluster
     )
+    _print_sweep(result)
+
+
+def _print_plan(plan: Any) -> None:
+    """The dry run: a row per run with its overrides and state, then one line."""
+    table = Table(show_header=True, header_style="bold", box=None)
+    for column in ("run", *plan.keys, "state"):
+        table.add_column(column)
+    for run, state in zip(plan.runs, plan.states, strict=True):
+        given = [run.overrides.get(k, "") for k in plan.keys]
+        table.add_row(run.name, *(json.dumps(v) if not isinstance(v, str) else v for v in given), state)
+    out_console.print(table)
+    out_console.print(plan.summary(), highlight=False, soft_wrap=True)
+
+
+def _print_sweep(result: Any) -> None:
+    """What a sweep did; exit 1 when runs failed."""
+    from softmaxlab import sweep
+
     counts = ", ".join(f"{result.count(s)} {s}" for s in sweep.STATUSES if result.count(s))
     out_console.print(f"{len(result.rows)} runs: {counts}", highlight=False)
     out_console.print(

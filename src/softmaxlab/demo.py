@@ -146,30 +146,7 @@ def run_demo(
         results[variant.name].append(result)
         rows.append({"variant": variant.name, **result.summary})
 
-    stats = aggregate(
-        rows,
-        group_by=["variant"],
-        metrics={
-            "accuracy": lambda s: s["test"]["accuracy"],
-            "nll": lambda s: s["test"]["nll"],
-            "brier": lambda s: s["test"]["brier"],
-            "epoch_seconds": lambda s: s["timing"]["mean_epoch_seconds"],
-        },
-    )
-    table = markdown_table(
-        ["head", "test accuracy (%)", "test NLL", "test Brier", "epoch time (s)", "seeds"],
-        [
-            [
-                r["variant"],
-                format_mean_std(r["accuracy_mean"], r["accuracy_std"], digits=1, scale=100),
-                format_mean_std(r["nll_mean"], r["nll_std"], digits=3),
-                format_mean_std(r["brier_mean"], r["brier_std"], digits=3),
-                format_mean_std(r["epoch_seconds_mean"], r["epoch_seconds_std"], digits=2),
-                r["accuracy_n"],
-            ]
-            for r in stats
-        ],
-    )
+    table = _table(rows)
     first = configs[0][1]
     classes = first.data.num_classes
     notes = "\n".join(f"- **{v.name}**: {v.note.format(**_note_values(v, results[v.name], classes))}" for v in variants)
@@ -187,3 +164,31 @@ def run_demo(
     runs.atomic_write_text(out / DEMO_FILE, text)
     write_report(out, figures=report_figures)
     return DemoResult(out, table, [r.summary for v in variants for r in results[v.name]], out / HTML_FILE)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    """The demo's Markdown table: mean ± sample std over each variant's seeds."""
+    stats = aggregate(
+        rows,
+        group_by=["variant"],
+        metrics={
+            "accuracy": lambda s: s["test"]["accuracy"],
+            "nll": lambda s: s["test"]["nll"],
+            "brier": lambda s: s["test"]["brier"],
+            "epoch_seconds": lambda s: s["timing"]["mean_epoch_seconds"],
+        },
+    )
+    return markdown_table(
+        ["head", "test accuracy (%)", "test NLL", "test Brier", "epoch time (s)", "seeds"],
+        [
+            [
+                r["variant"],
+                format_mean_std(r["accuracy_mean"], r["accuracy_std"], digits=1, scale=100),
+                format_mean_std(r["nll_mean"], r["nll_std"], digits=3),
+                format_mean_std(r["brier_mean"], r["brier_std"], digits=3),
+                format_mean_std(r["epoch_seconds_mean"], r["epoch_seconds_std"], digits=2),
+                r["accuracy_n"],
+            ]
+            for r in stats
+        ],
+    )
