@@ -124,6 +124,8 @@ def test_list_is_generated_from_the_registry(what):
     assert result.exit_code == 0
     for name in registry:
         assert name in result.stdout
+        for option in registry.options(name).model_fields:  # each component's own config keys
+            assert option in result.stdout
 
 
 def test_list_unknown_kind():

@@ -351,9 +351,9 @@ def report_cmd(
 @app.command("list")
 @_exit_codes
 def list_cmd(what: Annotated[str, typer.Argument(help="heads, activations, models or datasets.")]) -> None:
-    """List the registered heads, activations, models or datasets."""
+    """List the registered heads, activations, models or datasets, with their own options."""
     from softmaxlab.activations import ACTIVATIONS
-    from softmaxlab.data import DATASETS
+    from softmaxlab.data import DATASETS, DataOptions
     from softmaxlab.heads import HEADS
     from softmaxlab.models import MODELS, backbone_parameters
 
@@ -361,15 +361,21 @@ def list_cmd(what: Annotated[str, typer.Argument(help="heads, activations, model
     if what not in registries:
         raise UserError(f"cannot list {what!r}; choose one of: {', '.join(registries)}")
     registry = registries[what]
+    section = {"heads": "head", "datasets": "data"}.get(what, "model")
+    shared = set(DataOptions.model_fields) if what == "datasets" else set()  # every dataset's: not repeated
     table = Table(show_header=True, header_style="bold", box=None)
     table.add_column(registry.kind)
     if what == "models":
         table.add_column("parameters", justify="right")
     table.add_column("description")
+    table.add_column(f"options ({section}.*)")
     for name in registry.names():
         extra = [f"{backbone_parameters(name) / 1e6:.2f} M"] if what == "models" else []
-        table.add_row(name, *extra, registry.summary(name))
+        options = ", ".join(k for k in registry.options(name).model_fields if k not in shared)
+        table.add_row(name, *extra, registry.summary(name), options)
     out_console.print(table)
+    if what == "datasets":
+        out_console.print(f"every dataset also takes data.{', data.'.join(DataOptions.model_fields)}", soft_wrap=True)
 
 
 bench_app = typer.Typer(help="Benchmarks of the library's cost.", no_args_is_help=True)

@@ -385,8 +385,6 @@ def config_keys() -> tuple[list[str], list[str]]:
     for name, field in Config.model_fields.items():
         section = field.annotation
         if not (isinstance(section, type) and issubclass(section, BaseModel)):
-            section = next((b for b in _SECTION_BASES if b.__name__ in str(field.annotation)), None)
-        if section is None:
             leaves.append(name)
             continue
         sections.append(name)

@@ -148,7 +148,7 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """The records of a JSON-lines file."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return _jsonl(Path(path).read_text(encoding="utf-8"))
 
 
 def version() -> str:
