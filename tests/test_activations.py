@@ -113,3 +113,24 @@ def test_options_rejected_for_pointwise_activations():
         build_activation("relu", SoftmaxOptions(rescale=True))
     with pytest.raises(ValueError, match="positive"):
         build_activation("softmax_h", SoftmaxOptions(temperature=0.0))
+
+
+def test_an_activation_registered_with_options_is_built_with_them():
+    from pydantic import Field
+
+    from softmaxlab.config import load_config
+    from softmaxlab.models import build_model
+    from softmaxlab.registry import Options
+
+    class Slope(Options):
+        negative_slope: float = Field(0.01, ge=0)  # of the leaky part
+
+    ACTIVATIONS.register("sloped", options=Slope)(lambda options: nn.LeakyReLU(options.negative_slope))
+    try:
+        model = build_model(
+            load_config(None, ["model.widths=[4,8]", "model.activation=sloped", "model.negative_slope=0.3"]), 3, 2
+        )
+        slopes = [m.negative_slope for m in model.modules() if isinstance(m, nn.LeakyReLU)]
+        assert slopes == [0.3, 0.3]  # one per block, with the configured option
+    finally:
+        ACTIVATIONS.unregister("sloped")

@@ -1,4 +1,7 @@
+from pathlib import Path
+
 import pytest
+import torch
 import yaml
 
 from softmaxlab.config import Config, load_config, parse_override
@@ -142,3 +145,73 @@ def test_progressive_resizing_sizes_per_epoch():
         load_config(None, ["train.low_res_fraction=0.3", "train.epochs=3"])
     least = load_config(None, ["data.image_size=64", "train.low_res_fraction=0.334", "train.epochs=3"])
     assert [least.train_image_size(e) for e in (1, 2, 3)] == [32, 48, 64]
+
+
+# --------------------------------------------------------------------------- sections composed from components
+
+
+def test_a_config_pickles_with_what_was_set_so_a_sweep_sees_the_same_defaults():
+    import pickle
+
+    from softmaxlab import sweep
+
+    base = load_config(None, ["train.epochs=1", "model.dropout=0.1"])
+    again = pickle.loads(pickle.dumps(base))
+    assert again == base and again.model.model_fields_set == base.model.model_fields_set == {"dropout"}
+    spec = sweep.SweepSpec(grid={"model.name": ["simple_cnn", "resnet12"]})
+    for b in (base, again):  # the resnet12 run gets resnet12's widths either way
+        assert [r.config.model.widths for r in sweep.expand_grid(b, spec)] == [[32, 64, 128, 256], [64, 160, 320, 640]]
+
+
+def test_the_component_keys_of_a_section_are_not_assigned():
+    cfg = load_config()
+    with pytest.raises(
+        TypeError, match=r"head\.name picks the component .* load_config\(None, \['head\.name=gumbel'\]\)"
+    ):
+        cfg.head.name = "gumbel"
+    cfg.train.epochs = 3  # other keys are assigned (and validated) as before
+    assert cfg.train.epochs == 3
+
+
+def test_a_removed_key_says_so():
+    from softmaxlab.config import closest_key
+
+    assert "removed" in closest_key("head.hard") and "did you mean" in closest_key("head.tua")
+    with pytest.raises(UserError, match=r"'head\.hard'.*this option was removed"):
+        load_config(None, ["head.name=gumbel", "head.hard=true"])
+
+
+def test_components_of_one_section_may_not_share_an_option_name():
+    from pydantic import Field
+
+    from softmaxlab import ACTIVATIONS, Options
+
+    class Width(Options):
+        width: float = Field(7.0, gt=0)  # clashes with the built-in models' model.width
+
+    ACTIVATIONS.register("wide_relu", options=Width)(lambda options: torch.nn.ReLU())
+    try:
+        with pytest.raises(UserError, match=r"model\.name='simple_cnn' and model\.activation='wide_relu' both have"):
+            load_config(None, ["model.activation=wide_relu"])
+    finally:
+        ACTIVATIONS.unregister("wide_relu")
+
+
+def test_an_option_another_component_shares_with_another_default_does_not_break_old_configs(tmp_path):
+    from pydantic import Field
+
+    from softmaxlab import HEADS, Options
+    from softmaxlab.config import load_run_config
+    from softmaxlab.heads.softmax import SoftmaxHead
+
+    class Tau(Options):
+        tau: float = Field(2.0, gt=0)  # gumbel's tau defaults to 1.0
+
+    HEADS.register("tau_head", options=Tau)(type("TauHead", (SoftmaxHead,), {}))
+    try:
+        legacy = Path(__file__).parent / "fixtures" / "legacy-runs" / "softmax-unfinished"
+        assert load_run_config(legacy).head.name == "softmax"  # its flat head.tau: 1.0, gumbel's default
+        with pytest.raises(UserError, match=r"applies to head\.name=gumbel and tau_head only"):
+            load_config(None, ["head.tau=3"])
+    finally:
+        HEADS.unregister("tau_head")

@@ -101,3 +101,23 @@ def test_hooks_see_every_step_and_epoch_in_order(tmp_path):
         *[("step", 3), ("step", 4), ("epoch", 2)],
         ("end",),
     ]
+
+
+def test_a_diverged_run_returned_again_keeps_its_report(tmp_path):
+    cfg = tiny_config("train.lr=1e30", "train.schedule=constant", "train.epochs=1")
+    with pytest.raises(DivergedError):
+        run_experiment(cfg, tmp_path / "d")
+    before = (tmp_path / "d" / "report.html").stat().st_mtime_ns
+    with pytest.raises(DivergedError) as again:
+        run_experiment(cfg, tmp_path / "d", resume=True)
+    assert again.value.epoch == 1 and (tmp_path / "d" / "report.html").stat().st_mtime_ns == before
+
+
+def test_a_finished_run_without_its_report_gets_one(tiny_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run.run_dir, copy)
+    (copy / "report.html").unlink()  # as if stopped between summary.json and the report
+    again = run_experiment(tiny_config("name=tiny"), copy, resume=True)
+    assert again.resumed_finished and again.report == copy / "report.html" and again.report.is_file()

@@ -1,11 +1,14 @@
 """Intermediate activations by name (:data:`ACTIVATIONS`).
 
-Each entry maps an (N, C, H, W) feature map to a map of the same shape. Two kinds:
+Each entry maps an (N, C, H, W) feature map to a map of the same shape: a factory
+``() -> nn.Module``, or, for an activation registered with options, ``(options) -> nn.Module``
+(its options are ``model.*`` config keys). Two kinds here:
 
-* pointwise (``relu``, ``gelu``, ...): a factory ``() -> nn.Module``;
+* pointwise (``relu``, ``gelu``, ...), without options;
 * the softmax family (``softmax_h``, ``softmax_w``, ``softmax_hw``, ``softmax_c``): a
-  subclass of :class:`AxisSoftmax` that normalises over some axes of the map and takes
-  :class:`SoftmaxOptions` (temperature, learned temperature, rescaling).
+  subclass of :class:`AxisSoftmax` that normalises over some axes of the map, registered
+  with :class:`SoftmaxActivationOptions` (the config keys) and built from
+  :class:`SoftmaxOptions` (the module's arguments: temperature, learned temperature, rescaling).
 
 :func:`build_activation` builds either kind by name. The softmax family registers
 :class:`SoftmaxActivationOptions` (``model.activation_temperature``, ``model.softmax_blocks``,
@@ -107,7 +110,8 @@ def axis_softmax(x: Tensor, dims: tuple[int, ...], temperature: float | Tensor =
 
 @dataclass(frozen=True)
 class SoftmaxOptions:
-    """The arguments of one softmax activation module (:class:`AxisSoftmax`)."""
+    """The arguments of one softmax activation module (:class:`AxisSoftmax`); from the config,
+    :meth:`SoftmaxActivationOptions.module_options` makes them."""
 
     temperature: float = 1.0  # T: the input is divided by T before the softmax
     learn_temperature: bool = False  # learn log T, starting at log(temperature)
@@ -115,7 +119,9 @@ class SoftmaxOptions:
 
 
 class SoftmaxActivationOptions(Options):
-    """The ``model.*`` options of the softmax activations (softmax_h, softmax_w, softmax_hw, softmax_c)."""
+    """The ``model.*`` config keys of the softmax activations (softmax_h, softmax_w, softmax_hw,
+    softmax_c): the module's arguments under the names the model section gives them, and
+    which blocks get the softmax."""
 
     owners_label = "the softmax activations"
 
@@ -145,8 +151,10 @@ class AxisSoftmax(nn.Module):
 
     dims: ClassVar[tuple[int, ...]] = ()
 
-    def __init__(self, options: SoftmaxOptions | None = None) -> None:
+    def __init__(self, options: SoftmaxOptions | SoftmaxActivationOptions | None = None) -> None:
         super().__init__()
+        if isinstance(options, SoftmaxActivationOptions):  # the model config section
+            options = options.module_options()
         options = options or SoftmaxOptions()
         if not options.temperature > 0:
             raise ValueError(f"temperature must be positive, got {options.temperature}")
@@ -252,7 +260,10 @@ class BlockActivations:
         return [self.name if i in blocks else "relu" for i in range(num_blocks)]
 
     def build(self, name: str) -> nn.Module:
-        """A fresh module of the activation ``name`` (one of :meth:`names`), with the options when it is a softmax."""
-        if is_softmax(name) and isinstance(self.options, SoftmaxActivationOptions):
-            return build_activation(name, self.options.module_options())
-        return build_activation(name)
+        """A fresh module of the activation ``name`` (one of :meth:`names`): ``factory()``, or
+        ``factory(options)`` for an activation registered with options (these options, or its
+        defaults in a block that gets another activation than the configured one)."""
+        registered = ACTIVATIONS.options(name)
+        if registered is Options:
+            return ACTIVATIONS.create(name)
+        return ACTIVATIONS.create(name, self.options if isinstance(self.options, registered) else registered())

@@ -151,8 +151,9 @@ class TrainingState:
             "rng": rng_state(),
         }
 
-    def load_state_dict(self, state: dict[str, Any], source: str) -> None:
-        """Continue from a checkpoint (the random states included); ``source`` names it in errors."""
+    def load_state_dict(self, state: dict[str, Any], source: str, random_state: bool = True) -> None:
+        """Continue from a checkpoint, with its random states unless ``random_state`` is false;
+        ``source`` names it in errors."""
         runs.load_state_checked(self.model, state["model"], source)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -164,7 +165,8 @@ class TrainingState:
         if state["sums"] is not None:
             self.totals.load_state_dict(state["sums"])
         self.history = list(state["history"])
-        set_rng_state(state["rng"])
+        if random_state:
+            set_rng_state(state["rng"])
 
 
 def rng_state() -> dict[str, Any]:

@@ -92,6 +92,14 @@ class ComponentSection(Options):
     section: ClassVar[str] = ""
     selectors: ClassVar[tuple[Selector, ...]] = ()
 
+    def __setattr__(self, key: str, value: Any) -> None:
+        if any(s.key == key for s in self.selectors):  # frozen: the component decides the fields
+            raise TypeError(
+                f"{self.section}.{key} picks the component and so the section's options: make a new config "
+                f"instead, e.g. load_config(None, ['{self.section}.{key}={value}'])"
+            )
+        super().__setattr__(key, value)
+
     def __new__(cls, *args: Any, **data: Any) -> Any:
         if cls in _SECTION_BASES:  # HeadConfig(...): build the composed class of the chosen head
             cls = _composed(cls, _choices(cls, data))
@@ -116,9 +124,10 @@ class ComponentSection(Options):
         return {**first, **out}
 
     def __reduce__(self) -> Any:
-        # Composed classes are made at run time; pickle rebuilds one from its section base.
+        # Composed classes are made at run time; pickle rebuilds one from its section base, from
+        # the values that were set (so what was left to its default stays so: the sweep asks).
         base = next(b for b in type(self).__mro__ if b in _SECTION_BASES)
-        return (_rebuild, (base, self.model_dump(mode="json")))
+        return (_rebuild, (base, self.model_dump(mode="json", exclude_unset=True)))
 
 
 def _rebuild(base: type[ComponentSection], data: dict[str, Any]) -> ComponentSection:
@@ -126,14 +135,29 @@ def _rebuild(base: type[ComponentSection], data: dict[str, Any]) -> ComponentSec
 
 
 def _choices(base: type[ComponentSection], data: dict[str, Any]) -> tuple[tuple[str, type[Options]], ...]:
-    """(name, options model) of each selector of ``base`` in ``data``; an unknown name is a ValidationError."""
-    out = []
+    """(name, options model) of each selector of ``base`` in ``data``; an unknown name, or two
+    chosen components that declare an option of the same name, is a ValidationError."""
+    out: list[tuple[str, type[Options]]] = []
     for s in base.selectors:
         name = data.get(s.key, s.default)
         if not isinstance(name, str) or name not in s.registry:
             raise _error((s.key,), s.registry.unknown_message(name), name)
-        out.append((name, s.registry.options(name)))
+        options = s.registry.options(name)
+        for earlier, (other, other_options) in zip(base.selectors, out, strict=False):
+            shared = [k for k in _own_fields(options, base) if k in _own_fields(other_options, base)]
+            if shared:
+                message = (
+                    f"{base.section}.{earlier.key}={other!r} and {base.section}.{s.key}={name!r} both have an option "
+                    f"{shared[0]!r}; rename it in one of them (their keys share the {base.section} section)"
+                )
+                raise _error((s.key,), message, name)
+        out.append((name, options))
     return tuple(out)
+
+
+def _own_fields(options: type[Options], base: type[ComponentSection]) -> set[str]:
+    """The fields ``options`` adds to the section ``base`` (not those the section has itself)."""
+    return set(options.model_fields) - set(base.model_fields)
 
 
 @functools.cache
@@ -145,7 +169,7 @@ def _composed(base: type[ComponentSection], choices: tuple[tuple[str, type[Optio
 
 
 def _applicable(target: type[ComponentSection], data: dict[str, Any], legacy: bool) -> dict[str, Any]:
-    """``data`` without the options of other components that are set to their defaults (the
+    """``data`` without the options of other components that are set to a default of theirs (the
     flat sections of earlier versions wrote every option); an option of another component set
     to something else is a ValidationError naming its owners. Unknown keys are left for
     pydantic to refuse (``extra="forbid"``)."""
@@ -162,7 +186,7 @@ def _applicable(target: type[ComponentSection], data: dict[str, Any], legacy: bo
         owners = _owners(target, key)
         if not owners:
             continue
-        if all(_default(opts, key) == value for _, _, opts in owners):
+        if any(_default(opts, key) == value for _, _, opts in owners):  # e.g. a flat section's default
             del out[key]
             continue
         raise _error((key,), _owners_text(target, data, owners), value)
@@ -396,7 +420,12 @@ def config_keys() -> tuple[list[str], list[str]]:
 
 
 def closest_key(key: str) -> str:
-    """`` (did you mean 'train.epochs'?)`` for the valid key closest to ``key``, or ``""``."""
+    """`` (did you mean 'train.epochs'?)`` for the valid key closest to ``key``, or ``""``; for a
+    key that was removed (:data:`REMOVED_KEYS`), why."""
+    section, _, leaf = key.partition(".")
+    removed = REMOVED_KEYS.get((section, leaf))
+    if removed is not None:
+        return f" (it was removed: {removed[1]})"
     sections, leaves = config_keys()
     valid = sections + leaves
     match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)

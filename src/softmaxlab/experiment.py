@@ -1,11 +1,11 @@
-"""One experiment: :func:`softmaxlab.train.fit`, then the feature maps, then the report.
+"""One experiment: :func:`softmaxlab.train.fit`, the feature maps, then the report.
 
 What ``softmaxlab run`` and ``softmaxlab resume`` do, and each run of a sweep or the demo:
-the training writes the run directory (config, epoch records, weights, summary); here the
-feature maps of the first validation image are drawn into ``figures/feature_maps.png`` and
-the run's ``report.html`` / ``report.md`` are written. A diverged run still gets its report
-(showing it as diverged, with its curves up to then); a finished run that is returned as it
-was keeps the report it has.
+the training writes the run directory (config, epoch records, weights, summary); a hook draws
+the feature maps of the first validation image into ``figures/feature_maps.png`` before the
+summary marks the run finished; then the run's ``report.html`` / ``report.md`` are written.
+A diverged run still gets its report (showing it as diverged, with its curves up to then); a
+finished run that is returned as it was keeps the report it has.
 
 In a notebook::
 
@@ -27,7 +27,7 @@ from softmaxlab.errors import DivergedError, UserError
 from softmaxlab.progress import Progress
 from softmaxlab.report.build import HTML_FILE, write_report
 from softmaxlab.report.figures import feature_map_figure, save_png
-from softmaxlab.train import FitResult
+from softmaxlab.train import FitResult, Hook
 
 #: The feature maps a run draws, under its figures/ folder.
 FEATURE_MAPS = Path("figures") / "feature_maps.png"
@@ -35,33 +35,41 @@ FEATURE_MAPS = Path("figures") / "feature_maps.png"
 FEATURE_MAP_CHANNELS = 16
 
 
+class FeatureMapsHook(Hook):
+    """Draws ``figures/feature_maps.png`` from the maps the training computed, before the run is
+    marked finished (so a finished run has its figure)."""
+
+    def on_run_finished(self, result: FitResult) -> None:
+        if result.feature_maps:
+            names, maps = zip(*result.feature_maps, strict=True)
+            save_png(feature_map_figure(list(maps), list(names), FEATURE_MAP_CHANNELS), result.run_dir / FEATURE_MAPS)
+
+
 def run_experiment(cfg: Config, out_dir: str | Path | None = None, **fit_options: Any) -> FitResult:
     """Train ``cfg`` (:func:`~softmaxlab.train.fit`, with its keyword options: ``overwrite``,
-    ``resume``, ``progress``, ``data``, ``hooks``), then draw the feature maps and write the
-    run's report (``report.figures`` says whether it has figures); returns the FitResult with
-    its ``report``.
+    ``resume``, ``progress``, ``data``, ``hooks``), drawing the feature maps before the run is
+    marked finished, then write the run's report (``report.figures`` says whether it has
+    figures); returns the FitResult with its ``report``. A finished run returned as it was
+    keeps its report (one is written where it has none).
 
     Raises:
         UserError: bad input (nothing written).
         DivergedError: the loss became non-finite; the run's summary and report say so.
     """
+    hooks = [*fit_options.pop("hooks", ()), FeatureMapsHook()]
     try:
-        result = train.fit(cfg, out_dir, **fit_options)
+        result = train.fit(cfg, out_dir, hooks=hooks, **fit_options)
     except DivergedError as exc:
         if exc.run_dir is not None and env_world().is_main:
             write_run_report(exc.run_dir, cfg.report.figures)
         raise
     if not env_world().is_main:  # under torchrun, rank 0 writes the files
         return result
-    if result.resumed_finished:
-        report = result.run_dir / HTML_FILE
-        result.report = report if report.is_file() else None
-        return result
-    if result.feature_maps:
-        maps = [m for _, m in result.feature_maps]
-        names = [n for n, _ in result.feature_maps]
-        save_png(feature_map_figure(maps, names, FEATURE_MAP_CHANNELS), result.run_dir / FEATURE_MAPS)
-    result.report = write_run_report(result.run_dir, cfg.report.figures)
+    report = result.run_dir / HTML_FILE
+    if result.resumed_finished and report.is_file():
+        result.report = report
+    else:
+        result.report = write_run_report(result.run_dir, cfg.report.figures)
     return result
 
 

@@ -105,6 +105,10 @@ class Hook:
     def on_fit_end(self) -> None:
         """Training stopped: finished, diverged or interrupted."""
 
+    def on_run_finished(self, result: FitResult) -> None:
+        """Rank 0, after the test: what this writes into ``result.run_dir`` is part of the
+        finished run, since ``summary.json`` (which marks a run finished) is written after it."""
+
 
 class Hooks(Hook):
     """Several hooks called in order."""
@@ -131,6 +135,10 @@ class Hooks(Hook):
     def on_fit_end(self) -> None:
         for h in self.hooks:
             h.on_fit_end()
+
+    def on_run_finished(self, result: FitResult) -> None:
+        for h in self.hooks:
+            h.on_run_finished(result)
 
 
 class ProgressHook(Hook):
@@ -410,6 +418,22 @@ def fit(
         distributed.teardown(world)
 
 
+@dataclass
+class _Run:
+    """What the phases of one fit share: the resolved config, the data and its loaders, the
+    diagnostics, the run directory, the processes, the device and the hooks."""
+
+    cfg: Config
+    data: ImageData
+    loaders: dict[str, TensorLoader]
+    diagnostics: Diagnostics
+    run_dir: Path
+    world: World
+    device: torch.device
+    hooks: Hooks
+    checkpoints: Checkpointer
+
+
 def _fit(job: _Job, world: World, device: torch.device) -> FitResult:
     """The phases of :func:`fit` in this process's ``world``."""
     _check_world(job.cfg, world, device)
@@ -417,29 +441,29 @@ def _fit(job: _Job, world: World, device: torch.device) -> FitResult:
     if decision == "finished":
         return _finished_result(job.run_dir)
     cfg, data, model = _setup(job.cfg, job.data, world, device)
-    run_dir = job.run_dir
-    _on_main(world, lambda: _prepare_run_dir(cfg, run_dir, decision, job.overwrite))
+    _on_main(world, lambda: _prepare_run_dir(cfg, job.run_dir, decision, job.overwrite))
     if world.distributed:
         # Same initial weights on every rank (seeded above, and DDP broadcasts rank 0's), but
         # each rank its own noise for dropout and Gumbel samples.
         torch.manual_seed(cfg.train.seed + 1_000_003 * world.rank)
     loaders = make_loaders(data, cfg, device, world)
     diagnostics = Diagnostics(model, loaders["val"], cfg.diagnostics.enabled, cfg.diagnostics.probe_size)
-    state = _training_state(cfg, model, loaders["train"], diagnostics, world, device)
-    if decision == "continue":
-        _restore(state, run_dir, cfg, world)
-    checkpoints = Checkpointer(run_dir, world, cfg.train.checkpoint_every, Hooks(job.hooks))
+    checkpoints = Checkpointer(job.run_dir, world, cfg.train.checkpoint_every, Hooks(job.hooks))
     progress = ProgressHook(job.progress if world.is_main else Progress())
     hooks = Hooks([*job.hooks, checkpoints, progress])
+    run = _Run(cfg, data, loaders, diagnostics, job.run_dir, world, device, hooks, checkpoints)
+    state = _training_state(run, model)
+    if decision == "continue":
+        _restore(run, state)
     try:
-        _train_epochs(state, cfg, loaders, diagnostics, hooks, checkpoints, data, world)
+        _train_epochs(run, state)
     except DivergedError as exc:
         if world.is_main:
             summary = run_summary(cfg, data, state.history, device, world, diverged=exc)
-            runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
-        exc.run_dir = run_dir
+            runs.atomic_write_json(run.run_dir / runs.SUMMARY, summary)
+        exc.run_dir = run.run_dir
         raise
-    return _finish(state, cfg, loaders, diagnostics, data, run_dir, world, device)
+    return _finish(run, state)
 
 
 def _on_main(world: World, work: Any) -> Any:
@@ -557,87 +581,76 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, decision: str, overwrite: bool)
     runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
 
 
-def _training_state(
-    cfg: Config, model: Classifier, loader: TensorLoader, diagnostics: Diagnostics, world: World, device: torch.device
-) -> TrainingState:
+def _training_state(run: _Run, model: Classifier) -> TrainingState:
     """Optimiser, schedule, loss scaler, compiled and distributed forward around ``model``."""
-    optimizer = build_optimizer(model, cfg.train)
-    total_steps = cfg.train.epochs * len(loader)
-    t = cfg.train
+    t = run.cfg.train
+    optimizer = build_optimizer(model, t)
+    steps = len(run.loaders["train"])
+    total_steps = t.epochs * steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, t.schedule, t.warmup_fraction)
     )
-    state = TrainingState(model, optimizer, scheduler, len(loader), total_steps, diagnostics.grad_norms, t.amp)
+    state = TrainingState(model, optimizer, scheduler, steps, total_steps, run.diagnostics.grad_norms, t.amp)
     if t.compile:
         model.compile()  # in place: parameter names (and so model.pt) stay those of the plain model
-    if world.distributed:
-        state.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if run.world.distributed:
+        device_ids = [run.device.index] if run.device.type == "cuda" else None
+        state.net = DistributedDataParallel(model, device_ids=device_ids)
     return state
 
 
-def _restore(state: TrainingState, run_dir: Path, cfg: Config, world: World) -> None:
-    """Continue from the newest complete checkpoint of ``run_dir`` (none: from the start)."""
-    checkpoint = runs.load_checkpoint(run_dir)
+def _restore(run: _Run, state: TrainingState) -> None:
+    """Continue from the newest complete checkpoint of the run directory (none: from the start)."""
+    checkpoint = runs.load_checkpoint(run.run_dir)
     if checkpoint is None:
         return
-    state.load_state_dict(checkpoint, f"checkpoint {str(run_dir / runs.CHECKPOINT)!r}")
-    if world.distributed:  # only rank 0's random state is saved: fresh, distinct noise per rank
-        torch.manual_seed(cfg.train.seed + 1_000_003 * world.rank + 7919 * (checkpoint["steps_done"] + 1))
+    world, seed = run.world, run.cfg.train.seed
+    # Only rank 0's random state is saved: with several processes, fresh and distinct noise per rank.
+    source = f"checkpoint {str(run.run_dir / runs.CHECKPOINT)!r}"
+    state.load_state_dict(checkpoint, source, random_state=not world.distributed)
+    if world.distributed:
+        torch.manual_seed(seed + 1_000_003 * world.rank + 7919 * (checkpoint["steps_done"] + 1))
 
 
-def _train_epochs(
-    state: TrainingState,
-    cfg: Config,
-    loaders: dict[str, TensorLoader],
-    diagnostics: Diagnostics,
-    hooks: Hook,
-    checkpoints: Checkpointer,
-    data: ImageData,
-    world: World,
-) -> None:
+def _train_epochs(run: _Run, state: TrainingState) -> None:
     """The epochs left to train: train, validate, record; weights and checkpoint after each."""
+    cfg, hooks, world = run.cfg, run.hooks, run.world
     label = cfg.name or f"{cfg.head.name}/{cfg.model.activation} seed {cfg.train.seed}"
-    hooks.on_fit_start(label, cfg.train.epochs, len(loaders["train"]))
+    hooks.on_fit_start(label, cfg.train.epochs, len(run.loaders["train"]))
     try:
         for epoch in range(state.epochs_done + 1, cfg.train.epochs + 1):
-            record = _epoch(state, cfg, loaders, hooks, world, epoch)
-            record.update(diagnostics.epoch_record())  # grad_norms, activation_stats
+            record = _epoch(run, state, epoch)
+            record.update(run.diagnostics.epoch_record())  # grad_norms, activation_stats
             record.update(state.model.head.epoch_record(lambda t: all_reduce(t, world)))
             state.end_epoch(record)
             if world.is_main:
-                runs.atomic_write_jsonl(checkpoints.run_dir / runs.METRICS, state.history)
-                norm = loaders["train"].normalize
+                runs.atomic_write_jsonl(run.run_dir / runs.METRICS, state.history)
+                norm = run.loaders["train"].normalize
+                normalization = {"mean": norm.mean, "std": norm.std}
+                d = run.data
                 runs.save_weights(
-                    checkpoints.run_dir,
-                    state.model,
-                    cfg,
-                    data.classes,
-                    epoch,
-                    normalization={"mean": norm.mean, "std": norm.std},
-                    coarse_of=data.coarse_of,
+                    run.run_dir, state.model, cfg, d.classes, epoch, normalization=normalization, coarse_of=d.coarse_of
                 )
-            checkpoints.save(state)
+            run.checkpoints.save(state)
             hooks.on_epoch_end(record)
     finally:
         hooks.on_fit_end()
 
 
-def _epoch(
-    state: TrainingState, cfg: Config, loaders: dict[str, TensorLoader], hooks: Hook, world: World, epoch: int
-) -> dict[str, Any]:
+def _epoch(run: _Run, state: TrainingState, epoch: int) -> dict[str, Any]:
     """Train and validate epoch ``epoch`` (1-based): its metrics record, or a DivergedError."""
-    train, device = loaders["train"], loaders["train"].x.device
+    cfg, train = run.cfg, run.loaders["train"]
     train.set_epoch(epoch)
     train.size = cfg.train_image_size(epoch)
-    _sync(device)
+    _sync(run.device)
     t0 = time.perf_counter()
-    stats = train_one_epoch(state, train, hooks, world)
-    _sync(device)
+    stats = train_one_epoch(state, train, run.hooks, run.world)
+    _sync(run.device)
     seconds = time.perf_counter() - t0
     if stats["bad_step"] >= 0 or not math.isfinite(stats["loss"]):
         raise _divergence(cfg, epoch, stats["bad_step"], "loss")
-    distributed.broadcast_buffers(state.model, world)  # rank 0's BatchNorm statistics, as saved
-    val = evaluate(state.model, loaders["val"], world, amp=cfg.train.amp)
+    distributed.broadcast_buffers(state.model, run.world)  # rank 0's BatchNorm statistics, as saved
+    val = evaluate(state.model, run.loaders["val"], run.world, amp=cfg.train.amp)
     if not math.isfinite(val["loss"]):  # e.g. an unstable head overflowing on unseen images
         raise _divergence(cfg, epoch, -1, "validation loss")
     last_step = epoch * len(train) - 1
@@ -669,37 +682,31 @@ def _divergence(cfg: Config, epoch: int, step: int, what: str) -> DivergedError:
     return DivergedError(message, epoch=epoch, step=step)
 
 
-def _finish(
-    state: TrainingState,
-    cfg: Config,
-    loaders: dict[str, TensorLoader],
-    diagnostics: Diagnostics,
-    data: ImageData,
-    run_dir: Path,
-    world: World,
-    device: torch.device,
-) -> FitResult:
-    """Test (rank 0, on the whole test split), summary.json, and the checkpoints removed."""
-    summary, maps = None, None
+def _finish(run: _Run, state: TrainingState) -> FitResult:
+    """Test (rank 0, on the whole test split), the finished-run hooks, summary.json, and the
+    checkpoints removed."""
+    summary, maps, world = None, None, run.world
     if world.is_main:
-        test, temperature, note = _test_metrics(state.model, cfg, loaders["test"], data, device)
-        summary = run_summary(cfg, data, state.history, device, world, test=test, temperature=temperature, note=note)
-        maps = diagnostics.feature_maps()  # the first validation image
-        runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
-        runs.remove_checkpoints(run_dir)  # finished: the weights are in model.pt
+        test, temperature, note = _test_metrics(run, state.model)
+        history = state.history
+        summary = run_summary(
+            run.cfg, run.data, history, run.device, world, test=test, temperature=temperature, note=note
+        )
+        maps = run.diagnostics.feature_maps()  # the first validation image
+        run.hooks.on_run_finished(FitResult(run.run_dir, summary, history, state.model, feature_maps=maps))
+        runs.atomic_write_json(run.run_dir / runs.SUMMARY, summary)
+        runs.remove_checkpoints(run.run_dir)  # finished: the weights are in model.pt
     summary = distributed.broadcast_object(summary, world)
-    return FitResult(run_dir, summary, state.history, state.model, feature_maps=maps)
+    return FitResult(run.run_dir, summary, state.history, state.model, feature_maps=maps)
 
 
-def _test_metrics(
-    model: Classifier, cfg: Config, test_loader: TensorLoader, data: ImageData, device: torch.device
-) -> tuple[dict[str, Any], float | None, str]:
+def _test_metrics(run: _Run, model: Classifier) -> tuple[dict[str, Any], float | None, str]:
     """Every test metric, before and after temperature scaling, and the temperature with its note.
 
     The temperature is fitted on the whole validation split (the training loop's validation
     loader may be one rank's shard), then applied to the test probabilities.
     """
-    one = World()
+    cfg, data, device, test_loader, one = run.cfg, run.data, run.device, run.loaders["test"], World()
     test = evaluate(model, test_loader, one, keep_probs=True, amp=cfg.train.amp)
     metrics = classification_metrics(test["probs"], test["targets"], source=f"head {cfg.head.name!r}")
     norm = test_loader.normalize
@@ -766,7 +773,6 @@ def _finished_result(run_dir: Path) -> FitResult:
     summary = runs.read_summary(run_dir) or {}
     if summary.get("status") == "diverged":
         d = summary.get("diverged", {})
-        message = d.get("message", "the run diverged")
-        raise DivergedError(message, epoch=d.get("epoch", 0), step=d.get("step", -1), run_dir=run_dir)
+        raise DivergedError(d.get("message", "the run diverged"), epoch=d.get("epoch", 0), step=d.get("step", -1))
     model, _, _ = load_trained(run_dir)
     return FitResult(run_dir, summary, runs.read_history(run_dir), model, resumed_finished=True)

@@ -36,9 +36,10 @@ MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 class ConvNetOptions(Options):
-    """Options of the built-in conv nets (``simple_cnn``, ``resnet12``); each sets its own ``widths``."""
+    """Options of the built-in conv nets (``simple_cnn``, ``resnet12``); each sets its own
+    default ``widths`` (here they must be given)."""
 
-    widths: list[int] = Field(default_factory=list)  # output channels of each block (one block per entry)
+    widths: list[int]  # output channels of each block (one block per entry)
     width: float = Field(1.0, gt=0)  # multiplier of every width (rounded, at least 1): resnet12 at 0.25 is 16-40-80-160
     batch_norm: bool = True  # BatchNorm after every convolution
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # dropout before the head
@@ -47,7 +48,8 @@ class ConvNetOptions(Options):
     @classmethod
     def _default_when_null(cls, v: Any, info: ValidationInfo) -> Any:
         # `model.widths: null` (or unset) means the model's own default, written out in config.yaml.
-        return cls.model_fields[info.field_name].get_default(call_default_factory=True) if v is None else v
+        field = cls.model_fields[info.field_name]
+        return field.get_default(call_default_factory=True) if v is None and not field.is_required() else v
 
     @field_validator("widths")
     @classmethod
