@@ -67,8 +67,8 @@ class FitResult:
 
     ``feature_maps`` are (activation name, (C, H, W) output) of each block for the first
     validation image, computed at the end of a run (None when diagnostics are off, on ranks
-    other than 0, and for a finished run returned as it was). ``report`` is the run's
-    ``report.html`` once :mod:`softmaxlab.experiment` wrote it.
+    other than 0, and for a finished run returned as it was, which ``resumed_finished``
+    says). ``report`` is the run's ``report.html`` once :mod:`softmaxlab.experiment` wrote it.
     """
 
     run_dir: Path
