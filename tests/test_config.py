@@ -215,3 +215,12 @@ def test_an_option_another_component_shares_with_another_default_does_not_break_
             load_config(None, ["head.tau=3"])
     finally:
         HEADS.unregister("tau_head")
+
+
+def test_the_resolved_config_holds_only_the_chosen_components_options():
+    data = load_config(None, ["data.name=npz", "data.root=a.npz"]).to_dict()["data"]
+    assert data["root"] == "a.npz" and "test_fraction" in data
+    assert not {"num_classes", "train_size", "download", "labels", "skip_corrupt"} & set(data)  # other datasets'
+    model = load_config(None, ["model.activation=softmax_hw"]).to_dict()["model"]
+    assert model["softmax_blocks"] is None and "widths" in model
+    assert "softmax_blocks" not in load_config().to_dict()["model"]  # relu has no softmax options
