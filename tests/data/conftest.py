@@ -5,7 +5,13 @@ Everything is written into ``tmp_path``; nothing here needs the network or ``../
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
+import struct
+import threading
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -80,6 +86,42 @@ def write_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int] 
     img.convert(mode).save(path)
 
 
+def write_png_claiming(path: Path, width: int, height: int) -> None:
+    """A PNG of a few hundred bytes whose header (IHDR) claims ``width`` x ``height`` pixels:
+    a tiny real image with the two sizes and the chunk's CRC patched."""
+    write_image(path, (10, 20, 30), size=(4, 4))
+    data = bytearray(path.read_bytes())
+    # 8-byte signature, then the IHDR chunk: length (4), type (4), width (4), height (4), ..., CRC.
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
+def finishes(call: Callable[[], object], fifo: Path | None = None, timeout: float = 30.0) -> object:
+    """``call()``'s result, or the exception it raised, run in a thread that must end within
+    ``timeout`` seconds: a scan that opens a FIFO would block forever (pytest-timeout is not
+    installed). On a hang, a writer opened on ``fifo`` ends the read so the process can exit."""
+    outcome: list[object] = []
+
+    def target() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # handed back to the test, which asserts on it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        if fifo is not None:
+            with contextlib.suppress(OSError):  # ENXIO: nobody is reading it after all
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the blocked reader gets EOF
+            thread.join(timeout)
+        raise AssertionError(f"still running after {timeout:.0f} s (blocked on a FIFO?)")
+    return outcome[0]
+
+
 CLASS_COLOURS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "eel": (30, 30, 200)}
 
 
@@ -95,7 +137,8 @@ def files(tmp_path: Path) -> SimpleNamespace:
     """The writers above, for test modules (which cannot import this conftest by name).
 
     ``files.cifar(kind, **kw)`` writes a release under a fresh root and returns the root;
-    ``files.tree``, ``files.image``: :func:`write_tree`, :func:`write_image`;
+    ``files.tree``, ``files.image``, ``files.png_claiming``: :func:`write_tree`, :func:`write_image`,
+    :func:`write_png_claiming`; ``files.finishes``: :func:`finishes`;
     ``files.shared``: the real data folder ``../shared/data`` (may be absent).
     """
 
@@ -108,6 +151,8 @@ def files(tmp_path: Path) -> SimpleNamespace:
         cifar=cifar,
         tree=write_tree,
         image=write_image,
+        png_claiming=write_png_claiming,
+        finishes=finishes,
         shared=SHARED_DATA,
         colours=CLASS_COLOURS,
         cifar10_names=CIFAR10_NAMES,

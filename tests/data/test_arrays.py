@@ -1,3 +1,8 @@
+import io
+import pickle
+import warnings
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -127,3 +132,88 @@ def test_real_intel_arrays(files):
     assert data.image_shape == (3, 64, 64)
     mean, _ = data.channel_stats()
     assert all(0.3 < m < 0.6 for m in mean)
+
+
+# ---------------------------------------------------------------- files that lie or smuggle
+
+
+def npy_bytes(array=None, header_shape=None, dtype=np.uint8):
+    """The bytes of a .npy member: ``array`` as saved, or a header claiming ``header_shape`` before
+    a few bytes of data."""
+    buf = io.BytesIO()
+    if array is not None:
+        np.save(buf, array)
+        return buf.getvalue()
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": header_shape}
+    np.lib.format.write_array_header_1_0(buf, header)
+    return buf.getvalue() + bytes(64)
+
+
+def zipped(tmp_path, members, compression=zipfile.ZIP_STORED):
+    path = tmp_path / "hand.npz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about a name written twice
+        with zipfile.ZipFile(path, "w", compression=compression) as z:
+            for name, data in members:
+                z.writestr(name, data)
+    return path
+
+
+XY = [("x.npy", npy_bytes(A["x"])), ("y.npy", npy_bytes(A["y"]))]
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED], ids=["stored", "deflated"])
+@pytest.mark.parametrize(
+    ("shape", "dtype"), [((10**9, 64, 64, 3), np.uint8), ((60, 8, 8, 3), np.float64), ((-1, 8), np.uint8)]
+)
+def test_a_header_claiming_more_than_the_file_stores_is_refused_before_allocating(tmp_path, compression, shape, dtype):
+    # numpy allocates what the header claims before reading: 12 TB for the first shape.
+    path = zipped(tmp_path, [("x.npy", npy_bytes(header_shape=shape, dtype=dtype)), XY[1]], compression)
+    with pytest.raises(UserError) as err:
+        load(path)
+    msg = str(err.value)
+    assert "\n" not in msg and f"array 'x' in '{path}' claims shape {shape}" in msg
+    assert "bytes of it; the file is truncated or was altered" in msg
+
+
+@pytest.mark.parametrize(
+    ("members", "error"),
+    [
+        ([*XY, ("classes", pickle.dumps(["a", "b", "c"]))], r"holds 'classes', which is not a NumPy array"),
+        ([*XY, ("classes.npy", pickle.dumps(["a", "b", "c"]))], r"array 'classes' .* not a readable \.npy array"),
+        ([*XY, ("classes.npy", b"\x93NUMPY\x09\x00" + bytes(30))], r"array 'classes' .* not a readable \.npy array"),
+        ([*XY, ("classes.npy", npy_bytes(np.array(["a", "b"], dtype=object)))], r"object array 'classes'.*dtype=str"),
+        ([*XY, XY[1]], r"stores 'y\.npy' twice"),
+    ],
+    ids=["raw pickle", "pickle named .npy", "unknown version", "object array", "member twice"],
+)
+def test_members_that_are_no_plain_arrays_are_refused(tmp_path, members, error):
+    with pytest.raises(UserError, match=error):
+        load(zipped(tmp_path, members))
+
+
+@pytest.mark.parametrize("label", [2**40, 100_000])
+def test_a_huge_label_without_class_names_is_refused(tmp_path, label):
+    # The names "0".."K-1" of 2**40 classes would be built before anything else is checked.
+    y = A["y"].copy()
+    y[5] = label
+    with pytest.raises(UserError, match=rf"array 'y' .*has the label {label:,}, .*more than the 100,000 allowed"):
+        load(save(tmp_path, x=A["x"], y=y))
+
+
+def test_a_huge_label_with_class_names_is_outside_them(tmp_path):
+    y = A["y"].copy()
+    y[5] = 2**40
+    with pytest.raises(UserError, match=r"array 'y' .* labels outside 0\.\.2 \(there are 3 classes\)"):
+        load(save(tmp_path, x=A["x"], y=y, classes=np.array(["a", "b", "c"])))
+
+
+def test_a_class_name_given_twice_is_refused(tmp_path):
+    with pytest.raises(UserError, match=r"array 'classes' .* names the class 'bee' twice"):
+        load(save(tmp_path, **A, classes=np.array(["ant", "bee", "bee"])))
+
+
+def test_a_folder_in_place_of_the_npz_says_so(tmp_path):
+    (tmp_path / "d.npz").mkdir()
+    with pytest.raises(UserError, match=r"npz file '.*d\.npz' is a directory, not a file"):
+        load(tmp_path / "d.npz")

@@ -1,4 +1,5 @@
 import pickle
+import struct
 import urllib.error
 
 import numpy as np
@@ -8,7 +9,7 @@ import torchvision.datasets
 from torchvision.datasets import utils as tv_utils
 
 from softmaxlab.config import DataConfig, load_config
-from softmaxlab.data import load_data
+from softmaxlab.data import cifar, load_data
 from softmaxlab.errors import UserError
 
 
@@ -183,3 +184,38 @@ def test_config_accepts_cifar_options():
 def test_coarse_fix_command_keeps_the_coarse_labels(tmp_path):
     with pytest.raises(UserError, match=r"--set data\.name=cifar100 --set data\.labels=coarse .*download=true"):
         load_data(DataConfig(name="cifar100", labels="coarse", root=str(tmp_path / "none")))
+
+
+# ---------------------------------------------------------------- pickles that claim more than they hold
+
+# Protocol 4 opcodes with an 8-byte length: BINBYTES8, BINUNICODE8, BYTEARRAY8.
+HUGE_LENGTHS = {
+    name: b"\x80\x04" + op + struct.pack("<Q", 2**60) + b"abc."
+    for name, op in (("BINBYTES8", b"\x8e"), ("BINUNICODE8", b"\x8d"), ("BYTEARRAY8", b"\x96"))
+}
+
+
+@pytest.mark.parametrize("content", list(HUGE_LENGTHS.values()), ids=list(HUGE_LENGTHS))
+def test_a_pickle_claiming_a_huge_string_is_a_corrupt_file(files, content):
+    # A few bytes asking the unpickler for 2**60 bytes: a MemoryError, not a one-line error, before.
+    root = files.cifar("cifar10")
+    (root / "cifar-10-batches-py" / "data_batch_2").write_bytes(content)
+    with pytest.raises(UserError, match=r"data_batch_2' is corrupt \(it declares an object larger than the memory\)"):
+        load_data(cfg(root))
+
+
+def test_a_file_larger_than_any_official_one_is_not_read(files, monkeypatch):
+    root = files.cifar("cifar10")
+    monkeypatch.setattr(cifar, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(cifar, "_ArrayUnpickler", None)  # reading it at all would fail differently
+    (root / "cifar-10-batches-py" / "batches.meta").write_bytes(bytes(2**20))
+    with pytest.raises(UserError, match=r"batches\.meta' is corrupt \(1 MiB, larger than any official file\)"):
+        load_data(cfg(root))
+
+
+def test_a_folder_in_place_of_a_batch_says_so(files):
+    root = files.cifar("cifar10")
+    (root / "cifar-10-batches-py" / "data_batch_4").unlink()
+    (root / "cifar-10-batches-py" / "data_batch_4").mkdir()
+    with pytest.raises(UserError, match=r"CIFAR-10 file '.*data_batch_4' is a directory, not a file; download it"):
+        load_data(cfg(root))

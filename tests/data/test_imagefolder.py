@@ -1,5 +1,7 @@
+import errno
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -241,3 +243,220 @@ def test_progress_bar_on_a_terminal(tmp_path, files, monkeypatch):
     tree = imagefolder.scan(tmp_path / "tree")
     out = np.zeros((15, 3, 8, 8), np.uint8)
     assert imagefolder.decode_tree(tree, 8, out) == [] and out.any()
+
+
+# ---------------------------------------------------------------- a full disk while building the cache
+
+
+def no_tmp_left(tree_root):
+    cache = tree_root / ".softmaxlab-cache"
+    return not [p.name for p in cache.iterdir() if p.name.endswith(".tmp")] if cache.exists() else True
+
+
+def test_full_disk_reserving_the_cache_is_a_user_error_naming_it(tmp_path, files, monkeypatch):
+    # A write into a memory map that finds the disk full is SIGBUS, not an OSError: the space is
+    # reserved first, where a full disk is a plain ENOSPC.
+    files.tree(tmp_path / "tree")
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(imagefolder.os, "posix_fallocate", full)
+    with pytest.raises(UserError) as err:
+        load(tmp_path / "tree")
+    msg = str(err.value)
+    cache = tmp_path / "tree" / ".softmaxlab-cache"
+    assert "\n" not in msg and str(cache) in msg and "images-" in msg
+    assert "the disk is full (No space left on device)" in msg and "free space" in msg and "data.cache_dir" in msg
+    assert no_tmp_left(tmp_path / "tree") and not list(cache.glob("*.npy")) and not list(cache.glob("*.json"))
+
+
+def test_an_os_error_while_decoding_into_the_cache_leaves_nothing(tmp_path, files, monkeypatch):
+    files.tree(tmp_path / "tree")
+
+    def failing(tree, size, out, workers=None):
+        out[:2] = 7  # part of the cache written, then the device fails
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(imagefolder, "decode_tree", failing)
+    with pytest.raises(UserError, match=r"cannot write the image cache '.*images-.*\.npy': the write failed \(Input"):
+        load(tmp_path / "tree")
+    assert no_tmp_left(tmp_path / "tree")
+    assert not list((tmp_path / "tree" / ".softmaxlab-cache").glob("*-*.*"))
+
+
+def test_a_file_system_without_fallocate_gets_zeros_written(tmp_path, files, monkeypatch):
+    files.tree(tmp_path / "tree")
+    want = load(tmp_path / "tree", cache_dir=str(tmp_path / "a"))
+
+    def unsupported(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(imagefolder.os, "posix_fallocate", unsupported)
+    got = load(tmp_path / "tree", cache_dir=str(tmp_path / "b"))
+    assert torch.equal(got.train.x, want.train.x) and torch.equal(got.test.x, want.test.x)
+    no_decoding(monkeypatch)
+    assert torch.equal(load(tmp_path / "tree", cache_dir=str(tmp_path / "b")).train.x, want.train.x)
+
+
+# ---------------------------------------------------------------- links, pipes and folders in the tree
+
+
+def test_a_link_loop_is_refused_naming_it(tmp_path, files):
+    files.tree(tmp_path / "tree", per_class=4)
+    (tmp_path / "tree" / "cat" / "loop").symlink_to(".")  # os.walk(followlinks) listed 12 images as 252
+    with pytest.raises(UserError) as err:
+        imagefolder.scan(tmp_path / "tree")
+    msg = str(err.value)
+    assert "\n" not in msg and f"{tmp_path / 'tree' / 'cat' / 'loop'}' is the same folder as" in msg
+    assert "counted twice; remove the link" in msg
+
+
+@pytest.mark.parametrize("target", ["../dog", "..", "../.."])
+def test_a_link_to_another_class_or_up_the_tree_is_refused(tmp_path, files, target):
+    # ../dog would list the dog images as cats too; .. and ../.. lead back into every class.
+    files.tree(tmp_path / "tree", per_class=2)
+    (tmp_path / "tree" / "cat" / "more").symlink_to(target)
+    with pytest.raises(UserError, match=r"cat/more' is the same folder as .*counted twice"):
+        imagefolder.scan(tmp_path / "tree")
+
+
+def test_a_link_from_the_test_split_into_the_training_one_is_refused(tmp_path, files):
+    files.tree(tmp_path / "t" / "train", per_class=4)
+    (tmp_path / "t" / "test").mkdir()
+    for c in ("cat", "dog", "eel"):
+        (tmp_path / "t" / "test" / c).symlink_to(tmp_path / "t" / "train" / c)
+    with pytest.raises(UserError, match=r"test/cat' is the same folder as .*train/cat'"):
+        imagefolder.scan(tmp_path / "t")
+
+
+def test_a_link_to_a_folder_outside_the_tree_is_followed(tmp_path, files):
+    files.tree(tmp_path / "tree", per_class=2)
+    files.image(tmp_path / "elsewhere" / "far.png", (200, 30, 30))
+    (tmp_path / "tree" / "cat" / "linked").symlink_to(tmp_path / "elsewhere")
+    tree = imagefolder.scan(tmp_path / "tree")
+    assert "cat/linked/far.png" in tree.files and len(tree.files) == 7
+    assert tree.stats[tree.files.index("cat/linked/far.png")][0] == (tmp_path / "elsewhere" / "far.png").stat().st_size
+
+
+def test_the_same_file_through_a_link_is_refused(tmp_path, files):
+    files.tree(tmp_path / "tree", per_class=2)
+    (tmp_path / "tree" / "dog" / "also.png").symlink_to(tmp_path / "tree" / "cat" / "00.png")
+    with pytest.raises(UserError, match=r"dog/also\.png' is the same file as .*cat/00\.png'.*counted twice"):
+        imagefolder.scan(tmp_path / "tree")
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        (lambda p: p.symlink_to(p.parent / "gone.jpg"), "is a dangling symbolic link"),
+        (lambda p: os.mkfifo(p), r"is not a regular file \(a pipe, socket or device\)"),
+        (lambda p: p.mkdir(), "is a directory, not a file"),
+    ],
+    ids=["dangling link", "fifo", "folder"],
+)
+def test_an_image_name_that_is_no_file_is_refused_before_opening(tmp_path, files, make, error):
+    # A FIFO named like an image blocked the decoding thread forever; now nothing opens it.
+    files.tree(tmp_path / "tree", per_class=2)
+    bad = tmp_path / "tree" / "dog" / "x.jpg"
+    make(bad)
+    outcome = files.finishes(lambda: load(tmp_path / "tree"), fifo=bad)
+    assert isinstance(outcome, UserError), outcome
+    assert f"image file '{bad}' " in str(outcome) and re.search(error, str(outcome))
+
+
+def test_an_unreadable_folder_is_refused_not_skipped(tmp_path, files):
+    files.tree(tmp_path / "tree", per_class=2)
+    files.image(tmp_path / "tree" / "cat" / "locked" / "a.png", (200, 30, 30))
+    if os.geteuid() == 0:
+        pytest.skip("root reads any folder")
+    (tmp_path / "tree" / "cat" / "locked").chmod(0)
+    try:
+        with pytest.raises(UserError, match=r"cannot read the folder .*locked' \(Permission denied\)"):
+            imagefolder.scan(tmp_path / "tree")
+    finally:
+        (tmp_path / "tree" / "cat" / "locked").chmod(0o755)
+
+
+# ---------------------------------------------------------------- decompression bombs
+
+
+def test_an_image_claiming_huge_dimensions_is_unreadable(tmp_path, files):
+    files.tree(tmp_path / "tree", per_class=2)
+    files.png_claiming(tmp_path / "tree" / "dog" / "bomb.png", 30000, 30000)
+    with pytest.raises(UserError, match=r"1 unreadable image file\(s\).*dog/bomb\.png \(DecompressionBomb"):
+        load(tmp_path / "tree")
+
+
+def test_an_image_between_one_and_two_times_the_pixel_limit_is_unreadable(tmp_path, files, monkeypatch):
+    # PIL only warns there, and would decode it: up to 2 x 89 M pixels in each decoding thread.
+    files.tree(tmp_path / "tree", per_class=2)  # 20 x 12 = 240 px images
+    monkeypatch.setattr(imagefolder.Image, "MAX_IMAGE_PIXELS", 200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no warning escapes
+        with pytest.raises(UserError, match=r"6 unreadable image file\(s\).*DecompressionBombWarning: Image size"):
+            load(tmp_path / "tree")
+    # The decoding's filter is gone again.
+    assert not any(f[2] is imagefolder.Image.DecompressionBombWarning and f[0] == "error" for f in warnings.filters)
+
+
+# ---------------------------------------------------------------- a tampered cache index
+
+
+def _tamper_text(text):
+    return lambda index, path: path.write_text(text)
+
+
+def _tamper(**changes):
+    def edit(index, path):
+        index.update(changes)
+        for key in [k for k, v in changes.items() if v is _DROP]:
+            del index[key]
+        path.write_text(json.dumps(index))
+
+    return edit
+
+
+_DROP = object()
+
+
+TAMPERINGS = {
+    "not JSON": _tamper_text("not json {"),
+    "a list": _tamper_text("[1, 2, 3]"),
+    "not UTF-8": _tamper_text("\xff\xfe"),
+    "nested too deeply": _tamper_text("[" * 100_000 + "]" * 100_000),
+    "no bad list": _tamper(bad=_DROP),
+    "no files": _tamper(files=_DROP),
+    "bad not a list": _tamper(bad=5),
+    "bad index past the end": _tamper(bad=[[999, "x"]]),
+    "bad index negative": _tamper(bad=[[-1, "x"]]),
+    "bad index a string": _tamper(bad=[["0", "x"]]),
+    "bad index a bool": _tamper(bad=[[True, "x"]]),
+    "bad entry without reason": _tamper(bad=[[0]]),
+    "other files": _tamper(files=["a.png"]),
+    "other classes": _tamper(classes=["cat", "dog"]),
+    "other version": _tamper(version="1"),
+}
+
+
+@pytest.mark.parametrize("tamper", list(TAMPERINGS.values()), ids=list(TAMPERINGS))
+def test_a_tampered_cache_index_is_a_miss_and_rebuilt(tmp_path, files, tamper):
+    files.tree(tmp_path / "tree")
+    want = load(tmp_path / "tree")
+    index_path = next((tmp_path / "tree" / ".softmaxlab-cache").glob("index-*.json"))
+    tamper(json.loads(index_path.read_text()), index_path)
+    got = load(tmp_path / "tree")
+    assert torch.equal(got.train.x, want.train.x) and torch.equal(got.test.y, want.test.y)
+    assert json.loads(index_path.read_text())["bad"] == []  # rewritten
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.zeros((15, 3, 9, 9), np.uint8), np.zeros((15, 3, 8, 8), np.float32), np.zeros((8, 8, 3, 15), np.uint8).T],
+    ids=["shape", "dtype", "fortran order"],
+)
+def test_a_cache_array_of_another_shape_is_a_miss(tmp_path, files, array):
+    files.tree(tmp_path / "tree")
+    want = load(tmp_path / "tree")
+    np.save(next((tmp_path / "tree" / ".softmaxlab-cache").glob("images-*.npy")), array)
+    assert torch.equal(load(tmp_path / "tree").train.x, want.train.x)

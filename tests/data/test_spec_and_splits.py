@@ -1,9 +1,11 @@
+from pathlib import Path
+
 import pytest
 import torch
 
 from softmaxlab.config import DataConfig, load_config
-from softmaxlab.data import DATASETS, parse_data_spec
-from softmaxlab.data.common import holdout_counts, resize, stratified_split
+from softmaxlab.data import DATASETS, load_data, parse_data_spec
+from softmaxlab.data.common import expand_root, holdout_counts, resize, stratified_split
 from softmaxlab.errors import UserError
 
 
@@ -92,3 +94,26 @@ def test_channel_stats_match_the_plain_formula():
     xf = x.float() / 255
     torch.testing.assert_close(torch.tensor(mean), xf.mean(dim=(0, 2, 3)))
     torch.testing.assert_close(torch.tensor(std), xf.std(dim=(0, 2, 3)))
+
+
+def test_expand_root_expands_the_home():
+    assert expand_root("~/x") == Path.home() / "x"
+    assert expand_root("rel/x") == Path("rel/x")
+
+
+@pytest.mark.parametrize("name", ["npz", "imagefolder", "cifar10"])
+def test_a_root_in_the_home_of_an_unknown_user_says_so(name):
+    # Path.expanduser raises a bare RuntimeError ("Could not determine home directory") here.
+    with pytest.raises(UserError) as err:
+        load_data(DataConfig(name=name, root="~nosuchuser-sml/x"))
+    msg = str(err.value)
+    assert msg == (
+        "data.root='~nosuchuser-sml/x' starts with '~nosuchuser-sml', but there is no such user or home directory "
+        "here; write the full path"
+    )
+
+
+def test_a_cache_dir_in_the_home_of_an_unknown_user_says_so(tmp_path, files):
+    files.tree(tmp_path)
+    with pytest.raises(UserError, match=r"^data\.cache_dir='~nosuchuser-sml' starts with"):
+        load_data(DataConfig(name="imagefolder", root=str(tmp_path), cache_dir="~nosuchuser-sml"))

@@ -8,6 +8,7 @@ lets the loader augment and normalise whole batches at once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,9 @@ from softmaxlab.registry import Options, Registry
 #: (a subclass of :class:`DataOptions`), which become its ``data.*`` config keys.
 DATASETS: Registry[Callable[..., ImageData]] = Registry("dataset")
 
+#: The largest ``data.image_size``, in px.
+MAX_IMAGE_SIZE = 4096
+
 
 class DataOptions(Options):
     """The ``data.*`` options of every dataset: image size, the seed of the data, augmentation."""
@@ -28,7 +32,9 @@ class DataOptions(Options):
     # Images are generated / resized (square) to this side. Unset = the dataset's own size, written into
     # the run's config.yaml once the data is loaded: npz as stored (the shorter side when not square),
     # cifar10 / cifar100 and shapes 32, imagefolder 64 (its images differ in size).
-    image_size: int | None = Field(None, ge=8)
+    # At most MAX_IMAGE_SIZE: one 4096 px RGB image is 50 MB as uint8 and 200 MB as float32, so a larger
+    # side is a typo (100000 would ask for 30 GB per image) rather than a study.
+    image_size: int | None = Field(None, ge=8, le=MAX_IMAGE_SIZE)
     seed: int = 0  # seed of the data itself (generation, splits), separate from train.seed
     crop_padding: int = Field(4, ge=0)  # random-crop augmentation: pad by this many pixels
     flip: bool = True  # random horizontal flips
@@ -42,9 +48,10 @@ class DataOptions(Options):
     @field_validator("rrc_scale", "rrc_ratio")
     @classmethod
     def _range(cls, v: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
-        upper = 1.0 if info.field_name == "rrc_scale" else float("inf")
-        if not 0 < v[0] <= v[1] <= upper:
-            bound = "0 < low <= high <= 1" if upper == 1.0 else "0 < low <= high"
+        # Finite too: a ratio of .inf passes "low <= high" but makes crops of zero height.
+        upper = 1.0 if info.field_name == "rrc_scale" else math.inf
+        if not (all(math.isfinite(b) for b in v) and 0 < v[0] <= v[1] <= upper):
+            bound = "0 < low <= high <= 1" if upper == 1.0 else "0 < low <= high, both finite"
             raise ValueError(f"must be [low, high] with {bound}, got {list(v)}")
         return v
 

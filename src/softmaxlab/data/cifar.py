@@ -26,8 +26,9 @@ import torch
 from torch import Tensor
 
 from softmaxlab.data.base import DATASETS, ImageData, OnDiskOptions
-from softmaxlab.data.common import assemble
+from softmaxlab.data.common import assemble, expand_root
 from softmaxlab.errors import UserError
+from softmaxlab.untrusted import regular_file
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ CIFAR100 = CifarFormat(
     "fine_label_names",
     "CIFAR100",
 )
+
+#: The largest file read, in bytes: the largest official one (CIFAR-100's train, about 155 MB) with room to spare.
+MAX_FILE_BYTES = 256 * 2**20
 
 # (module, name) pairs a CIFAR pickle may reference: numpy array reconstruction only.
 _ALLOWED = {
@@ -119,12 +123,29 @@ def _corrupt(fmt: CifarFormat, path: Path, why: str) -> UserError:
     )
 
 
+#: What unpickling a damaged or tampered file may raise (not a bug of ours).
+_PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError)
+
+
 def _unpickle(fmt: CifarFormat, path: Path) -> dict[str, Any]:
+    """The dict pickled in ``path``, read with :class:`_ArrayUnpickler`.
+
+    A pickle states the length of each string before it: a few bytes claiming a 2**60-byte
+    one make the unpickler ask for that much memory (MemoryError, or OverflowError past the
+    address space). Files larger than any official one are refused before reading, and
+    those errors are a corrupt file like any other.
+    """
+    regular_file(path, f"{fmt.title} file", f"download it again with: {_fix_command(fmt, str(path.parent.parent))}")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise _corrupt(fmt, path, f"{size / 2**20:,.0f} MiB, larger than any official file")
     try:
         with path.open("rb") as f:
             obj = _ArrayUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+    except _PICKLE_ERRORS as exc:
         raise _corrupt(fmt, path, f"not a readable pickle: {type(exc).__name__}") from None
+    except (MemoryError, OverflowError):
+        raise _corrupt(fmt, path, "it declares an object larger than the memory") from None
     obj = _str_keys(obj)
     if not isinstance(obj, dict):
         raise _corrupt(fmt, path, f"expected a dict, found {type(obj).__name__}")
@@ -176,7 +197,8 @@ def _find_folder(fmt: CifarFormat, root: Path) -> Path | None:
 
 def _missing_files(fmt: CifarFormat, folder: Path | None) -> list[str]:
     names = [*fmt.train, *fmt.test, fmt.meta]
-    return names if folder is None else [n for n in names if not (folder / n).is_file()]
+    # exists(), not is_file(): a folder or a pipe in a file's place is named as such by _unpickle.
+    return names if folder is None else [n for n in names if not (folder / n).exists()]
 
 
 def download(fmt: CifarFormat, root: Path) -> None:
@@ -221,7 +243,7 @@ def locate(fmt: CifarFormat, cfg: CifarOptions) -> Path:
             f"data.root is not set: {fmt.name} needs the folder that holds (or will hold) {fmt.folder}/; "
             f"download it with: {_fix_command(fmt, 'data', labels)}"
         )
-    root = Path(cfg.root).expanduser()
+    root = expand_root(cfg.root)
     folder = _find_folder(fmt, root)
     missing = _missing_files(fmt, folder)
     if missing and cfg.download:

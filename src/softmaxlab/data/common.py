@@ -1,5 +1,5 @@
-"""What every on-disk dataset shares: stratified hold-out splits, resizing, and assembling
-the :class:`ImageData` from arrays.
+"""What every on-disk dataset shares: expanding ``data.root``, stratified hold-out splits,
+resizing, and assembling the :class:`ImageData` from arrays.
 
 Splits are deterministic functions of ``data.seed`` (not ``train.seed``), so every run of a
 sweep over training seeds sees the same validation images, and stratified, so a small
@@ -13,12 +13,31 @@ validation split still holds every class in its training proportion.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from softmaxlab.data.base import DataOptions, ImageData, Split
 from softmaxlab.errors import UserError
+
+
+def expand_root(path: str, key: str = "data.root") -> Path:
+    """``path`` (the value of the config key ``key``) with a leading ``~`` or ``~user`` expanded.
+
+    ``Path.expanduser`` raises a bare RuntimeError for a user without a home directory (and
+    ``os.path.expanduser`` would keep ``~nosuchuser`` as a folder name); either way the user
+    meant a home that is not there, which is a UserError that says so.
+    """
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        user = path.split("/", 1)[0]
+        raise UserError(
+            f"{key}={path!r} starts with {user!r}, but there is no such user or home directory here; "
+            "write the full path"
+        ) from None
 
 
 def holdout_counts(counts: list[int], fraction: float) -> list[int]:

@@ -12,6 +12,11 @@ Without a validation folder ``data.val_fraction`` of the training images are hel
 Images (jpg, png, bmp, gif, tif, webp, ...) are found recursively inside each class folder;
 other files and hidden entries are ignored. Every image becomes RGB resized to
 ``data.image_size`` square (bilinear, antialiased), 64 px when unset (``DEFAULT_SIZE``).
+Symbolic links are followed, but a second way into a folder or file already listed (a link
+loop, a link to another class or split) is refused, since its images would count twice; so
+is an image name that is no regular file (a dangling link, a FIFO, a folder), before
+anything opens it. An image whose header claims more than PIL's ``Image.MAX_IMAGE_PIXELS``
+pixels is an unreadable file, never decoded.
 
 Why a cache: decoding JPEGs costs far more than a small CNN's epoch on the decoded pixels.
 The tree is decoded once, in parallel threads (PIL releases the GIL while decoding and
@@ -23,20 +28,25 @@ memory-mapped array without decoding. The cache lives in ``data.cache_dir``, by 
 ``<root>/.softmaxlab-cache/``, or the user cache folder (``~/.cache/softmaxlab/``) when the
 root is read-only.
 Both files are written to a temporary name and renamed, so an interrupted build leaves no
-half-written cache and parallel runs of a sweep can build it at the same time.
+half-written cache and parallel runs of a sweep can build it at the same time; the array's
+space is reserved before decoding, so a full disk is a one-line error, not a crash. An index
+that does not match the tree in every field is a cache miss: the tree is decoded again.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import math
 import os
+import stat
 import sys
 import tempfile
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +55,9 @@ import torch
 from PIL import Image
 
 from softmaxlab.data.base import DATASETS, HoldoutOptions, ImageData
-from softmaxlab.data.common import assemble
-from softmaxlab.errors import UserError
-from softmaxlab.runs import atomic_write_text
+from softmaxlab.data.common import assemble, expand_root
+from softmaxlab.errors import WRITE_ERRNOS, UserError
+from softmaxlab.untrusted import regular_file
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 CACHE_VERSION = 1  # bump when the decoding changes, so old caches are not reused
@@ -68,6 +78,8 @@ class ImageFolderOptions(HoldoutOptions):
 
 
 _SHOWN_BAD = 3  # bad files named in an error message
+#: The largest cache index read, per image: a path and a reason of a few hundred bytes each, with room to spare.
+_MAX_INDEX_BYTES_PER_FILE = 8192
 
 
 @dataclass
@@ -79,6 +91,9 @@ class Tree:
     files: list[str]  # relative POSIX paths, sorted within each split and class
     labels: list[int]
     splits: list[str]  # "train", "val" or "test" for each file (as given by the layout)
+    # (size, mtime_ns) of each file as the scan found it: the cache key needs them, and the scan has
+    # stat()ed every file already, so they are not asked for twice on every run.
+    stats: list[tuple[int, int]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- finding the images
@@ -113,19 +128,104 @@ def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _images_in(folder: Path, root: Path) -> list[str]:
-    """Relative POSIX paths (to ``root``) of the images anywhere under ``folder``, sorted.
+class _Seen:
+    """The real folders and files (``st_dev``, ``st_ino``) a scan has reached, each with the path it
+    was first reached by.
+
+    ``os.walk(followlinks=True)`` alone follows a link loop (``loop -> .``) until the path is
+    too long, listing every image once per turn; a link from one class or split to another
+    lists the same images under two labels, or test images among the training ones. A second
+    way into the same folder or file is therefore refused; links to anything not yet reached
+    (a folder elsewhere on the disk) are still followed.
+    """
+
+    def __init__(self) -> None:
+        self.dirs: dict[tuple[int, int], str] = {}
+        self.files: dict[tuple[int, int], str] = {}
+
+    def add_dir(self, path: str, st: os.stat_result) -> None:
+        first = self.dirs.setdefault((st.st_dev, st.st_ino), path)
+        if first != path:
+            raise UserError(
+                f"{path!r} is the same folder as {first!r} (reached again through a symbolic link): its images "
+                "would be counted twice; remove the link"
+            )
+
+    def add_file(self, path: str, st: os.stat_result) -> None:
+        first = self.files.setdefault((st.st_dev, st.st_ino), path)
+        if first != path:
+            raise UserError(
+                f"{path!r} is the same file as {first!r} (a symbolic or hard link): the image would be counted "
+                "twice; remove one of them"
+            )
+
+
+def _stat(path: str, image: bool) -> os.stat_result:
+    """``os.stat(path)`` of an entry found by the scan; for an image name, only a regular file.
+
+    Checked before anything opens the file: opening a FIFO named ``x.jpg`` blocks forever,
+    and a dangling link or a folder named ``x.jpg`` is no image either.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is None or (image and not stat.S_ISREG(st.st_mode)):
+        if image:
+            regular_file(path, "image file", "remove it or rename it: a file with an image extension must be an image")
+        raise UserError(f"cannot read {path!r} (it vanished or cannot be accessed); check the image folder")
+    return st
+
+
+def _entries(folder: str) -> list[os.DirEntry[str]]:
+    """The visible entries of ``folder``, sorted by name."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as exc:  # os.walk skips an unreadable folder silently, and its images with it
+        why = exc.strerror or type(exc).__name__
+        raise UserError(f"cannot read the folder {folder!r} ({why}); make it readable or remove it") from None
+
+
+def _images_in(folder: Path, root: Path, seen: _Seen) -> tuple[list[str], list[tuple[int, int]]]:
+    """Relative POSIX paths (to ``root``) of the images anywhere under ``folder``, and the
+    (size, mtime_ns) of each; in the order of a top-down ``os.walk`` with sorted names.
 
     Plain strings, not Path objects: a tree of tens of thousands of images is listed on
-    every run, cache hit or not, so this is kept cheap.
+    every run, cache hit or not, so this is kept cheap (one ``stat`` per entry).
     """
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    found: list[str] = []
+    stats: list[tuple[int, int]] = []
+    stack = [str(folder)]
+    while stack:
+        dirpath = stack.pop()
         rel = Path(os.path.relpath(dirpath, root)).as_posix()  # once per folder, not per file
-        found.extend(
-            f"{rel}/{f}" for f in sorted(filenames) if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
-        )
+        subdirs = []
+        for entry in _entries(dirpath):
+            if entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                st = _stat(entry.path, image=True)
+                seen.add_file(entry.path, st)
+                found.append(f"{rel}/{entry.name}")
+                stats.append((st.st_size, st.st_mtime_ns))
+            elif entry.is_dir():  # follows links, as os.walk(followlinks=True) did
+                seen.add_dir(entry.path, _stat(entry.path, image=False))
+                subdirs.append(entry.path)
+        stack.extend(reversed(subdirs))  # depth first, in name order: the files keep os.walk's order
+    return found, stats
+
+
+def _class_dirs(layout: dict[str, Path], classes: list[str], train_dirs: list[Path]) -> dict[str, list[Path]]:
+    """The class folders of each split; a class that the training folder lacks is a UserError."""
+    found = {}
+    for split, folder in layout.items():
+        dirs = train_dirs if split == "train" else _visible_dirs(folder)
+        unknown = [d.name for d in dirs if d.name not in classes]
+        if unknown:
+            raise UserError(
+                f"{str(folder)!r} has class folders that the training folder {str(layout['train'])!r} lacks: "
+                f"{', '.join(unknown[:5])}; every class needs training images"
+            )
+        found[split] = dirs
     return found
 
 
@@ -135,37 +235,35 @@ def scan(root: Path) -> Tree:
         what = "does not exist" if not root.exists() else "is not a folder"
         raise UserError(f"image folder {str(root)!r} {what}; set data.root to a folder of class folders")
     layout = find_layout(root)
-    class_dirs = _visible_dirs(layout["train"])
-    classes = [d.name for d in class_dirs]
+    train_dirs = _visible_dirs(layout["train"])
+    classes = [d.name for d in train_dirs]
     if not classes:
         raise UserError(
             f"no class folders in {str(layout['train'])!r}; expected <class>/<image> folders "
             "(or train/ and test/, or Kaggle's seg_train/seg_train/)"
         )
-    files: list[str] = []
-    labels: list[int] = []
-    splits: list[str] = []
-    for split, folder in layout.items():
-        dirs = class_dirs if split == "train" else _visible_dirs(folder)
-        unknown = [d.name for d in dirs if d.name not in classes]
-        if unknown:
-            raise UserError(
-                f"{str(folder)!r} has class folders that the training folder {str(layout['train'])!r} lacks: "
-                f"{', '.join(unknown[:5])}; every class needs training images"
-            )
+    by_split = _class_dirs(layout, classes, train_dirs)
+    # The root and the folders above it, the split folders and every class folder are known before
+    # any is walked, so that a link to one of them is refused at the link, whichever class is walked first.
+    seen = _Seen()
+    above = list(reversed(root.resolve().parents))
+    for folder in [*above, root, *layout.values(), *(d for dirs in by_split.values() for d in dirs)]:
+        seen.add_dir(str(folder), _stat(str(folder), image=False))
+    tree = Tree(root, classes, [], [], [])
+    for split, dirs in by_split.items():
         for d in dirs:
-            images = _images_in(d, root)
+            images, stats = _images_in(d, root, seen)
             if not images:
                 raise UserError(
                     f"class folder {str(d)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); add images or remove it"
                 )
-            label = classes.index(d.name)
-            files.extend(images)
-            labels.extend([label] * len(images))
-            splits.extend([split] * len(images))
+            tree.files.extend(images)
+            tree.stats.extend(stats)
+            tree.labels.extend([classes.index(d.name)] * len(images))
+            tree.splits.extend([split] * len(images))
     if len(classes) < 2:
         raise UserError(f"{str(layout['train'])!r} has a single class folder ({classes[0]}); a classifier needs two")
-    return Tree(root, classes, files, labels, splits)
+    return tree
 
 
 # ---------------------------------------------------------------- the cache
@@ -177,9 +275,9 @@ def cache_key(tree: Tree, image_size: int) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([CACHE_VERSION, image_size, tree.classes]).encode())
     root = str(tree.root)
-    for rel, split in zip(tree.files, tree.splits, strict=True):
-        st = os.stat(os.path.join(root, rel))
-        h.update(f"\n{split}\0{rel}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    stats = tree.stats or [(st.st_size, st.st_mtime_ns) for st in (os.stat(os.path.join(root, f)) for f in tree.files)]
+    for rel, split, (size, mtime_ns) in zip(tree.files, tree.splits, stats, strict=True):
+        h.update(f"\n{split}\0{rel}\0{size}\0{mtime_ns}".encode())
     return h.hexdigest()
 
 
@@ -201,7 +299,7 @@ def _writable(folder: Path) -> bool:
 def cache_folder(cfg: ImageFolderOptions, root: Path) -> Path | None:
     """Where the cache of ``root`` lives; None when no folder can be written."""
     if cfg.cache_dir is not None:
-        folder = Path(cfg.cache_dir).expanduser()
+        folder = expand_root(cfg.cache_dir, "data.cache_dir")
         if not _writable(folder):
             raise UserError(f"data.cache_dir {str(folder)!r} cannot be written; choose a writable folder")
         return folder
@@ -213,40 +311,73 @@ def cache_folder(cfg: ImageFolderOptions, root: Path) -> Path | None:
     return user if _writable(user) else None
 
 
-def _read_cache(folder: Path, key: str, n: int, image_size: int) -> tuple[np.ndarray, dict[str, Any]] | None:
-    index_path, array_path = folder / f"index-{key[:16]}.json", folder / f"images-{key[:16]}.npy"
-    try:
-        index = json.loads(index_path.read_text())
-        if index.get("key") != key:
+def _index_bad(index: Any, tree: Tree, key: str, image_size: int) -> list[tuple[int, str]] | None:
+    """The bad files recorded by a cache index, or None when the index is not the one of this
+    tree and image size: anything else in it (edited by hand, torn, from another version) is a
+    cache miss, so the tree is decoded again and the index rewritten."""
+    if not isinstance(index, dict):
+        return None
+    expected = {"version": CACHE_VERSION, "key": key, "image_size": image_size, "classes": tree.classes}
+    if any(index.get(k) != v for k, v in expected.items()) or index.get("files") != tree.files:
+        return None
+    bad = index.get("bad")
+    n = len(tree.files)
+    if not isinstance(bad, list):
+        return None
+    out = []
+    for item in bad:
+        if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is int and isinstance(item[1], str)):
             return None
-        x = np.load(array_path, mmap_mode="r")
-    except (OSError, ValueError):
+        if not 0 <= item[0] < n:
+            return None
+        out.append((item[0], item[1]))
+    return sorted(set(out))
+
+
+def _read_cache(folder: Path, tree: Tree, key: str, image_size: int) -> tuple[np.ndarray, list[tuple[int, str]]] | None:
+    """(images, bad files) of the cache of ``key`` in ``folder``; None on any miss."""
+    index_path, array_path = folder / f"index-{key[:16]}.json", folder / f"images-{key[:16]}.npy"
+    n = len(tree.files)
+    try:
+        if index_path.stat().st_size > _MAX_INDEX_BYTES_PER_FILE * (n + 100):  # not ours: do not read it all
+            return None
+        bad = _index_bad(json.loads(index_path.read_text(encoding="utf-8")), tree, key, image_size)
+        if bad is None:
+            return None
+        x = np.load(array_path, mmap_mode="r")  # allow_pickle=False: an object array is a miss
+    except (OSError, ValueError, RecursionError):  # absent, unreadable, not JSON, not a .npy of its size
         return None
-    if x.shape != (n, 3, image_size, image_size) or x.dtype != np.uint8:
+    if x.shape != (n, 3, image_size, image_size) or x.dtype != np.uint8 or not x.flags.c_contiguous:
         return None
-    return x, index
+    return x, bad
 
 
 def _prune(folder: Path, root: Path, image_size: int, keep: str) -> None:
-    """Remove older caches of the same root and image size (superseded by a changed tree)."""
+    """Remove older caches of the same root and image size (superseded by a changed tree).
+
+    Best effort: a cache that cannot be read or removed is only wasted space.
+    """
     for index_path in folder.glob("index-*.json"):
         tag = index_path.stem[len("index-") :]
         if tag == keep[:16]:
             continue
         try:
-            index = json.loads(index_path.read_text())
-        except (OSError, ValueError):
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+            mine = isinstance(index, dict) and index.get("root") == str(root.resolve())
+            if mine and index.get("image_size") == image_size:
+                for stale in (index_path, folder / f"images-{tag}.npy"):
+                    stale.unlink(missing_ok=True)
+        except (OSError, ValueError, RecursionError):
             continue
-        if index.get("root") == str(root.resolve()) and index.get("image_size") == image_size:
-            for stale in (index_path, folder / f"images-{tag}.npy"):
-                stale.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- decoding
 
 
 def decode_image(path: Path, size: int) -> np.ndarray:
-    """One image file -> uint8 (3, size, size) RGB; raises OSError / ValueError when unreadable."""
+    """One image file -> uint8 (3, size, size) RGB; raises OSError / ValueError when unreadable,
+    and PIL's decompression-bomb error (or warning, when :func:`decode_tree` makes it an error)
+    when the header claims more than ``Image.MAX_IMAGE_PIXELS`` pixels."""
     with Image.open(path) as im:
         # JPEG only: let the decoder scale down by a power of two while staying >= 2x the target.
         im.draft("RGB", (2 * size, 2 * size))
@@ -256,13 +387,17 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     return np.asarray(rgb).transpose(2, 0, 1)
 
 
+#: What decoding one file may raise for a file that is not a readable image (not a bug).
+_UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
 def _decode_chunk(paths: list[Path], start: int, out: np.ndarray, size: int) -> list[tuple[int, str]]:
     """Decode ``paths`` into ``out[start:]``; the (index, reason) of each unreadable file."""
     bad = []
     for i, path in enumerate(paths, start):
         try:
             out[i] = decode_image(path, size)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        except _UNREADABLE as exc:
             bad.append((i, f"{type(exc).__name__}: {exc}".splitlines()[0][:200]))
     return bad
 
@@ -284,7 +419,10 @@ def _progress(total: int, label: str) -> tuple[Callable[[int], None], Callable[[
 def decode_tree(tree: Tree, size: int, out: np.ndarray, workers: int | None = None) -> list[tuple[int, str]]:
     """Decode every image of ``tree`` into ``out`` (N, 3, size, size) in parallel threads.
 
-    Returns the (index, reason) of each unreadable file, sorted by index.
+    Returns the (index, reason) of each unreadable file, sorted by index. An image whose
+    header claims more than ``Image.MAX_IMAGE_PIXELS`` pixels is one of them: PIL refuses
+    twice that itself and only warns between 1x and 2x, when decoding would still take
+    gigabytes in each of the threads.
     """
     n = len(tree.files)
     workers = workers or min(32, os.cpu_count() or 1)
@@ -292,47 +430,106 @@ def decode_tree(tree: Tree, size: int, out: np.ndarray, workers: int | None = No
     paths = [tree.root / f for f in tree.files]
     advance, stop = _progress(n, f"decoding {n} images")
     bad: list[tuple[int, str]] = []
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            futures = [
-                (pool.submit(_decode_chunk, paths[lo : lo + chunk], lo, out, size), min(chunk, n - lo))
-                for lo in range(0, n, chunk)
-            ]
-            for future, count in futures:
-                bad.extend(future.result())
-                advance(count)
-    finally:
-        stop()
+    # The warnings filters are process-wide, so this one reaches the worker threads; it lasts
+    # exactly as long as they run.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                futures = [
+                    (pool.submit(_decode_chunk, paths[lo : lo + chunk], lo, out, size), min(chunk, n - lo))
+                    for lo in range(0, n, chunk)
+                ]
+                for future, count in futures:
+                    bad.extend(future.result())
+                    advance(count)
+        finally:
+            stop()
     return sorted(bad)
 
 
+def _reserve(path: Path, shape: tuple[int, ...]) -> None:
+    """Create the ``.npy`` file ``path`` of uint8 ``shape`` with all its blocks allocated.
+
+    Why: a write into a memory map that finds the disk full is not an OSError but SIGBUS,
+    which kills the process without a message and leaves the partial file behind. With the
+    space reserved first (``posix_fallocate``, or zeros written where the file system has no
+    fallocate), a full disk is an ENOSPC here, before anything is decoded.
+    """
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_2_0(f, header)
+        total = f.tell() + math.prod(shape)
+        fallocate = getattr(os, "posix_fallocate", None)  # absent on macOS
+        if fallocate is not None:
+            try:
+                fallocate(f.fileno(), 0, total)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+        zeros = bytes(2**20)
+        while f.tell() < total:
+            f.write(zeros[: total - f.tell()])
+        f.flush()
+
+
+def _cache_error(exc: OSError, path: Path) -> UserError:
+    """The one-line error for an OSError while writing the cache file ``path``."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "the disk is full"
+    elif exc.errno in WRITE_ERRNOS:
+        what = "it is not writable"
+    else:
+        what = "the write failed"
+    return UserError(
+        f"cannot write the image cache {str(path)!r}: {what} ({exc.strerror or type(exc).__name__}); nothing was "
+        "kept: free space there or set data.cache_dir to a folder with room, then run the same command again"
+    )
+
+
 def build_cache(tree: Tree, size: int, folder: Path | None, key: str) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """Decode the tree into ``folder`` (or into memory when it is None): (images, bad files)."""
+    """Decode the tree into ``folder`` (or into memory when it is None): (images, bad files).
+
+    Any OSError writing the cache (a full disk, above all) is a UserError naming the file;
+    the temporary files are removed and no cache is left half-written.
+    """
     n = len(tree.files)
     shape = (n, 3, size, size)
     if folder is None:
         out = np.zeros(shape, dtype=np.uint8)
         return out, decode_tree(tree, size, out)
-    array_path = folder / f"images-{key[:16]}.npy"
+    array_path, index_path = folder / f"images-{key[:16]}.npy", folder / f"index-{key[:16]}.json"
     tmp = array_path.with_name(f".{array_path.name}.{os.getpid()}.tmp")
+    index_tmp = index_path.with_name(f".{index_path.name}.{os.getpid()}.tmp")
+    target = array_path
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        _reserve(tmp, shape)
+        out = np.lib.format.open_memmap(tmp, mode="r+")
         bad = decode_tree(tree, size, out)
         out.flush()
         del out
+        index = {
+            "version": CACHE_VERSION,
+            "key": key,
+            "root": str(tree.root.resolve()),
+            "image_size": size,
+            "classes": tree.classes,
+            "files": tree.files,
+            "bad": [[i, reason] for i, reason in bad],
+        }
+        target = index_path
+        # No fsync: a torn index is a cache miss (see _index_bad), not a wrong answer.
+        index_tmp.write_text(json.dumps(index), encoding="utf-8")
+        target = array_path
+        # The array first: an array without its index is a miss, an index without its array too.
         os.replace(tmp, array_path)
+        os.replace(index_tmp, index_path)
+    except OSError as exc:
+        raise _cache_error(exc, target) from None
     finally:
         tmp.unlink(missing_ok=True)
-    index = {
-        "version": CACHE_VERSION,
-        "key": key,
-        "root": str(tree.root.resolve()),
-        "image_size": size,
-        "classes": tree.classes,
-        "files": tree.files,
-        "bad": [[i, reason] for i, reason in bad],
-    }
-    atomic_write_text(folder / f"index-{key[:16]}.json", json.dumps(index))
+        index_tmp.unlink(missing_ok=True)
     _prune(folder, tree.root, size, key)
     return np.load(array_path, mmap_mode="r"), bad
 
@@ -343,10 +540,9 @@ def load_tree(cfg: ImageFolderOptions, tree: Tree) -> tuple[np.ndarray, list[tup
     key = cache_key(tree, size)
     folder = cache_folder(cfg, tree.root)
     if folder is not None:
-        hit = _read_cache(folder, key, len(tree.files), size)
+        hit = _read_cache(folder, tree, key, size)
         if hit is not None:
-            x, index = hit
-            return x, [(int(i), str(reason)) for i, reason in index.get("bad", [])]
+            return hit
     else:
         warnings.warn(
             f"no writable cache folder for {str(tree.root)!r}; decoding every run (set data.cache_dir)", stacklevel=3
@@ -361,7 +557,7 @@ def load_imagefolder(cfg: ImageFolderOptions) -> ImageData:
     """The :class:`ImageData` of the image tree at ``cfg.root``."""
     if cfg.root is None:
         raise UserError("data.root is not set: imagefolder needs a folder of class folders (--set data.root=PATH)")
-    tree = scan(Path(cfg.root).expanduser())
+    tree = scan(expand_root(cfg.root))
     if not tree.files:
         raise UserError(f"no images under {cfg.root!r}")
     x, bad = load_tree(cfg, tree)
