@@ -1,5 +1,6 @@
 """Where runs train: local processes, submitit; interrupts (softmaxlab.sweep.launchers)."""
 
+import contextlib
 import json
 import os
 import signal
@@ -105,6 +106,63 @@ def test_sigterm_stops_a_local_sweep_and_its_workers(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_sigkill_of_a_local_sweep_ends_its_workers_and_its_lock(tmp_path):
+    # SIGKILL runs no cleanup in the sweep: its workers must notice their parent is gone
+    # themselves, or they train on for minutes beside the rerun.
+    # One run, so one worker process is spawned: each costs seconds of imports.
+    path = write_sweep(tmp_path / "s.yaml", {"train.seed": [0]}, extra=["train.epochs=2000"])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "softmaxlab", "sweep", str(path), "--out", str(out), "--workers", "2"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers = []
+    try:
+        deadline = time.monotonic() + 120
+        while not (workers := _workers(proc.pid)) or not list(out.glob(f"runs/*/{runs.CONFIG}")):
+            assert proc.poll() is None and time.monotonic() < deadline, "the runs did not start"
+            time.sleep(0.02)
+        # While it runs, a second sweep on its directory is refused at once, naming it.
+        refused = CliRunner().invoke(app, ["sweep", str(path), "--out", str(out)])
+        assert refused.exit_code == 2 and f"another softmaxlab process (pid {proc.pid})" in refused.stderr
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(_running(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_running(w) for w in workers), "the workers outlived their sweep"
+        assert sweep.dry_run(path, out).states == ["unfinished"]
+        with runs.lock_dir(out):  # the killed sweep's lock went with it
+            pass
+    finally:
+        for pid in [proc.pid, *workers]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
+
+class _Exited(Exception):
+    pass
+
+
+def test_a_worker_whose_parent_is_gone_exits(monkeypatch):
+    # The portable fallback alone (no prctl), in this process with os._exit caught: a worker
+    # whose parent died before its initializer ran exits at once; one adopted later (its
+    # parent id changes) exits at the next poll.
+    from softmaxlab.sweep import launchers
+
+    def exit_(code):
+        raise _Exited(code)
+
+    monkeypatch.setattr(os, "_exit", exit_)
+    with pytest.raises(_Exited):
+        launchers.die_with_parent(os.getppid() + 1, pdeathsig=False)
+    parents = iter([41, 41, 41, 1])
+    monkeypatch.setattr(os, "getppid", lambda: next(parents))
+    with pytest.raises(_Exited):
+        launchers._watch_parent(41, 0.001)
+    assert next(parents, None) is None  # it polled until the parent changed, then exited
 
 
 def test_submitit_local_executor_trains_every_run_as_a_job(tmp_path):

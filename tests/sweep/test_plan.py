@@ -2,13 +2,16 @@
 
 import json
 import os
+import re
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from softmaxlab import sweep
 from softmaxlab.cli import app
 from softmaxlab.config import apply_overrides
+from softmaxlab.errors import UserError
 
 from .conftest import SWEEP_BASE, write_sweep
 
@@ -125,3 +128,41 @@ def test_dry_run_shows_runs_still_in_an_earlier_job_and_refuses_bad_options(tmp_
     assert refused.exit_code == 2 and refused.stderr.strip().splitlines() == [refused.stderr.strip()]
     assert "unknown launcher" in refused.stderr
     assert sorted(p.name for p in out.rglob("*")) == before
+
+
+def test_values_that_are_one_value_are_refused_as_repeats(tmp_path):
+    # 1, 1.0 and true differ as YAML but are one number (True == 1 == 1.0 in Python, and for a
+    # lax int key in the config): three identical runs, counted as n = 3 in aggregate.csv.
+    path = write_sweep(tmp_path / "s.yaml", {"head.name": ["softmax"], "train.seed": [1, 1.0, True]})
+    with pytest.raises(UserError) as caught:
+        sweep.load_sweep(path)
+    assert (
+        str(caught.value)
+        == f"sweep.grid.train.seed in {path} lists the value 1 twice (as 1 and 1.0); list each value once"
+    )
+    result = CliRunner().invoke(app, ["sweep", str(path), "--out", str(tmp_path / "out"), "--dry-run"])
+    assert result.exit_code == 2 and "lists the value 1 twice" in result.stderr
+    assert not (tmp_path / "out").exists()
+    cases = [
+        ("train.seed", [0, 2, False], "0 twice (as 0 and false)"),
+        ("model.widths", [[8, 16], [8.0, 16.0]], "[8, 16] twice"),
+    ]
+    for key, values, repeat in cases:
+        with pytest.raises(UserError, match=re.escape(f"sweep.grid.{key} in {path} lists the value {repeat}")):
+            sweep.load_sweep(write_sweep(path, {key: values}))
+    with pytest.raises(UserError, match="repeats an earlier variant"):
+        sweep.load_sweep(
+            write_sweep(tmp_path / "s.yaml", {"train.seed": [0]}, variants=[{"train.lr": 1}, {"train.lr": 1.0}])
+        )
+    # Variants that differ as written but not once validated (each sets what the base has): one config twice.
+    variants = [{"head.name": "softmax"}, {"model.widths": [8, 16]}]
+    path = write_sweep(tmp_path / "s.yaml", {"train.seed": [0]}, variants=variants)
+    with pytest.raises(UserError) as caught:
+        sweep.expand_grid(*sweep.load_sweep(path))
+    assert str(caught.value) == (
+        "sweep.variants give runs 'head-softmax_seed-0' and 'widths-8-16_seed-0' the same config "
+        """('head.name' "softmax" and (unset) both validate to "softmax"); drop one of the variants"""
+    )
+    # Values that differ are kept.
+    path = write_sweep(tmp_path / "s.yaml", {"train.seed": [0, 1, 2]})
+    assert [r.config.train.seed for r in sweep.expand_grid(*sweep.load_sweep(path))] == [0, 1, 2]

@@ -38,3 +38,26 @@ def test_bad_sweep_configs_are_user_errors(tmp_path, grid, exclude, fragment):
     path = write_sweep(tmp_path / "s.yaml", grid, exclude)
     with pytest.raises(UserError, match=fragment):
         sweep.load_sweep(path)
+
+
+def test_a_grid_of_millions_of_runs_is_refused_before_it_is_built(tmp_path):
+    grid = {
+        "train.seed": list(range(300)),
+        "data.seed": list(range(300)),
+        "train.lr": [i / 1000 for i in range(1, 301)],
+    }
+    path = write_sweep(tmp_path / "s.yaml", grid)
+    with pytest.raises(UserError) as caught:
+        sweep.load_sweep(path)
+    assert str(caught.value) == (
+        f"the sweep in {path} has 27,000,000 runs (variants x sweep.grid, before sweep.exclude), more than the 10,000 "
+        "a sweep may have; shorten the lists in sweep.grid or split it into several sweeps"
+    )
+    # Variants multiply too; the library's own entry point (a spec built in code) checks it as well.
+    spec = sweep.SweepSpec(
+        grid={"train.seed": list(range(1000))}, variants=[{"train.lr": i / 100} for i in range(1, 12)]
+    )
+    assert sweep.spec.count_runs(spec) == 11_000
+    base, _ = sweep.load_sweep(write_sweep(tmp_path / "ok.yaml", {"train.seed": [0]}))
+    with pytest.raises(UserError, match=r"^the sweep has 11,000 runs"):
+        sweep.expand_grid(base, spec)

@@ -25,13 +25,14 @@ from softmaxlab.sweep.launchers import worker_threads
 from softmaxlab.sweep.plan import MAX_NAME, SweepPlan, SweepRun, expand_grid, plan_sweep, run_name, run_state
 from softmaxlab.sweep.results import write_results
 from softmaxlab.sweep.runner import LAUNCHERS, STATUSES, SweepProgress, SweepResult, check_sweep, dry_run, run_sweep
-from softmaxlab.sweep.spec import SEED_KEY, SweepSpec, check_spec, load_sweep
+from softmaxlab.sweep.spec import MAX_RUNS, SEED_KEY, SweepSpec, check_spec, load_sweep
 
 __all__ = [
     "AGGREGATE_FILE",
     "JOBS_FILE",
     "LAUNCHERS",
     "MAX_NAME",
+    "MAX_RUNS",
     "RESULTS_FILE",
     "RUNS_DIR",
     "SEED_KEY",

@@ -3,6 +3,10 @@
 A sweep directory holds ``sweep.yaml`` (the resolved base config and the grid), ``runs/``
 (one run directory each), ``results.csv``, ``aggregate.csv``, the report, and with
 submitit ``submitit/`` (job logs) and ``jobs.json`` (the jobs an earlier command submitted).
+Every command that writes it holds its write lock (:func:`softmaxlab.runs.lock_dir`, the file
+``.softmaxlab.lock`` in it) for as long as it writes, so a second command on the same
+``--out`` is refused at once; the lock file and the leftovers of killed atomic writes are
+not content (a directory holding only them is empty).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Collection
 from pathlib import Path
@@ -17,10 +22,12 @@ from typing import Any
 
 import yaml
 
+from softmaxlab import runs
 from softmaxlab.config import Config, validate_config
 from softmaxlab.errors import UserError
 from softmaxlab.runs import atomic_write_text, is_finished
 from softmaxlab.sweep.spec import SweepSpec
+from softmaxlab.untrusted import YamlError, load_yaml, read_text, regular_file
 
 SWEEP_FILE = "sweep.yaml"
 RESULTS_FILE = "results.csv"
@@ -33,6 +40,12 @@ JOBS_FILE = "jobs.json"
 SLURM_ENDED = frozenset(
     {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
 )
+#: The hint of a ``sweep.yaml`` that cannot be read as the record a sweep writes.
+_RECORD_HINT = "pass --overwrite to replace that sweep or choose another --out"
+#: A run name and a job id as jobs.json may hold them (Slurm array and heterogeneous job ids
+#: included, submitit's DEBUG_<n> too): nothing that reads as a path outside the sweep.
+_RUN_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+_JOB_ID = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
 
 
 def default_sweep_dir(config_path: str | Path, base: Config, root: str | Path = "runs") -> Path:
@@ -48,14 +61,44 @@ def sweep_record(base: Config, spec: SweepSpec) -> dict[str, Any]:
     return {"base": base.to_dict(), "sweep": sweep}
 
 
-def _saved_record(path: Path) -> Any:
+def _saved_record(path: Path, overwrite: bool) -> Any:
     """``sweep.yaml`` with its base config as this version resolves it (earlier versions wrote
-    flat sections that hold every component's options)."""
-    saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if isinstance(saved, dict) and isinstance(saved.get("base"), dict):
-        with contextlib.suppress(UserError):  # one that no longer validates is compared as written
-            saved["base"] = validate_config(saved["base"], str(path), legacy=True).to_dict()
+    flat sections that hold every component's options); None for one that is not a record a
+    sweep writes when ``overwrite`` (the caller replaces it).
+
+    The file may have been edited or damaged since, so it is read as untrusted: safe YAML
+    (no ``!!python`` tags, no repeated keys, no alias bombs), a mapping of two mappings.
+    A directory or FIFO in its place is refused even with ``overwrite``, which replaces only
+    what a sweep writes (and reading a FIFO would block forever).
+    """
+    regular_file(path, "sweep record", "remove it or choose another --out")
+    try:
+        saved = load_yaml(read_text(path, "sweep record", _RECORD_HINT), f"sweep record {str(path)!r}")
+    except YamlError as exc:  # its own hint says to fix the syntax; here the file is ours to replace
+        if overwrite:
+            return None
+        raise UserError(f"{str(exc).rsplit('; ', 1)[0]}; {_RECORD_HINT}") from None
+    except UserError:
+        if overwrite:
+            return None
+        raise
+    if not (isinstance(saved, dict) and isinstance(saved.get("base"), dict) and isinstance(saved.get("sweep"), dict)):
+        if overwrite:
+            return None
+        found = "a mapping" if isinstance(saved, dict) else f"a {type(saved).__name__}"
+        raise UserError(
+            f"sweep record {str(path)!r} holds {found}, not the mappings 'base' and 'sweep' a sweep writes; "
+            f"{_RECORD_HINT}"
+        )
+    # One that no longer validates is compared as written (and so as another base config).
+    with contextlib.suppress(UserError, TypeError, ValueError):
+        saved["base"] = validate_config(saved["base"], str(path), legacy=True).to_dict()
     return saved
+
+
+def _holds_files(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds anything but the write lock and atomic writes' leftovers."""
+    return any(p.name != runs.LOCK and not runs.ATOMIC_TMP.match(p.name) for p in out_dir.iterdir())
 
 
 def prepare_sweep_dir(
@@ -65,19 +108,21 @@ def prepare_sweep_dir(
     is refused unless ``overwrite``, which removes that sweep's runs and tables first, with one
     exception: a sweep that has grown (same base config, and every run already in the
     directory is one of ``names``, the runs of the new grid, e.g. after adding a seed or a
-    variant) keeps its runs, since a run's name fixes its overrides and so its config."""
-    if replaces_sweep(out_dir, base, spec, overwrite, names):
-        for folder in (RUNS_DIR, "submitit"):
-            shutil.rmtree(out_dir / folder, ignore_errors=True)
-        for name in (RESULTS_FILE, AGGREGATE_FILE, JOBS_FILE):
-            (out_dir / name).unlink(missing_ok=True)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(
-            f"cannot create sweep directory {str(out_dir)!r}: {exc.strerror}; choose another --out"
-        ) from None
-    atomic_write_text(out_dir / SWEEP_FILE, yaml.safe_dump(sweep_record(base, spec), sort_keys=False))
+    variant) keeps its runs, since a run's name fixes its overrides and so its config.
+
+    Holds the directory's write lock (:func:`softmaxlab.runs.lock_dir`; re-entrant, so
+    :func:`~softmaxlab.sweep.runner.run_sweep` holds it around this too); under it the
+    leftovers of atomic writes that a killed sweep left are removed (:func:`softmaxlab.runs.remove_stale_tmp`).
+    """
+    with runs.lock_dir(out_dir):
+        replaced = replaces_sweep(out_dir, base, spec, overwrite, names)
+        runs.remove_stale_tmp(out_dir)
+        if replaced:
+            for folder in (RUNS_DIR, "submitit"):
+                shutil.rmtree(out_dir / folder, ignore_errors=True)
+            for name in (RESULTS_FILE, AGGREGATE_FILE, JOBS_FILE):
+                (out_dir / name).unlink(missing_ok=True)
+        atomic_write_text(out_dir / SWEEP_FILE, yaml.safe_dump(sweep_record(base, spec), sort_keys=False))
 
 
 def replaces_sweep(
@@ -89,10 +134,12 @@ def replaces_sweep(
     path = out_dir / SWEEP_FILE
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"sweep output {str(out_dir)!r} is a file, not a directory; choose another --out")
-    if path.is_file():
-        saved = _saved_record(path)
+    if path.exists() or path.is_symlink():
+        saved = _saved_record(path, overwrite)
+        if saved is None:  # not a record a sweep writes, and --overwrite: replaced
+            return True
         return saved != record and not _grown(out_dir, saved, record, names, overwrite)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+    if out_dir.is_dir() and _holds_files(out_dir) and not overwrite:
         raise UserError(f"{str(out_dir)!r} is not empty and holds no sweep; choose another --out or pass --overwrite")
     return False
 
@@ -120,19 +167,37 @@ def _grown(out_dir: Path, saved: Any, record: dict[str, Any], names: Collection[
 
 
 def read_jobs(out: Path) -> tuple[str | None, dict[str, str]]:
-    """(cluster, {run name: job id}) of the jobs an earlier command submitted."""
+    """(cluster, {run name: job id}) of the jobs an earlier command submitted; (None, {}) when
+    there is no ``jobs.json``.
+
+    Raises:
+        UserError: a ``jobs.json`` that is not the record a sweep writes (edited, damaged, a
+            directory or FIFO): which jobs still run is then unknown, so it is neither guessed
+            nor overwritten.
+    """
+    path = out / JOBS_FILE
+    if not path.exists() and not path.is_symlink():
+        return None, {}
+    hint = "remove it once no job of an earlier sweep command runs, or choose another --out"
+    text = read_text(path, "job record", hint)
     try:
-        record = json.loads((out / JOBS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None, {}
-    if not isinstance(record, dict) or not isinstance(record.get("jobs"), dict):
-        return None, {}
-    return record.get("cluster"), {str(k): str(v) for k, v in record["jobs"].items()}
+        record = json.loads(text)
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
+        record = None
+    jobs = record.get("jobs") if isinstance(record, dict) else None
+    if not (
+        isinstance(jobs, dict)
+        and isinstance(record.get("cluster"), str)
+        and all(isinstance(v, str) and _RUN_NAME.match(k) and _JOB_ID.match(v) for k, v in jobs.items())
+    ):
+        raise UserError(f"job record {str(path)!r} is not the record of submitted jobs a sweep writes; {hint}")
+    return record["cluster"], dict(jobs)
 
 
 def write_jobs(out: Path, cluster: str, jobs: dict[str, str]) -> None:
-    """Record the submitted jobs (see :func:`read_jobs`)."""
-    atomic_write_text(out / JOBS_FILE, json.dumps({"cluster": cluster, "jobs": jobs}, indent=1) + "\n")
+    """Record the submitted jobs (see :func:`read_jobs`), holding the sweep directory's lock."""
+    with runs.lock_dir(out):
+        atomic_write_text(out / JOBS_FILE, json.dumps({"cluster": cluster, "jobs": jobs}, indent=1) + "\n")
 
 
 def _slurm_states(folder: Path, job_ids: list[str]) -> dict[str, str]:

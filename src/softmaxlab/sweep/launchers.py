@@ -14,9 +14,11 @@ resumes from their checkpoints.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -68,8 +70,41 @@ def worker_threads(workers: int, cores: int | None = None) -> int:
     return max(1, cores // workers)
 
 
-def _init_worker(threads: int) -> None:
+#: prctl(2)'s option that names the signal the kernel sends a process when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _init_worker(threads: int, parent_pid: int) -> None:
+    """A worker process's setup: its share of the cores, and its end with the sweep's."""
     torch.set_num_threads(threads)
+    die_with_parent(parent_pid)
+
+
+def die_with_parent(parent_pid: int, *, pdeathsig: bool = True, interval: float = 1.0) -> None:
+    """End this process when its parent ``parent_pid`` (the sweep) dies, SIGKILL included,
+    which runs no cleanup: an orphaned worker would train on for minutes beside a rerun.
+
+    On Linux the kernel sends SIGKILL at once (``prctl(PR_SET_PDEATHSIG)``, through ctypes).
+    It fires when the parent *thread* that spawned the process exits; ProcessPoolExecutor
+    spawns from the thread that calls ``submit`` (from its manager thread only to replace
+    workers with ``max_tasks_per_child``, unused here), which is the thread that runs
+    :func:`schedule` and so outlives the pool. A parent that died before the call is caught
+    by comparing ``os.getppid()`` with ``parent_pid``. The portable fallback (macOS, a
+    sandbox that refuses prctl) runs everywhere: a daemon thread polls ``os.getppid()`` every
+    ``interval`` seconds and exits when it changes (the orphan was adopted).
+    """
+    if pdeathsig and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # no libc or no prctl: the poll remains
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:  # gone already: no signal will come
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid, interval), name="die-with-parent", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int, interval: float) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(interval)
+    os._exit(1)  # no cleanup: the run resumes from its last checkpoint when the sweep is rerun
 
 
 class Launcher:
@@ -118,12 +153,13 @@ class InlineLauncher(Launcher):
 
 class ProcessLauncher(Launcher):
     """Spawned local processes (no fork of a process that holds torch threads), each with
-    ``max(1, cores // workers)`` torch threads."""
+    ``max(1, cores // workers)`` torch threads, each ending when this process dies
+    (:func:`die_with_parent`; submit from one thread that lives as long as the launcher)."""
 
     def __init__(self, workers: int) -> None:
         context = multiprocessing.get_context("spawn")
         self.pool = ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_worker, initargs=(worker_threads(workers),)
+            workers, mp_context=context, initializer=_init_worker, initargs=(worker_threads(workers), os.getpid())
         )
 
     def submit(self, run: SweepRun, run_dir: Path) -> Future:

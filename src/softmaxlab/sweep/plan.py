@@ -20,10 +20,10 @@ from typing import Any
 
 from softmaxlab import runs
 from softmaxlab.config import Config, validate_config
-from softmaxlab.dotted import set_dotted
+from softmaxlab.dotted import flatten, set_dotted
 from softmaxlab.errors import UserError
 from softmaxlab.sweep.directory import RUNS_DIR, replaces_sweep, runs_in_flight
-from softmaxlab.sweep.spec import SweepSpec
+from softmaxlab.sweep.spec import SweepSpec, check_size
 
 #: Run directory names longer than this are shortened (and made unique by a hash).
 MAX_NAME = 100
@@ -114,7 +114,12 @@ def expand_grid(base: Config, spec: SweepSpec) -> list[SweepRun]:
     example ``head.tau`` with ``head.name: softmax``) is kept with ``config=None`` and the
     error, so that it shows in the dry run and in results.csv as ``invalid``; exclude such
     combinations in ``sweep.exclude`` to leave them out.
+
+    Raises:
+        UserError: more than :data:`~softmaxlab.sweep.spec.MAX_RUNS` combinations, or two runs
+            whose configs validate alike (:func:`check_distinct`).
     """
+    check_size(spec)  # before the product is built (load_sweep checked it too, with the file's name)
     labels = _key_labels(spec.override_keys())
     combos = _combinations(spec)
     names = [run_name(c, labels) for c in combos]
@@ -133,7 +138,41 @@ def expand_grid(base: Config, spec: SweepSpec) -> list[SweepRun]:
             plan.append(SweepRun(name, combo, validate_config(raw, f"sweep run {name}")))
         except UserError as exc:
             plan.append(SweepRun(name, combo, None, str(exc)))
+    check_distinct(plan, spec)
     return plan
+
+
+def check_distinct(plan: list[SweepRun], spec: SweepSpec) -> None:
+    """Refuse two runs whose configs are equal once validated (names aside): values that differ
+    as written but not as the config reads them (``train.lr: [0.1, "0.1"]``, or two variants
+    that each set what the base has) would train one run twice and count it as n = 2 in
+    aggregate.csv. (Equal numbers, ``[1, 1.0, true]``, are refused before, by
+    :func:`~softmaxlab.sweep.spec.check_spec`.)"""
+    seen: dict[str, SweepRun] = {}
+    for run in plan:
+        if run.config is None:
+            continue
+        resolved = {k: v for k, v in run.config.to_dict().items() if k != "name"}
+        first = seen.setdefault(json.dumps(resolved, sort_keys=True, default=str), run)
+        if first is run:
+            continue
+        keys = [k for k in spec.override_keys() if _written(first, k) != _written(run, k)]
+        key = keys[0] if keys else spec.override_keys()[0]
+        value = json.dumps(flatten(first.config.to_dict()).get(key))
+        if key in spec.grid:
+            raise UserError(
+                f"sweep.grid.{key} repeats a value: {_written(first, key)} and {_written(run, key)} are the same "
+                f"value once validated ({value}), so two runs would train alike; list each value once"
+            )
+        raise UserError(
+            f"sweep.variants give runs {first.name!r} and {run.name!r} the same config ({key!r} "
+            f"{_written(first, key)} and {_written(run, key)} both validate to {value}); drop one of the variants"
+        )
+
+
+def _written(run: SweepRun, key: str) -> str:
+    """An override as written in the sweep config (JSON, so ``1``, ``1.0`` and ``true`` differ)."""
+    return json.dumps(run.overrides[key]) if key in run.overrides else "(unset)"
 
 
 def run_state(out_dir: Path, run: SweepRun) -> str:

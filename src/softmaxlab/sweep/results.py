@@ -105,9 +105,10 @@ def write_results(
     out: Path, plan: list[SweepRun], outcome: dict[str, tuple[str, str | None]], spec: SweepSpec
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Write ``results.csv`` (:func:`result_rows`) and ``aggregate.csv`` (:func:`aggregate_rows`);
-    returns both tables' rows."""
+    returns both tables' rows. Holds the sweep directory's lock (re-entrant: the sweep holds it)."""
     rows = result_rows(out, plan, outcome, spec)
-    _write_csv(out / RESULTS_FILE, rows)
     table = aggregate_rows(rows, spec)
-    _write_csv(out / AGGREGATE_FILE, table)
+    with runs.lock_dir(out):
+        _write_csv(out / RESULTS_FILE, rows)
+        _write_csv(out / AGGREGATE_FILE, table)
     return rows, table

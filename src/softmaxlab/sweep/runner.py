@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from softmaxlab import runs
 from softmaxlab.config import Config
 from softmaxlab.errors import UserError
 from softmaxlab.experiment import write_run_report
@@ -137,21 +138,27 @@ def run_sweep(
     ``results.csv`` (one row per run), ``aggregate.csv`` (mean, sample std and count over
     ``train.seed`` of every variant) and the report of all runs.
 
+    The sweep directory's write lock (:func:`softmaxlab.runs.lock_dir`) is held throughout.
+
     Raises:
-        UserError: a bad sweep config, ``workers`` < 1, or a directory that holds another sweep.
+        UserError: a bad sweep config, ``workers`` < 1, a directory that holds another sweep
+            or that another process is writing.
     """
     base, spec, out = check_sweep(config_path, out_dir, workers=workers, launcher=launcher, cluster=cluster)
     plan = expand_grid(base, spec)
-    # Before anything is removed or trained (--overwrite included, any launcher): a run that a
-    # job of an earlier command still trains must not get a second writer.
-    check_no_job_in_flight(out)
-    prepare_sweep_dir(out, base, spec, overwrite, {r.name for r in plan})
-    where = _launcher(launcher, workers, out, spec, cluster, base.name or out.name)
-    outcome = _train_missing(out, plan, spec, workers, where, progress or SweepProgress())
-    rows, agg = write_results(out, plan, outcome, spec)
-    # The comparison figures even when the runs' own reports have none (report.figures: false
-    # saves a second per run, not per sweep); a report that cannot be written is a warning.
-    report = write_run_report(out, figures=True, what="sweep")
+    # One writer per sweep directory, for the whole sweep: a second sweep command (or a run)
+    # on this --out is refused at once instead of interleaving its files with ours.
+    with runs.lock_dir(out):
+        # Before anything is removed or trained (--overwrite included, any launcher): a run that a
+        # job of an earlier command still trains must not get a second writer.
+        check_no_job_in_flight(out)
+        prepare_sweep_dir(out, base, spec, overwrite, {r.name for r in plan})
+        where = _launcher(launcher, workers, out, spec, cluster, base.name or out.name)
+        outcome = _train_missing(out, plan, spec, workers, where, progress or SweepProgress())
+        rows, agg = write_results(out, plan, outcome, spec)
+        # The comparison figures even when the runs' own reports have none (report.figures: false
+        # saves a second per run, not per sweep); a report that cannot be written is a warning.
+        report = write_run_report(out, figures=True, what="sweep")
     return SweepResult(out, rows, agg, report)
 
 

@@ -17,6 +17,7 @@ A sweep config is a normal experiment config (the base) plus a ``sweep:`` sectio
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,10 @@ from softmaxlab.errors import UserError
 
 #: The grid key whose values are seeds of one variant (the means of aggregate.csv are over it).
 SEED_KEY = "train.seed"
+#: The most runs one sweep may have (variants x grid, before sweep.exclude): each run is
+#: validated, named and listed up front, so a grid of millions would hang the command and
+#: fill memory before anything trained.
+MAX_RUNS = 10_000
 
 
 class SweepSpec(BaseModel):
@@ -81,6 +86,7 @@ def check_spec(spec: SweepSpec, source: str = "the sweep") -> None:
     leaves = set(config_keys()[1])
     _check_variants(spec, leaves, source)
     _check_grid(spec, leaves, source)
+    check_size(spec, source)
     for entry in spec.exclude:
         unknown = [k for k in entry if k not in spec.override_keys()]
         if unknown or not entry:
@@ -88,6 +94,23 @@ def check_spec(spec: SweepSpec, source: str = "the sweep") -> None:
                 f"sweep.exclude in {source}: {unknown[0] if unknown else '{}'!r} is not a sweep.grid or "
                 "sweep.variants key; an exclude entry maps those keys to the value (or list of values) to leave out"
             )
+
+
+def count_runs(spec: SweepSpec) -> int:
+    """The number of combinations of the sweep (variants x grid values, before
+    ``sweep.exclude``), from the list lengths: the product is never built."""
+    return max(1, len(spec.variants)) * math.prod(len(values) for values in spec.grid.values())
+
+
+def check_size(spec: SweepSpec, source: str = "the sweep") -> None:
+    """Refuse a sweep of more than :data:`MAX_RUNS` combinations (:func:`count_runs`)."""
+    count = count_runs(spec)
+    if count > MAX_RUNS:
+        where = "the sweep" if source == "the sweep" else f"the sweep in {source}"
+        raise UserError(
+            f"{where} has {count:,} runs (variants x sweep.grid, before sweep.exclude), more than the "
+            f"{MAX_RUNS:,} a sweep may have; shorten the lists in sweep.grid or split it into several sweeps"
+        )
 
 
 def _check_variants(spec: SweepSpec, leaves: set[str], source: str) -> None:
@@ -108,7 +131,7 @@ def _check_variants(spec: SweepSpec, leaves: set[str], source: str) -> None:
                     f"sweep.variants[{i}] in {source} sets {key!r}, which sweep.grid also varies; "
                     "set each key in one of them"
                 )
-        text = json.dumps(variant, sort_keys=True)
+        text = _canonical(variant)
         if text in seen:
             raise UserError(f"sweep.variants[{i}] in {source} repeats an earlier variant; list each once")
         seen.add(text)
@@ -122,5 +145,41 @@ def _check_grid(spec: SweepSpec, leaves: set[str], source: str) -> None:
             raise UserError(f"sweep.grid in {source}: unknown config key {key!r}{closest_key(key)}")
         if not values:
             raise UserError(f"sweep.grid.{key} in {source} is an empty list; give at least one value")
-        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
-            raise UserError(f"sweep.grid.{key} in {source} lists a value twice; list each value once")
+        repeat = _first_repeat(values)
+        if repeat is not None:
+            first, again = (json.dumps(v) for v in repeat)
+            written = "" if first == again else f" (as {first} and {again})"
+            raise UserError(
+                f"sweep.grid.{key} in {source} lists the value {first} twice{written}; list each value once"
+            )
+
+
+def _canonical(value: Any) -> str:
+    """``value`` as JSON with equal numbers written alike: true, 1 and 1.0 are one value in
+    Python and, for a number key, in the config (a sweep over them trains one run thrice)."""
+
+    def norm(v: Any) -> Any:
+        if isinstance(v, bool):
+            return int(v)
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, list):
+            return [norm(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): norm(x) for k, x in v.items()}
+        return v
+
+    try:
+        return json.dumps(norm(value), sort_keys=True, default=str)
+    except RecursionError:
+        raise UserError("a value in sweep.grid or sweep.variants nests too deeply to compare; flatten it") from None
+
+
+def _first_repeat(values: list[Any]) -> tuple[Any, Any] | None:
+    """The first value of ``values`` that repeats an earlier one (:func:`_canonical`), with it."""
+    seen: dict[str, int] = {}
+    for i, value in enumerate(values):
+        first = seen.setdefault(_canonical(value), i)
+        if first != i:
+            return values[first], value
+    return None
