@@ -236,7 +236,8 @@ CASES: list[Case] = [
     ),
     (
         "image folder empty",
-        lambda c: ["run", *data_sets("data.name=imagefolder", f"data.root={c.tmp}"), "--out", str(c.tmp / "o")],
+        # The run directory outside the data: it is created (to hold its lock) before the data is read.
+        lambda c: ["run", *data_sets("data.name=imagefolder", f"data.root={c.tmp}"), "--out", str(c.tmp.parent / "o")],
         "no class folders",
     ),
     (
@@ -303,6 +304,269 @@ CASES: list[Case] = [
         lambda c: [*shrunk_sweep(c), "--dry-run"],
         "its run 'seed-0' is not in this grid",
     ),
+    # --- configs, run directories and weights, hardening round two -----------------------
+    ("config an alias bomb", lambda c: ["run", str(c.write("bomb.yaml", ALIAS_BOMB))], "through its YAML aliases"),
+    ("config alias bomb on the command line", lambda c: ["run", "--set", f"name={ALIAS_BOMB}"], "YAML aliases"),
+    ("config with a key twice", lambda c: ["run", str(c.write("d.yaml", "train:\n  lr: 0.1\n  lr: 0.3\n"))], "twice"),
+    ("config a directory", lambda c: ["run", str(c.tmp)], "is a directory"),
+    ("config a named pipe", lambda c: ["run", str(fifo(c, "c.yaml"))], "not a regular file"),
+    ("seed beyond 2**32", lambda c: ["run", *sets(f"train.seed={2**70}")], "'train.seed'"),
+    ("seed true", lambda c: ["run", *sets("train.seed=true")], "'train.seed'"),
+    ("seed 1.0", lambda c: ["run", *sets("train.seed=1.0")], "'train.seed'"),
+    ("a block of 1e8 channels", lambda c: ["run", *sets("model.widths=[100000000]")], "at most 16384 per block"),
+    (
+        "a model of 20 billion parameters",
+        lambda c: ["run", *sets("model.widths=[16384,16384,16384,16384,16384,16384,16384,16384,16384,16384]")],
+        "parameters, more than the 2,000,000,000 allowed",
+    ),
+    ("evaluate weights cut in half", lambda c: ["evaluate", str(half_weights(c)), "--data", "shapes"], "truncated"),
+    ("predict with weights cut in half", lambda c: ["predict", str(half_weights(c)), str(an_image(c))], "truncated"),
+    (
+        "evaluate weights with a non-tensor state value",
+        lambda c: [
+            "evaluate",
+            str(tampered_weights(c, lambda w: w["state_dict"].update(x=[1, 2]))),
+            "--data",
+            "shapes",
+        ],
+        "not a mapping of names to tensors",
+    ),
+    (
+        "predict with weights naming no classes",
+        lambda c: ["predict", str(tampered_weights(c, lambda w: w.pop("classes"))), str(an_image(c))],
+        "no list of class names",
+    ),
+    (
+        "predict with weights of a zero std",
+        lambda c: [
+            "predict",
+            str(tampered_weights(c, lambda w: w["normalization"].update(std=[0.0] * len(w["normalization"]["std"])))),
+            str(an_image(c)),
+        ],
+        "positive standard deviations",
+    ),
+    (
+        "evaluate weights whose config asks for a huge model",
+        lambda c: [
+            "evaluate",
+            str(tampered_weights(c, lambda w: w["config"]["model"].update(widths=[16384] * 10))),
+            "--data",
+            "shapes",
+        ],
+        "parameters, more than",
+    ),
+    ("predict a directory", lambda c: ["predict", str(c.run()), str(c.tmp)], "is a directory"),
+    (
+        "resume with a config.yaml that is a key twice",
+        lambda c: ["resume", str(doubled_key_config(c))],
+        "'lr' set twice",
+    ),
+    # --- data, hardening round two ---
+    (
+        "npz lying header",  # x's .npy header claims 10**12 bytes; numpy would allocate them before reading
+        lambda c: (
+            (p := c.npz()).write_bytes(p.read_bytes().replace(b"(40, 16, 16, 3)", b"(999999999999,)", 1))
+            and npz_run(c, p)
+        ),
+        "claims shape (999999999999,)",
+    ),
+    (
+        "npz pickle member",
+        lambda c: npz_run(c, c.npz(classes=np.array(["a", "b", "c", "d"], dtype=object))),
+        "object array 'classes'",
+    ),
+    (
+        "npz huge label",
+        lambda c: npz_run(c, c.npz(y=np.array([2**40] + [i % 4 for i in range(39)]))),
+        "more than the 100,000 allowed",
+    ),
+    (
+        "npz duplicate class names",
+        lambda c: npz_run(c, c.npz(classes=np.array(["a", "b", "a", "c"]))),
+        "names the class 'a' twice",
+    ),
+    (
+        "image folder with a link loop",
+        lambda c: [
+            "run",
+            *data_sets("data.name=imagefolder", f"data.root={((r := c.folder()) / 'a' / 'loop').symlink_to('.') or r}"),
+            "--out",
+            str(c.tmp / "o"),
+        ],
+        "would be counted twice",
+    ),
+    (
+        "image folder with a dangling link",
+        lambda c: [
+            "run",
+            *data_sets(
+                "data.name=imagefolder",
+                f"data.root={((r := c.folder()) / 'a' / 'gone.jpg').symlink_to(c.tmp / 'nowhere.jpg') or r}",
+            ),
+            "--out",
+            str(c.tmp / "o"),
+        ],
+        "is a dangling symbolic link",
+    ),
+    (
+        "image folder with a named pipe",
+        lambda c: [
+            "run",
+            *data_sets("data.name=imagefolder", f"data.root={os.mkfifo((r := c.folder()) / 'a' / 'x.jpg') or r}"),
+            "--out",
+            str(c.tmp / "o"),
+        ],
+        "not a regular file",
+    ),
+    (
+        "image folder with a decompression bomb",
+        lambda c: [
+            "run",
+            *data_sets(
+                "data.name=imagefolder",
+                f"data.root={((r := c.folder()) / 'a' / 'bomb.ppm').write_text('P6 30000 30000 255 ') and r}",
+            ),
+            "--out",
+            str(c.tmp / "o"),
+        ],
+        "DecompressionBombError",
+    ),
+    (
+        "cifar10 with a pickle claiming 2**60 bytes",
+        lambda c: (
+            (cifar_with_foreign_pickle(c) / "cifar-10-batches-py" / "batches.meta").write_bytes(
+                b"\x80\x04\x8e" + (2**60).to_bytes(8, "little") + b"abc."
+            )
+            and ["run", *data_sets("data.name=cifar10", f"data.root={c.tmp / 'cifar'}"), "--out", str(c.tmp / "o")]
+        ),
+        "declares an object larger than the memory",
+    ),
+    ("data.root in an unknown home", lambda c: npz_run(c, "~nosuchuser/x.npz"), "no such user or home directory"),
+    (
+        "rrc_ratio inf",
+        lambda c: ["run", *sets("data.random_resized_crop=true", "data.rrc_ratio=[1, .inf]")],
+        "both finite",
+    ),
+    ("image_size 100000", lambda c: ["run", *sets("data.image_size=100000")], "less than or equal to 4096"),
+    ("predict a named pipe", lambda c: ["predict", str(c.run()), str(fifo(c, "p.png"))], "not a regular file"),
+    (
+        "predict a decompression bomb",
+        lambda c: ["predict", str(c.run()), str(c.write("bomb.ppm", "P6 30000 30000 255 "))],
+        "too large to decode safely",
+    ),
+    # --- sweeps, hardening round two ---
+    (
+        "sweep of 27 million runs",
+        lambda c: [
+            "sweep",
+            str(
+                sweep_file(
+                    c,
+                    {
+                        "grid": {
+                            "train.seed": list(range(300)),
+                            "data.seed": list(range(300)),
+                            "train.lr": [i / 1000 for i in range(1, 301)],
+                        }
+                    },
+                )
+            ),
+        ],
+        "has 27,000,000 runs",
+    ),
+    (
+        "sweep with seeds [1, 1.0, true]",
+        lambda c: ["sweep", str(sweep_file(c, {"grid": {"train.seed": [1, 1.0, True]}}))],
+        "sweep.grid.train.seed in",
+    ),
+    (
+        "sweep with a corrupt sweep.yaml",
+        lambda c: [
+            "sweep",
+            str(sweep_file(c, {"grid": {"train.seed": [0]}})),
+            "--out",
+            str((d := c.tmp / "sw").mkdir() or ((d / "sweep.yaml").write_text("base: [unclosed\n") and d)),
+        ],
+        "is not valid YAML (line 2); pass --overwrite",
+    ),
+    (
+        "dry run with a corrupt sweep.yaml",
+        lambda c: [
+            "sweep",
+            str(sweep_file(c, {"grid": {"train.seed": [0]}})),
+            "--out",
+            str((d := c.tmp / "sw").mkdir() or ((d / "sweep.yaml").write_text("base: [unclosed\n") and d)),
+            "--dry-run",
+        ],
+        "is not valid YAML (line 2); pass --overwrite",
+    ),
+    (
+        "sweep with a tagged sweep.yaml",
+        lambda c: [
+            "sweep",
+            str(sweep_file(c, {"grid": {"train.seed": [0]}})),
+            "--out",
+            str(
+                (d := c.tmp / "sw").mkdir()
+                or (
+                    (d / "sweep.yaml").write_text(f"!!python/object/apply:os.system ['touch {c.tmp / 'pwned'}']\n")
+                    and d
+                )
+            ),
+        ],
+        "is not valid YAML (line 1); pass --overwrite",
+    ),
+    (
+        "sweep with a sweep.yaml that is a list",
+        lambda c: [
+            "sweep",
+            str(sweep_file(c, {"grid": {"train.seed": [0]}})),
+            "--out",
+            str((d := c.tmp / "sw").mkdir() or ((d / "sweep.yaml").write_text("- base\n- sweep\n") and d)),
+        ],
+        "holds a list, not the mappings 'base' and 'sweep'",
+    ),
+    (
+        "sweep with a sweep.yaml of wrong types",
+        lambda c: [
+            "sweep",
+            str(sweep_file(c, {"grid": {"train.seed": [0]}})),
+            "--out",
+            str((d := c.tmp / "sw").mkdir() or ((d / "sweep.yaml").write_text("base: 3\nsweep: grid\n") and d)),
+        ],
+        "holds a mapping, not the mappings 'base' and 'sweep'",
+    ),
+    (
+        "sweep with a sweep.yaml that is a directory",
+        lambda c: [
+            "sweep",
+            str(sweep_file(c, {"grid": {"train.seed": [0]}})),
+            "--out",
+            str((d := c.tmp / "sw" / "sweep.yaml").mkdir(parents=True) or d.parent),
+            "--overwrite",
+        ],
+        "is a directory, not a file; remove it or choose another --out",
+    ),
+    (
+        "sweep with a sweep.yaml that is a named pipe",
+        lambda c: [
+            "sweep",
+            str(sweep_file(c, {"grid": {"train.seed": [0]}})),
+            "--out",
+            str((c.tmp / "sw").mkdir() or fifo(c, "sw/sweep.yaml").parent),
+        ],
+        "not a regular file",
+    ),
+    (
+        "sweep with a tampered jobs.json",
+        lambda c: [
+            "sweep",
+            str(sweep_file(c, {"grid": {"train.seed": [0]}})),
+            "--out",
+            str((d := c.tmp / "sw").mkdir() or ((d / "jobs.json").write_text('{"jobs": "x"}') and d)),
+        ],
+        "is not the record of submitted jobs a sweep writes",
+    ),
 ]
 
 
@@ -353,6 +617,50 @@ def wrong_architecture(ctx: Ctx) -> Path:
 def foreign_weights(ctx: Ctx) -> Path:
     run = ctx.run()
     malicious(ctx, run / runs.WEIGHTS)
+    return run
+
+
+def tampered_weights(ctx: Ctx, change: Callable[[dict], None]) -> Path:
+    """The trained run with its model.pt payload changed by ``change``."""
+    run = ctx.run()
+    saved = torch.load(run / runs.WEIGHTS, weights_only=True)
+    change(saved)
+    torch.save(saved, run / runs.WEIGHTS)
+    return run
+
+
+def half_weights(ctx: Ctx) -> Path:
+    """model.pt cut to half its size, as by a disk that lost its end."""
+    run = ctx.run()
+    data = (run / runs.WEIGHTS).read_bytes()
+    (run / runs.WEIGHTS).write_bytes(data[: len(data) // 2])
+    return run
+
+
+def fifo(ctx: Ctx, name: str) -> Path:
+    """A named pipe: opening it for reading would wait for a writer forever."""
+    path = ctx.tmp / name
+    os.mkfifo(path)
+    return path
+
+
+def an_image(ctx: Ctx) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (20, 20), (10, 100, 50)).save(ctx.tmp / "x.png")
+    return ctx.tmp / "x.png"
+
+
+#: Nine levels of nine aliases: 387 million values from 700 bytes of YAML.
+ALIAS_BOMB = "a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10)
+)
+
+
+def doubled_key_config(ctx: Ctx) -> Path:
+    run = interrupted(ctx)
+    text = (run / runs.CONFIG).read_text()
+    (run / runs.CONFIG).write_text(text.replace("train:\n", "train:\n  lr: 0.5\n", 1))
     return run
 
 

@@ -184,3 +184,15 @@ def test_temperature_refuses_what_it_cannot_fit():
     head = build_head(HeadConfig(name="softmax"), 6, 3)
     with pytest.raises(ValueError, match=r"head 'softmax'.*in \[0, 1\]"):  # logits, never re-softmaxed
         fit_head_temperature(head, torch.randn(4, 3), torch.zeros(4, dtype=torch.long), source="head 'softmax'")
+
+
+def test_no_dense_confusion_matrix_beyond_the_limit():
+    """100,000 classes would make an 80 GB matrix after all the training: left out instead."""
+    from softmaxlab.metrics import MAX_CONFUSION_CLASSES, classification_metrics
+
+    k = MAX_CONFUSION_CLASSES + 1
+    probs = torch.full((4, k), 1.0 / k)
+    m = classification_metrics(probs, torch.tensor([0, 1, 2, k - 1]))
+    assert m["confusion_matrix"] is None and len(m["per_class"]["recall"]) == k
+    small = classification_metrics(probs[:, :3] * k / 3, torch.tensor([0, 1, 2, 2]))
+    assert len(small["confusion_matrix"]) == 3

@@ -1,11 +1,18 @@
 import json
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from softmaxlab import runs
 from softmaxlab.errors import UserError
+
+from .conftest import TINY
 
 
 def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):
@@ -136,3 +143,95 @@ def test_one_reader_per_file_strict_and_lenient(tmp_path):
     (run / runs.SUMMARY).write_text("[1, 2]")
     with pytest.raises(UserError, match=r"summary\.json does not hold a dict"):
         runs.read_summary(run)
+
+
+# --- the write lock of a run or sweep directory ---------------------------------------------
+
+_HOLD = """import sys, time
+from softmaxlab import runs
+with runs.lock_dir(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def _holder(directory: Path) -> subprocess.Popen:
+    """Another process holding the lock of ``directory`` (until killed)."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(directory)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_locked_directory_is_refused_naming_the_holder_and_freed_when_it_dies(tmp_path):
+    holder = _holder(tmp_path / "run")
+    try:
+        busy = rf"being written by another softmaxlab process \(pid {holder.pid}\)"
+        with pytest.raises(UserError, match=busy), runs.lock_dir(tmp_path / "run"):
+            pass
+    finally:
+        holder.kill()  # SIGKILL: no cleanup ran, the OS released the lock
+        holder.wait()
+    with runs.lock_dir(tmp_path / "run"):  # free again, although the lock file was left behind
+        assert (tmp_path / "run" / runs.LOCK).is_file()
+    assert not (tmp_path / "run" / runs.LOCK).exists()
+
+
+def test_the_lock_is_reentrant_in_one_process_and_leaves_no_trace(tmp_path):
+    with runs.lock_dir(tmp_path / "new"):
+        with runs.lock_dir(tmp_path / "new"):
+            pass
+        assert (tmp_path / "new" / runs.LOCK).is_file()
+    assert not (tmp_path / "new").exists()  # created for the lock, left empty: removed
+    (tmp_path / "kept").mkdir()
+    with runs.lock_dir(tmp_path / "kept"):
+        pass
+    assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())
+
+
+def test_a_second_run_on_a_directory_in_training_is_refused_and_the_first_is_untouched(tmp_path):
+    """Two real `softmaxlab run` processes on one --out: without the lock the second (with
+    --overwrite) deleted the first's files and wrote its own config beside the first's weights."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "softmaxlab", "run", "--out", str(out)]
+    first = [*TINY, "train.epochs=500", "train.lr=0.05"]  # far longer than the test: killed below
+    a = subprocess.Popen(
+        [*cmd, *(x for s in first for x in ("--set", s))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / runs.METRICS).is_file() and a.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert a.poll() is None and (out / runs.METRICS).is_file()
+        second = [*TINY, "train.lr=0.3"]
+        b = subprocess.run(
+            [*cmd, "--overwrite", *(x for s in second for x in ("--set", s))], capture_output=True, text=True
+        )
+        assert b.returncode == 2, b.stderr
+        assert f"being written by another softmaxlab process (pid {a.pid})" in b.stderr
+        assert a.poll() is None  # still training, its files its own
+        assert yaml.safe_load((out / runs.CONFIG).read_text())["train"]["lr"] == 0.05
+    finally:
+        a.kill()
+        a.wait()
+
+
+def test_overwrite_removes_the_old_report_and_figures_with_the_run(tmp_path):
+    run = tmp_path / "run"
+    (run / runs.FIGURES).mkdir(parents=True)
+    for name in (*runs.RUN_FILES, *runs.DERIVED_FILES, "figures/curves.png", "notes.txt", "figures/mine.svg"):
+        (run / name).write_text("old")
+    runs.prepare_run_dir(run, overwrite=True)
+    # A new run killed before its first report must not sit beside the old one's report.
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == ["figures", "figures/mine.svg", "notes.txt"]
+
+
+def test_stale_temporary_files_of_killed_writes_are_removed_and_nothing_else(tmp_path):
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    stale = [".report.html.k3j_9x0q.tmp", "figures/.curves.png.abcdefgh.tmp"]
+    kept = ["report.html", ".notes.tmp", "mine.abcdefgh.tmp", "runs/a/.config.yaml.abcdefgh.tmp"]
+    for name in (*stale, *kept):
+        (tmp_path / name).write_text("x")
+    removed = runs.remove_stale_tmp(tmp_path)
+    assert sorted(str(p.relative_to(tmp_path)) for p in removed) == sorted(stale)
+    assert all((tmp_path / name).exists() for name in kept)

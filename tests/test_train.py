@@ -287,6 +287,91 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_
     assert _outcome(tmp_path / "run") == uninterrupted
 
 
+@pytest.mark.parametrize("damage", ["half", "einval"])
+def test_a_checkpoint_cut_in_half_or_unreadable_falls_back_to_the_previous_one(
+    uninterrupted, tmp_path, monkeypatch, damage
+):
+    """Truncation shows as different loader errors depending on where the file ends (torch
+    raised OSError Errno 22 for one): every one of them is a fallback, not a traceback."""
+    torch.set_num_threads(1)
+    with pytest.raises(_Killed):
+        fit(tiny_config(*RESUME), tmp_path / "run", hooks=[_KillAt("step:6")])
+    ckpt = tmp_path / "run" / runs.CHECKPOINT
+    if damage == "half":
+        ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    else:
+        real, calls = torch.load, []
+
+        def load(f, *args, **kwargs):
+            calls.append(f)
+            if len(calls) == 1:  # checkpoint.pt
+                raise OSError(22, "Invalid argument")
+            return real(f, *args, **kwargs)
+
+        monkeypatch.setattr(torch, "load", load)
+    assert runs.load_checkpoint(tmp_path / "run")["steps_done"] == 4  # checkpoint.prev.pt (.pt: step 5)
+    monkeypatch.undo()
+    if damage == "einval":
+        ckpt.unlink()  # what the fallback read: the previous checkpoint alone
+    fit(tiny_config(*RESUME), tmp_path / "run", resume=True)
+    assert _outcome(tmp_path / "run") == uninterrupted
+
+
+def test_a_divergence_mid_epoch_keeps_the_last_good_checkpoints(tmp_path):
+    """With a checkpoint after every step, the steps after the first non-finite loss write
+    none: both kept checkpoints hold finite weights from before it."""
+    cfg = tiny_config("train.lr=500", "train.checkpoint_every=1", "model.batch_norm=false", "train.epochs=2")
+    with pytest.raises(DivergedError) as info:
+        fit(cfg, tmp_path / "d")
+    bad = info.value.step
+    assert info.value.epoch == 1 and 0 < bad < 15  # mid-epoch (16 steps), not at its first step
+    newest, previous = (
+        torch.load(tmp_path / "d" / n, weights_only=True) for n in (runs.CHECKPOINT, runs.CHECKPOINT_PREV)
+    )
+    assert (newest["steps_done"], previous["steps_done"]) == (bad, bad - 1)
+    for checkpoint in (newest, previous):
+        assert all(torch.isfinite(v).all() for v in checkpoint["model"].values())
+    assert runs.load_checkpoint(tmp_path / "d")["steps_done"] == bad
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    """A run stopped at step 5 (of 12): config.yaml and checkpoints, no summary."""
+    run_dir = tmp_path_factory.mktemp("killed") / "run"
+    with pytest.raises(_Killed):
+        fit(tiny_config(*RESUME), run_dir, hooks=[_KillAt("step:5")])
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "shown"),
+    [
+        ("train", ("lr", 0.3), "train.lr 0.1 -> 0.3"),
+        ("train", ("epochs", 5), "train.epochs 3 -> 5"),
+        ("head", ("name", "softmax"), "head.name 'gumbel' -> 'softmax'"),
+    ],
+)
+def test_resume_refuses_a_config_yaml_edited_after_the_checkpoint(killed, tmp_path, key, value, shown):
+    import shutil
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from softmaxlab.cli import app
+
+    run_dir = shutil.copytree(killed, tmp_path / "run")
+    raw = yaml.safe_load((run_dir / runs.CONFIG).read_text())
+    raw[key][value[0]] = value[1]
+    if key == "head":  # the gumbel head's own options go with it
+        raw["head"] = {"name": "softmax"}
+    (run_dir / runs.CONFIG).write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["resume", str(run_dir)])
+    assert result.exit_code == 2, result.output
+    assert "written under another config" in result.stderr and shown in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (run_dir / runs.CHECKPOINT).is_file() and not runs.is_finished(run_dir)
+
+
 def test_resume_contract(tmp_path):
     cfg = tiny_config("train.epochs=1", "data.train_size=128")
     fresh = fit(cfg, tmp_path / "run", resume=True)  # no run yet: starts fresh

@@ -32,6 +32,7 @@ from pydantic import (
     BaseModel,
     Field,
     SerializeAsAny,
+    StrictInt,
     ValidationError,
     ValidationInfo,
     create_model,
@@ -41,7 +42,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from softmaxlab import runs
+from softmaxlab import runs, untrusted
 from softmaxlab.activations import ACTIVATIONS, is_softmax
 from softmaxlab.data import DATASETS, DataOptions
 from softmaxlab.errors import UserError
@@ -267,7 +268,7 @@ class TrainConfig(_Section):
     weight_decay: float = Field(5e-4, ge=0)  # L2 penalty (decoupled for adamw)
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     warmup_fraction: float = Field(0.2, ge=0, lt=1)  # onecycle: share of steps warming up
-    seed: int = 0  # python, numpy, torch and loader seeds
+    seed: StrictInt = Field(0, ge=0, lt=2**32)  # python, numpy, torch and loader seeds (an integer, not 1.0 or true)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
     # Mixed precision: none = float32; bf16 = bfloat16 autocast (CPU or CUDA); fp16 = float16
     # autocast with dynamic loss scaling (CUDA only). Heads normalise in float32 either way.
@@ -460,8 +461,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise UserError(f"--set {item!r} has an empty key; use section.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = untrusted.load_yaml(raw, f"--set {item!r}") if raw.strip() else None
+    except untrusted.YamlError as exc:
+        if "not valid YAML" not in str(exc):
+            raise  # a repeated key or an alias bomb
         value = raw  # let validation say what type was expected
     return key.split("."), value
 
@@ -486,14 +489,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from ``path``; missing files and non-YAML content are UserErrors."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file {str(p)!r} does not exist; pass the path of a YAML file")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        raise UserError(f"config file {str(p)!r} is not valid YAML{line}; fix the syntax") from None
+    text = untrusted.read_text(p, "config file", "pass the path of a YAML file")
+    data = untrusted.load_yaml(text, f"config file {str(p)!r}")
     if data is None:
         return {}
     if not isinstance(data, dict):

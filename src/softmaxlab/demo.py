@@ -135,6 +135,19 @@ def run_demo(
     """Run every (variant, seed) demo run and write ``<out_dir>/demo.md``, then the report of
     all the runs, ``<out_dir>/report.html`` and ``report.md`` (with figures unless ``report_figures`` is false)."""
     out = Path(out_dir) if out_dir is not None else Path("runs") / f"demo-{datetime.now():%Y%m%d-%H%M%S}"
+    with runs.lock_dir(out):  # one demo per directory at a time (each run also locks its own)
+        return _run_demo(out, overwrite, progress, variants, seeds, overrides, report_figures)
+
+
+def _run_demo(
+    out: Path,
+    overwrite: bool,
+    progress: Progress | None,
+    variants: tuple[DemoVariant, ...],
+    seeds: tuple[int, ...],
+    overrides: list[str] | None,
+    report_figures: bool,
+) -> DemoResult:
     if (out / DEMO_FILE).exists() and not overwrite:
         raise UserError(f"{str(out)!r} already holds a demo; choose another --out or pass --overwrite to replace it")
     configs = [(v, demo_config(v, s, overrides)) for v in variants for s in seeds]

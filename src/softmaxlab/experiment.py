@@ -16,11 +16,12 @@ In a notebook::
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 from typing import Any
 
-from softmaxlab import train
+from softmaxlab import runs, train
 from softmaxlab.config import Config, load_run_config
 from softmaxlab.distributed import env_world
 from softmaxlab.errors import DivergedError, UserError
@@ -57,6 +58,13 @@ def run_experiment(cfg: Config, out_dir: str | Path | None = None, **fit_options
         DivergedError: the loss became non-finite; the run's summary and report say so.
     """
     hooks = [*fit_options.pop("hooks", ()), FeatureMapsHook()]
+    with contextlib.ExitStack() as lock:
+        if out_dir is not None and env_world().is_main:  # the run and its report: one writer
+            lock.enter_context(runs.lock_dir(out_dir))
+        return _run_and_report(cfg, out_dir, hooks, fit_options)
+
+
+def _run_and_report(cfg: Config, out_dir: str | Path | None, hooks: list[Hook], fit_options: Any) -> FitResult:
     try:
         result = train.fit(cfg, out_dir, hooks=hooks, **fit_options)
     except DivergedError as exc:

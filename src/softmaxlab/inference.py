@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from softmaxlab.metrics import after_temperature, apply_temperature, classificat
 from softmaxlab.models import Classifier
 from softmaxlab.report.figures import feature_map_figure, save_png
 from softmaxlab.train import evaluate
+from softmaxlab.untrusted import regular_file
 
 #: The splits ``evaluate_run`` accepts; ``all`` is train + validation + test.
 SPLITS = ("test", "val", "all")
@@ -278,18 +280,28 @@ def predict_images(run_dir: str | Path, images: Sequence[str | Path], top_k: int
 def read_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
     """The image file at ``path`` as (1, channels, size, size) uint8, resized bilinearly.
 
+    An image whose header claims more than PIL's ``Image.MAX_IMAGE_PIXELS`` pixels is
+    refused before it is decoded (PIL itself only warns up to twice that): a few kilobytes
+    of PNG can claim 30000x30000 pixels, gigabytes once decoded.
+
     Raises:
-        UserError: a missing file, or one that is not a readable image.
+        UserError: a missing file, a folder or pipe in its place, an image too large to
+            decode safely, or a file that is not a readable image.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"image file {str(p)!r} does not exist; pass the path of a PNG or JPEG image")
+    # A directory or a FIFO is named as such; opening a FIFO would block forever.
+    p = regular_file(path, "image file", "pass the path of a PNG or JPEG image")
     if channels not in (1, 3):
         raise UserError(f"the run's images have {channels} channels; only 1 (grey) or 3 (RGB) can be read from files")
     try:
-        with Image.open(p) as img:
-            img = img.convert("RGB" if channels == 3 else "L").resize((size, size), Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as img:
+                img = img.convert("RGB" if channels == 3 else "L").resize((size, size), Image.Resampling.BILINEAR)
+                array = np.asarray(img, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UserError(
+            f"image file {str(p)!r} is too large to decode safely ({str(exc).rstrip('.')}); pass a smaller image"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise UserError(f"cannot read {str(p)!r} as an image ({type(exc).__name__}); pass a PNG or JPEG file") from None
     x = torch.from_numpy(array.copy())  # (H, W, C) or (H, W)

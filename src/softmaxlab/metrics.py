@@ -96,9 +96,15 @@ def validate_probs(
         raise ValueError(f"{source}: rows must sum to 1 (largest deviation {worst:.3g}); is this a distribution?")
 
 
+#: Beyond this many classes ``confusion_matrix`` is None: a dense K x K matrix of 100,000
+#: classes would take 80 GB, and no figure could show it.
+MAX_CONFUSION_CLASSES = 1000
+
+
 def classification_metrics(probs: Tensor, target: Tensor, source: str = "probabilities") -> dict[str, Any]:
     """Every metric of the module docstring for (N, K) probabilities and (N,) integer targets,
-    as Python values (lists for ``confusion_matrix``, ``per_class`` and ``reliability``).
+    as Python values (lists for ``confusion_matrix``, ``per_class`` and ``reliability``);
+    ``confusion_matrix`` is None beyond :data:`MAX_CONFUSION_CLASSES` classes.
 
     >>> p = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.0, 0.0, 1.0]])
     >>> m = classification_metrics(p, torch.tensor([0, 1, 1, 2]))
@@ -131,7 +137,9 @@ def classification_metrics(probs: Tensor, target: Tensor, source: str = "probabi
         "brier": (p - one_hot).pow(2).sum(dim=1).mean().item(),
         **calibration_metrics(p, target, source),
         "entropy": torch.special.entr(p).sum(dim=1).mean().item(),
-        "confusion_matrix": multiclass_confusion_matrix(p, target, num_classes=k).tolist(),
+        "confusion_matrix": multiclass_confusion_matrix(p, target, num_classes=k).tolist()
+        if k <= MAX_CONFUSION_CLASSES
+        else None,
         "per_class": {
             **{name: fn(p, target, num_classes=k, average="none").tolist() for name, fn in scores.items()},
             "support": torch.bincount(target, minlength=k).tolist(),

@@ -16,14 +16,18 @@ The config is read as the plain mapping on disk: validating it is the config's j
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import math
 import os
 import pickle
 import platform
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import metadata
@@ -33,6 +37,7 @@ from typing import IO, Any
 import torch
 import yaml
 
+from softmaxlab import untrusted
 from softmaxlab.errors import UserError, write_error
 
 CONFIG = "config.yaml"
@@ -42,6 +47,11 @@ WEIGHTS = "model.pt"
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_PREV = "checkpoint.prev.pt"
 RUN_FILES = (CONFIG, METRICS, SUMMARY, WEIGHTS, CHECKPOINT, CHECKPOINT_PREV)
+REPORT_HTML = "report.html"
+REPORT_MD = "report.md"
+FIGURES = "figures"
+#: What is drawn from a run's files: replaced along with them (``--overwrite``).
+DERIVED_FILES = (REPORT_HTML, REPORT_MD)
 CHECKPOINT_FORMAT = "softmaxlab-checkpoint-1"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -177,6 +187,8 @@ def _read_file(path: Path, parse: Callable[[str], Any], kind: type) -> Any:
         return None
     try:
         value = parse(path.read_text(encoding="utf-8"))
+    except untrusted.YamlError as exc:
+        raise UnreadableFileError(path, f"{path.name} could not be read ({exc.reason})") from None
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
         raise UnreadableFileError(path, f"{path.name} could not be read ({type(exc).__name__})") from None
     if not isinstance(value, kind):
@@ -190,7 +202,8 @@ def _jsonl(text: str) -> list[Any]:
 
 def read_config(run_dir: str | Path) -> dict[str, Any] | None:
     """The mapping in ``config.yaml`` (as written, not validated), or None when there is none."""
-    return _read_file(Path(run_dir) / CONFIG, yaml.safe_load, dict)
+    path = Path(run_dir) / CONFIG
+    return _read_file(path, lambda text: untrusted.load_yaml(text, f"{CONFIG} in {str(run_dir)!r}"), dict)
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
@@ -303,6 +316,92 @@ def find_run_dirs(path: str | Path) -> list[Path]:
     return sorted(found, key=lambda r: ((r / CONFIG).stat().st_mtime, r.as_posix()))
 
 
+LOCK = ".softmaxlab.lock"
+_held: dict[str, int] = {}  # directory -> how many times this process holds its lock
+
+
+@contextmanager
+def lock_dir(directory: str | Path) -> Iterator[Path]:
+    """Hold the write lock of a run or sweep directory (created when missing) while the block runs.
+
+    Every process that writes a run or a sweep directory takes this lock first, so two
+    commands on one ``--out`` cannot interleave their files: the second is refused at once
+    with a :class:`UserError` naming the holder's process id. The lock is ``flock`` on the
+    file ``.softmaxlab.lock`` inside the directory: advisory, and released by the operating
+    system when the holder dies, so a killed run never leaves its directory locked. It is
+    re-entrant within one process (an experiment holds it around ``fit``, which takes it
+    too). On release the lock file is removed, and the directory too when this call
+    created it and nothing else was written there.
+    """
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output path {str(path)!r} is a file, not a directory; choose another --out")
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create directory {str(path)!r}: {exc.strerror}; choose another --out") from None
+    key = os.path.realpath(path)
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield path
+        finally:
+            _held[key] -= 1
+        return
+    fd = _acquire(path / LOCK)
+    _held[key] = 1
+    try:
+        yield path
+    finally:
+        del _held[key]
+        (path / LOCK).unlink(missing_ok=True)  # while still holding it: see _acquire
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only succeeds when empty: nothing was written after all
+
+
+def _acquire(lock: Path) -> int:
+    """An open descriptor of ``lock`` holding its exclusive ``flock``.
+
+    A holder removes the file before it lets go, so a process that locked the old file in
+    between holds a lock nobody else can see: it checks that the file it locked is still
+    the one at ``lock`` and tries again if not.
+    """
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        except OSError as exc:
+            raise UserError(f"cannot write to {str(lock.parent)!r}: {exc.strerror}; choose another --out") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            raise UserError(
+                f"{str(lock.parent)!r} is being written by another softmaxlab process{holder}; "
+                "wait for it to finish or choose another --out"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        pid = os.pread(fd, 32, 0).decode().strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
+
+
 def default_run_dir(name: str | None, root: str | Path = "runs") -> Path:
     """``runs/<name>``, or ``runs/<timestamp>`` when the config has no name."""
     return Path(root) / (name or datetime.now().strftime("%Y%m%d-%H%M%S"))
@@ -317,7 +416,10 @@ def prepare_run_dir(run_dir: str | Path, overwrite: bool = False) -> Path:
     """Check that ``run_dir`` may receive a new run and create it.
 
     A directory that already holds a run is refused (:class:`UserError`) unless
-    ``overwrite``; then only the run's own files are removed, nothing else.
+    ``overwrite``; then only the run's own files are removed (with its report and the PNGs
+    in ``figures/``, so that a new run killed early never sits beside the old one's report),
+    nothing else. The run files go last, ``config.yaml`` the very last: until it is gone the
+    directory still reads as the old run.
     """
     path = Path(run_dir)
     if path.exists() and not path.is_dir():
@@ -326,11 +428,14 @@ def prepare_run_dir(run_dir: str | Path, overwrite: bool = False) -> Path:
     if existing and not overwrite:
         what = "a finished run" if is_finished(path) else "an unfinished run"
         raise UserError(f"{str(path)!r} already holds {what}; choose another --out or pass --overwrite to replace it")
-    for f in existing:
-        (path / f).unlink()
+    if existing:
+        for f in (*DERIVED_FILES, *(p.relative_to(path) for p in (path / FIGURES).glob("*.png"))):
+            (path / f).unlink(missing_ok=True)
+        for f in sorted(existing, key=lambda name: name == CONFIG):
+            (path / f).unlink()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        (path / "figures").mkdir(exist_ok=True)
+        (path / FIGURES).mkdir(exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create run directory {str(path)!r}: {exc.strerror}; choose another --out") from None
     if not os.access(path, os.W_OK):
@@ -368,23 +473,67 @@ def save_weights(
 
 
 def load_weights(run_dir: str | Path) -> dict[str, Any]:
-    """Read ``model.pt`` of a run (``weights_only=True``); a missing or foreign file is a UserError."""
+    """Read ``model.pt`` of a run (``weights_only=True``) and check what it holds.
+
+    Raises:
+        UserError: no such file, a file that cannot be read (truncated, corrupt, a foreign
+            pickle, never executed), or one that does not hold what softmaxlab writes there
+            (see :func:`check_weights`).
+    """
     path = Path(run_dir) / WEIGHTS
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{str(path)!r} does not exist; is {str(run_dir)!r} a finished softmaxlab run directory?")
     try:
-        payload = safe_load(path)  # a foreign pickle payload: refused, never executed
-    except (UserError, OSError):
-        raise
-    except Exception as exc:  # zip and torch errors mean "not our file"
+        payload = load_torch_file(path)
+    except CorruptFileError:
         raise UserError(
-            f"{str(path)!r} cannot be read ({type(exc).__name__}); it is corrupt or not a weights file"
+            f"{str(path)!r} cannot be read (truncated or corrupt); train the run again or use another run directory"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != "softmaxlab-weights-1":
         raise UserError(
             f"{str(path)!r} is not a softmaxlab weights file; point at a run directory written by softmaxlab"
         )
+    check_weights(payload, path)
     return payload
+
+
+def check_weights(payload: dict[str, Any], path: Path) -> None:
+    """A :class:`UserError` unless ``payload`` (of ``model.pt`` at ``path``) holds what
+    :func:`save_weights` writes: a config mapping, a non-empty list of distinct class names,
+    a state dict of tensors, and per-channel normalisation with finite means and positive
+    standard deviations (a zero std would divide every pixel by zero)."""
+
+    def refuse(what: str) -> None:
+        raise UserError(f"{str(path)!r} {what}; it was not written by softmaxlab or was altered, train the run again")
+
+    if not isinstance(payload.get("config"), dict):
+        refuse("holds no config")
+    classes = payload.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        refuse("holds no list of class names")
+    if len(set(classes)) != len(classes):
+        refuse("names a class twice")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        refuse("holds a state dict that is not a mapping of names to tensors")
+    norm = payload.get("normalization")
+    if norm is not None and not _valid_normalization(norm):
+        refuse("holds a normalization that is not per-channel finite means and positive standard deviations")
+    coarse = payload.get("coarse_of")
+    if coarse is not None and not (torch.is_tensor(coarse) and coarse.shape == (len(classes),)):
+        refuse("holds a class hierarchy that does not match its classes")
+
+
+def _valid_normalization(norm: Any) -> bool:
+    if not isinstance(norm, dict):
+        return False
+    mean, std = norm.get("mean"), norm.get("std")
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) >= 1):
+        return False
+    values = [*mean, *std]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        return False
+    return all(v > 0 for v in std)
 
 
 def save_checkpoint(run_dir: str | Path, state: dict[str, Any], during_write: Callable[[], None] | None = None) -> None:
@@ -426,43 +575,72 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any], during_write: Ca
         raise
 
 
-def safe_load(path: str | Path) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU.
+class CorruptFileError(Exception):
+    """A torch file that is there but cannot be read: truncated, corrupt, or not a torch file."""
+
+
+def load_torch_file(path: str | Path) -> Any:
+    """The payload of the torch file at ``path``: the one place that decides whether a weights
+    file or checkpoint can be loaded.
+
+    The file is read into memory first (so that an error opening or reading it is told
+    apart from one in its content), then unpickled by ``torch.load(weights_only=True)``
+    on the CPU.
 
     Raises:
-        UserError: the file holds a pickle payload other than tensors and plain values (it
-            is refused, never executed).
-        Exception: other read errors (a truncated or corrupt file) pass through.
+        UserError: the path is not a regular file, cannot be opened, or holds a pickle
+            payload other than tensors and plain values (refused, never executed).
+        CorruptFileError: the bytes are not a complete torch file (any error of the loader,
+            which reports truncation as RuntimeError, EOFError, OSError or UnpicklingError
+            depending on where the file ends).
     """
+    p = untrusted.regular_file(path, "file", "use a file written by softmaxlab")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        data = p.read_bytes()
+    except OSError as exc:
+        raise UserError(
+            f"cannot read {str(p)!r}: {exc.strerror or type(exc).__name__}; check its permissions"
+        ) from None
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's safe unpickler says "Weights only load failed" for every failure; a file
         # that names a global (a class or function to call) is a foreign payload, anything
         # else (an unknown opcode: bytes that are no pickle at all) is a corrupt file.
         if "GLOBAL" not in str(exc) and "global" not in str(exc):
-            raise
+            raise CorruptFileError(str(p)) from None
         raise UserError(
-            f"{str(path)!r} holds code or objects other than tensors and plain values and was not loaded; "
+            f"{str(p)!r} holds code or objects other than tensors and plain values and was not loaded; "
             "delete it and use a file written by softmaxlab"
+        ) from None
+    except Exception:  # truncated or corrupt, whatever the loader calls it
+        raise CorruptFileError(str(p)) from None
+
+
+def safe_load(path: str | Path) -> Any:
+    """:func:`load_torch_file`, with a corrupt file a :class:`UserError` naming it."""
+    try:
+        return load_torch_file(path)
+    except CorruptFileError:
+        raise UserError(
+            f"{str(path)!r} cannot be read (truncated or corrupt); use a file written by softmaxlab"
         ) from None
 
 
 def load_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
     """The newest complete checkpoint of ``run_dir`` (``checkpoint.pt``, else
-    ``checkpoint.prev.pt``), or None when there is none. An unreadable (partial) file is
-    skipped in favour of the previous one; when every checkpoint there is unreadable, or a
-    file holds a foreign pickle payload (never executed), it is a :class:`UserError`."""
+    ``checkpoint.prev.pt``), or None when there is none. An unreadable (truncated or
+    corrupt) file is skipped in favour of the previous one; when every checkpoint there is
+    unreadable, or a file holds a foreign pickle payload (never executed), it is a
+    :class:`UserError`."""
     unreadable = []
     for name in (CHECKPOINT, CHECKPOINT_PREV):
         path = Path(run_dir) / name
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             continue
         try:
-            payload = safe_load(path)
-        except (UserError, OSError):  # a foreign pickle; a file that cannot be opened is not corrupt
-            raise
-        except Exception:  # truncated or corrupt: fall back to the previous checkpoint
+            payload = load_torch_file(path)
+        except CorruptFileError:  # fall back to the previous checkpoint
             unreadable.append(name)
             continue
         if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
@@ -475,6 +653,31 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
             "delete them to train the run from its start, or choose another run directory"
         )
     return None
+
+
+#: What an atomic write killed between writing and renaming leaves:
+#: ``.<name>.<8 random characters>.tmp``, tempfile.mkstemp's names.
+ATOMIC_TMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_tmp(directory: str | Path) -> list[Path]:
+    """Remove the temporary files (:data:`ATOMIC_TMP`) that atomic writes killed mid-way left
+    in a run or sweep directory and in its ``figures/``; returns the paths removed.
+
+    Only while holding :func:`lock_dir` on ``directory``: every writer of it holds the lock,
+    so no temporary file found then belongs to a live write. Directories below (the runs of
+    a sweep) are left to their own writers.
+    """
+    removed = []
+    for folder in (Path(directory), Path(directory) / FIGURES):
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if ATOMIC_TMP.match(path.name) and path.is_file() and not path.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                removed.append(path)
+    return removed
 
 
 def remove_checkpoints(run_dir: str | Path) -> None:

@@ -30,6 +30,7 @@ In a notebook::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import statistics
@@ -168,19 +169,27 @@ class Checkpointer(Hook):
     world: World
     every: int = 0
     hooks: Hook = field(default_factory=Hook)  # told halfway through each write
+    config: dict[str, Any] = field(default_factory=dict)  # what the run trains under, saved with each checkpoint
 
     def save(self, state: TrainingState) -> None:
         if not self.world.is_main:
             return
         steps = state.steps_done
-        runs.save_checkpoint(
-            self.run_dir, state.state_dict(), during_write=lambda: self.hooks.on_checkpoint_write(steps)
-        )
+        payload = {**state.state_dict(), "config": self.config}
+        runs.save_checkpoint(self.run_dir, payload, during_write=lambda: self.hooks.on_checkpoint_write(steps))
 
     def on_step_end(self, state: TrainingState) -> None:
         mid_epoch = state.batches_done < state.steps_per_epoch  # the epoch's end has its own checkpoint
-        if self.every and state.steps_done % self.every == 0 and mid_epoch:
+        if self.every and state.steps_done % self.every == 0 and mid_epoch and not self._diverged(state):
             self.save(state)
+
+    def _diverged(self, state: TrainingState) -> bool:
+        """Whether a loss of this epoch was non-finite on any process (its update already spoilt
+        the weights): then the checkpoint is not written, and the last good one is kept. The
+        flag lives on the device (:class:`EpochTotals`), so this is one host read per
+        checkpoint, none per step; every process calls it (the flags are reduced over them)."""
+        flag = (state.totals.bad_step >= 0).to(torch.long)
+        return bool(all_reduce(flag, self.world, "max").item())
 
 
 # --------------------------------------------------------------------------- setup
@@ -413,7 +422,10 @@ def fit(
         # Rank 0's path: a timestamp taken on each rank could differ by a second.
         run_dir = _on_main(world, lambda: runs.default_run_dir(cfg.name) if out_dir is None else Path(out_dir))
         job = _Job(cfg, run_dir, overwrite, resume, progress or Progress(), data, hooks)
-        return _fit(job, world, device)
+        with contextlib.ExitStack() as lock:
+            # Rank 0 writes the directory, so it alone holds its lock (a second writer is refused).
+            _on_main(world, lambda: lock.enter_context(runs.lock_dir(run_dir)) and None)
+            return _fit(job, world, device)
     finally:
         distributed.teardown(world)
 
@@ -448,7 +460,7 @@ def _fit(job: _Job, world: World, device: torch.device) -> FitResult:
         torch.manual_seed(cfg.train.seed + 1_000_003 * world.rank)
     loaders = make_loaders(data, cfg, device, world)
     diagnostics = Diagnostics(model, loaders["val"], cfg.diagnostics.enabled, cfg.diagnostics.probe_size)
-    checkpoints = Checkpointer(job.run_dir, world, cfg.train.checkpoint_every, Hooks(job.hooks))
+    checkpoints = Checkpointer(job.run_dir, world, cfg.train.checkpoint_every, Hooks(job.hooks), cfg.to_dict())
     progress = ProgressHook(job.progress if world.is_main else Progress())
     hooks = Hooks([*job.hooks, checkpoints, progress])
     run = _Run(cfg, data, loaders, diagnostics, job.run_dir, world, device, hooks, checkpoints)
@@ -576,8 +588,10 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, decision: str, overwrite: bool)
     now that the data's image size is known."""
     if decision == "continue":
         check_same_config(cfg, run_dir)
+        runs.remove_stale_tmp(run_dir)  # of the writes the interruption cut short
         return
     runs.prepare_run_dir(run_dir, overwrite=overwrite)
+    runs.remove_stale_tmp(run_dir)
     runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
 
 
@@ -605,11 +619,28 @@ def _restore(run: _Run, state: TrainingState) -> None:
     if checkpoint is None:
         return
     world, seed = run.world, run.cfg.train.seed
+    _check_written_under(checkpoint, run.cfg, run.run_dir)
     # Only rank 0's random state is saved: with several processes, fresh and distinct noise per rank.
     source = f"checkpoint {str(run.run_dir / runs.CHECKPOINT)!r}"
     state.load_state_dict(checkpoint, source, random_state=not world.distributed)
     if world.distributed:
         torch.manual_seed(seed + 1_000_003 * world.rank + 7919 * (checkpoint["steps_done"] + 1))
+
+
+def _check_written_under(checkpoint: dict[str, Any], cfg: Config, run_dir: Path) -> None:
+    """A UserError unless ``checkpoint`` was written under ``cfg``: a ``config.yaml`` edited
+    after the run started would otherwise continue weights and a schedule that no longer
+    match what the file says. (Checkpoints of earlier versions record no config.)"""
+    saved = checkpoint.get("config")
+    if not isinstance(saved, dict) or saved == cfg.to_dict():
+        return
+    differ = differences(saved, cfg.to_dict())
+    more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+    raise UserError(
+        f"the checkpoint in {str(run_dir)!r} was written under another config than its config.yaml now holds "
+        f"({', '.join(differ[:3])}{more}); undo the edit to resume it, or train it afresh with "
+        f"`softmaxlab run CONFIG --out {str(run_dir)!r} --overwrite`"
+    )
 
 
 def _train_epochs(run: _Run, state: TrainingState) -> None:

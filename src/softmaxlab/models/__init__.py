@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Protocol
 
+import torch
 from torch import Tensor, nn
 
 from softmaxlab.activations import BlockActivations
@@ -64,8 +65,24 @@ def _call_factory(name: str, in_channels: int, options: Options, activations: Bl
     return backbone
 
 
+#: The most parameters a model may have (8 GB of float32 weights): a limit is the only defence
+#: against a config (or a model.pt) that asks for a model too big to build.
+MAX_PARAMETERS = 2_000_000_000
+
+
 def build_model(cfg: ModelAndHead, in_channels: int, num_classes: int, coarse_of: Tensor | None = None) -> Classifier:
-    """Backbone ``cfg.model.name`` + head ``cfg.head.name`` for ``num_classes`` classes."""
+    """Backbone ``cfg.model.name`` + head ``cfg.head.name`` for ``num_classes`` classes.
+
+    The backbone is first built on the ``meta`` device (shapes, no memory) to count its
+    parameters: beyond :data:`MAX_PARAMETERS` it is a UserError, before anything is allocated.
+    """
+    with torch.device("meta"):
+        size = sum(p.numel() for p in build_backbone(cfg.model, in_channels).parameters())
+    if size > MAX_PARAMETERS:
+        raise UserError(
+            f"model {cfg.model.name!r} with these options has {size:,} parameters, more than the "
+            f"{MAX_PARAMETERS:,} allowed; lower model.widths or model.width"
+        )
     backbone = build_backbone(cfg.model, in_channels)
     head = build_head(cfg.head, backbone.out_features, num_classes, coarse_of)
     return Classifier(backbone, head)

@@ -26,13 +26,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor, nn
 
 from softmaxlab.errors import UserError
 from softmaxlab.registry import Options, Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+#: The most output channels of one block, and the most blocks, of the built-in conv nets.
+MAX_WIDTH = 16384
+MAX_BLOCKS = 32
 
 
 class ConvNetOptions(Options):
@@ -56,7 +61,17 @@ class ConvNetOptions(Options):
     def _positive(cls, v: list[int]) -> list[int]:
         if not v or any(w < 1 for w in v):
             raise ValueError("must be a non-empty list of positive integers")
+        if len(v) > MAX_BLOCKS:
+            raise ValueError(f"must have at most {MAX_BLOCKS} blocks")
         return v
+
+    @model_validator(mode="after")
+    def _not_huge(self) -> ConvNetOptions:
+        # A limit is the only defence here: a model of 1e8 channels would fill memory when built.
+        if max(self.block_widths()) > MAX_WIDTH:
+            widest = max(self.block_widths())
+            raise ValueError(f"model.widths times model.width gives {widest} channels; at most {MAX_WIDTH} per block")
+        return self
 
     def block_widths(self) -> list[int]:
         """Output channels of each block: ``widths`` times the ``width`` multiplier.

@@ -49,10 +49,10 @@ from softmaxlab.report.rundata import Variant, finite, format_value, group_varia
 from softmaxlab.runs import RunRecord, find_run_dirs, read_run
 from softmaxlab.stats import aggregate, mean_std
 
-HTML_FILE = "report.html"
-MARKDOWN_FILE = "report.md"
+HTML_FILE = runs.REPORT_HTML
+MARKDOWN_FILE = runs.REPORT_MD
 #: Where report.md's figures are written, beside it (a run directory's own figures folder).
-FIGURES_DIR = "figures"
+FIGURES_DIR = runs.FIGURES
 FORMATS = {"html": ("html",), "md": ("md",), "both": ("html", "md")}
 #: The sections made of figures drawn here, by anchor, with their titles.
 FIGURE_SECTIONS = {
@@ -633,7 +633,13 @@ def write_report(path: str | Path, fmt: str = "both", figures: bool = True) -> l
     formats = parse_format(fmt)
     root = Path(path)
     report = build_report(root, figures)
-    written = []
+    written: list[Path] = []
+    with runs.lock_dir(root):  # no report over a run or sweep that another process is writing
+        _write(report, root, formats, written)
+    return written
+
+
+def _write(report: Report, root: Path, formats: tuple[str, ...], written: list[Path]) -> None:
     try:
         if "md" in formats:
             links: dict[str, str] = {}
@@ -656,4 +662,3 @@ def write_report(path: str | Path, fmt: str = "both", figures: bool = True) -> l
         raise UserError(
             f"cannot write the report into {str(root)!r}: {exc.strerror or exc}; check its permissions"
         ) from None
-    return written

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 from softmaxlab.report.document import Code, Image, Note, Report, Table
@@ -35,9 +36,26 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
+#: Characters that would turn text into Markdown markup (emphasis, links, code), escaped with ``\\``.
+_MARKUP = str.maketrans({c: "\\" + c for c in "\\`*_[]"})
+_HTML = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+
+
+def escape(text: str, code: bool = True) -> str:
+    r"""``text`` shown literally in Markdown: run names, class names and config values may hold
+    characters that a renderer would read as markup or raw HTML (``report.html`` escapes them
+    too). ``code=False`` keeps backticks, for the report's own notes that quote a command.
+
+    >>> print(escape("<b>a_b</b> [x](y)"))
+    &lt;b&gt;a\_b&lt;/b&gt; \[x\](y)
+    """
+    text = text.translate(_HTML)
+    return text.translate(_MARKUP) if code else text.translate({k: v for k, v in _MARKUP.items() if k != ord("`")})
+
+
 def _escape_cell(text: str) -> str:
-    """A table cell's text with ``|`` escaped, on one line."""
-    return text.replace("|", "\\|").replace("\n", " ")
+    """A table cell's text, escaped (:func:`escape`, and ``|``), on one line."""
+    return escape(text).replace("|", "\\|").replace("\n", " ")
 
 
 def render_markdown(report: Report, links: Mapping[str, str]) -> str:
@@ -45,23 +63,31 @@ def render_markdown(report: Report, links: Mapping[str, str]) -> str:
 
     ``links`` maps each figure's name to its path relative to the report (a PNG beside it).
     """
-    lines = [f"# {report.title}", "", *(f"{line}  " for line in report.intro), ""]
+    lines = [f"# {escape(report.title)}", "", *(f"{escape(line)}  " for line in report.intro), ""]
     for section in report.sections:
-        lines += [f"## {section.title}", ""]
+        lines += [f"## {escape(section.title)}", ""]
         for block in section.blocks:
             if isinstance(block, Table):
-                rows = [[_escape_cell(f"**{c.text}**" if c.best else c.text) for c in row] for row in block.rows]
+                rows = [
+                    [f"**{_escape_cell(c.text)}**" if c.best else _escape_cell(c.text) for c in row]
+                    for row in block.rows
+                ]
                 lines += [markdown_table([_escape_cell(h) for h in block.headers], rows), ""]
             elif isinstance(block, Image):
-                lines += [f"![{block.alt}]({links[block.name]})", ""]
+                lines += [f"![{escape(block.alt)}]({links[block.name]})", ""]
                 if block.caption:
-                    lines += [f"*{block.caption}*", ""]
+                    lines += [f"*{escape(block.caption)}*", ""]
             elif isinstance(block, Note):
-                lines += [block.text, ""]
+                lines += [escape(block.text, code=False), ""]
             elif isinstance(block, Code):
-                fence = f"```{block.language}\n{block.text.rstrip()}\n```"
+                fence = "`" * max(3, _longest_backtick_run(block.text) + 1)  # a fence the text cannot close
+                body = f"{fence}{block.language}\n{block.text.rstrip()}\n{fence}"
                 if block.collapsed:
-                    lines += [f"<details><summary>{block.title}</summary>", "", fence, "", "</details>", ""]
+                    lines += [f"<details><summary>{escape(block.title)}</summary>", "", body, "", "</details>", ""]
                 else:
-                    lines += [f"{block.title}:", "", fence, ""]
+                    lines += [f"{escape(block.title)}:", "", body, ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _longest_backtick_run(text: str) -> int:
+    return max((len(run) for run in re.findall(r"`+", text)), default=0)
