@@ -7,6 +7,7 @@ on stderr that names the problem, no traceback, and every file that existed befo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -25,7 +26,9 @@ from typer.testing import CliRunner
 
 from softmaxlab import runs
 from softmaxlab.cli import app
+from softmaxlab.config import validate_config
 from softmaxlab.errors import UserError
+from softmaxlab.train import Hook, fit
 
 from .conftest import TINY
 
@@ -567,7 +570,66 @@ CASES: list[Case] = [
         ],
         "is not the record of submitted jobs a sweep writes",
     ),
+    # --- found by an outside review of the round ---------------------------------------------
+    (
+        "evaluate --out a named pipe",
+        lambda c: ["evaluate", str(c.run()), "--data", "shapes", "--out", str(fifo(c, "e.json"))],
+        "not a regular file",
+    ),
+    (
+        "evaluate --out a symbolic link",
+        lambda c: ["evaluate", str(c.run()), "--data", "shapes", "--out", str(link(c, "e.json"))],
+        "is a symbolic link",
+    ),
+    ("shapes too big to generate", lambda c: ["run", *sets("data.train_size=1000000000")], "lower data.train_size"),
+    (
+        "npz naming two million classes",
+        lambda c: npz_run(c, c.npz(classes=np.array([f"c{i}" for i in range(200_001)]))),
+        "more than the 100,000 allowed",
+    ),
+    ("npz with an empty class name", lambda c: npz_run(c, c.npz(classes=np.array(["", "b", "c", "d"]))), "empty"),
+    (
+        "predict with NaN weights",
+        lambda c: ["predict", str(tampered_weights(c, nan_state)), str(an_image(c))],
+        "non-finite weights",
+    ),
+    ("resume a checkpoint whose position was altered", lambda c: ["resume", str(altered_checkpoint(c))], "altered"),
 ]
+
+
+def link(ctx: Ctx, name: str) -> Path:
+    (ctx.tmp / "target.txt").write_text("kept")
+    (ctx.tmp / name).symlink_to(ctx.tmp / "target.txt")
+    return ctx.tmp / name
+
+
+def nan_state(weights: dict) -> None:
+    for value in weights["state_dict"].values():
+        if value.is_floating_point():
+            value.fill_(float("nan"))
+
+
+class _Stop(BaseException):
+    pass
+
+
+class _StopAtEpochEnd(Hook):
+    def on_epoch_end(self, record):
+        raise _Stop  # after the epoch's checkpoint, before the summary
+
+
+def altered_checkpoint(ctx: Ctx) -> Path:
+    """An interrupted run whose checkpoint says it has done -1 epochs (it would train again from
+    an epoch 0 and write epochs twice into metrics.jsonl)."""
+    run = interrupted(ctx)
+    other = ctx.tmp / "other"
+    with contextlib.suppress(_Stop):
+        fit(validate_config(yaml.safe_load((run / runs.CONFIG).read_text())), other, hooks=[_StopAtEpochEnd()])
+    payload = torch.load(other / runs.CHECKPOINT, weights_only=True)
+    shutil.rmtree(other)
+    payload["epochs_done"] = -1
+    torch.save(payload, run / runs.CHECKPOINT)
+    return run
 
 
 def nan_images() -> np.ndarray:

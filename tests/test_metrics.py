@@ -196,3 +196,25 @@ def test_no_dense_confusion_matrix_beyond_the_limit():
     assert m["confusion_matrix"] is None and len(m["per_class"]["recall"]) == k
     small = classification_metrics(probs[:, :3] * k / 3, torch.tensor([0, 1, 2, 2]))
     assert len(small["confusion_matrix"]) == 3
+
+
+def test_class_scores_beyond_the_limit_equal_torchmetrics_and_need_no_k_squared_memory():
+    """Past MAX_CONFUSION_CLASSES the scores are counted by hand (torchmetrics' K^2 bincount would
+    take 80 GB at 100,000 classes); they must equal torchmetrics' where both can run."""
+    from torchmetrics.functional.classification import multiclass_f1_score, multiclass_precision, multiclass_recall
+
+    from softmaxlab.metrics import MAX_CONFUSION_CLASSES, _class_scores, classification_metrics
+
+    k = MAX_CONFUSION_CLASSES + 7
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 40, (500,), generator=g)  # most classes have no images
+    probs = torch.softmax(3 * torch.randn(500, k, generator=g), dim=1)
+    probs[:250] = torch.softmax(10 * torch.nn.functional.one_hot(target[:250], k).float(), dim=1)  # half right
+    macro, per_class = _class_scores(probs.argmax(dim=1), target, k)
+    for name, fn in {"precision": multiclass_precision, "recall": multiclass_recall, "f1": multiclass_f1_score}.items():
+        assert macro[f"{name}_macro"] == pytest.approx(fn(probs, target, num_classes=k, average="macro").item())
+        assert per_class[name] == pytest.approx(fn(probs, target, num_classes=k, average="none").tolist())
+    m = classification_metrics(probs, target)
+    one_hot = torch.nn.functional.one_hot(target, k).float()
+    assert m["brier"] == pytest.approx((probs - one_hot).pow(2).sum(dim=1).mean().item(), abs=1e-6)
+    assert m["precision_macro"] == macro["precision_macro"] and m["confusion_matrix"] is None

@@ -235,3 +235,29 @@ def test_stale_temporary_files_of_killed_writes_are_removed_and_nothing_else(tmp
     removed = runs.remove_stale_tmp(tmp_path)
     assert sorted(str(p.relative_to(tmp_path)) for p in removed) == sorted(stale)
     assert all((tmp_path / name).exists() for name in kept)
+
+
+def test_a_checkpoint_that_is_no_regular_file_falls_back_to_the_previous_one(tmp_path):
+    torch.save({"format": runs.CHECKPOINT_FORMAT, "steps_done": 3}, tmp_path / runs.CHECKPOINT_PREV)
+    (tmp_path / runs.CHECKPOINT).mkdir()
+    assert runs.load_checkpoint(tmp_path)["steps_done"] == 3
+    (tmp_path / runs.CHECKPOINT).rmdir()
+    (tmp_path / runs.CHECKPOINT).symlink_to(tmp_path / "gone")
+    assert runs.load_checkpoint(tmp_path)["steps_done"] == 3
+
+
+def test_an_atomic_write_never_replaces_a_device_pipe_or_link(tmp_path):
+    """The rename would put a plain file where /dev/null, a pipe or a link was."""
+    os.mkfifo(tmp_path / "pipe.json")
+    (tmp_path / "target.json").write_text("kept")
+    (tmp_path / "link.json").symlink_to(tmp_path / "target.json")
+    (tmp_path / "dir.json").mkdir()
+    for name, problem in [
+        ("pipe.json", "not a regular file"),
+        ("link.json", "symbolic link"),
+        ("dir.json", "directory"),
+    ]:
+        with pytest.raises(UserError, match=problem):
+            runs.atomic_write_json(tmp_path / name, {"x": 1})
+    assert (tmp_path / "link.json").is_symlink() and (tmp_path / "target.json").read_text() == "kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.json", "link.json", "pipe.json", "target.json"]

@@ -153,7 +153,44 @@ class TrainingState:
 
     def load_state_dict(self, state: dict[str, Any], source: str, random_state: bool = True) -> None:
         """Continue from a checkpoint, with its random states unless ``random_state`` is false;
-        ``source`` names it in errors."""
+        ``source`` names it in errors.
+
+        Raises:
+            UserError: a checkpoint whose position (epochs, batches, history) does not fit this
+                run, or whose parts the optimiser, schedule or random generators refuse: an
+                altered file, which would otherwise train epochs twice or end a run early.
+        """
+        self._check_position(state, source)
+        try:
+            self._load(state, source, random_state)
+        except UserError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as exc:
+            raise UserError(
+                f"{source} does not hold what softmaxlab writes ({type(exc).__name__} loading it); "
+                "delete it to train the run from its last good checkpoint or from the start"
+            ) from None
+
+    def _check_position(self, state: dict[str, Any], source: str) -> None:
+        epochs, batches, history = state.get("epochs_done"), state.get("batches_done"), state.get("history")
+        total_epochs = self.total_steps // max(self.steps_per_epoch, 1)
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (epochs, batches))
+        ok = (
+            ints
+            and 0 <= epochs <= total_epochs  # all of them: killed between the last checkpoint and the summary
+            and 0 <= batches < (self.steps_per_epoch if epochs < total_epochs else 1)
+            and state.get("steps_done") == epochs * self.steps_per_epoch + batches
+            and isinstance(history, list)
+            and [r.get("epoch") if isinstance(r, dict) else None for r in history] == list(range(1, epochs + 1))
+        )
+        if not ok:
+            raise UserError(
+                f"{source} records a position that does not fit this run (epochs done {epochs!r} of "
+                f"{total_epochs}, batches done {batches!r}); it was altered: delete it to train the run "
+                "from its last good checkpoint or from the start"
+            )
+
+    def _load(self, state: dict[str, Any], source: str, random_state: bool) -> None:
         runs.load_state_checked(self.model, state["model"], source)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -123,28 +123,46 @@ def classification_metrics(probs: Tensor, target: Tensor, source: str = "probabi
     validate_probs(probs, target, source)
     p = probs.float()
     k = p.shape[1]
-    one_hot = F.one_hot(target, k).float()
     p_true = p.gather(1, target[:, None])
-    scores = {"precision": multiclass_precision, "recall": multiclass_recall, "f1": multiclass_f1_score}
-    # torchmetrics' macro mean leaves out classes with neither test images nor predictions.
-    macro = {f"{name}_macro": fn(p, target, num_classes=k, average="macro").item() for name, fn in scores.items()}
+    if k <= MAX_CONFUSION_CLASSES:
+        scores = {"precision": multiclass_precision, "recall": multiclass_recall, "f1": multiclass_f1_score}
+        # torchmetrics' macro mean leaves out classes with neither test images nor predictions.
+        macro = {f"{name}_macro": fn(p, target, num_classes=k, average="macro").item() for name, fn in scores.items()}
+        per_class = {name: fn(p, target, num_classes=k, average="none").tolist() for name, fn in scores.items()}
+    else:
+        macro, per_class = _class_scores(p.argmax(dim=1), target, k)
     return {
         "accuracy": multiclass_accuracy(p, target, num_classes=k, average="micro").item(),
         "top5": multiclass_accuracy(p, target, num_classes=k, top_k=min(5, k), average="micro").item(),
         **macro,
         "nll": -p_true.clamp_min(NLL_CLAMP).log().mean().item(),
         "nll_clamped": (p_true < NLL_CLAMP).float().mean().item(),
-        "brier": (p - one_hot).pow(2).sum(dim=1).mean().item(),
+        # sum_j (p_j - [j = y])^2 = sum_j p_j^2 - 2 p_y + 1, without an N x K one-hot matrix
+        "brier": (p.pow(2).sum(dim=1) - 2 * p_true.squeeze(1) + 1).mean().item(),
         **calibration_metrics(p, target, source),
         "entropy": torch.special.entr(p).sum(dim=1).mean().item(),
         "confusion_matrix": multiclass_confusion_matrix(p, target, num_classes=k).tolist()
         if k <= MAX_CONFUSION_CLASSES
         else None,
-        "per_class": {
-            **{name: fn(p, target, num_classes=k, average="none").tolist() for name, fn in scores.items()},
-            "support": torch.bincount(target, minlength=k).tolist(),
-        },
+        "per_class": {**per_class, "support": torch.bincount(target, minlength=k).tolist()},
     }
+
+
+def _class_scores(pred: Tensor, target: Tensor, k: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Macro and per-class precision, recall and F1 of top-1 predictions as torchmetrics
+    computes them (0 where undefined; the macro mean over the classes with test images or
+    predictions), in O(N + K) memory: torchmetrics' multiclass scores count (target, pred)
+    pairs in a K^2 bincount, 80 GB at 100,000 classes."""
+    tp = torch.bincount(target[pred == target], minlength=k).double()
+    predicted, support = torch.bincount(pred, minlength=k).double(), torch.bincount(target, minlength=k).double()
+    per_class = {
+        "precision": torch.where(predicted > 0, tp / predicted.clamp_min(1), 0.0),
+        "recall": torch.where(support > 0, tp / support.clamp_min(1), 0.0),
+        "f1": torch.where(predicted + support > 0, 2 * tp / (predicted + support).clamp_min(1), 0.0),
+    }
+    present = (predicted + support) > 0
+    macro = {f"{name}_macro": v[present].mean().item() for name, v in per_class.items()}
+    return macro, {name: v.float().tolist() for name, v in per_class.items()}
 
 
 def calibration_metrics(

@@ -25,6 +25,7 @@ import os
 import pickle
 import platform
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -63,6 +64,7 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     A full disk or an unwritable directory is a :class:`UserError` naming ``path``; the
     temporary file is removed and ``path`` keeps its old content (or stays absent).
     """
+    _check_replaceable(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +82,23 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         if error is not None:
             raise error from None
         raise
+
+
+def _check_replaceable(path: Path) -> None:
+    """A UserError when something other than a regular file is at ``path``: the rename would
+    replace a device (``/dev/null``), a named pipe or a symbolic link with a plain file."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UserError(f"cannot write {str(path)!r}: {exc.strerror}; choose another path") from None
+    if stat.S_ISLNK(mode):
+        raise UserError(f"{str(path)!r} is a symbolic link; it is not replaced: choose another path")
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{str(path)!r} is a directory; choose another path")
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{str(path)!r} is not a regular file (a device, pipe or socket); choose another path")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -481,7 +500,7 @@ def load_weights(run_dir: str | Path) -> dict[str, Any]:
             (see :func:`check_weights`).
     """
     path = Path(run_dir) / WEIGHTS
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise UserError(f"{str(path)!r} does not exist; is {str(run_dir)!r} a finished softmaxlab run directory?")
     try:
         payload = load_torch_file(path)
@@ -516,6 +535,11 @@ def check_weights(payload: dict[str, Any], path: Path) -> None:
     state = payload.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
         refuse("holds a state dict that is not a mapping of names to tensors")
+    if any(v.is_complex() for v in state.values()):
+        refuse("holds complex tensors")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        refuse(f"holds non-finite weights ({bad})")
     norm = payload.get("normalization")
     if norm is not None and not _valid_normalization(norm):
         refuse("holds a normalization that is not per-channel finite means and positive standard deviations")
@@ -637,6 +661,11 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
     for name in (CHECKPOINT, CHECKPOINT_PREV):
         path = Path(run_dir) / name
         if not path.exists() and not path.is_symlink():
+            continue
+        try:
+            untrusted.regular_file(path, "checkpoint", "")
+        except UserError:  # a directory, a pipe, a dangling link: as unreadable as a truncated file
+            unreadable.append(name)
             continue
         try:
             payload = load_torch_file(path)

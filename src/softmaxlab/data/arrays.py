@@ -39,6 +39,8 @@ from softmaxlab.untrusted import regular_file
 KNOWN_ARRAYS = ("x", "y", "classes", "x_test", "y_test")
 #: The most classes labels may imply without a ``classes`` array (ImageNet-21k has 21,841).
 MAX_INFERRED_CLASSES = 100_000
+#: The most classes a dataset may name (the hierarchical studies go to 100,000).
+MAX_CLASSES = 100_000
 
 
 def _images(arrays: dict[str, np.ndarray], key: str, where: str) -> np.ndarray:
@@ -89,9 +91,16 @@ def _class_names(arrays: dict[str, np.ndarray], y: np.ndarray, where: str) -> li
     names = arrays["classes"]
     if names.ndim != 1 or names.dtype.kind not in "US":
         raise UserError(f"array 'classes' in {where} must be strings of shape (K,), got {names.dtype} {names.shape}")
+    if len(names) > MAX_CLASSES:
+        raise UserError(
+            f"array 'classes' in {where} names {len(names):,} classes, more than the {MAX_CLASSES:,} allowed; "
+            "name only the classes the labels use"
+        )
     classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist()]
     seen: set[str] = set()
     for name in classes:
+        if not name.strip():
+            raise UserError(f"array 'classes' in {where} has an empty class name; name every class")
         if name in seen:  # two labels of one name could not be told apart in any report or prediction
             raise UserError(f"array 'classes' in {where} names the class {name!r} twice; class names must differ")
         seen.add(name)

@@ -62,6 +62,8 @@ SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "diamond", "c
 _HUE_NAMES = ("red", "orange", "yellow", "lime", "green", "teal", "cyan", "azure", "blue", "violet", "magenta", "pink")
 MAX_COLOURS = 36
 DEFAULT_SIZE = 32  # px, when data.image_size is unset
+#: The most pixels (images x height x width, over the three splits) shapes generates.
+MAX_PIXELS = 2**28
 
 
 def layout(num_classes: int) -> tuple[int, int]:
@@ -173,6 +175,13 @@ def shapes(cfg: ShapesOptions) -> ImageData:
     """Embedded offline data: coloured shapes (fine = shape x colour, coarse = shape)."""
     names, coarse_names, coarse_of = class_names(cfg.num_classes)
     size = cfg.image_size if cfg.image_size is not None else DEFAULT_SIZE
+    pixels = (cfg.train_size + cfg.val_size + cfg.test_size) * size * size
+    if pixels > MAX_PIXELS:  # a limit is the only defence: generation allocates all of them at once
+        raise UserError(
+            f"shapes of {cfg.train_size + cfg.val_size + cfg.test_size:,} images at {size} px are {pixels:,} pixels, "
+            f"more than the {MAX_PIXELS:,} generated at most (e.g. {MAX_PIXELS // 32**2:,} images at 32 px); "
+            "lower data.train_size, data.val_size, data.test_size or data.image_size"
+        )
     splits = []
     for offset, n in enumerate((cfg.train_size, cfg.val_size, cfg.test_size)):
         x, y, coarse = generate(n, cfg.num_classes, size, seed=cfg.seed * 1_000_003 + offset)
