@@ -317,10 +317,13 @@ def train_one_epoch(state: TrainingState, loader: TensorLoader, hooks: Hook, wor
         with autocast(device, state.amp):
             scores = state.net(x)  # (B, K)
             loss = head.loss(scores, y)
+            # Under the same autocast as the loss: a head that applies its own layers to the
+            # features it is given (hierarchical, adaptive) gets bf16 features against float32 weights.
+            predicted = head.predict(scores.detach())
         if step == 0 and head.applies_softmax and world.is_main:  # first batch of the run only: one host read
             warn_if_probabilities(scores.detach())  # the double-softmax pitfall
         state.step(loss)
-        state.totals.add(loss.detach(), (head.predict(scores.detach()) == y).sum(), y.shape[0], step)
+        state.totals.add(loss.detach(), (predicted == y).sum(), y.shape[0], step)
         state.batches_done = i + 1
         hooks.on_step_end(state)
     return {**state.totals.reduce(world, state.total_steps), "steps": len(loader)}

@@ -106,3 +106,24 @@ def test_naive_softmax_with_a_huge_learning_rate_diverges(smoke_data, tmp_path):
     assert info.value.epoch == 1
     summary = json.loads((tmp_path / "naive" / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["head"] == "naive_softmax"
+
+
+#: One step of 64 images per epoch: what bfloat16 autocast needs to show a dtype clash.
+BF16 = ["train.epochs=1", "data.train_size=64", "data.val_size=32", "data.test_size=32", "train.amp=bf16"]
+
+
+@pytest.fixture(scope="module")
+def bf16_data():
+    return load_data(tiny_config(*BF16).data)
+
+
+@pytest.mark.parametrize("name", HEADS.names())
+def test_every_head_trains_and_evaluates_under_bfloat16_autocast(name, bf16_data, tmp_path):
+    """Both full-size study configs train in bf16; the hierarchical and adaptive heads crashed on
+    their first step ("mat1 and mat2 must have the same dtype"), the adaptive head's bf16
+    probabilities did not sum to 1."""
+    cfg = tiny_config(*BF16, f"head.name={name}", "diagnostics.enabled=false")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DoubleSoftmaxWarning)
+        result = fit(cfg, tmp_path / name, data=bf16_data)
+    assert result.summary["status"] == "finished" and 0 <= result.summary["test"]["accuracy"] <= 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from pydantic import field_validator
 from torch import Tensor, nn
 
@@ -98,5 +99,10 @@ class AdaptiveSoftmaxHead(Head):
         return self.asm(scores, target).loss
 
     def log_probs(self, scores: Tensor) -> Tensor:
-        """(B, K) log p(k) for every class (``AdaptiveLogSoftmaxWithLoss.log_prob``), in at least float32."""
-        return at_least_float32(self.asm.log_prob(scores))
+        """(B, K) log p(k) for every class (``AdaptiveLogSoftmaxWithLoss.log_prob``), in at least float32.
+
+        Outside autocast, in the weights' dtype: the module normalises its cluster outputs
+        itself, and under bfloat16 autocast the rows of p would sum to 1 only within about 0.5 %.
+        """
+        with torch.autocast(scores.device.type, enabled=False):
+            return at_least_float32(self.asm.log_prob(scores.to(self.asm.head.weight.dtype)))

@@ -76,8 +76,9 @@ class DoubleSoftmaxHead(Head):
 class NaiveSoftmaxHead(Head):
     """PITFALL: exp(z)/sum exp(z) without the max shift; overflows to NaN for logits > ~88.
 
-    Scores are the logits z; p = exp(z) / sum_j exp(z_j) computed literally in the scores'
-    dtype, and the loss is -log p_y with the log taken afterwards. Identical to ``softmax``
+    Scores are the logits z; p = exp(z) / sum_j exp(z_j) computed literally in at least
+    float32 (as every head normalises; bfloat16 has float32's range, so the overflow is the
+    same), and the loss is -log p_y with the log taken afterwards. Identical to ``softmax``
     while the logits stay small; a non-finite loss once they do not (then ``fit`` stops with
     a :class:`~softmaxlab.errors.DivergedError`).
     """
@@ -90,8 +91,8 @@ class NaiveSoftmaxHead(Head):
 
     def probs(self, scores: Tensor) -> Tensor:
         """exp(z) / sum exp(z), literally: NaN or inf once exp overflows."""
-        return naive_softmax(scores)
+        return naive_softmax(at_least_float32(scores))
 
     def log_probs(self, scores: Tensor) -> Tensor:
         """log of :meth:`probs` (no log-sum-exp trick)."""
-        return naive_softmax(scores).log()
+        return self.probs(scores).log()
