@@ -158,7 +158,8 @@ def test_apply_temperature_keeps_predictions_and_sums_to_one():
 
 def test_no_temperature_gives_null_values_not_missing_keys():
     out = after_temperature(CAL_P, CAL_Y, None)
-    assert out == {"ece_after_temperature": None, "nll_after_temperature": None, "reliability_after_temperature": None}
+    keys = ("ece_after_temperature", "ece_band_after_temperature", "nll_after_temperature")
+    assert out == {**dict.fromkeys(keys), "reliability_after_temperature": None}
 
 
 @pytest.mark.parametrize("name", HEADS.names())
@@ -218,3 +219,44 @@ def test_class_scores_beyond_the_limit_equal_torchmetrics_and_need_no_k_squared_
     one_hot = torch.nn.functional.one_hot(target, k).float()
     assert m["brier"] == pytest.approx((probs - one_hot).pow(2).sum(dim=1).mean().item(), abs=1e-6)
     assert m["precision_macro"] == macro["precision_macro"] and m["confusion_matrix"] is None
+
+
+def test_bootstrap_intervals_equal_a_loop_over_the_same_resamples():
+    """The vectorised bootstrap against the plain definition: each resample's metrics computed
+    from its own images with the library's point estimates (torchmetrics' ECE and F1)."""
+    from softmaxlab.metrics import bootstrap_ci, classification_metrics
+
+    g = torch.Generator().manual_seed(1)
+    n, k, resamples = 300, 4, 60
+    target = torch.randint(0, k, (n,), generator=g)
+    logits = 2 * torch.randn(n, k, generator=g)
+    logits[torch.arange(n), target] += 1.5
+    probs = torch.softmax(logits, dim=1)
+    draws = torch.randint(0, n, (resamples, n), generator=torch.Generator().manual_seed(0))
+    per_resample = [classification_metrics(probs[i], target[i]) for i in draws]
+    ci = bootstrap_ci(probs, target, resamples=resamples, seed=0)
+    for name in ("accuracy", "f1_macro", "nll", "brier", "ece"):
+        values = torch.tensor([m[name] for m in per_resample], dtype=torch.float64)
+        expected = torch.quantile(values, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+        assert ci[name] == pytest.approx(expected, abs=1e-5), name
+
+
+def test_the_accuracy_interval_has_the_binomial_width_and_the_summary_keys_are_there():
+    from softmaxlab.metrics import after_temperature, classification_metrics
+
+    g = torch.Generator().manual_seed(2)
+    n = 2000
+    target = torch.randint(0, 10, (n,), generator=g)
+    logits = torch.randn(n, 10, generator=g)
+    logits[torch.arange(n), target] += 1.0
+    m = classification_metrics(torch.softmax(logits, dim=1), target)
+    low, high = m["ci95"]["accuracy"]
+    acc = m["accuracy"]
+    assert low < acc < high
+    se = (acc * (1 - acc) / n) ** 0.5
+    assert high - low == pytest.approx(2 * 1.96 * se, rel=0.15)
+    band = m["ece_band"]
+    assert 0 < band["mean"] < band["p95"] < 0.1
+    after = after_temperature(torch.softmax(logits, dim=1), target, 1.5)
+    assert after["ece_band_after_temperature"]["p95"] > 0
+    assert after_temperature(torch.softmax(logits, dim=1), target, None)["ece_band_after_temperature"] is None

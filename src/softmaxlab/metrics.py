@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from softmaxlab.heads import Head
+from softmaxlab.stats import ece_band
 
 NLL_CLAMP = 1e-12
 #: Equal-width confidence bins of ECE, MCE and the reliability data.
@@ -145,6 +146,7 @@ def classification_metrics(probs: Tensor, target: Tensor, source: str = "probabi
         if k <= MAX_CONFUSION_CLASSES
         else None,
         "per_class": {**per_class, "support": torch.bincount(target, minlength=k).tolist()},
+        "ci95": bootstrap_ci(p, target),
     }
 
 
@@ -183,7 +185,9 @@ def calibration_metrics(
     k = p.shape[1]
     ece = multiclass_calibration_error(p, target, num_classes=k, n_bins=n_bins, norm="l1")
     mce = multiclass_calibration_error(p, target, num_classes=k, n_bins=n_bins, norm="max")
-    return {"ece": ece.item(), "mce": mce.item(), "reliability": reliability_bins(probs, target, n_bins)}
+    reliability = reliability_bins(probs, target, n_bins)
+    band = ece_band(reliability["count"], reliability["confidence"])
+    return {"ece": ece.item(), "mce": mce.item(), "ece_band": band, "reliability": reliability}
 
 
 def reliability_bins(probs: Tensor, target: Tensor, n_bins: int = N_BINS) -> dict[str, Any]:
@@ -292,12 +296,66 @@ def after_temperature(probs: Tensor, target: Tensor, temperature: float | None) 
     of p_T = :func:`apply_temperature` (probs, T), with the NLL clamped as ``nll``; all None
     when ``temperature`` is None (the keys are always there)."""
     if temperature is None:
-        return {"ece_after_temperature": None, "nll_after_temperature": None, "reliability_after_temperature": None}
+        keys = ("ece", "ece_band", "nll", "reliability")
+        return {f"{key}_after_temperature": None for key in keys}
     log_p = torch.log_softmax(temperature_logits(probs) / temperature, dim=1)  # (N, K) float64
     nll = -log_p.gather(1, target[:, None]).clamp_min(math.log(NLL_CLAMP)).mean().item()
     cal = calibration_metrics(log_p.exp().float(), target, "temperature-scaled probabilities")
     return {
         "ece_after_temperature": cal["ece"],
+        "ece_band_after_temperature": cal["ece_band"],  # from the after-temperature confidences
         "nll_after_temperature": nll,
         "reliability_after_temperature": cal["reliability"],
     }
+
+
+#: Bootstrap resamples of the test images behind ``test.ci95``.
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def bootstrap_ci(
+    probs: Tensor, target: Tensor, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, n_bins: int = N_BINS
+) -> dict[str, list[float] | None]:
+    """95 % percentile-bootstrap intervals over the test images: ``{metric: [low, high]}`` for
+    ``accuracy``, ``f1_macro`` (None beyond :data:`MAX_CONFUSION_CLASSES` classes), ``nll``,
+    ``brier`` and ``ece``.
+
+    Resample r draws the N images with replacement (seeded); w_ri counts how often image i
+    was drawn. Every metric is a function of weighted sums, so all resamples are computed at
+    once: a per-image mean is w_r . x / N; the ECE is sum_b |sum_{i in b} w_ri (correct_i -
+    conf_i)| / N over the reliability bins; macro F1 is the mean over classes present in the
+    resample of 2 tp_k / (predicted_k + support_k), each a weighted count by class.
+    """
+    n, k = probs.shape
+    conf, pred = probs.double().max(dim=1)
+    correct = (pred == target).double()
+    p_true = probs.double().gather(1, target[:, None]).squeeze(1)
+    draws = torch.randint(0, n, (resamples, n), generator=torch.Generator().manual_seed(seed))
+    w = torch.zeros(resamples, n, dtype=torch.float64).scatter_add_(
+        1, draws, torch.ones(resamples, n, dtype=torch.float64)
+    )
+    per_image = {
+        "accuracy": correct,
+        "nll": -p_true.clamp_min(NLL_CLAMP).log(),
+        "brier": probs.double().pow(2).sum(dim=1) - 2 * p_true + 1,
+    }
+    values = {name: w @ x / n for name, x in per_image.items()}
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float32)
+    bins = (torch.bucketize(conf.float(), edges, right=True) - 1).clamp(0, n_bins - 1)
+    gaps = torch.zeros(resamples, n_bins, dtype=torch.float64).index_add_(1, bins, w * (correct - conf))
+    values["ece"] = gaps.abs().sum(dim=1) / n
+    values["f1_macro"] = _bootstrap_f1(w, pred, target, correct, k) if k <= MAX_CONFUSION_CLASSES else None
+    return {
+        name: None if v is None else torch.quantile(v, torch.tensor([0.025, 0.975], dtype=v.dtype)).tolist()
+        for name, v in values.items()
+    }
+
+
+def _bootstrap_f1(w: Tensor, pred: Tensor, target: Tensor, correct: Tensor, k: int) -> Tensor:
+    """(R,) macro F1 of each resample (as :func:`_class_scores`, weighted by ``w``)."""
+    zeros = torch.zeros(w.shape[0], k, dtype=torch.float64)
+    tp = zeros.index_add(1, target, w * correct)
+    predicted, support = zeros.index_add(1, pred, w), zeros.index_add(1, target, w)
+    present = (predicted + support) > 0
+    f1 = torch.where(present, 2 * tp / (predicted + support).clamp_min(1e-12), 0.0)
+    return f1.sum(dim=1) / present.sum(dim=1)

@@ -80,6 +80,31 @@ def ece_noise_floor(
     >>> round(ece_noise_floor([0, 1000], [None, 0.9]), 3)  # sqrt(0.9 * 0.1 / 1000) * sqrt(2 / pi)
     0.008
     """
+    eces = _calibrated_eces(count, confidence, draws, seed)
+    return None if eces is None else float(eces.mean())
+
+
+def ece_band(
+    count: Sequence[int | None], confidence: Sequence[float | None], draws: int = 2000, seed: int = 0
+) -> dict[str, float] | None:
+    """The ECE a perfectly calibrated model with these confidences would show on these test
+    images (see :func:`ece_noise_floor`): ``{"mean", "p95"}`` over the draws. An ECE below
+    ``p95`` is not evidence of miscalibration at the 5 % level. None when no bin holds an image.
+
+    >>> band = ece_band([0, 1000], [None, 0.9])
+    >>> round(band["mean"], 3), round(band["p95"], 3)
+    (0.008, 0.018)
+    """
+    eces = _calibrated_eces(count, confidence, draws, seed)
+    if eces is None:
+        return None
+    return {"mean": float(eces.mean()), "p95": float(np.quantile(eces, 0.95))}
+
+
+def _calibrated_eces(
+    count: Sequence[int | None], confidence: Sequence[float | None], draws: int, seed: int
+) -> np.ndarray | None:
+    """``draws`` ECEs of a perfectly calibrated model: right_b ~ Binomial(n_b, c_b) per bin."""
     n = np.array([c or 0 for c in count], dtype=np.int64)
     conf = np.array([c if c is not None else 0.0 for c in confidence], dtype=np.float64)
     keep = n > 0
@@ -87,5 +112,4 @@ def ece_noise_floor(
         return None
     n, conf = n[keep], conf[keep]
     right = np.random.default_rng(seed).binomial(n, conf, size=(draws, len(n)))
-    gaps = np.abs(right / n - conf) * n / n.sum()
-    return float(gaps.sum(axis=1).mean())
+    return (np.abs(right / n - conf) * n / n.sum()).sum(axis=1)

@@ -34,6 +34,7 @@ SUMMARY_CONTRACT = [
     *(f"test.{k}" for k in ("accuracy", "top5", "precision_macro", "recall_macro", "f1_macro", "nll", "brier")),
     *(f"test.{k}" for k in ("ece", "mce", "entropy", "confusion_matrix", "per_class", "reliability")),
     *(f"test.{k}" for k in ("ece_after_temperature", "nll_after_temperature", "reliability_after_temperature")),
+    *(f"test.{k}" for k in ("ci95", "ece_band", "ece_band_after_temperature")),
     "temperature",
     "temperature_note",
     "timing.mean_epoch_seconds",
@@ -51,6 +52,9 @@ def check_summary_contract(summary, name, num_classes):
             node = node[part]
     test = summary["test"]
     assert set(test["per_class"]) == {"precision", "recall", "f1", "support"}
+    assert set(test["ci95"]) == {"accuracy", "f1_macro", "nll", "brier", "ece"}
+    low, high = test["ci95"]["accuracy"]
+    assert low <= test["accuracy"] <= high and test["ece_band"]["mean"] <= test["ece_band"]["p95"]
     assert all(len(v) == num_classes for v in test["per_class"].values())
     for rel in (test["reliability"], test["reliability_after_temperature"]):
         if rel is not None:
@@ -59,6 +63,7 @@ def check_summary_contract(summary, name, num_classes):
     if name in NOT_TEMPERATURE_SCALED:
         assert summary["temperature"] is None and test["ece_after_temperature"] is None
         assert test["nll_after_temperature"] is None and test["reliability_after_temperature"] is None
+        assert test["ece_band_after_temperature"] is None
     else:
         assert summary["temperature"] > 0 and 0 <= test["ece_after_temperature"] <= 1
         assert test["nll_after_temperature"] > 0
