@@ -155,16 +155,24 @@ def _class_scores(pred: Tensor, target: Tensor, k: int) -> tuple[dict[str, float
     computes them (0 where undefined; the macro mean over the classes with test images or
     predictions), in O(N + K) memory: torchmetrics' multiclass scores count (target, pred)
     pairs in a K^2 bincount, 80 GB at 100,000 classes."""
-    tp = torch.bincount(target[pred == target], minlength=k).double()
-    predicted, support = torch.bincount(pred, minlength=k).double(), torch.bincount(target, minlength=k).double()
-    per_class = {
-        "precision": torch.where(predicted > 0, tp / predicted.clamp_min(1), 0.0),
-        "recall": torch.where(support > 0, tp / support.clamp_min(1), 0.0),
-        "f1": torch.where(predicted + support > 0, 2 * tp / (predicted + support).clamp_min(1), 0.0),
-    }
-    present = (predicted + support) > 0
+    per_class, present = _weighted_scores(torch.ones(1, len(target), dtype=torch.float64), pred, target, k)
     macro = {f"{name}_macro": v[present].mean().item() for name, v in per_class.items()}
-    return macro, {name: v.float().tolist() for name, v in per_class.items()}
+    return macro, {name: v[0].float().tolist() for name, v in per_class.items()}
+
+
+def _weighted_scores(w: Tensor, pred: Tensor, target: Tensor, k: int) -> tuple[dict[str, Tensor], Tensor]:
+    """(R, K) per-class precision, recall and F1 when image i counts w_ri times in row r (0
+    where undefined), and the (R, K) mask of the classes with images or predictions there."""
+    zeros = torch.zeros(w.shape[0], k, dtype=torch.float64)
+    tp = zeros.index_add(1, target, w * (pred == target))
+    predicted, support = zeros.index_add(1, pred, w), zeros.index_add(1, target, w)
+    present = (predicted + support) > 0
+    per_class = {
+        "precision": torch.where(predicted > 0, tp / predicted.clamp_min(1e-12), 0.0),
+        "recall": torch.where(support > 0, tp / support.clamp_min(1e-12), 0.0),
+        "f1": torch.where(present, 2 * tp / (predicted + support).clamp_min(1e-12), 0.0),
+    }
+    return per_class, present
 
 
 def calibration_metrics(
@@ -344,18 +352,14 @@ def bootstrap_ci(
     bins = (torch.bucketize(conf.float(), edges, right=True) - 1).clamp(0, n_bins - 1)
     gaps = torch.zeros(resamples, n_bins, dtype=torch.float64).index_add_(1, bins, w * (correct - conf))
     values["ece"] = gaps.abs().sum(dim=1) / n
-    values["f1_macro"] = _bootstrap_f1(w, pred, target, correct, k) if k <= MAX_CONFUSION_CLASSES else None
+    values["f1_macro"] = _bootstrap_f1(w, pred, target, k) if k <= MAX_CONFUSION_CLASSES else None
     return {
         name: None if v is None else torch.quantile(v, torch.tensor([0.025, 0.975], dtype=v.dtype)).tolist()
         for name, v in values.items()
     }
 
 
-def _bootstrap_f1(w: Tensor, pred: Tensor, target: Tensor, correct: Tensor, k: int) -> Tensor:
-    """(R,) macro F1 of each resample (as :func:`_class_scores`, weighted by ``w``)."""
-    zeros = torch.zeros(w.shape[0], k, dtype=torch.float64)
-    tp = zeros.index_add(1, target, w * correct)
-    predicted, support = zeros.index_add(1, pred, w), zeros.index_add(1, target, w)
-    present = (predicted + support) > 0
-    f1 = torch.where(present, 2 * tp / (predicted + support).clamp_min(1e-12), 0.0)
-    return f1.sum(dim=1) / present.sum(dim=1)
+def _bootstrap_f1(w: Tensor, pred: Tensor, target: Tensor, k: int) -> Tensor:
+    """(R,) macro F1 of each resample (see :func:`_weighted_scores`)."""
+    per_class, present = _weighted_scores(w, pred, target, k)
+    return per_class["f1"].sum(dim=1) / present.sum(dim=1)

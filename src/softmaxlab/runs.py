@@ -641,16 +641,6 @@ def load_torch_file(path: str | Path) -> Any:
         raise CorruptFileError(str(p)) from None
 
 
-def safe_load(path: str | Path) -> Any:
-    """:func:`load_torch_file`, with a corrupt file a :class:`UserError` naming it."""
-    try:
-        return load_torch_file(path)
-    except CorruptFileError:
-        raise UserError(
-            f"{str(path)!r} cannot be read (truncated or corrupt); use a file written by softmaxlab"
-        ) from None
-
-
 def load_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
     """The newest complete checkpoint of ``run_dir`` (``checkpoint.pt``, else
     ``checkpoint.prev.pt``), or None when there is none. An unreadable (truncated or
