@@ -594,7 +594,46 @@ CASES: list[Case] = [
         "non-finite weights",
     ),
     ("resume a checkpoint whose position was altered", lambda c: ["resume", str(altered_checkpoint(c))], "altered"),
+    # --- comparisons and the new head and model options -------------------------------------
+    (
+        "sweep compare_to naming no variant",
+        lambda c: ["sweep", str(sweep_file(c, {"grid": {"train.seed": [0, 1]}, "compare_to": {"train.seed": 5}}))],
+        "not a key that tells the variants apart",
+    ),
+    (
+        "sweep compare_to a value no variant has",
+        lambda c: [
+            "sweep",
+            str(sweep_file(c, {"variants": [{"head.name": "softmax"}], "compare_to": {"head.name": "gumbel"}})),
+        ],
+        "names no variant of the sweep",
+    ),
+    (
+        "sweep comparing a metric the runs do not have",
+        lambda c: ["sweep", str(sweep_file(c, {"grid": {"train.seed": [0, 1]}, "compare_metrics": ["acc"]}))],
+        "'acc' is not a test metric",
+    ),
+    ("eval_rule on a softmax head", lambda c: ["run", *sets("head.eval_rule=plain")], "head.name=gumbel only"),
+    ("an unknown eval_rule", lambda c: ["run", *sets("head.name=gumbel", "head.eval_rule=mean")], "'head.eval_rule'"),
+    (
+        "eval_samples without the sample_mean rule",
+        lambda c: ["run", *sets("head.name=gumbel", "head.eval_samples=4")],
+        "eval_rule=sample_mean only",
+    ),
+    ("bn_eps without batch norm", lambda c: ["run", *sets("model.batch_norm=false", "model.bn_eps=1e-3")], "bn_eps"),
+    ("bn_eps 0", lambda c: ["run", *sets("model.bn_eps=0")], "'model.bn_eps'"),
+    (
+        "evaluate where its predictions file would replace a directory",
+        lambda c: ["evaluate", str(c.run()), "--data", "shapes", "--out", str(predictions_taken(c))],
+        "e.predictions.npz' is a directory",
+    ),
 ]
+
+
+def predictions_taken(ctx: Ctx) -> Path:
+    """An --out whose predictions.npz beside it is a directory: nothing may be written."""
+    (ctx.tmp / "e.predictions.npz").mkdir()
+    return ctx.tmp / "e.json"
 
 
 def link(ctx: Ctx, name: str) -> Path:

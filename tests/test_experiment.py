@@ -22,7 +22,7 @@ def test_an_experiment_ends_by_writing_the_report(tiny_run):
     d = tiny_run.run_dir
     assert tiny_run.report == d / "report.html" and (d / "report.md").is_file()
     html = tiny_run.report.read_text()
-    assert '<td data-sort="head=softmax">head=softmax</td>' in html
+    assert '<td data-sort="head=softmax" class="wrap">head=softmax</td>' in html
     assert "report.figures: false" in html  # the tiny config leaves the figures to `softmaxlab report`
     write_report(d, "html")  # the same run's report with its figures, from its files only
     html = tiny_run.report.read_text()

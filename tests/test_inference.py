@@ -49,7 +49,8 @@ def test_evaluate_on_the_run_dataset_reproduces_the_summary(run):
     m = result["metrics"]
     assert result["images"] == 96 and result["split"] == "test" and result["temperature"] == run.summary["temperature"]
     assert m["confusion_matrix"] == test["confusion_matrix"] and m["accuracy"] == test["accuracy"]
-    for key in ("nll", "brier", "ece", "mce", "entropy", "ece_after_temperature", "nll_after_temperature"):
+    scalars = ("nll", "brier", "ece", "mce", "entropy", "aurc", "classwise_ece")
+    for key in (*scalars, "ece_after_temperature", "nll_after_temperature"):
         assert m[key] == pytest.approx(test[key], rel=1e-4, abs=1e-6), key
     assert m["per_class"] == test["per_class"]
     everything = evaluate_run(run.run_dir, "shapes", split="all", device="cpu")

@@ -1,5 +1,7 @@
+import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,10 +12,14 @@ from softmaxlab.metrics import (
     NO_DIRECTION,
     after_temperature,
     apply_temperature,
+    aurc,
     calibration_metrics,
     classification_metrics,
+    classwise_ece,
     fit_head_temperature,
     fit_temperature,
+    misclassification_auroc,
+    selective_metrics,
     temperature_logits,
     validate_probs,
 )
@@ -163,18 +169,20 @@ def test_no_temperature_gives_null_values_not_missing_keys():
 
 
 @pytest.mark.parametrize("name", HEADS.names())
-def test_each_head_gets_a_temperature_or_a_reason(name):
+def test_each_head_gets_a_temperature_and_says_what_it_does(name):
     head = build_head(HeadConfig(name=name), 6, 4).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        p = head.probs(head(torch.randn(64, 6, generator=g)))
+        scores = head(torch.randn(64, 6, generator=g))
+        p = head.probs(scores)
     y = torch.randint(0, 4, (64,), generator=g)
-    t, note = fit_head_temperature(head, p, y, source=f"head {name!r}")
-    assert note.startswith(f"{name}: ")
-    if name in ("sparsemax", "entmax15", "sigmoid"):
-        assert t is None and "not fitted" in note
-    else:
-        assert 0.01 <= t <= 100 and "fitted on the validation split" in note
+    t, note = fit_head_temperature(head, p, y, source=f"head {name!r}", scores=scores)
+    assert note.startswith(f"{name}: ") and 0.01 <= t <= 100 and "fitted on the validation split" in note
+    after = after_temperature(p, y, t, head, scores)
+    assert 0 <= after["ece_after_temperature"] <= 1 and math.isfinite(after["nll_after_temperature"])
+    if head.temperature_input == "scores":
+        with pytest.raises(ValueError, match="pass them"):  # the scores are needed, never guessed
+            fit_head_temperature(head, p, y, source=f"head {name!r}")
 
 
 def test_temperature_refuses_what_it_cannot_fit():
@@ -260,3 +268,168 @@ def test_the_accuracy_interval_has_the_binomial_width_and_the_summary_keys_are_t
     after = after_temperature(torch.softmax(logits, dim=1), target, 1.5)
     assert after["ece_band_after_temperature"]["p95"] > 0
     assert after_temperature(torch.softmax(logits, dim=1), target, None)["ece_band_after_temperature"] is None
+
+
+# ---- selective prediction: AURC, misclassification AUROC, class-wise ECE against literal loops
+
+
+def literal_aurc(conf, correct, order):
+    """AURC of one order of the images (most confident first), by the definition."""
+    risks = [sum(not correct[i] for i in order[:j]) / j for j in range(1, len(order) + 1)]
+    return sum(risks) / len(risks)
+
+
+def mean_aurc_over_tie_orders(conf, correct):
+    """The mean literal AURC over every order of the tied images (groups by equal confidence)."""
+    groups = [[i for i in range(len(conf)) if conf[i] == c] for c in sorted(set(conf), reverse=True)]
+    orders = [sum(parts, ()) for parts in itertools.product(*(itertools.permutations(g) for g in groups))]
+    return sum(literal_aurc(conf, correct, list(o)) for o in orders) / len(orders)
+
+
+def expected_aurc_loop(conf, correct):
+    """At each coverage j: the errors above the j-th confidence plus the expected errors among
+    the tied images that complete the top j, each tied image wrong with the group's rate."""
+    n, sorted_conf, total = len(conf), sorted(conf, reverse=True), 0.0
+    for j in range(1, n + 1):
+        c = sorted_conf[j - 1]
+        above = [i for i in range(n) if conf[i] > c]
+        tied = [i for i in range(n) if conf[i] == c]
+        errors = sum(not correct[i] for i in above)
+        errors += (j - len(above)) * sum(not correct[i] for i in tied) / len(tied)
+        total += errors / j
+    return total / n
+
+
+def mann_whitney(conf, correct):
+    right = [c for c, ok in zip(conf, correct, strict=True) if ok]
+    wrong = [c for c, ok in zip(conf, correct, strict=True) if not ok]
+    wins = sum(1.0 if r > w else 0.5 if r == w else 0.0 for r in right for w in wrong)
+    return wins / (len(right) * len(wrong))
+
+
+def loop_classwise_ece(p, y, n_bins=15):
+    """For every class and bin, the images whose p_ik is in the bin (edges of the float32 linspace)."""
+    edges = torch.linspace(0, 1, n_bins + 1).tolist()
+    p, y = p.float().numpy().astype(np.float64), y.numpy()
+    n, k = p.shape
+    per_class = []
+    for c in range(k):
+        ece = 0.0
+        for b in range(n_bins):
+            inside = [i for i in range(n) if edges[b] <= p[i, c] < edges[b + 1] or (b == n_bins - 1 and p[i, c] == 1)]
+            if inside:
+                freq = np.mean([y[i] == c for i in inside])
+                ece += len(inside) / n * abs(freq - np.mean([p[i, c] for i in inside]))
+        per_class.append(ece)
+    return float(np.mean(per_class))
+
+
+def random_probs(seed, n=300, k=6, sparse=False):
+    """Softmax probabilities with tied confidences (a tenth of the rows repeat others, some rows
+    are one-hot) and, when ``sparse``, exact zeros as a sparse head gives."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, k, (n,), generator=g)
+    logits = 2 * torch.randn(n, k, generator=g, dtype=torch.float64)
+    logits[torch.arange(n), y] += 1 + 3 * torch.rand(n, generator=g, dtype=torch.float64)  # better than chance
+    p = torch.softmax(logits, dim=1)
+    if sparse:
+        p = torch.where(p < 0.3 * p.max(dim=1, keepdim=True).values, 0.0, p)  # the arg max stays
+    p[: n // 10] = p[n // 10 : 2 * (n // 10)]  # exact ties
+    p[-5:] = torch.nn.functional.one_hot(torch.arange(5) % k, k).double()  # confidence exactly 1
+    return (p / p.sum(dim=1, keepdim=True)).float(), y
+
+
+def conf_correct(p, y):
+    conf, pred = p.max(dim=1)
+    return conf, pred == y
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_selective_metrics_match_literal_loops_on_random_probabilities(sparse):
+    p, y = random_probs(3, sparse=sparse)
+    conf, correct = conf_correct(p, y)
+    assert len(set(conf.tolist())) < len(conf) - 30  # there are ties to handle
+    m = classification_metrics(p, y)
+    assert m["aurc"] == pytest.approx(expected_aurc_loop(conf.tolist(), correct.tolist()), abs=1e-12)
+    assert m["auroc_misclassification"] == pytest.approx(mann_whitney(conf.tolist(), correct.tolist()), abs=1e-6)
+    assert m["classwise_ece"] == pytest.approx(loop_classwise_ece(p, y), abs=1e-6)
+    assert 0.5 < m["auroc_misclassification"] < 1 and 0 < m["aurc"] < 1 - m["accuracy"]
+    assert m["classwise_ece"] != pytest.approx(m["ece"], abs=1e-3)  # a different quantity
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_aurc_with_ties_is_the_mean_over_every_order_of_the_tied_images(seed):
+    g = torch.Generator().manual_seed(seed)
+    conf = torch.randint(1, 4, (8,), generator=g).float() / 4  # 8 images in 3 confidence levels
+    correct = torch.rand(8, generator=g) < 0.6
+    expected = mean_aurc_over_tie_orders(conf.tolist(), correct.tolist())
+    assert aurc(conf, correct) == pytest.approx(expected, abs=1e-12)
+    for _ in range(5):  # whatever order the images come in
+        perm = torch.randperm(8, generator=g)
+        assert aurc(conf[perm], correct[perm]) == pytest.approx(expected, abs=1e-12)
+
+
+def test_aurc_does_not_depend_on_the_input_order():
+    p, y = random_probs(5, sparse=True)
+    m = selective_metrics(p, y)
+    for seed in range(3):
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+        assert selective_metrics(p[perm], y[perm]) == pytest.approx(m, abs=1e-12)
+    # Taking the tied images in input order instead would move it: the order of the ties matters.
+    conf, correct = torch.tensor([0.9, 0.9, 0.5]), [True, False, True]
+    assert literal_aurc(conf, correct, [0, 1, 2]) == pytest.approx((0 + 1 / 2 + 1 / 3) / 3)
+    assert literal_aurc(conf, correct, [1, 0, 2]) == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+    for order in ([0, 1, 2], [1, 0, 2]):  # both give the mean of the two
+        assert aurc(conf[order], torch.tensor(correct)[order]) == pytest.approx((1 / 2 + 1 / 2 + 1 / 3) / 3)
+
+
+def test_a_wrong_variant_would_fail_these_tests():
+    """An ascending sort (least confident first) or a negated score gives other values."""
+    p, y = random_probs(7)
+    conf, correct = conf_correct(p, y)
+    m = selective_metrics(p, y)
+    ascending = literal_aurc(conf.tolist(), correct.tolist(), conf.argsort().tolist())
+    assert ascending > m["aurc"] + 0.1
+    assert mann_whitney((-conf).tolist(), correct.tolist()) == pytest.approx(1 - m["auroc_misclassification"])
+    assert m["auroc_misclassification"] > 0.6
+    # the class-wise ECE depends on the labels: one that ignored them would fail the loop comparison
+    assert loop_classwise_ece(p, (y + 1) % 6) > m["classwise_ece"] + 0.05
+
+
+def test_all_right_all_wrong_and_a_perfect_ranking():
+    conf = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
+    assert aurc(conf, torch.ones(5, dtype=torch.bool)) == 0.0
+    assert aurc(conf, torch.zeros(5, dtype=torch.bool)) == 1.0
+    assert misclassification_auroc(conf, torch.ones(5, dtype=torch.bool)) is None
+    assert misclassification_auroc(conf, torch.zeros(5, dtype=torch.bool)) is None
+    perfect = torch.tensor([True, True, True, False, False])
+    assert aurc(conf, perfect) == pytest.approx((1 / 4 + 2 / 5) / 5)  # sum_{j>N-e} (j - N + e) / j / N
+    assert misclassification_auroc(conf, perfect) == 1.0
+    assert misclassification_auroc(conf, perfect.flip(0)) == 0.0
+    assert aurc(torch.full((5,), 0.5), perfect) == pytest.approx(0.4)  # all tied: the error rate
+    p = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])
+    m = classification_metrics(p, torch.tensor([0, 0, 1]))
+    assert m["aurc"] == 0.0 and m["auroc_misclassification"] is None
+
+
+def test_classwise_ece_by_hand_and_none_beyond_the_class_limit():
+    # class 0: 1.0 in bin 14 (freq 1), 0.5 in bin 7 (freq 0); class 1: 0.0 (freq 0), 0.5 (freq 1)
+    assert classwise_ece(torch.tensor([[1.0, 0.0], [0.5, 0.5]]), torch.tensor([0, 1])) == pytest.approx(0.25)
+    one_hot = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 1]), 3).float()
+    assert classwise_ece(one_hot, torch.tensor([0, 1, 2, 1])) == 0.0  # certain and right
+    from softmaxlab.metrics import MAX_CONFUSION_CLASSES
+
+    k = MAX_CONFUSION_CLASSES + 1
+    m = classification_metrics(torch.full((4, k), 1.0 / k), torch.tensor([0, 1, 2, k - 1]))
+    assert m["classwise_ece"] is None and m["aurc"] == pytest.approx(0.75)  # all tied, predicting class 0
+    at_limit = torch.full((4, MAX_CONFUSION_CLASSES), 1.0 / MAX_CONFUSION_CLASSES)
+    assert classwise_ece(at_limit, torch.tensor([0, 1, 2, 3])) is not None
+
+
+def test_classwise_ece_in_chunks_equals_one_pass(monkeypatch):
+    import softmaxlab.metrics as metrics
+
+    p, y = random_probs(11, n=100, k=5, sparse=True)
+    whole = classwise_ece(p, y)
+    monkeypatch.setattr(metrics, "_CLASSWISE_ENTRIES", 7 * 5)  # 7 images a chunk, the last one short
+    assert classwise_ece(p, y) == pytest.approx(whole, abs=1e-12)

@@ -18,7 +18,7 @@ from softmaxlab.config import Config, load_config, load_run_config
 from softmaxlab.data import DATASETS, DataOptions, ImageData, Split, TensorLoader, load_data
 from softmaxlab.errors import DivergedError, UserError
 from softmaxlab.experiment import run_experiment
-from softmaxlab.heads import HEADS, DoubleSoftmaxWarning, Head, build_head, check_logits
+from softmaxlab.heads import HEADS, DoubleSoftmaxWarning, Head, SoftmaxNLLWarning, build_head, check_logits
 from softmaxlab.inference import evaluate_run, predict_images
 from softmaxlab.metrics import classification_metrics, fit_temperature
 from softmaxlab.models import MODELS, Classifier, build_model
@@ -45,6 +45,7 @@ __all__ = [
     "ImageData",
     "Options",
     "Registry",
+    "SoftmaxNLLWarning",
     "Split",
     "TensorLoader",
     "TrainingState",

@@ -188,9 +188,15 @@ def evaluate_cmd(
     ] = None,
 ) -> None:
     """Every metric of a trained run on a dataset with the same classes -> JSON, and a short table."""
-    from softmaxlab.inference import TABLE_METRICS, default_evaluation_path, evaluate_run, write_evaluation
+    from softmaxlab.inference import (
+        TABLE_METRICS,
+        default_evaluation_path,
+        evaluate_run,
+        predictions_path,
+        write_evaluation,
+    )
 
-    result = evaluate_run(run_dir, data, split)
+    result = evaluate_run(run_dir, data, split, keep_predictions=True)
     path = write_evaluation(result, out or default_evaluation_path(run_dir, data, split))
     metrics = result["metrics"]
     table = Table(show_header=True, header_style="bold", box=None)
@@ -208,7 +214,7 @@ def evaluate_cmd(
         markup=False,
     )
     out_console.print(table)
-    out_console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+    out_console.print(f"wrote {path} and {predictions_path(path)}", highlight=False, soft_wrap=True)
 
 
 @app.command("predict")
@@ -283,7 +289,8 @@ def sweep_cmd(
         str | None, typer.Option(help="submitit cluster: slurm, local or debug (default: slurm where srun is on PATH).")
     ] = None,
 ) -> None:
-    """Train a grid of runs (resumable: a rerun trains only what is missing) -> results.csv, aggregate.csv, report."""
+    """Train a grid of runs (resumable: a rerun trains only what is missing) -> results.csv, aggregate.csv,
+    comparisons.csv, report."""
     from softmaxlab import sweep
     from softmaxlab.progress import ConsoleSweepProgress
 
@@ -317,11 +324,10 @@ def _print_sweep(result: Any) -> None:
 
     counts = ", ".join(f"{result.count(s)} {s}" for s in sweep.STATUSES if result.count(s))
     out_console.print(f"{len(result.rows)} runs: {counts}", highlight=False)
-    out_console.print(
-        f"wrote {result.out_dir / sweep.RESULTS_FILE}, {result.out_dir / sweep.AGGREGATE_FILE}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    tables = (sweep.RESULTS_FILE, sweep.AGGREGATE_FILE, sweep.COMPARISONS_FILE)
+    out_console.print(f"wrote {', '.join(str(result.out_dir / t) for t in tables)}", highlight=False, soft_wrap=True)
+    for note in result.notes:
+        out_console.print(f"note: {note}", highlight=False, soft_wrap=True, markup=False)
     if result.report is not None:
         out_console.print(f"report {result.report}", highlight=False, soft_wrap=True)
     if result.count("failed"):

@@ -12,7 +12,8 @@ image files, and its feature maps for one image.
 
 Both rebuild the model from ``model.pt`` and use the temperature that training fitted on the
 validation split (``summary.json``'s ``temperature``), when there is one: the metrics gain
-their ``*_after_temperature`` values and the predictions are p_T = softmax(log p / T).
+their ``*_after_temperature`` values and the predictions are p_T (``softmax(log p / T)``, or
+the head's mapping of z / T: see :mod:`softmaxlab.metrics`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from softmaxlab.data import Normalize, TensorLoader, load_data, parse_data_spec
 from softmaxlab.diagnostics import feature_maps
 from softmaxlab.distributed import World, resolve_device
 from softmaxlab.errors import UserError
-from softmaxlab.metrics import after_temperature, apply_temperature, classification_metrics, validate_probs
+from softmaxlab.metrics import after_temperature, classification_metrics, temperature_scaled_probs, validate_probs
 from softmaxlab.models import Classifier
 from softmaxlab.report.figures import feature_map_figure, save_png
 from softmaxlab.train import evaluate
@@ -153,13 +154,17 @@ def _names(names: list[str], limit: int = 5) -> str:
     return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
-def evaluate_run(run_dir: str | Path, spec: str, split: str = "test", device: str = "auto") -> dict[str, Any]:
+def evaluate_run(
+    run_dir: str | Path, spec: str, split: str = "test", device: str = "auto", keep_predictions: bool = False
+) -> dict[str, Any]:
     """Every metric of the run in ``run_dir`` on ``split`` of the dataset ``spec``.
 
     Returns ``{"run_dir", "data" (the spec), "dataset", "split", "images", "head",
     "classes", "temperature", "temperature_note", "metrics"}``; ``metrics`` has the keys of
     ``summary.json``'s ``test`` section (the ``*_after_temperature`` ones use the run's
     temperature, null without one). ``device``: auto (CUDA when available), cpu or cuda.
+    With ``keep_predictions`` the result also holds ``"predictions": {"probs", "targets"}``
+    (tensors, for :func:`write_evaluation` to write ``predictions.npz`` beside the JSON).
 
     Raises:
         UserError: an unknown split or spec, a dataset that cannot be loaded, other class
@@ -189,7 +194,8 @@ def evaluate_run(run_dir: str | Path, spec: str, split: str = "test", device: st
     out = evaluate(model, loader, World(), keep_probs=True)
     head = run.cfg.head.name
     metrics = classification_metrics(out["probs"], out["targets"], source=f"head {head!r}")
-    metrics.update(after_temperature(out["probs"], out["targets"], run.temperature))
+    metrics.update(after_temperature(out["probs"], out["targets"], run.temperature, model.head, out.get("scores")))
+    kept = {"predictions": {"probs": out["probs"], "targets": out["targets"]}} if keep_predictions else {}
     return {
         "run_dir": str(run.run_dir),
         "data": spec,
@@ -201,6 +207,7 @@ def evaluate_run(run_dir: str | Path, spec: str, split: str = "test", device: st
         "temperature": run.temperature,
         "temperature_note": run.temperature_note,
         "metrics": {"loss": out["loss"], **metrics},
+        **kept,
     }
 
 
@@ -218,10 +225,30 @@ def default_evaluation_path(run_dir: str | Path, spec: str, split: str) -> Path:
     return Path(run_dir) / f"evaluate-{slug or 'data'}-{split}.json"
 
 
-def write_evaluation(result: dict[str, Any], out: str | Path) -> Path:
-    """Write ``result`` as indented JSON to ``out`` atomically; returns the path."""
+def predictions_path(out: str | Path) -> Path:
+    """Where the predictions of the evaluation written to ``out`` go: beside it.
+
+    >>> predictions_path("runs/a/evaluate-shapes-test.json").as_posix()
+    'runs/a/evaluate-shapes-test.predictions.npz'
+    """
     path = Path(out)
+    return path.with_name(f"{path.name.removesuffix('.json')}.predictions.npz")
+
+
+def write_evaluation(result: dict[str, Any], out: str | Path) -> Path:
+    """Write ``result`` as indented JSON to ``out`` atomically; returns the path. A result
+    with ``predictions`` (``evaluate_run(..., keep_predictions=True)``) also gets them written
+    to :func:`predictions_path` (``runs.save_predictions``) first, and the JSON names that file."""
+    path = Path(out)
+    result = dict(result)
+    kept = result.pop("predictions", None)
+    npz = predictions_path(path)
+    runs.check_replaceable(path)  # both destinations before either is written
     try:
+        if kept is not None:
+            runs.check_replaceable(npz)
+            runs.save_predictions(npz, kept["probs"], kept["targets"])
+            result["predictions_file"] = npz.name
         runs.atomic_write_json(path, result)
     except OSError as exc:
         raise UserError(f"cannot write {str(path)!r} ({exc.strerror}); choose another --out") from None
@@ -251,10 +278,11 @@ def predict_images(run_dir: str | Path, images: Sequence[str | Path], top_k: int
     run = load_trained_run(run_dir)
     x = torch.cat([model_input(image, run.cfg.data.image_size, run.normalization) for image in images])
     head = run.model.head
-    probs = torch.cat([head.probs(run.model(b)).float() for b in x.split(run.cfg.train.eval_batch_size)])
+    scores = torch.cat([run.model(b).float() for b in x.split(run.cfg.train.eval_batch_size)])
+    probs = head.probs(scores).float()
     validate_probs(probs, source=f"head {run.cfg.head.name!r}")
     if run.temperature is not None:
-        probs = apply_temperature(probs, run.temperature)
+        probs = temperature_scaled_probs(head, probs, run.temperature, scores)
     k = min(top_k, probs.shape[1])
     values, indices = probs.topk(k, dim=1)  # (N, k) each, most probable first
     predictions = [

@@ -20,6 +20,14 @@ correct_i = [argmax_k p_ik = y_i]:
   n_b, acc_b and conf_b, the data of a reliability diagram
 * entropy = mean_i H(p_i), H(p) = -sum_k p_k log p_k in nats (0 log 0 = 0): how spread the
   predictions are, not how good they are (see :data:`NO_DIRECTION`)
+* AURC = (1/N) sum_{j=1..N} risk_j, risk_j = (1/j) sum of (1 - correct_i) over the j images
+  of largest conf_i (the risk-coverage curve at coverage j / N); a tie group's errors are
+  spread evenly over its positions, the mean over all orders of the tied images
+* AUROC of misclassification = P(conf_i > conf_j) + P(conf_i = conf_j) / 2 for a random
+  right image i and wrong image j (None when all images are right or all wrong)
+* class-wise ECE = (1/K) sum_k sum_b (n_bk / N) |freq_bk - conf_bk|, the ECE of each class's
+  p_ik over all images in the same 15 bins: n_bk images with p_ik in B_b, freq_bk the
+  fraction of them with y_i = k, conf_bk their mean p_ik (None beyond 1000 classes)
 
 Temperature scaling (Guo et al., 2017) recalibrates a trained softmax classifier with one
 number: p_T = softmax(z / T), T > 0 fitted on held-out data by minimising the NLL. It keeps
@@ -30,7 +38,10 @@ so this is exactly softmax(z / T), recovered from the probabilities alone; for t
 hierarchical and adaptive heads, whose distribution is not one softmax, it is p^(1/T)
 renormalised, the same one-parameter sharpening or flattening. Heads whose probabilities are
 not a softmax of their scores (sparsemax, entmax-1.5, sigmoid) declare
-``temperature_scalable = False`` and get no temperature (see :func:`fit_head_temperature`).
+``temperature_input = "scores"``: their own mapping of z / T is the recalibration
+(sparsemax(z / T), entmax15(z / T), sigmoid(z / T) normalised), with T minimising the head's
+own training loss of z / T on held-out data, as the NLL is softmax's (see
+:func:`fit_head_temperature`), so every head's ECE after scaling is like for like.
 """
 
 from __future__ import annotations
@@ -69,6 +80,9 @@ HIGHER_IS_BETTER = {
     "brier": False,
     "ece": False,
     "mce": False,
+    "aurc": False,
+    "auroc_misclassification": True,
+    "classwise_ece": False,
     "ece_after_temperature": False,
     "nll_after_temperature": False,
 }
@@ -141,6 +155,7 @@ def classification_metrics(probs: Tensor, target: Tensor, source: str = "probabi
         # sum_j (p_j - [j = y])^2 = sum_j p_j^2 - 2 p_y + 1, without an N x K one-hot matrix
         "brier": (p.pow(2).sum(dim=1) - 2 * p_true.squeeze(1) + 1).mean().item(),
         **calibration_metrics(p, target, source),
+        **selective_metrics(p, target, source),
         "entropy": torch.special.entr(p).sum(dim=1).mean().item(),
         "confusion_matrix": multiclass_confusion_matrix(p, target, num_classes=k).tolist()
         if k <= MAX_CONFUSION_CLASSES
@@ -283,9 +298,61 @@ def fit_temperature(logits: Tensor, target: Tensor, max_iter: int = 100) -> floa
     return min(T_MAX, max(T_MIN, t)) if math.isfinite(t) else 1.0
 
 
-def fit_head_temperature(head: Head, probs: Tensor, target: Tensor, source: str) -> tuple[float | None, str]:
-    """(T, note) for a trained head from its (N, K) probabilities on held-out data (the
-    validation split): T by :func:`fit_temperature` on :func:`temperature_logits`, or None
+def temperature_inputs(head: Head, probs: Tensor, scores: Tensor | None = None) -> Tensor:
+    """The (N, K) float64 values that temperature scaling divides by T for ``head``:
+    :func:`temperature_logits` of its probabilities, or (``temperature_input = "scores"``)
+    its scores, which the caller keeps (``train.evaluate(..., keep_probs=True)`` does)."""
+    if head.temperature_input != "scores":
+        return temperature_logits(probs)
+    if scores is None:
+        raise ValueError(f"head {head.name!r} is temperature-scaled on its scores; pass them")
+    return scores.detach().double()
+
+
+def scaled_log_probs(head: Head, inputs: Tensor, temperature: float) -> Tensor:
+    """(N, K) float64 log p_T of :func:`temperature_inputs`: log_softmax(inputs / T), or the
+    head's own log-probabilities of its scores divided by T (-inf where a sparse head gives 0)."""
+    if head.temperature_input == "scores":
+        with torch.no_grad():
+            return head.log_probs(inputs / temperature).double()
+    return torch.log_softmax(inputs / temperature, dim=1)
+
+
+def temperature_scaled_probs(head: Head, probs: Tensor, temperature: float, scores: Tensor | None = None) -> Tensor:
+    """(N, K) float32 p_T of a head's probabilities (and scores, for heads scaled on them)."""
+    return scaled_log_probs(head, temperature_inputs(head, probs, scores), temperature).exp().float()
+
+
+def fit_loss_temperature(head: Head, scores: Tensor, target: Tensor) -> float:
+    """T* = argmin_T mean_i L(z_i / T, y_i) over T in [:data:`T_MIN`, :data:`T_MAX`], with L
+    the head's own training loss of (N, K) scores z (float64): for softmax that loss is the
+    NLL, so this is Guo et al.'s temperature scaling; for sigmoid it is the binary
+    cross-entropy, for sparsemax / entmax-1.5 their Fenchel-Young losses.
+
+    These losses are convex in their input, and z / T = s z is linear in s = 1 / T, so the
+    objective is convex in s and has one minimum over log T: a bounded Brent search
+    (``scipy.optimize.minimize_scalar``), deterministic.
+    """
+    from scipy.optimize import minimize_scalar
+
+    z, y = scores.detach().double(), target.long()
+
+    def objective(log_t: float) -> float:
+        with torch.no_grad():
+            return float(head.loss(z / math.exp(log_t), y))
+
+    bounds = (math.log(T_MIN), math.log(T_MAX))
+    result = minimize_scalar(objective, bounds=bounds, method="bounded", options={"xatol": 1e-6})
+    t = math.exp(float(result.x))
+    return min(T_MAX, max(T_MIN, t)) if math.isfinite(t) else 1.0
+
+
+def fit_head_temperature(
+    head: Head, probs: Tensor, target: Tensor, source: str, scores: Tensor | None = None
+) -> tuple[float | None, str]:
+    """(T, note) for a trained head from its (N, K) probabilities (and scores, for heads
+    scaled on them) on held-out data (the validation split): T by :func:`fit_temperature`
+    on :func:`temperature_logits`, or by :func:`fit_loss_temperature` on the scores; None
     when the head declares ``temperature_scalable = False`` or there are no images. The note
     is one sentence for ``summary.json``: what T does to this head, or why there is none.
     """
@@ -295,18 +362,28 @@ def fit_head_temperature(head: Head, probs: Tensor, target: Tensor, source: str)
     if target.shape[0] == 0:
         return None, f"{name}: no validation images to fit a temperature on"
     validate_probs(probs, target, source)
-    temperature = fit_temperature(temperature_logits(probs), target)
-    return temperature, f"{name}: fitted on the validation split by minimising NLL; {head.temperature_note}"
+    inputs = temperature_inputs(head, probs, scores)
+    if head.temperature_input == "scores":
+        temperature, how = fit_loss_temperature(head, inputs, target), "by minimising its loss"
+    else:
+        temperature, how = fit_temperature(inputs, target), "by minimising NLL"
+    return temperature, f"{name}: fitted on the validation split {how}; {head.temperature_note}"
 
 
-def after_temperature(probs: Tensor, target: Tensor, temperature: float | None) -> dict[str, Any]:
-    """``ece_after_temperature``, ``nll_after_temperature`` and ``reliability_after_temperature``
-    of p_T = :func:`apply_temperature` (probs, T), with the NLL clamped as ``nll``; all None
-    when ``temperature`` is None (the keys are always there)."""
+def after_temperature(
+    probs: Tensor, target: Tensor, temperature: float | None, head: Head | None = None, scores: Tensor | None = None
+) -> dict[str, Any]:
+    """``ece_after_temperature``, ``ece_band_after_temperature``, ``nll_after_temperature`` and
+    ``reliability_after_temperature`` of p_T (:func:`scaled_log_probs`; softmax(log p / T)
+    when no ``head`` is given), with the NLL clamped as ``nll``; all None when
+    ``temperature`` is None (the keys are always there)."""
     if temperature is None:
         keys = ("ece", "ece_band", "nll", "reliability")
         return {f"{key}_after_temperature": None for key in keys}
-    log_p = torch.log_softmax(temperature_logits(probs) / temperature, dim=1)  # (N, K) float64
+    if head is None:
+        log_p = torch.log_softmax(temperature_logits(probs) / temperature, dim=1)  # (N, K) float64
+    else:
+        log_p = scaled_log_probs(head, temperature_inputs(head, probs, scores), temperature)
     nll = -log_p.gather(1, target[:, None]).clamp_min(math.log(NLL_CLAMP)).mean().item()
     cal = calibration_metrics(log_p.exp().float(), target, "temperature-scaled probabilities")
     return {
@@ -363,3 +440,112 @@ def _bootstrap_f1(w: Tensor, pred: Tensor, target: Tensor, k: int) -> Tensor:
     """(R,) macro F1 of each resample (see :func:`_weighted_scores`)."""
     per_class, present = _weighted_scores(w, pred, target, k)
     return per_class["f1"].sum(dim=1) / present.sum(dim=1)
+
+
+# --------------------------------------------------------------------------- selective prediction
+
+
+def selective_metrics(probs: Tensor, target: Tensor, source: str = "probabilities") -> dict[str, float | None]:
+    """``aurc`` (:func:`aurc`) and ``auroc_misclassification`` (:func:`misclassification_auroc`):
+    how well conf_i = max_k p_ik puts the right predictions above the wrong ones; and
+    ``classwise_ece`` (:func:`classwise_ece`): how calibrated every class's probability is.
+
+    >>> p = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    >>> m = selective_metrics(p, torch.tensor([0, 0, 0, 1]))  # by confidence: right, wrong, right, right
+    >>> round(m["aurc"], 4), round(m["auroc_misclassification"], 4), round(m["classwise_ece"], 4)
+    (0.2708, 0.3333, 0.4)
+    """
+    validate_probs(probs, target, source)
+    conf, pred = probs.float().max(dim=1)  # (N,), (N,): the prediction of every other metric
+    correct = pred == target
+    return {
+        "aurc": aurc(conf, correct),
+        "auroc_misclassification": misclassification_auroc(conf, correct),
+        "classwise_ece": classwise_ece(probs, target),
+    }
+
+
+def aurc(conf: Tensor, correct: Tensor) -> float:
+    """Area under the risk-coverage curve (Geifman & El-Yaniv, 2017) of (N,) confidences and
+    (N,) right/wrong flags: AURC = (1/N) sum_{j=1..N} risk_j, risk_j the error rate of the j
+    most confident images (coverage j / N). Lower is better: 0 when every image is right, 1
+    when every one is wrong, the error rate when the confidence says nothing (all tied).
+
+    Ties: which tied images are among "the j most confident" is arbitrary, and the input
+    order must not decide it. A tie group's errors are spread evenly over its positions:
+    with s images above the group and g images, e of them wrong, in it, the top j images
+    (s < j <= s + g) hold errors_above + (j - s) e / g errors. As risk_j is linear in that
+    count, this is the mean AURC over all orders of the tied images: a tie neither helps nor
+    hurts, as in the AUROC, where a tied pair counts 1/2. (Giving the whole group the risk at
+    its end would rank a tie like an all-wrong-first order for the coverages inside it.)
+
+    A perfect ranking (every right image above every wrong one) with e of N wrong has the
+    smallest AURC possible at that accuracy, (1/N) sum_{j=N-e+1..N} (j - N + e) / j, about
+    r + (1 - r) ln(1 - r) at error rate r = e / N, not 0 (E-AURC is the excess over it).
+
+    >>> round(aurc(torch.tensor([0.9, 0.9, 0.5]), torch.tensor([True, False, True])), 4)  # orders: 0.2778, 0.6111
+    0.4444
+    """
+    order = conf.argsort(descending=True)
+    conf, wrong = conf[order], (~correct.bool())[order].double()  # (N,), (N,) most confident first
+    _, group, size = torch.unique_consecutive(conf, return_inverse=True, return_counts=True)  # (N,), (G,)
+    errors = torch.zeros(len(size), dtype=torch.float64, device=conf.device).index_add_(0, group, wrong)  # (G,)
+    above = (errors.cumsum(0) - errors)[group]  # (N,) errors in the more confident groups
+    start = (size.cumsum(0) - size)[group]  # (N,) images in the more confident groups
+    j = torch.arange(1, len(conf) + 1, dtype=torch.float64, device=conf.device)  # (N,) images covered
+    risk = (above + (j - start) * errors[group] / size[group]) / j  # (N,)
+    return risk.mean().item()
+
+
+def misclassification_auroc(conf: Tensor, correct: Tensor) -> float | None:
+    """AUROC of (N,) confidences for telling right (positive) from wrong images, by
+    torchmetrics' exact ``binary_auroc``: the probability that a random right image is more
+    confident than a random wrong one, a tie counting 1/2 (Mann-Whitney U / (n_right n_wrong)).
+    1 is a perfect ranking, 0.5 chance; None when every image is right or every one is wrong
+    (there is no pair to compare)."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    if int(correct.sum()) in (0, len(correct)):
+        return None
+    # conf is in [0, 1], so binary_auroc takes it as it is (it applies a sigmoid only outside [0, 1]).
+    return binary_auroc(conf, correct.long()).item()
+
+
+#: (image, class) entries per bincount of :func:`classwise_ece`: chunks of images keep its bin
+#: indices and weights near 64 MB instead of 1.2 GB at 50,000 images and 1000 classes.
+_CLASSWISE_ENTRIES = 1 << 22
+
+
+def classwise_ece(probs: Tensor, target: Tensor, n_bins: int = N_BINS) -> float | None:
+    """Class-wise ECE (Kull et al., 2019; Nixon et al., 2019): the ECE of each class's
+    probability p_ik over all N images, averaged over the K classes,
+    (1/K) sum_k sum_b (n_bk / N) |freq_bk - conf_bk|, where p_ik falls in bin b by the edges
+    of :func:`reliability_bins` (the last bin closed at 1), n_bk counts the images there,
+    freq_bk is the fraction of them with y_i = k and conf_bk their mean p_ik (empty bins count
+    for nothing). Top-label ECE sees only max_k p_ik; this also sees the probabilities a head
+    gives the classes it does not predict. None beyond :data:`MAX_CONFUSION_CLASSES` classes.
+
+    >>> classwise_ece(torch.tensor([[1.0, 0.0], [0.5, 0.5]]), torch.tensor([0, 1]))  # each class: |0 or 1 - 0.5| / 2
+    0.25
+    """
+    n, k = probs.shape
+    if k > MAX_CONFUSION_CLASSES:
+        return None
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float32, device=probs.device)
+    offset = torch.arange(k, device=probs.device) * n_bins  # (K,) first (class, bin) index of each class
+    # n_bk conf_bk and n_bk freq_bk are sums, so ECE_k = sum_b |sum_{i in b} ([y_i = k] - p_ik)| / N.
+    conf_sum = torch.zeros(k * n_bins, dtype=torch.float64, device=probs.device)
+    rows = max(1, _CLASSWISE_ENTRIES // k)
+    for lo in range(0, n, rows):
+        p = probs[lo : lo + rows].float()  # (R, K)
+        pair = _bin_index(p, edges) + offset  # (R, K) (class, bin) of each p_ik
+        conf_sum += torch.bincount(pair.flatten(), weights=p.flatten().double(), minlength=k * n_bins)
+    # Image i is a hit only for its own class, in the bin of p_{i, y_i}: an O(N) count.
+    p_true = probs.float().gather(1, target[:, None]).squeeze(1)  # (N,)
+    hits = torch.bincount(_bin_index(p_true, edges) + offset[target], minlength=k * n_bins)
+    return ((hits - conf_sum).abs().sum() / (n * k)).item()
+
+
+def _bin_index(x: Tensor, edges: Tensor) -> Tensor:
+    """The bin of each value: b with edges[b] <= x < edges[b + 1], the last bin closed at 1."""
+    return (torch.bucketize(x, edges, right=True) - 1).clamp(0, len(edges) - 2)

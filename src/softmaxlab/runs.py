@@ -1,15 +1,17 @@
 """The run directory: the one reader and writer of its files.
 
 A run directory holds ``config.yaml`` (fully resolved), ``metrics.jsonl`` (one JSON object
-per epoch), ``summary.json``, ``model.pt`` (weights), ``checkpoint.pt`` while it trains and
-``figures/``. Every file is written to a temporary file in the same directory and renamed
-over the target, so a crash never leaves a half-written file behind. Reading:
+per epoch), ``summary.json``, ``predictions.npz`` (the test probabilities), ``model.pt``
+(weights), ``checkpoint.pt`` while it trains and ``figures/``. Every file is written to a
+temporary file in the same directory and renamed over the target, so a crash never leaves a
+half-written file behind. Reading:
 
 * :func:`read_config`, :func:`read_summary`, :func:`read_history`: one file each, strict
   (a file that is there but cannot be read is a :class:`UserError` naming it);
 * :func:`read_run`: all three as a :class:`RunRecord`, lenient (what cannot be read is
   listed in ``problems``), for reports over many runs; :func:`find_run_dirs` finds them;
-* :func:`load_weights`, :func:`load_checkpoint`: ``model.pt`` and the checkpoints.
+* :func:`load_weights`, :func:`load_checkpoint`: ``model.pt`` and the checkpoints;
+* :func:`save_predictions`, :func:`read_predictions`: ``predictions.npz``.
 
 The config is read as the plain mapping on disk: validating it is the config's job.
 """
@@ -35,6 +37,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -47,7 +50,8 @@ SUMMARY = "summary.json"
 WEIGHTS = "model.pt"
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_PREV = "checkpoint.prev.pt"
-RUN_FILES = (CONFIG, METRICS, SUMMARY, WEIGHTS, CHECKPOINT, CHECKPOINT_PREV)
+PREDICTIONS = "predictions.npz"
+RUN_FILES = (CONFIG, METRICS, SUMMARY, PREDICTIONS, WEIGHTS, CHECKPOINT, CHECKPOINT_PREV)
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
 FIGURES = "figures"
@@ -64,7 +68,7 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     A full disk or an unwritable directory is a :class:`UserError` naming ``path``; the
     temporary file is removed and ``path`` keeps its old content (or stays absent).
     """
-    _check_replaceable(path)
+    check_replaceable(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +88,7 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
-def _check_replaceable(path: Path) -> None:
+def check_replaceable(path: Path) -> None:
     """A UserError when something other than a regular file is at ``path``: the rename would
     replace a device (``/dev/null``), a named pipe or a symbolic link with a plain file."""
     try:
@@ -601,6 +605,58 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any], during_write: Ca
 
 class CorruptFileError(Exception):
     """A torch file that is there but cannot be read: truncated, corrupt, or not a torch file."""
+
+
+#: Up to this many classes ``predictions.npz`` keeps every probability (10,000 test images:
+#: 40 MB); beyond it, the :data:`TOP_PREDICTIONS` most probable classes of each image.
+MAX_STORED_CLASSES = 1000
+TOP_PREDICTIONS = 100
+
+
+def save_predictions(path: str | Path, probs: torch.Tensor, targets: torch.Tensor) -> None:
+    """Write ``predictions.npz`` (uncompressed NumPy arrays, atomically) for (N, K) test
+    probabilities and (N,) targets, so that any analysis can be redone without retraining:
+
+    * ``probs`` (N, K) float32, the head's probabilities before temperature scaling;
+    * ``targets`` (N,) int64; ``index`` (N,) int64, the position of each image in the split;
+    * beyond :data:`MAX_STORED_CLASSES` classes, instead of ``probs``: ``top_probs`` and
+      ``top_classes`` (N, :data:`TOP_PREDICTIONS`), most probable first, ``target_probs`` (N,)
+      and ``num_classes`` (a 0-d int64 array).
+    """
+    p = probs.detach().float().cpu()
+    arrays: dict[str, np.ndarray] = {
+        "targets": targets.detach().cpu().long().numpy(),
+        "index": np.arange(p.shape[0], dtype=np.int64),
+    }
+    if p.shape[1] <= MAX_STORED_CLASSES:
+        arrays["probs"] = p.numpy()
+    else:
+        top, classes = p.topk(min(TOP_PREDICTIONS, p.shape[1]), dim=1)
+        arrays.update(top_probs=top.numpy(), top_classes=classes.numpy(), num_classes=np.array(p.shape[1]))
+        arrays["target_probs"] = p.gather(1, targets.cpu().long()[:, None]).squeeze(1).numpy()
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_predictions(run_dir: str | Path, name: str = PREDICTIONS) -> dict[str, np.ndarray] | None:
+    """The arrays of a run's ``predictions.npz`` (see :func:`save_predictions`) with
+    ``predicted`` (N,) int64, the arg max of each image, added; None when there is none (an
+    older run, an unfinished one). A file that is not such an archive is an
+    :class:`UnreadableFileError`."""
+    path = Path(run_dir) / name
+    if not path.is_file():
+        return None
+    try:
+        with np.load(untrusted.regular_file(path, "predictions", "re-run the training"), allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError, UserError) as exc:
+        raise UnreadableFileError(path, f"{name} could not be read ({type(exc).__name__})") from None
+    targets, scores = arrays.get("targets"), arrays.get("probs", arrays.get("top_classes"))
+    if targets is None or scores is None or targets.ndim != 1 or scores.ndim != 2 or len(scores) != len(targets):
+        raise UnreadableFileError(path, f"{name} does not hold (N, K) predictions and (N,) targets")
+    arrays["predicted"] = arrays["probs"].argmax(axis=1) if "probs" in arrays else arrays["top_classes"][:, 0]
+    return arrays
 
 
 def load_torch_file(path: str | Path) -> Any:

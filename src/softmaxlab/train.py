@@ -14,8 +14,8 @@ The loop runs in named phases::
     validate  evaluate on the validation split; one record per epoch in metrics.jsonl,
               with grad_norms and activation_stats (softmaxlab.diagnostics); weights and
               checkpoint written
-    test      head.probs on the test split -> metrics -> summary.json (:func:`run_summary`,
-              which also writes the summary of a diverged run)
+    test      head.probs on the test split -> predictions.npz and the metrics -> summary.json
+              (:func:`run_summary`, which also writes the summary of a diverged run)
 
 Hooks (:class:`Hook`) are called at fixed points: progress, checkpoints every N steps, and
 whatever a caller passes (a test's kill points). The report and the feature-map figure are
@@ -320,8 +320,9 @@ def train_one_epoch(state: TrainingState, loader: TensorLoader, hooks: Hook, wor
             # Under the same autocast as the loss: a head that applies its own layers to the
             # features it is given (hierarchical, adaptive) gets bf16 features against float32 weights.
             predicted = head.predict(scores.detach())
-        if step == 0 and head.applies_softmax and world.is_main:  # first batch of the run only: one host read
-            warn_if_probabilities(scores.detach())  # the double-softmax pitfall
+        if step == 0 and world.is_main and (head.applies_softmax or head.expects_log_probs):  # one host read
+            # the double softmax, or softmax into NLL
+            warn_if_probabilities(scores.detach(), "nll" if head.expects_log_probs else "cross_entropy")
         state.step(loss)
         state.totals.add(loss.detach(), (predicted == y).sum(), y.shape[0], step)
         state.batches_done = i + 1
@@ -334,15 +335,17 @@ def evaluate(
     model: Classifier, loader: TensorLoader, world: World, *, keep_probs: bool = False, amp: str = "none"
 ) -> dict[str, Any]:
     """Mean head loss and accuracy over ``loader``; with ``keep_probs`` also the (N, K)
-    probabilities from ``head.probs`` and the (N,) targets, on the CPU. ``amp`` as
-    ``train.amp`` (the head still normalises in float32). With several processes each rank
-    passes its shard and the sums are added over the ranks (``World()``: one process)."""
+    probabilities from ``head.probs`` and the (N,) targets, on the CPU, and the (N, K)
+    ``scores`` of a head that is temperature-scaled on them (``temperature_input``). ``amp``
+    as ``train.amp`` (the head still normalises in float32). With several processes each
+    rank passes its shard and the sums are added over the ranks (``World()``: one process)."""
     model.eval()
     head = model.head
     device = loader.x.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    probs, targets = [], []
+    kept: dict[str, list[Tensor]] = {"probs": [], "targets": [], "scores": []}
+    keep_scores = keep_probs and head.temperature_input == "scores"
     for x, y in loader:
         with autocast(device, amp):
             scores = model(x)
@@ -350,14 +353,15 @@ def evaluate(
             p = head.probs(scores)
         correct += (p.argmax(dim=1) == y).sum()
         if keep_probs:
-            probs.append(p.float().cpu())
-            targets.append(y.cpu())
+            kept["probs"].append(p.float().cpu())
+            kept["targets"].append(y.cpu())
+        if keep_scores:
+            kept["scores"].append(scores.float().cpu())
     n_local = loss_sum.new_tensor(len(loader.y)).double()
     totals = all_reduce(torch.stack([loss_sum.double(), correct.double(), n_local]), world)
     loss_total, correct_total, n = totals.tolist()
     out: dict[str, Any] = {"loss": loss_total / n, "acc": correct_total / n}
-    if keep_probs:
-        out["probs"], out["targets"] = torch.cat(probs), torch.cat(targets)
+    out.update({k: torch.cat(v) for k, v in kept.items() if v})
     return out
 
 
@@ -637,7 +641,8 @@ def _check_written_under(checkpoint: dict[str, Any], cfg: Config, run_dir: Path)
     saved = checkpoint.get("config")
     if not isinstance(saved, dict) or saved == cfg.to_dict():
         return
-    differ = differences(saved, cfg.to_dict())
+    # A changed component name first: it explains the options that changed with it.
+    differ = sorted(differences(saved, cfg.to_dict()), key=lambda d: not d.split(" ", 1)[0].endswith(".name"))
     more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
     raise UserError(
         f"the checkpoint in {str(run_dir)!r} was written under another config than its config.yaml now holds "
@@ -743,12 +748,14 @@ def _test_metrics(run: _Run, model: Classifier) -> tuple[dict[str, Any], float |
     cfg, data, device, test_loader, one = run.cfg, run.data, run.device, run.loaders["test"], World()
     test = evaluate(model, test_loader, one, keep_probs=True, amp=cfg.train.amp)
     metrics = classification_metrics(test["probs"], test["targets"], source=f"head {cfg.head.name!r}")
+    runs.save_predictions(run.run_dir / runs.PREDICTIONS, test["probs"], test["targets"])
     norm = test_loader.normalize
     val_loader = TensorLoader(data.val.x.to(device), data.val.y.to(device), cfg.train.eval_batch_size, norm)
     val = evaluate(model, val_loader, one, keep_probs=True, amp=cfg.train.amp)
     source = f"head {cfg.head.name!r} (validation split)"
-    temperature, note = fit_head_temperature(model.head, val["probs"], val["targets"], source=source)
-    metrics.update(after_temperature(test["probs"], test["targets"], temperature))
+    head = model.head
+    temperature, note = fit_head_temperature(head, val["probs"], val["targets"], source, val.get("scores"))
+    metrics.update(after_temperature(test["probs"], test["targets"], temperature, head, test.get("scores")))
     return {"loss": test["loss"], **metrics}, temperature, note
 
 

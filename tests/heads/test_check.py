@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import softmaxlab
-from softmaxlab.heads import DoubleSoftmaxWarning, check_logits
+from softmaxlab.heads import DoubleSoftmaxWarning, SoftmaxNLLWarning, check_logits
 from softmaxlab.heads.check import warn_if_probabilities
 
 
@@ -46,3 +46,14 @@ def test_strict_raises_and_the_warning_helper_warns():
 
 def test_exported_from_the_package():
     assert softmaxlab.check_logits is check_logits
+
+
+def test_softmax_into_nll_is_recognised_and_log_probabilities_are_not():
+    p = torch.softmax(torch.randn(16, 10), -1)
+    message = check_logits(p, loss="nll")
+    assert message is not None and "softmax-into-NLL" in message and "log_softmax" in message
+    assert check_logits(p.log(), loss="nll") is None  # what NLLLoss expects
+    with pytest.warns(SoftmaxNLLWarning, match="softmax-into-NLL"):
+        warn_if_probabilities(p, "nll")
+    with pytest.raises(ValueError, match="loss must be"):
+        check_logits(p, loss="mse")

@@ -4,12 +4,13 @@ import contextlib
 import json
 import warnings
 
+import numpy as np
 import pytest
 
 from softmaxlab import runs
 from softmaxlab.data import load_data
 from softmaxlab.errors import DivergedError
-from softmaxlab.heads import HEADS, DoubleSoftmaxWarning
+from softmaxlab.heads import HEADS, DoubleSoftmaxWarning, SoftmaxNLLWarning, SoftmaxPitfallWarning
 from softmaxlab.heads.pitfalls import double_softmax_floor
 from softmaxlab.train import fit
 
@@ -35,13 +36,13 @@ SUMMARY_CONTRACT = [
     *(f"test.{k}" for k in ("ece", "mce", "entropy", "confusion_matrix", "per_class", "reliability")),
     *(f"test.{k}" for k in ("ece_after_temperature", "nll_after_temperature", "reliability_after_temperature")),
     *(f"test.{k}" for k in ("ci95", "ece_band", "ece_band_after_temperature")),
+    *(f"test.{k}" for k in ("aurc", "auroc_misclassification", "classwise_ece")),
     "temperature",
     "temperature_note",
     "timing.mean_epoch_seconds",
     "timing.train_images_per_second",
     "env",
 ]
-NOT_TEMPERATURE_SCALED = {"sparsemax", "entmax15", "sigmoid"}
 
 
 def check_summary_contract(summary, name, num_classes):
@@ -60,25 +61,37 @@ def check_summary_contract(summary, name, num_classes):
         if rel is not None:
             assert rel["bins"] == 15 and all(len(rel[k]) == 15 for k in ("count", "confidence", "accuracy"))
     assert summary["temperature_note"].startswith(f"{name}: ")
-    if name in NOT_TEMPERATURE_SCALED:
-        assert summary["temperature"] is None and test["ece_after_temperature"] is None
-        assert test["nll_after_temperature"] is None and test["reliability_after_temperature"] is None
-        assert test["ece_band_after_temperature"] is None
-    else:
-        assert summary["temperature"] > 0 and 0 <= test["ece_after_temperature"] <= 1
-        assert test["nll_after_temperature"] > 0
+    # Every head is recalibrated after training; sparsemax, entmax-1.5 and sigmoid on their scores.
+    assert summary["temperature"] > 0 and 0 <= test["ece_after_temperature"] <= 1
+    assert test["nll_after_temperature"] > 0 and test["ece_band_after_temperature"]["p95"] > 0
+
+
+def check_predictions(run_dir, summary):
+    """predictions.npz holds the test probabilities behind summary.json's test metrics."""
+    kept = runs.read_predictions(run_dir)
+    probs, targets = kept["probs"], kept["targets"]
+    assert probs.dtype == np.float32 and targets.dtype == np.int64
+    assert kept["index"].tolist() == list(range(len(targets)))
+    assert probs.shape == (len(targets), len(summary["classes"]))
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-3)
+    assert (probs.argmax(axis=1) == targets).mean() == pytest.approx(summary["test"]["accuracy"], abs=1e-6)
 
 
 @pytest.mark.parametrize("name", HEADS.names())
 def test_every_head_fits_end_to_end(name, smoke_data, tmp_path):
     cfg = tiny_config(*SMOKE, f"head.name={name}", *EXTRA.get(name, []))
-    expect_warning = pytest.warns(DoubleSoftmaxWarning) if name == "double_softmax" else contextlib.nullcontext()
-    with expect_warning:
-        result = fit(cfg, tmp_path / name, data=smoke_data)
+    pitfall = {"double_softmax": DoubleSoftmaxWarning, "softmax_nll": SoftmaxNLLWarning}.get(name)
+    expect_warning = pytest.warns(pitfall) if pitfall else contextlib.nullcontext()
+    with warnings.catch_warnings():
+        if pitfall is None:  # every correct pairing trains without a pitfall warning
+            warnings.simplefilter("error", SoftmaxPitfallWarning)
+        with expect_warning:
+            result = fit(cfg, tmp_path / name, data=smoke_data)
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["head"] == name
     assert 0 <= summary["test"]["accuracy"] <= 1 and summary["test"]["nll"] > 0
     check_summary_contract(summary, name, smoke_data.num_classes)
+    check_predictions(result.run_dir, summary)
     record = runs.read_jsonl(result.run_dir / "metrics.jsonl")[-1]
     if name == "gumbel":  # 4 steps at rate 0.1: tau = max(0.5, exp(-0.3)) before the last step
         assert record["tau"] == pytest.approx(0.7408, abs=1e-3)
@@ -129,6 +142,6 @@ def test_every_head_trains_and_evaluates_under_bfloat16_autocast(name, bf16_data
     probabilities did not sum to 1."""
     cfg = tiny_config(*BF16, f"head.name={name}", "diagnostics.enabled=false")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DoubleSoftmaxWarning)
+        warnings.simplefilter("ignore", SoftmaxPitfallWarning)
         result = fit(cfg, tmp_path / name, data=bf16_data)
     assert result.summary["status"] == "finished" and 0 <= result.summary["test"]["accuracy"] <= 1

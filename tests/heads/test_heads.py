@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from softmaxlab.config import HeadConfig
 from softmaxlab.heads import HEADS, build_head, check_probs
+from softmaxlab.metrics import fit_loss_temperature, temperature_scaled_probs
 
 NAMES = HEADS.names()
 #: Heads that are meant to overflow (tested in test_reference.py instead).
@@ -118,10 +119,83 @@ def test_saved_weights_reload_to_the_same_distribution(name):
     torch.testing.assert_close(other.probs(other(feats)), head.probs(head(feats)))
 
 
+#: Heads recalibrated on their own scores: their probabilities are not a softmax of them.
+SCORE_SCALED = {"sparsemax", "entmax15", "sigmoid"}
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_temperature_scalable_is_declared(name):
-    expected = name not in {"sparsemax", "entmax15", "sigmoid"}
-    assert HEADS.get(name).temperature_scalable is expected
+def test_every_head_is_temperature_scalable_and_says_on_what(name):
+    head = HEADS.get(name)
+    assert head.temperature_scalable
+    assert head.temperature_input == ("scores" if name in SCORE_SCALED else "log_probs")
+
+
+@pytest.mark.parametrize("name", sorted(SCORE_SCALED))
+def test_score_scaled_heads_map_z_over_t_and_fit_t_on_their_own_loss(name):
+    head = make(name, k=6).eval()
+    torch.manual_seed(1)
+    z = 3 * torch.randn(400, 6, dtype=torch.float64)
+    y = torch.where(torch.rand(400) < 0.6, z.argmax(1), torch.randint(0, 6, (400,)))  # overconfident
+    p = head.probs(z)
+    torch.testing.assert_close(temperature_scaled_probs(head, p, 1.0, z).double(), p, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        temperature_scaled_probs(head, p, 2.5, z).double(), head.probs(z / 2.5), atol=1e-6, rtol=0
+    )
+    t = fit_loss_temperature(head, z, y)
+    grid = torch.linspace(-3, 3, 601, dtype=torch.float64).exp()  # T from 0.05 to 20, 1 % steps
+    losses = torch.stack([head.loss(z / g, y) for g in grid])
+    best = grid[losses.argmin()].item()
+    assert t == pytest.approx(best, rel=0.02) and t > 1  # overconfident logits are flattened
+    assert head.loss(z / t, y) <= losses.min() + 1e-9
+    if name != "sigmoid":  # a larger T widens the support of a sparse mapping
+        assert (head.probs(z / 4) > 0).sum() > (head.probs(z) > 0).sum()
+
+
+def test_softmax_nll_loss_is_minus_p_y_and_vanishes_where_the_model_is_wrong():
+    head = make("softmax_nll")
+    feats = torch.randn(8, 6)
+    p = head(feats)
+    y = torch.arange(8) % 5
+    torch.testing.assert_close(p, torch.softmax(head.fc(feats), -1))
+    torch.testing.assert_close(head.loss(p, y), -p.gather(1, y[:, None]).mean())
+    assert -1 <= head.loss(p, y).item() <= 0
+    # dL/dz = -p_y (e_y - p): an image the model is sure is class 1, labelled 0, gives ~no gradient
+    z = torch.tensor([[-8.0, 8.0, 0.0, 0.0, 0.0]], requires_grad=True)
+    head.loss(torch.softmax(z, -1), torch.tensor([0])).backward()
+    ce = torch.tensor([[-8.0, 8.0, 0.0, 0.0, 0.0]], requires_grad=True)
+    F.cross_entropy(ce, torch.tensor([0])).backward()
+    assert z.grad.abs().max() < 1e-6 < 0.5 < ce.grad.abs().max()
+
+
+GUMBEL_RULES = ("tau", "plain", "sample_mean")
+
+
+def test_gumbel_eval_rules_give_the_distributions_they_name():
+    torch.manual_seed(0)
+    feats = torch.randn(64, 6)
+    heads = {rule: make("gumbel", tau=0.3, eval_rule=rule).eval() for rule in GUMBEL_RULES}
+    z = heads["tau"].fc(feats)
+    torch.testing.assert_close(heads["tau"].probs(heads["tau"](feats)), torch.softmax(z / 0.3, -1))
+    torch.testing.assert_close(heads["plain"].probs(heads["plain"](feats)), torch.softmax(z, -1))
+    mean_head = make("gumbel", tau=0.3, eval_rule="sample_mean", eval_samples=1000).eval()
+    sampled = mean_head.probs(mean_head(feats))
+    # Monte Carlo reference: 1000 soft samples drawn here from another generator
+    g = torch.Generator().manual_seed(123)
+    draws = -torch.empty(1000, *z.shape).exponential_(generator=g).log()
+    reference = torch.softmax((z + draws) / 0.3, -1).mean(0)
+    assert (sampled - reference).abs().max() < 0.05
+    assert check_probs(sampled) and torch.equal(sampled, mean_head.probs(mean_head(feats)))  # seeded
+    s = mean_head(feats)
+    y = torch.arange(64) % 5
+    torch.testing.assert_close(mean_head.loss(s, y), F.nll_loss(mean_head.log_probs(s), y))
+    notes = {rule: h.temperature_note for rule, h in heads.items()}
+    assert len(set(notes.values())) == 3 and "tau T" in notes["tau"]
+
+
+def test_gumbel_sample_options_apply_to_the_sample_mean_rule_only():
+    with pytest.raises(ValueError, match="eval_rule=sample_mean only"):
+        HeadConfig(name="gumbel", eval_samples=8)
+    assert HeadConfig(name="gumbel", eval_rule="sample_mean", eval_samples=8).eval_samples == 8
 
 
 def test_softmax_loss_and_probs_match_torch():

@@ -322,3 +322,25 @@ def test_a_wrong_factory_signature_is_exit_2_with_one_line(registered, tmp_path,
     registered("no_features", lambda in_channels, options, activations: nn.Identity())
     with pytest.raises(UserError, match=r"must return an nn\.Module with an integer out_features"):
         build_model(load_config(None, ["model.name=no_features"]), 3, 5)
+
+
+@pytest.mark.parametrize("name", ["simple_cnn", "resnet12"])
+def test_bn_eps_reaches_every_batch_norm_and_applies_with_batch_norm_only(name):
+    cfg = load_config(None, [f"model.name={name}", "model.widths=[4,8]", "model.bn_eps=1e-10"])
+    norms = [m for m in build_model(cfg, 3, 5).modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(m.eps == 1e-10 for m in norms)
+    default = build_model(load_config(None, [f"model.name={name}", "model.widths=[4,8]"]), 3, 5)
+    assert all(m.eps == 1e-5 for m in default.modules() if isinstance(m, nn.BatchNorm2d))
+    with pytest.raises(UserError, match=r"model\.batch_norm=true only"):
+        load_config(None, [f"model.name={name}", "model.batch_norm=false", "model.bn_eps=1e-3"])
+
+
+def test_a_small_bn_eps_normalises_softmax_activations_to_unit_variance():
+    """Softmax over a 16 x 16 map of near-equal inputs (a network at initialisation) has values
+    ~1/256 and a per-channel variance ~1e-6: with PyTorch's eps 1e-5 BatchNorm divides by
+    ~sqrt(1.1e-5), and its output std is ~0.3, not 1."""
+    torch.manual_seed(0)
+    x = torch.softmax(0.25 * torch.randn(32, 8, 256), dim=-1).view(32, 8, 16, 16)
+    assert x.var(dim=(0, 2, 3)).max() < 2e-6
+    stds = {eps: nn.BatchNorm2d(8, eps=eps).train()(x).std(dim=(0, 2, 3)).mean().item() for eps in (1e-5, 1e-10)}
+    assert stds[1e-5] < 0.5 and stds[1e-10] == pytest.approx(1.0, abs=0.01)

@@ -11,7 +11,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
+
+from softmaxlab.runs import save_predictions
 
 from ..conftest import tiny_config
 
@@ -26,6 +29,14 @@ def _reliability(shift: float) -> dict:
     return {"bins": 15, "count": count, "confidence": confidence, "accuracy": accuracy}
 
 
+def _activation_stats(epoch: int, seed: int) -> dict:
+    """Two blocks' output statistics as ``diagnostics.activation_stats`` writes them."""
+    return {
+        f"block{b}": {"mean": 0.4 / (b + 1) + 0.01 * seed, "std": 0.5 / epoch, "near_zero": 0.2 + 0.1 * b}
+        for b in range(2)
+    }
+
+
 def write_run(
     path: Path,
     *overrides: str,
@@ -34,8 +45,15 @@ def write_run(
     status: str = "finished",
     calibration: bool = True,
     epochs: int = 3,
+    diagnostics: bool = True,
+    predictions: bool = False,
 ) -> Path:
-    """A run directory at ``path`` for the tiny config with ``overrides`` and ``seed``."""
+    """A run directory at ``path`` for the tiny config with ``overrides`` and ``seed``.
+
+    ``calibration`` writes what newer runs record (ECE, reliability bins, bootstrap
+    intervals, the ECE band); ``diagnostics`` each epoch's ``activation_stats``;
+    ``predictions`` a ``predictions.npz`` whose first ``accuracy`` of the 64 test images are right.
+    """
     cfg = tiny_config(f"name={path.name}", f"train.seed={seed}", f"train.epochs={epochs}", *overrides)
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(cfg.to_yaml())
@@ -52,7 +70,7 @@ def write_run(
             "train_images_per_second": 1000.0,
             "lr": 0.05,
             "grad_norms": {"backbone.blocks.0.0": 0.5 / e, "backbone.blocks.1.0": 0.3 / e, "head.fc": 0.2 / e},
-            "activation_stats": {},
+            "activation_stats": _activation_stats(e, seed) if diagnostics else {},
         }
         if cfg.head.name == "gumbel":
             record["tau"] = 0.9**e if cfg.head.tau_schedule == "exponential" else cfg.head.tau
@@ -99,9 +117,18 @@ def write_run(
                 reliability=_reliability(0.1),
                 reliability_after_temperature=_reliability(0.01),
             )
+            test["ci95"] = {"accuracy": [accuracy - 0.1, accuracy + 0.1], "nll": [0.9 - accuracy, 1.1 - accuracy]}
+            test["ece_band"] = {"mean": 0.03, "p95": 0.05}
+            test["ece_band_after_temperature"] = {"mean": 0.02, "p95": 0.04}
             summary["temperature"] = 1.5
             summary["temperature_note"] = "fitted on the validation split by minimising NLL"
     (path / "summary.json").write_text(json.dumps(summary))
+    if predictions and status == "finished":
+        targets = torch.arange(n) % len(CLASSES)
+        predicted = torch.where(torch.arange(n) < right, targets, (targets + 1) % len(CLASSES))
+        save_predictions(
+            path / "predictions.npz", torch.nn.functional.one_hot(predicted, len(CLASSES)).float(), targets
+        )
     (path / "figures").mkdir()
     Image.new("RGB", (60, 30), (30, 120, 200)).save(path / "figures" / "feature_maps.png")
     return path
@@ -109,12 +136,13 @@ def write_run(
 
 def write_study(root: Path) -> Path:
     """Three variants of two seeds each (softmax, gumbel with annealed tau, sparsemax with
-    one diverged seed): six runs in the directory ``root``, written in this order."""
+    one diverged seed): six runs in the directory ``root``, written in this order; the
+    softmax and gumbel runs kept their predictions."""
     runs = []
     for seed in (0, 1):
-        runs.append(write_run(root / f"softmax-{seed}", seed=seed, accuracy=0.8))
+        runs.append(write_run(root / f"softmax-{seed}", seed=seed, accuracy=0.8, predictions=True))
         gumbel = ("head.name=gumbel", "head.tau_schedule=exponential")
-        runs.append(write_run(root / f"gumbel-{seed}", *gumbel, seed=seed, accuracy=0.7))
+        runs.append(write_run(root / f"gumbel-{seed}", *gumbel, seed=seed, accuracy=0.7, predictions=True))
     runs.append(write_run(root / "sparsemax-0", "head.name=sparsemax", seed=0, accuracy=0.6))
     runs.append(write_run(root / "sparsemax-1", "head.name=sparsemax", seed=1, status="diverged"))
     for i, run in enumerate(runs):  # the report orders runs by when their config was written

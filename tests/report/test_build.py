@@ -20,6 +20,7 @@ SECTIONS = {
     "confusion": "Confusion matrices",
     "reliability": "Calibration: reliability diagrams",
     "gradients": "Gradient norms per layer",
+    "activations": "Activation statistics per block",
     "feature-maps": "Feature maps",
     "gumbel": "Gumbel-softmax: accuracy against tau",
     "epoch-time": "Epoch time",
@@ -32,6 +33,7 @@ DRAWN = [
     "confusion_worst",
     "reliability",
     "grad_norms",
+    "activation_stats",
     "gumbel_tau",
     "epoch_time",
 ]
@@ -67,11 +69,12 @@ def test_report_of_a_directory_of_runs_has_every_section(study_report):
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     maps = [f"{run}/figures/feature_maps.png" for run in ("softmax-0", "gumbel-0", "sparsemax-0")]
     drawn = [f"figures/{name}.png" for name in DRAWN]
-    assert links == drawn[:5] + maps + drawn[5:]  # the feature maps come before Gumbel and epoch time
+    assert links == drawn[:6] + maps + drawn[6:]  # the feature maps come before Gumbel and epoch time
     for link in links:
         with PILImage.open(study_report / link) as png:
             assert png.format == "PNG" and png.size[0] >= 60
-    assert "| head=sparsemax | sparsemax | relu |" in md and "**80.0 ± 0.0**" in md
+    assert "| head=sparsemax | sparsemax | 1 of 2 (0, 1) |" in md and "**80.0 ± 0.0**" in md
+    assert "Shared by every variant: activation relu, model simple\\_cnn, data shapes, 4 classes." in md
     assert "softmaxlab run " in md and "sparsemax-1: training diverged at epoch 3" in md
 
 
@@ -86,14 +89,18 @@ def test_learning_curves_draw_each_variant_in_its_colour(study):
 
 def test_older_runs_without_calibration_leave_it_out_and_say_so(tmp_path):
     for seed in (0, 1):
-        write_run(tmp_path / f"old-{seed}", seed=seed, calibration=False)
+        write_run(tmp_path / f"old-{seed}", seed=seed, calibration=False, diagnostics=False)
     records = [read_run(p) for p in build.find_run_dirs(tmp_path)]
     variants, _ = group_variants(records)
-    table, *notes = build.comparison_section(variants, records).blocks[1:]
+    blocks = build.comparison_section(variants, records).blocks
+    table = next(b for b in blocks if isinstance(b, Table))
     assert "ECE (%)" not in table.headers and "accuracy (%)" in table.headers
-    assert "so left out: ECE (%), ECE after T (%), T." in notes[0].text
+    missing = "so left out: ECE (%), ECE band p95 (%), ECE after T (%), ECE band p95 after T (%), T."
+    assert any(missing in b.text for b in blocks if isinstance(b, Note))
     reliability = build.reliability_section(variants).blocks
     assert all(isinstance(b, Note) for b in reliability) and "test.reliability" in reliability[0].text
+    activations = build.activations_section(variants).blocks
+    assert len(activations) == 1 and "No run recorded activation_stats" in activations[0].text
     report = build_report(tmp_path, figures=False)
     assert "gumbel" not in [s.key for s in report.sections]  # no Gumbel runs, no section
     assert "All runs share one config but the seed." in report.intro
@@ -117,7 +124,8 @@ def test_light_report_draws_no_figures_but_keeps_the_tables(study):
     drawn = [b for s in report.sections for b in s.blocks if isinstance(b, Image) and b.source is None]
     assert not drawn and "report.figures: false" in report.section("learning-curves").blocks[0].text
     assert len(report.section("feature-maps").blocks) == 3  # the runs' own PNGs, read, not drawn
-    assert isinstance(report.section("comparison").blocks[1], Table)
+    tables = [b.key for b in report.section("comparison").blocks if isinstance(b, Table)]
+    assert tables == ["comparison", "comparison-more", "differences"]
 
 
 def test_unreadable_and_unfinished_runs_do_not_stop_the_report(study):
@@ -139,3 +147,17 @@ def test_bad_directories_and_formats_are_user_errors(tmp_path):
     write_run(tmp_path / "r")
     with pytest.raises(UserError, match="unknown report format 'pdf'"):
         write_report(tmp_path, "pdf")
+
+
+def test_confusion_of_many_classes_is_colour_only_and_says_so(tmp_path):
+    import json
+
+    run = write_run(tmp_path / "many")
+    summary = json.loads((run / "summary.json").read_text())
+    k = 40
+    summary["classes"] = [f"c{i}" for i in range(k)]
+    summary["test"]["confusion_matrix"] = [[5 if i == j else 0 for j in range(k)] for i in range(k)]
+    (run / "summary.json").write_text(json.dumps(summary))
+    variants, _ = group_variants([read_run(run)])
+    blocks = build.confusion_section(variants).blocks
+    assert "40 classes: the cells are colour only" in blocks[1].text and isinstance(blocks[2], Image)

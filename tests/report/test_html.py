@@ -48,7 +48,7 @@ def browser():
         "--no-sandbox",
         "--disable-gpu",
         "--disable-dev-shm-usage",
-        "--window-size=1300,1000",
+        "--window-size=1400,1000",  # a laptop's browser window: the report must fit it
     ):
         options.add_argument(arg)
     options.add_argument("--host-resolver-rules=MAP * ~NOTFOUND")  # the report must not need a network
@@ -83,7 +83,7 @@ def _click(driver, table: str, header: str) -> None:
 def test_report_opens_offline_with_every_image_and_sortable_tables(browser, study_report):
     browser.get((study_report / "report.html").as_uri())
     images = browser.execute_script("return Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
-    assert len(images) == 10 and all(done and width > 0 for done, width in images)  # 7 figures, 3 feature maps
+    assert len(images) == 11 and all(done and width > 0 for done, width in images)  # 8 figures, 3 feature maps
     requests = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert all(r.startswith("data:") for r in requests), requests
     # one row per run (and one per variant in the comparison)
@@ -102,12 +102,59 @@ def test_report_opens_offline_with_every_image_and_sortable_tables(browser, stud
     _click(browser, "table-comparison", "accuracy (%)")
     assert _column(browser, "table-comparison", "variant") == ["head=sparsemax", "head=gumbel", "head=softmax"]
 
+    _assert_fits(browser)
+
     # what the reader sees is not blank: many colours, and a good share of non-white pixels
     with Image.open(io.BytesIO(browser.get_screenshot_as_png())) as shot:
         rgb = shot.convert("RGB")
         colours = rgb.getcolors(1 << 24)
         ink = sum(n for n, c in colours if c != (255, 255, 255)) / (rgb.width * rgb.height)
         assert len(colours) > 100 and ink > 0.05
+
+
+def _assert_fits(driver) -> None:
+    """No horizontal scrollbar on the page, nor on the comparison's tables (at the window's 1400 px)."""
+    width, client = driver.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert driver.execute_script("return window.innerWidth") == 1400
+    assert width <= client, f"the page is {width} px wide in a {client} px window"
+    for key in ("comparison", "comparison-more", "differences"):
+        scroll, shown = driver.execute_script(
+            "const div = document.getElementById(arguments[0]).parentElement;return [div.scrollWidth, div.clientWidth]",
+            f"table-{key}",
+        )
+        assert scroll <= shown, f"table-{key} is {scroll} px wide in {shown} px"
+
+
+@pytest.fixture(scope="module")
+def wide_report(tmp_path_factory):
+    """A sweep of 11 variants with labels like "head=temperature, temperature=0.5,
+    learn_temperature=true", 2 seeds each, its report without figures (the tables are what
+    can be too wide; figures are scaled to the page)."""
+    from softmaxlab.report.build import write_report
+
+    from .conftest import write_run
+
+    root = tmp_path_factory.mktemp("wide")
+    heads = [("head.name=softmax",), ("head.name=sparsemax",), ("head.name=gumbel", "head.tau_schedule=exponential")]
+    heads += [
+        ("head.name=temperature", f"head.learn_temperature={learn}", f"head.temperature={t}")
+        for learn in ("true", "false")
+        for t in (0.5, 1.0, 2.0, 4.0)
+    ]
+    for i, overrides in enumerate(heads):
+        for seed in (0, 1):
+            write_run(root / f"v{i}-{seed}", *overrides, seed=seed, accuracy=0.5 + 0.03 * i + 0.02 * seed)
+    write_report(root, "html", figures=False)
+    return root
+
+
+def test_a_sweep_of_eleven_variants_fits_a_1400_px_window(browser, wide_report):
+    browser.get((wide_report / "report.html").as_uri())
+    assert len(_column(browser, "table-comparison", "variant")) == 11
+    assert len(_column(browser, "table-differences", "variant")) == 10
+    _assert_fits(browser)
 
 
 def test_text_is_escaped_and_cells_carry_their_sort_values():
@@ -120,6 +167,7 @@ def test_text_is_escaped_and_cells_carry_their_sort_values():
                 "X",
                 [
                     Table("t", ["name"], [[Cell("<script>", "z"), Cell("1.5", 1.5, best=True, status="diverged")]]),
+                    Table("u", ["d"], [[Cell("+1.2\np 0.01", 1.2, significant=True, wrap=True)]], title="Δ <x>"),
                     Note("p < q"),
                     Code("config", "a: <1>", collapsed=True),
                     ImageBlock("f", b"\x89PNG", 'alt "text"'),
@@ -131,5 +179,10 @@ def test_text_is_escaped_and_cells_carry_their_sort_values():
     assert "<title>&lt;b&gt;runs&lt;/b&gt;</title>" in html and "<p>a &amp; b</p>" in html
     assert '<td data-sort="z">&lt;script&gt;</td>' in html and '<tr class="diverged">' in html
     assert '<td data-sort="1.5" class="num best" title="best in this column">1.5</td>' in html
+    assert (
+        '<td data-sort="1.2" class="num significant wrap" title="significant after correction">+1.2<br>p 0.01</td>'
+        in html
+    )
+    assert "<caption>Δ &lt;x&gt;</caption>" in html
     assert "<details><summary>config</summary><pre><code>a: &lt;1&gt;</code></pre></details>" in html
     assert 'src="data:image/png;base64,iVBORw==" alt="alt &quot;text&quot;"' in html

@@ -9,6 +9,15 @@ from softmaxlab.heads import softmax, pitfalls, temperature, gumbel, sparse, sig
 
 # isort: on
 from softmaxlab.heads.base import HEADS, Head, build_head, check_probs
-from softmaxlab.heads.check import DoubleSoftmaxWarning, check_logits
+from softmaxlab.heads.check import DoubleSoftmaxWarning, SoftmaxNLLWarning, SoftmaxPitfallWarning, check_logits
 
-__all__ = ["HEADS", "DoubleSoftmaxWarning", "Head", "build_head", "check_logits", "check_probs"]
+__all__ = [
+    "HEADS",
+    "DoubleSoftmaxWarning",
+    "Head",
+    "SoftmaxNLLWarning",
+    "SoftmaxPitfallWarning",
+    "build_head",
+    "check_logits",
+    "check_probs",
+]

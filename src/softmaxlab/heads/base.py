@@ -55,8 +55,13 @@ class Head(nn.Module):
             for heads that use a class hierarchy.
     """
 
-    #: Whether post-hoc temperature scaling of the logits is meaningful for this head.
+    #: Whether post-hoc temperature scaling is meaningful for this head.
     temperature_scalable: ClassVar[bool] = True
+    #: What post-hoc temperature scaling divides by T (see softmaxlab.metrics): ``log_probs``,
+    #: the head's log-probabilities (p_T = softmax(log p / T), exactly softmax(z / T) for a
+    #: softmax of logits z), or ``scores``, the head's own scores z, which it maps as it maps
+    #: them in training (p_T = the head's distribution of z / T, T fitted on its own loss).
+    temperature_input: ClassVar[str] = "log_probs"
     #: One sentence for ``summary.json``'s ``temperature_note``: what a fitted temperature T
     #: does to this head's distribution, or why none is fitted (see softmaxlab.metrics).
     temperature_note: ClassVar[str] = (
@@ -66,6 +71,9 @@ class Head(nn.Module):
     #: Whether the loss applies a softmax to the scores, so scores that already look like
     #: probabilities are the double-softmax pitfall (``fit`` warns on the first batch).
     applies_softmax: ClassVar[bool] = False
+    #: Whether the loss takes the scores as log-probabilities (``NLLLoss``), so scores that
+    #: look like probabilities are the softmax-into-NLL pitfall (``fit`` warns on the first batch).
+    expects_log_probs: ClassVar[bool] = False
     #: Whether the head uses the base linear layer ``fc`` (K x F); heads with their own output
     #: layers set this to False so a 100,000-class head does not allocate an unused matrix.
     uses_fc: ClassVar[bool] = True

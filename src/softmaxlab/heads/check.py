@@ -1,10 +1,12 @@
-"""Recognise the double-softmax pitfall in a model's outputs.
+"""Recognise the two softmax pairing pitfalls in a model's outputs.
 
-A model that ends in ``nn.Softmax`` outputs probabilities p; ``nn.CrossEntropyLoss`` (or any
+A model that ends in ``nn.Softmax`` outputs probabilities p. ``nn.CrossEntropyLoss`` (or any
 head that applies a softmax) then computes softmax(p), which is nearly uniform: the loss
-cannot go below ln(1 + (K-1)/e) and the gradients are damped by a second softmax Jacobian.
-The outputs give it away: every value is in [0, 1] and every row sums to 1, which raw
-logits almost never do.
+cannot go below ln(1 + (K-1)/e) and the gradients are damped by a second softmax Jacobian
+(the double softmax). ``nn.NLLLoss`` expects log p and computes -p_y instead, whose gradient
+vanishes where the model is wrong (softmax into NLL). The outputs give both away: every
+value is in [0, 1] and every row sums to 1, which raw logits and log-probabilities (all
+<= 0) almost never do.
 
 >>> check_logits(torch.tensor([[2.0, -1.0, 0.5]])) is None
 True
@@ -22,8 +24,17 @@ from torch import Tensor
 from softmaxlab.heads.pitfalls import double_softmax_floor
 
 
-class DoubleSoftmaxWarning(UserWarning):
+class SoftmaxPitfallWarning(UserWarning):
+    """Outputs that look like probabilities are about to go into a loss that wants logits
+    or log-probabilities."""
+
+
+class DoubleSoftmaxWarning(SoftmaxPitfallWarning):
     """Outputs that look like probabilities are about to go through another softmax."""
+
+
+class SoftmaxNLLWarning(SoftmaxPitfallWarning):
+    """Outputs that look like probabilities are about to go into NLLLoss as log-probabilities."""
 
 
 def looks_like_probabilities(outputs: Tensor) -> bool:
@@ -41,34 +52,47 @@ def looks_like_probabilities(outputs: Tensor) -> bool:
     return bool(((x.sum(dim=-1) - 1).abs() <= atol).all())
 
 
-def check_logits(outputs: Tensor, *, strict: bool = False) -> str | None:
-    """Explain the double-softmax pitfall if ``outputs`` look like probabilities, else None.
+def check_logits(outputs: Tensor, *, strict: bool = False, loss: str = "cross_entropy") -> str | None:
+    """Explain the pitfall if ``outputs`` look like probabilities, else None.
 
-    Call it on what your model returns before it goes into ``nn.CrossEntropyLoss`` or a
-    softmax head. Returns None for logits; for probability-like outputs (all values in
-    [0, 1], rows summing to 1) returns a one-sentence explanation, or raises it as a
-    ``ValueError`` when ``strict``.
+    Call it on what your model returns before it goes into its loss: ``loss`` is
+    ``"cross_entropy"`` (``nn.CrossEntropyLoss`` or a softmax head: the double softmax) or
+    ``"nll"`` (``nn.NLLLoss``: softmax into NLL). Returns None for logits and
+    log-probabilities; for probability-like outputs (all values in [0, 1], rows summing to
+    1) returns a one-sentence explanation, or raises it as a ``ValueError`` when ``strict``.
     """
+    if loss not in ("cross_entropy", "nll"):
+        raise ValueError(f"loss must be 'cross_entropy' or 'nll', got {loss!r}")
     if not looks_like_probabilities(outputs):
         return None
     k = outputs.shape[-1]
-    floor = double_softmax_floor(k)
-    message = (
-        "these outputs look like probabilities (all in [0, 1], rows sum to 1), so applying softmax or "
-        f"cross-entropy to them is the double-softmax pitfall (loss stuck above ln(1 + (K-1)/e) = {floor:.2f} "
-        f"for K = {k}, damped gradients): remove the final softmax from the model and pass raw logits, "
-        "or take their log and use an NLL loss (head.name=log_softmax)"
-    )
+    if loss == "nll":
+        message = (
+            "these outputs look like probabilities (all in [0, 1], rows sum to 1), so passing them to NLLLoss, "
+            "which expects log-probabilities, is the softmax-into-NLL pitfall (loss -p_y, whose gradient vanishes "
+            "where the model is wrong): end the model in log_softmax instead of softmax (head.name=log_softmax), "
+            "or pass raw logits to cross-entropy"
+        )
+    else:
+        floor = double_softmax_floor(k)
+        message = (
+            "these outputs look like probabilities (all in [0, 1], rows sum to 1), so applying softmax or "
+            f"cross-entropy to them is the double-softmax pitfall (loss stuck above ln(1 + (K-1)/e) = {floor:.2f} "
+            f"for K = {k}, damped gradients): remove the final softmax from the model and pass raw logits, "
+            "or take their log and use an NLL loss (head.name=log_softmax)"
+        )
     if strict:
         raise ValueError(message)
     return message
 
 
-def warn_if_probabilities(outputs: Tensor) -> None:
-    """Issue a :class:`DoubleSoftmaxWarning` when ``outputs`` look like probabilities.
+def warn_if_probabilities(outputs: Tensor, loss: str = "cross_entropy") -> None:
+    """Issue a :class:`DoubleSoftmaxWarning` (``loss="cross_entropy"``) or a
+    :class:`SoftmaxNLLWarning` (``loss="nll"``) when ``outputs`` look like probabilities.
 
     Reads the outputs back to the host once, so call it on one batch, not every step.
     """
-    message = check_logits(outputs)
+    message = check_logits(outputs, loss=loss)
     if message is not None:
-        warnings.warn(message, DoubleSoftmaxWarning, stacklevel=2)
+        category = SoftmaxNLLWarning if loss == "nll" else DoubleSoftmaxWarning
+        warnings.warn(message, category, stacklevel=2)

@@ -7,6 +7,13 @@ With logits z, Gumbel noise g_k = -log(-log u_k), u_k ~ U(0, 1), and a temperatu
 is a point of the simplex that tends to a one-hot sample of softmax(z) as tau -> 0. The
 straight-through variant outputs y_hard = one_hot(argmax y_soft) in the forward pass and
 uses the gradient of y_soft: y = y_hard - stop_grad(y_soft) + y_soft.
+
+Which distribution a trained Gumbel head "predicts" is a choice, and calibration depends on
+it (``head.eval_rule``): ``tau``, softmax(z / tau), the noiseless limit of the soft sample;
+``plain``, softmax(z), the categorical distribution that Gumbel-max samples (arg max_k z_k +
+g_k ~ softmax(z)); ``sample_mean``, the mean of S soft samples
+(1/S) sum_s softmax((z + g_s) / tau), what the training loss sees on average. All three have
+the same arg max only for ``tau`` and ``plain``; the sample mean can differ where classes are close.
 """
 
 from __future__ import annotations
@@ -61,6 +68,18 @@ class GumbelOptions(Options):
     tau_schedule: Literal["constant", "exponential"] = "constant"  # how tau changes with the step
     tau_min: float = Field(0.5, gt=0)  # exponential: tau = max(tau_min, tau0 * exp(-anneal_rate * step))
     anneal_rate: float = Field(1e-3, ge=0)  # exponential: decay rate of tau per optimisation step
+    # The evaluation distribution: softmax(z / tau), softmax(z), or the mean of noisy samples.
+    eval_rule: Literal["tau", "plain", "sample_mean"] = "tau"
+    eval_samples: int = Field(32, ge=1, le=1024)  # sample_mean: soft samples averaged per image
+    eval_seed: int = Field(0, ge=0, le=2**32 - 1)  # sample_mean: seed of the evaluation noise
+
+    @field_validator("eval_samples", "eval_seed")
+    @classmethod
+    def _sample_mean_only(cls, v: int, info: ValidationInfo) -> int:
+        changed = v != cls.model_fields[info.field_name].default
+        if changed and info.data.get("eval_rule", "sample_mean") != "sample_mean":
+            raise ValueError("applies to head.eval_rule=sample_mean only")
+        return v
 
     @field_validator("tau_min", "anneal_rate")
     @classmethod
@@ -74,12 +93,16 @@ class GumbelOptions(Options):
 
 @HEADS.register("gumbel", options=GumbelOptions)
 class GumbelSoftmaxHead(Head):
-    """Gumbel-softmax sample softmax((z+g)/tau) in training (NLL); softmax(z/tau) at evaluation.
+    """Gumbel-softmax sample softmax((z+g)/tau) in training (NLL); head.eval_rule at evaluation.
 
     Training: the scores are the noisy tempered logits s = (z + g) / tau, so softmax(s) is
     the soft sample y_soft and the loss is its negative log-likelihood
-    L = -log y_soft_y = cross_entropy(s, y). Evaluation: no noise, s = z / tau and
-    p = softmax(z / tau).
+    L = -log y_soft_y = cross_entropy(s, y). Evaluation (``head.eval_rule``, see the module
+    docstring): ``tau``, s = z / tau and p = softmax(z / tau); ``plain``, s = z and
+    p = softmax(z); ``sample_mean``, s = z / tau and
+    p = (1/S) sum_s softmax(s + g_s / tau) over S = ``head.eval_samples`` noise draws from a
+    generator seeded with ``head.eval_seed`` at every batch (the same images in the same
+    batches give the same p). The evaluation loss is -log p_y of that p.
 
     ``head.tau`` is tau0; with ``head.tau_schedule: exponential`` it anneals as
     tau = max(tau_min, tau0 * exp(-anneal_rate * step)), updated before every step and
@@ -93,9 +116,17 @@ class GumbelSoftmaxHead(Head):
     """
 
     applies_softmax = True
-    temperature_note = "p_T = softmax(log p / T) = softmax(z / (tau T)): the fitted T multiplies the evaluation tau"
 
     options: GumbelOptions
+
+    @property
+    def temperature_note(self) -> str:  # type: ignore[override]
+        """What the fitted T does under this head's evaluation rule."""
+        return {
+            "tau": "p_T = softmax(log p / T) = softmax(z / (tau T)): the fitted T multiplies the evaluation tau",
+            "plain": "p_T = softmax(log p / T) = softmax(z / T), the logits that Gumbel-max samples from",
+            "sample_mean": "p_T = softmax(log p / T): the mean of the noisy samples raised to 1/T and renormalised",
+        }[self.options.eval_rule]
 
     def __init__(
         self, in_features: int, num_classes: int, options: GumbelOptions | None = None, coarse_of: Tensor | None = None
@@ -111,10 +142,13 @@ class GumbelSoftmaxHead(Head):
             self.tau.fill_(annealed_tau(step, self.tau0, o.tau_min, o.anneal_rate))
 
     def forward(self, features: Tensor) -> Tensor:
-        """(B, F) -> (B, K): (z + g) / tau when training, z / tau when evaluating."""
+        """(B, F) -> (B, K): (z + g) / tau when training; z / tau when evaluating (z with
+        ``eval_rule: plain``)."""
         z = self.fc(features)
         if self.training:
             z = z + gumbel_noise(z)
+        elif self.options.eval_rule == "plain":
+            return z
         return z / self.tau.to(z.dtype)
 
     def sample(self, scores: Tensor, hard: bool = False) -> Tensor:
@@ -123,12 +157,26 @@ class GumbelSoftmaxHead(Head):
         return straight_through(y_soft) if hard else y_soft
 
     def loss(self, scores: Tensor, target: Tensor) -> Tensor:
-        """L = -log softmax(s)_y: NLL of the soft sample (training) or of softmax(z / tau)."""
+        """L = -log softmax(s)_y: NLL of the soft sample (training) or of the evaluation p."""
+        if not self.training and self.options.eval_rule == "sample_mean":
+            return F.nll_loss(self.log_probs(scores), target)
         return F.cross_entropy(scores, target)
 
     def log_probs(self, scores: Tensor) -> Tensor:
-        """log softmax(s): of the noiseless softmax(z / tau) when the head is in eval mode."""
-        return F.log_softmax(at_least_float32(scores), dim=-1)
+        """log softmax(s) (training; ``tau`` and ``plain`` rules), or the log of the mean of
+        S soft samples, accumulated one sample at a time with logaddexp (``sample_mean``)."""
+        s = at_least_float32(scores)
+        if self.training or self.options.eval_rule != "sample_mean":
+            return F.log_softmax(s, dim=-1)
+        o = self.options
+        generator = torch.Generator(device=s.device).manual_seed(o.eval_seed)
+        tau = self.tau.to(s.dtype)
+        total = None
+        for _ in range(o.eval_samples):
+            e = torch.empty_like(s).exponential_(generator=generator)
+            log_sample = F.log_softmax(s - e.log() / tau, dim=-1)  # g = -log E, E ~ Exp(1)
+            total = log_sample if total is None else torch.logaddexp(total, log_sample)
+        return total - math.log(o.eval_samples)
 
     def epoch_record(self, reduce: Reduce | None = None) -> dict[str, Any]:
         """The current tau (one host read per epoch; the same on every process)."""

@@ -1,4 +1,4 @@
-"""Two famous mistakes, kept on purpose so they can be reproduced and explained.
+"""Three famous mistakes, kept on purpose so they can be reproduced and explained.
 
 * ``double_softmax``: the network outputs p = softmax(z) and is trained with cross-entropy,
   which applies a second softmax: L = -log softmax(p)_y. Since p lies in the simplex, the
@@ -8,6 +8,11 @@
 
   and the gradient dL/dz = J_softmax(z)^T (softmax(p) - one_hot(y)) is damped twice: the
   second softmax is nearly uniform, and the first one's Jacobian vanishes as p saturates.
+* ``softmax_nll``: the network outputs p = softmax(z) and is trained with ``NLLLoss``, which
+  expects log-probabilities and takes the target's entry as it is: L = -p_y, bounded in
+  [-1, 0]. Its gradient dL/dz = -p_y (e_y - p) vanishes as p_y -> 0, so an image the model
+  is confidently wrong about teaches it nothing (cross-entropy's gradient there is largest),
+  and every image with p_y near 1 stops counting too.
 * ``naive_softmax``: p = exp(z) / sum_j exp(z_j) without subtracting max_j z_j first. In
   float32 exp overflows to inf for z > 88.7 (float16: z > 11.1) and inf / inf = NaN, so a
   run whose logits grow ends in a non-finite loss (a clean divergence in ``fit``).
@@ -61,6 +66,37 @@ class DoubleSoftmaxHead(Head):
     def loss(self, scores: Tensor, target: Tensor) -> Tensor:
         """L = cross_entropy(p, y) = -p_y + log sum_k exp(p_k): the second softmax."""
         return F.cross_entropy(scores, target)
+
+    def probs(self, scores: Tensor) -> Tensor:
+        """p itself, renormalised in at least float32."""
+        p = at_least_float32(scores)
+        return p / p.sum(dim=-1, keepdim=True)
+
+    def log_probs(self, scores: Tensor) -> Tensor:
+        """log p; -inf where the softmax underflowed to exactly 0."""
+        return self.probs(scores).log()
+
+
+@HEADS.register("softmax_nll")
+class SoftmaxNLLHead(Head):
+    """PITFALL: outputs softmax(z) into NLLLoss, so loss = -p_y; no gradient where p_y -> 0.
+
+    Scores are the probabilities p = softmax(z) the network outputs; the loss is
+    ``F.nll_loss(p, y)`` = -mean_i p_{i, y_i}, which expects log-probabilities and so never
+    takes a log. dL/dz = -p_y (e_y - p): small when the model is wrong with confidence, the
+    opposite of the log-likelihood. Evaluation uses p, as for ``double_softmax``.
+    """
+
+    temperature_note = DoubleSoftmaxHead.temperature_note
+    expects_log_probs = True  # that is the pitfall: fit warns about it on the first batch
+
+    def forward(self, features: Tensor) -> Tensor:
+        """p = softmax(W f + b): the network ends in a softmax layer."""
+        return torch.softmax(self.fc(features), dim=-1)
+
+    def loss(self, scores: Tensor, target: Tensor) -> Tensor:
+        """L = nll_loss(p, y) = -p_y: the probability where a log-probability belongs."""
+        return F.nll_loss(scores, target)
 
     def probs(self, scores: Tensor) -> Tensor:
         """p itself, renormalised in at least float32."""

@@ -20,13 +20,14 @@ class SigmoidHead(Head):
     reports p_k = q_k / sum_j q_j, computed in the log domain
     (log p_k = logsigmoid(z_k) - logsumexp_j logsigmoid(z_j)) so that it stays finite when
     every q_k underflows. Prediction is arg max_k q_k = arg max_k p_k. Post-hoc temperature
-    scaling of the logits does not apply to this normalisation.
+    scaling divides the logits: p_T,k = sigmoid(z_k / T) / sum_j sigmoid(z_j / T), T fitted
+    by minimising this head's binary cross-entropy of z / T on the validation split.
     """
 
-    temperature_scalable = False
+    temperature_input = "scores"
     temperature_note = (
-        "not fitted: temperature scaling recalibrates a softmax over logits, and these probabilities are K "
-        "independent sigmoids normalised to sum to 1, which one T on log p does not rescale as it would logits"
+        "p_T = sigmoid(z / T) normalised to sum to 1, T minimising the binary cross-entropy of z / T (softmax(log p "
+        "/ T) would not rescale K independent sigmoids as it rescales logits)"
     )
 
     def loss(self, scores: Tensor, target: Tensor) -> Tensor:

@@ -32,6 +32,8 @@ class SoftmaxHead(Head):
 class LogSoftmaxHead(Head):
     """Outputs log p = log_softmax(z); loss = NLL(log p, y). Identical model to softmax."""
 
+    expects_log_probs = True
+
     def forward(self, features: Tensor) -> Tensor:
         """s = log_softmax(W f + b): the network itself outputs log-probabilities."""
         return F.log_softmax(self.fc(features), dim=-1)

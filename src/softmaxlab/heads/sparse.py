@@ -30,13 +30,14 @@ class SparsemaxHead(Head):
 
     p = argmin_{p in simplex} ||p - z||^2 = max(0, z - t(z)); L = Fenchel-Young sparsemax loss
     (1 - ||p||^2) / 2 + (p - e_y).z. Probabilities contain exact zeros; post-hoc
-    temperature scaling of the logits does not apply.
+    temperature scaling maps z / T: p_T = sparsemax(z / T), T minimising the sparsemax loss
+    of z / T on the validation split (a larger T widens the support).
     """
 
-    temperature_scalable = False
+    temperature_input = "scores"
     temperature_note = (
-        "not fitted: temperature scaling recalibrates a softmax over logits, and sparsemax is a Euclidean "
-        "projection with exact zeros, which softmax(log p / T) cannot reproduce"
+        "p_T = sparsemax(z / T), T minimising the sparsemax loss of z / T (softmax(log p / T) is undefined on "
+        "the exact zeros)"
     )
 
     def loss(self, scores: Tensor, target: Tensor) -> Tensor:
@@ -57,14 +58,15 @@ class Entmax15Head(Head):
     """entmax-1.5(z): sparse, between softmax and sparsemax; entmax-1.5 loss.
 
     p = argmax_{p in simplex} p.z + H_1.5(p) = max(0, z / 2 - t(z))^2; L = Fenchel-Young
-    entmax-1.5 loss. Probabilities contain exact zeros; post-hoc temperature scaling of the
-    logits does not apply.
+    entmax-1.5 loss. Probabilities contain exact zeros; post-hoc temperature scaling maps
+    z / T: p_T = entmax15(z / T), T minimising the entmax-1.5 loss of z / T on the validation
+    split.
     """
 
-    temperature_scalable = False
+    temperature_input = "scores"
     temperature_note = (
-        "not fitted: temperature scaling recalibrates a softmax over logits, and entmax-1.5 is a sparse "
-        "mapping with exact zeros, which softmax(log p / T) cannot reproduce"
+        "p_T = entmax15(z / T), T minimising the entmax-1.5 loss of z / T (softmax(log p / T) is undefined on "
+        "the exact zeros)"
     )
 
     def loss(self, scores: Tensor, target: Tensor) -> Tensor:

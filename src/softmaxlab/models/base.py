@@ -47,6 +47,9 @@ class ConvNetOptions(Options):
     widths: list[int]  # output channels of each block (one block per entry)
     width: float = Field(1.0, gt=0)  # multiplier of every width (rounded, at least 1): resnet12 at 0.25 is 16-40-80-160
     batch_norm: bool = True  # BatchNorm after every convolution
+    # BatchNorm's eps, added to the batch variance: PyTorch's 1e-5 dwarfs the ~1e-6 variance of
+    # softmax outputs over a feature map, so normalised softmax activations have std ~0.3, not 1.
+    bn_eps: float = Field(1e-5, gt=0, le=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # dropout before the head
 
     @field_validator("widths", mode="before")
@@ -63,6 +66,13 @@ class ConvNetOptions(Options):
             raise ValueError("must be a non-empty list of positive integers")
         if len(v) > MAX_BLOCKS:
             raise ValueError(f"must have at most {MAX_BLOCKS} blocks")
+        return v
+
+    @field_validator("bn_eps")
+    @classmethod
+    def _batch_norm_only(cls, v: float, info: ValidationInfo) -> float:
+        if v != cls.model_fields["bn_eps"].default and not info.data.get("batch_norm", True):
+            raise ValueError("applies to model.batch_norm=true only")
         return v
 
     @model_validator(mode="after")

@@ -30,10 +30,10 @@ from softmaxlab.activations import BlockActivations
 from softmaxlab.models.base import MODELS, ConvNetOptions, check_input_size
 
 
-def _conv_bn(c_in: int, c_out: int, kernel_size: int, batch_norm: bool) -> nn.Sequential:
+def _conv_bn(c_in: int, c_out: int, kernel_size: int, batch_norm: bool, bn_eps: float = 1e-5) -> nn.Sequential:
     """Conv(k x k, 'same' padding) -> [BatchNorm]: (B, c_in, H, W) -> (B, c_out, H, W)."""
     conv = nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2, bias=not batch_norm)
-    return nn.Sequential(conv, nn.BatchNorm2d(c_out) if batch_norm else nn.Identity())
+    return nn.Sequential(conv, nn.BatchNorm2d(c_out, eps=bn_eps) if batch_norm else nn.Identity())
 
 
 class ResidualBlock(nn.Module):
@@ -45,12 +45,20 @@ class ResidualBlock(nn.Module):
     ``activation_name`` is its registry name (figure titles, diagnostics).
     """
 
-    def __init__(self, c_in: int, c_out: int, activation: nn.Module, activation_name: str, batch_norm: bool = True):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        activation: nn.Module,
+        activation_name: str,
+        batch_norm: bool = True,
+        bn_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
-        self.conv1 = _conv_bn(c_in, c_out, 3, batch_norm)
-        self.conv2 = _conv_bn(c_out, c_out, 3, batch_norm)
-        self.conv3 = _conv_bn(c_out, c_out, 3, batch_norm)
-        self.shortcut = _conv_bn(c_in, c_out, 1, batch_norm)  # projects c_in -> c_out channels
+        self.conv1 = _conv_bn(c_in, c_out, 3, batch_norm, bn_eps)
+        self.conv2 = _conv_bn(c_out, c_out, 3, batch_norm, bn_eps)
+        self.conv3 = _conv_bn(c_out, c_out, 3, batch_norm, bn_eps)
+        self.shortcut = _conv_bn(c_in, c_out, 1, batch_norm, bn_eps)  # projects c_in -> c_out channels
         self.activation = activation
         self.pool = nn.MaxPool2d(2)
         self.activation_name = activation_name
@@ -70,7 +78,7 @@ class ResNet12(nn.Module):
         widths = [in_channels, *options.block_widths()]
         names = activations.names(len(options.widths))
         self.blocks = nn.ModuleList(
-            ResidualBlock(c_in, c_out, activations.build(name), name, options.batch_norm)
+            ResidualBlock(c_in, c_out, activations.build(name), name, options.batch_norm, options.bn_eps)
             for (c_in, c_out), name in zip(itertools.pairwise(widths), names, strict=True)
         )
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -23,10 +23,18 @@ class ConvBlock(nn.Sequential):
     ``activation_name`` is the activation's registry name (figure titles, diagnostics).
     """
 
-    def __init__(self, c_in: int, c_out: int, activation: nn.Module, activation_name: str, batch_norm: bool = True):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        activation: nn.Module,
+        activation_name: str,
+        batch_norm: bool = True,
+        bn_eps: float = 1e-5,
+    ) -> None:
         layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)]
         if batch_norm:
-            layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.BatchNorm2d(c_out, eps=bn_eps))
         layers += [activation, nn.MaxPool2d(2)]
         super().__init__(*layers)
         self.activation_name = activation_name
@@ -40,7 +48,7 @@ class SimpleCNN(nn.Module):
         widths = [in_channels, *options.block_widths()]
         names = activations.names(len(options.widths))
         self.blocks = nn.ModuleList(
-            ConvBlock(c_in, c_out, activations.build(name), name, options.batch_norm)
+            ConvBlock(c_in, c_out, activations.build(name), name, options.batch_norm, options.bn_eps)
             for (c_in, c_out), name in zip(itertools.pairwise(widths), names, strict=True)
         )
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -7,11 +7,13 @@ variant's finished runs (:func:`softmaxlab.stats.aggregate`). Diverged and unfin
 are listed, marked, and left out of the means. A metric or figure that the runs did not
 record (older runs) is left out with one line saying so.
 
-Sections, in order (their anchors in brackets): the comparison of variants [comparison],
-every run [runs] (directories of several runs), learning curves [learning-curves],
-confusion matrices [confusion], reliability diagrams [reliability], gradient norms
-[gradients], feature maps [feature-maps], accuracy against tau [gumbel] (Gumbel runs only),
-epoch time [epoch-time], commands and configs [commands], environment [environment].
+Sections, in order (their anchors in brackets): the comparison of variants [comparison]
+(with each variant's difference to the reference variant and its significance, see
+:mod:`softmaxlab.report.significance`), every run [runs] (directories of several runs),
+learning curves [learning-curves], confusion matrices [confusion], reliability diagrams
+[reliability], gradient norms [gradients], activation statistics per block [activations],
+feature maps [feature-maps], accuracy against tau [gumbel] (Gumbel runs only), epoch time
+[epoch-time], commands and configs [commands], environment [environment].
 
 ``report.html`` is one self-contained file (figures embedded as base64 PNG, inline CSS and
 JavaScript, no network requests); ``report.md`` has the same tables and notes, with the
@@ -35,6 +37,9 @@ from softmaxlab.errors import UserError
 from softmaxlab.metrics import HIGHER_IS_BETTER
 from softmaxlab.report.document import Cell, Code, Image, Note, Report, Section, Table
 from softmaxlab.report.figures import (
+    FEW_IMAGES_LABEL,
+    MAX_ANNOTATED_CLASSES,
+    activation_stats_figure,
     confusion_figure,
     epoch_time_figure,
     figure_png,
@@ -46,8 +51,19 @@ from softmaxlab.report.figures import (
 from softmaxlab.report.html import render_html
 from softmaxlab.report.markdown import format_mean_std, render_markdown
 from softmaxlab.report.rundata import Variant, finite, format_value, group_variants
+from softmaxlab.report.significance import (
+    DIFFERENCES,
+    SIGNIFICANT,
+    at_chance_level,
+    choose_reference,
+    classes_of,
+    difference_table,
+    read_compare_to,
+    significant_best,
+    variant_marks,
+)
 from softmaxlab.runs import RunRecord, find_run_dirs, read_run
-from softmaxlab.stats import aggregate, mean_std
+from softmaxlab.stats import mean_std
 
 HTML_FILE = runs.REPORT_HTML
 MARKDOWN_FILE = runs.REPORT_MD
@@ -60,6 +76,7 @@ FIGURE_SECTIONS = {
     "confusion": "Confusion matrices",
     "reliability": "Calibration: reliability diagrams",
     "gradients": "Gradient norms per layer",
+    "activations": "Activation statistics per block",
     "gumbel": "Gumbel-softmax: accuracy against tau",
     "epoch-time": "Epoch time",
 }
@@ -89,6 +106,12 @@ def _timing(key: str) -> Callable[[RunRecord], float | None]:
     return lambda r: finite((r.summary.get("timing") or {}).get(key))
 
 
+def _band(r: RunRecord, key: str) -> float | None:
+    """``p95`` of the run's ``test.<key>`` ECE band, None without one."""
+    band = r.test.get(key)
+    return finite(band.get("p95")) if isinstance(band, dict) else None
+
+
 def _direction(key: str, default: bool | None) -> bool | None:
     return HIGHER_IS_BETTER.get(key, default)
 
@@ -110,6 +133,15 @@ COLUMNS = (
         hint="expected calibration error, 15 confidence bins",
     ),
     Column(
+        "ece_band",
+        "ECE band p95 (%)",
+        lambda r: _band(r, "ece_band"),
+        digits=2,
+        scale=100.0,
+        hint="the ECE that a perfectly calibrated model with these confidences exceeds 5 % of the time on this "
+        "many test images: an ECE below it is no evidence of miscalibration",
+    ),
+    Column(
         "ece_after_temperature",
         "ECE after T (%)",
         _test("ece_after_temperature"),
@@ -117,6 +149,14 @@ COLUMNS = (
         scale=100.0,
         higher=_direction("ece_after_temperature", False),
         hint="ECE after temperature scaling fitted on the validation split",
+    ),
+    Column(
+        "ece_band_after_temperature",
+        "ECE band p95 after T (%)",
+        lambda r: _band(r, "ece_band_after_temperature"),
+        digits=2,
+        scale=100.0,
+        hint="the ECE band (see ECE band p95) of the temperature-scaled probabilities",
     ),
     Column("temperature", "T", lambda r: finite(r.summary.get("temperature")), digits=2, hint="fitted temperature"),
     Column("epoch_seconds", "epoch time (s)", _timing("mean_epoch_seconds"), digits=2, higher=False),
@@ -131,32 +171,28 @@ COLUMNS = (
 )
 
 
+#: The columns of the main comparison table; the others go to a second table ("further
+#: metrics and cost"), so that the first fits a 1,400 px window with a dozen variants.
+MAIN_COLUMNS = ("accuracy", "f1_macro", "nll", "ece", "ece_band")
+
+
 # --------------------------------------------------------------------------- tables
 
 
-def _best(values: list[float | None], higher: bool | None) -> float | None:
-    """The best of ``values`` (None: no direction, fewer than two values, or all equal)."""
-    present = [v for v in values if v is not None]
-    if higher is None or len(set(present)) < 2:
-        return None
-    return max(present) if higher else min(present)
-
-
-def _metric_cells(stats: list[dict[str, Any]], columns: Sequence[Column]) -> list[list[Cell]]:
-    """One cell per (row, column): ``mean ± std``, the best mean of each column marked."""
-    out: list[list[Cell]] = [[] for _ in stats]
-    for col in columns:
-        means = [s[f"{col.key}_mean"] if s[f"{col.key}_n"] else None for s in stats]
-        best = _best(means, col.higher)
-        for row, s, m in zip(out, stats, means, strict=True):
-            if m is None:
-                row.append(Cell("n/a"))
-            else:
-                text = format_mean_std(m, s[f"{col.key}_std"], digits=col.digits, scale=col.scale)
-                if s[f"{col.key}_n"] == 1:  # one run: no spread to show
-                    text = f"{m * col.scale:.{col.digits}f}"
-                row.append(Cell(text, m * col.scale, best=best is not None and m == best))
-    return out
+def _metric_cell(v: Variant, col: Column, best: bool, interval: bool) -> Cell:
+    """``mean ± std`` over the variant's finished runs; one run's value alone, with its 95 %
+    bootstrap interval (``test.ci95.<key>``) when ``interval``."""
+    have = [r for r in v.finished if col.get(r) is not None]
+    m, s, n = mean_std([col.get(r) for r in have])
+    if not n:
+        return Cell("n/a")
+    if n > 1:
+        return Cell(format_mean_std(m, s, digits=col.digits, scale=col.scale), m * col.scale, best=best)
+    text = f"{m * col.scale:.{col.digits}f}"  # one run: no spread to show
+    ci = (have[0].test.get("ci95") or {}).get(col.key) if isinstance(have[0].test.get("ci95"), dict) else None
+    if interval and isinstance(ci, list) and len(ci) == 2 and all(finite(x) is not None for x in ci):
+        text += f" [{ci[0] * col.scale:.{col.digits}f}, {ci[1] * col.scale:.{col.digits}f}]"
+    return Cell(text, m * col.scale, best=best)
 
 
 def _present(columns: Sequence[Column], records: Sequence[RunRecord]) -> tuple[list[Column], list[Column]]:
@@ -192,61 +228,122 @@ def _config(r: RunRecord, key: str, default: Any = "?") -> Any:
     return flatten(r.config).get(key, default)
 
 
-def comparison_section(variants: Sequence[Variant], records: Sequence[RunRecord]) -> Section:
-    """One row per variant: what it is, its seeds, and each metric as mean ± std over seeds."""
+def _describe(v: Variant) -> list[Cell]:
+    """The cells that say what a variant is: label, head, activation, model, data, seeds, status."""
+    first = v.runs[0]
+    status, mark = _status_text(v)
+    chance = [m for m in variant_marks(v) if m != "diverged"]  # a divergence is in the status already
+    status = ", ".join([status, *chance])
+    mark = mark or ("chance" if "chance level" in chance else None)  # greyed only when every run is
+    seeds = sorted({str(r.seed) for r in v.runs})
+    n_text = str(len(v.runs)) if len(v.finished) == len(v.runs) else f"{len(v.finished)} of {len(v.runs)}"
+    classes = first.summary.get("classes")
+    data = str(_config(first, "data.name", first.summary.get("dataset", "?")))
+    data = f"{data}, {len(classes)} classes" if isinstance(classes, list) else data
+    what = [
+        str(_config(first, key, first.summary.get(fallback, "?")))
+        for key, fallback in (("head.name", "head"), ("model.activation", "activation"), ("model.name", "model"))
+    ]
+    return [
+        Cell(v.label, v.label, status=mark, wrap=True),
+        *(Cell(text, text) for text in what),
+        Cell(data, data),
+        Cell(f"{n_text} ({', '.join(seeds)})", len(v.finished)),
+        Cell(status, status, wrap=True),
+    ]
+
+
+COMPARISON_NOTES = (
+    "Mean ± sample standard deviation over each variant's finished runs (a single run: its value and, in a "
+    "one-run report, its 95 % bootstrap interval over the test images). Click a column header to sort.",
+    "Bold: the best mean of a column, and only where it beats the runner-up by a paired t-test over the seeds "
+    "both ran (p < 0.05). A variant that diverged, or whose test accuracy is at chance level (its 95 % interval "
+    "reaches 1/K for K classes), is marked in its row and never bold.",
+    "ECE band p95: the ECE a perfectly calibrated model with the same confidences would exceed in 5 % of draws "
+    "on this many test images; an ECE below it is no evidence of miscalibration.",
+)
+
+
+def comparison_section(
+    variants: Sequence[Variant],
+    records: Sequence[RunRecord],
+    compare_to: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
+) -> Section:
+    """One row per variant: what it is, its seeds, and each metric as mean ± std over seeds
+    (the main metrics, then further metrics and cost in a second table), then the difference
+    of every variant to the reference (:func:`~softmaxlab.report.significance.choose_reference`
+    of ``compare_to``; ``notes`` are the notes of reading it)."""
     columns, missing = _present(COLUMNS, records)
-    rows_in = [{"variant": v.label, "_run": r} for v in variants for r in v.finished]
-    stats = aggregate(
-        rows_in, group_by=["variant"], metrics={c.key: (lambda row, c=c: c.get(row["_run"])) for c in columns}
-    )
-    by_label = {s["variant"]: s for s in stats}
-    empty = {f"{c.key}_{x}": (float("nan") if x != "n" else 0) for c in columns for x in ("mean", "std", "n")}
-    ordered = [by_label.get(v.label, {"variant": v.label, **empty}) for v in variants]
-    metric_cells = _metric_cells(ordered, columns)
-    rows = []
-    for v, cells in zip(variants, metric_cells, strict=True):
-        first = v.runs[0]
-        status, mark = _status_text(v)
-        seeds = sorted({str(r.seed) for r in v.runs})
-        n_text = str(len(v.runs)) if len(v.finished) == len(v.runs) else f"{len(v.finished)} of {len(v.runs)}"
-        classes = first.summary.get("classes")
-        data = str(_config(first, "data.name", first.summary.get("dataset", "?")))
-        data = f"{data}, {len(classes)} classes" if isinstance(classes, list) else data
-        what = [
-            str(_config(first, key, first.summary.get(fallback, "?")))
-            for key, fallback in (("head.name", "head"), ("model.activation", "activation"), ("model.name", "model"))
-        ]
-        rows.append(
-            [
-                Cell(v.label, v.label, status=mark),
-                *(Cell(text, text) for text in what),
-                Cell(data, data),
-                Cell(f"{n_text} ({', '.join(seeds)})", len(v.finished)),
-                Cell(status, status),
-                *cells,
-            ]
-        )
-    headers = ["variant", "head", "activation", "model", "data", "seeds", "status", *(c.header for c in columns)]
+    bests = {c.key: significant_best(variants, c.get, c.higher) for c in columns}
+    interval = len(records) == 1
+    main = [c for c in columns if c.key in MAIN_COLUMNS]
+    other = [c for c in columns if c.key not in MAIN_COLUMNS]
+    rows, more = [], []
+    for v in variants:
+        cells = {c.key: _metric_cell(v, c, bests[c.key] is v, interval) for c in columns}
+        rows.append([*_describe(v), *(cells[c.key] for c in main)])
+        more.append([Cell(v.label, v.label, status=rows[-1][0].status, wrap=True), *(cells[c.key] for c in other)])
+    headers = ["variant", "head", "activation", "model", "data", "seeds", "status", *(c.header for c in main)]
     hints = {c.header: c.hint for c in columns}
     hints["seeds"] = "finished runs (the seeds of all runs)"
-    blocks: list[Any] = [
-        Note(
-            "Mean ± sample standard deviation over each variant's finished runs; the best mean of a column is "
-            "in bold. Click a column header to sort."
-        ),
-        Table("comparison", headers, rows, hints),
-    ]
+    blocks: list[Any] = [Note(text) for text in COMPARISON_NOTES]
+    shared = _drop_shared(headers, rows, ("activation", "model", "data")) if len(rows) > 1 else []
+    if shared:
+        blocks.append(Note(f"Shared by every variant: {', '.join(shared)}."))
+    blocks.append(Table("comparison", headers, rows, hints))
+    if other:
+        title = "Further metrics and cost"
+        blocks.append(Table("comparison-more", ["variant", *(c.header for c in other)], more, hints, title=title))
     note = _missing_note(missing, records)
     if note:
         blocks.append(note)
+    blocks += _difference_blocks(variants, records, compare_to, notes)
     return Section("comparison", "Comparison of variants", blocks)
 
 
+def _drop_shared(headers: list[str], rows: list[list[Cell]], candidates: Sequence[str]) -> list[str]:
+    """Remove the ``candidates`` columns whose text is the same in every row (in place), so the
+    table has room for the variants' labels; returns ``"<header> <value>"`` of each removed."""
+    shared = []
+    for name in candidates:
+        i = headers.index(name)
+        values = {row[i].text for row in rows}
+        if len(values) == 1:
+            shared.append(f"{name} {values.pop()}")
+            del headers[i]
+            for row in rows:
+                del row[i]
+    return shared
+
+
+def _difference_blocks(
+    variants: Sequence[Variant], records: Sequence[RunRecord], compare_to: dict[str, Any] | None, notes: Sequence[str]
+) -> list[Any]:
+    """The table of differences to the reference with its legend and notes (a note alone with one variant)."""
+    if len(variants) < 2:
+        return [Note("One variant: no other to compare it to, so no differences or tests.")]
+    reference, chosen = choose_reference(variants, compare_to)
+    done = [r for r in records if r.status == "finished"]
+    metrics = [m for m in DIFFERENCES if any(finite(r.test.get(m)) is not None for r in done)]
+    if not metrics:
+        return [Note("No finished run has a test metric to compare.")]
+    table, problems = difference_table(variants, reference, metrics)
+    legend = (
+        f"Each variant − the reference ({reference.label}), mean over the seeds both ran, [95 % t interval]; "
+        "accuracy, F1 and ECE in percentage points; higher is better for accuracy and F1, lower for NLL and ECE. "
+        f"{SIGNIFICANT} significant: p_holm < 0.05, the paired t-test over seeds with Holm's correction over the "
+        f"{len(variants) - 1} variants compared (per metric); otherwise not significant. McNemar p: the exact test "
+        "on which test images each gets right, seeds pooled (not corrected)."
+    )
+    return [*(Note(n) for n in (*notes, *chosen)), Note(legend), table, *(Note(n) for n in problems)]
+
+
 def runs_section(records: Sequence[RunRecord], root: Path) -> Section:
-    """One row per run, diverged and unfinished runs marked."""
+    """One row per run, diverged, unfinished and chance-level runs marked; no value is bolded
+    (one run against another is no test)."""
     wanted = ("accuracy", "nll", "ece", "epoch_seconds")
     columns = [c for c in _present(COLUMNS, records)[0] if c.key in wanted]
-    bests = {c.key: _best([c.get(r) if r.status == "finished" else None for r in records], c.higher) for c in columns}
     rows = []
     for r in records:
         status, mark = r.status, None
@@ -255,9 +352,11 @@ def runs_section(records: Sequence[RunRecord], root: Path) -> Section:
             status, mark = (f"diverged at epoch {epoch}" if epoch else "diverged"), "diverged"
         elif r.status != "finished":
             mark = "unfinished"
+        elif at_chance_level(r):
+            status, mark = "finished, chance level", "chance"
         cells = [
-            Cell(r.name, r.name, status=mark),
-            Cell(r.variant, r.variant),
+            Cell(r.name, r.name, status=mark, wrap=True),
+            Cell(r.variant, r.variant, wrap=True),
             Cell(str(r.seed), finite(r.seed) if finite(r.seed) is not None else str(r.seed)),
             Cell(status, status),
             Cell(str(len(r.history)), len(r.history)),
@@ -267,10 +366,9 @@ def runs_section(records: Sequence[RunRecord], root: Path) -> Section:
             if v is None:
                 cells.append(Cell("n/a"))
             else:
-                best = bests[c.key] is not None and v == bests[c.key]
-                cells.append(Cell(f"{v * c.scale:.{c.digits}f}", v * c.scale, best=best))
+                cells.append(Cell(f"{v * c.scale:.{c.digits}f}", v * c.scale))
         where = _relative(r.path, root)
-        cells.append(Cell(where, where))
+        cells.append(Cell(where, where, wrap=True))
         rows.append(cells)
     headers = ["run", "variant", "seed", "status", "epochs", *(c.header for c in columns), "directory"]
     return Section(
@@ -290,14 +388,25 @@ def _image(name: str, fig: Any, alt: str, caption: str = "") -> Image:
     return Image(name, figure_png(fig), alt, caption)
 
 
+def _chance_levels(variants: Sequence[Variant]) -> list[float]:
+    """The distinct chance accuracies 1/K of the runs (K from the summary, else ``data.num_classes``)."""
+    levels = set()
+    for r in (r for v in variants for r in v.runs):
+        k = classes_of(r) or finite(_config(r, "data.num_classes", None))
+        if k:
+            levels.add(1.0 / k)
+    return sorted(levels)
+
+
 def curves_section(variants: Sequence[Variant]) -> Section:
     """Loss and accuracy per epoch, training and validation, a line (and band) per variant."""
     with_history = [(v.label, v.color, [r.history for r in v.runs if r.history]) for v in variants]
     with_history = [t for t in with_history if t[2]]
     if not with_history:
         return Section("learning-curves", FIGURE_SECTIONS["learning-curves"], [Note("No run has a metrics.jsonl yet.")])
-    fig = learning_curves_figure(with_history)
-    caption = "Validation solid, training dashed (training numbers are measured with augmentation, as trained)."
+    fig = learning_curves_figure(with_history, _chance_levels(variants))
+    caption = "Validation solid, training dashed (training numbers are measured with augmentation, as trained); "
+    caption += "the dotted line is chance level, 1/K for K classes."
     if any(len(v.runs) > 1 for v in variants):
         caption += " Lines are means over seeds; bands are ± one standard deviation."
     image = _image("learning_curves", fig, "loss and accuracy per epoch", caption)
@@ -326,7 +435,10 @@ def confusion_section(variants: Sequence[Variant]) -> Section:
     have = [v for v in variants if _summed_confusion(v.finished) is not None]
     if not have:
         return Section("confusion", title, [Note("No finished run has test.confusion_matrix: no matrices.")])
-    blocks: list[Any] = [Note("Each row is divided by the number of test images of its (true) class.")]
+    blocks: list[Any] = [Note("Each cell is the percentage of its row's (true class's) test images.")]
+    k = max(len(_summed_confusion(v.finished) or []) for v in have)
+    if k > MAX_ANNOTATED_CLASSES:
+        blocks.append(Note(f"{k} classes: the cells are colour only, numbers that small could not be read."))
     if len(have) == 1:
         v = have[0]
         for i, r in enumerate(v.finished):
@@ -379,6 +491,17 @@ def combined_bins(records: Sequence[RunRecord], key: str) -> tuple[list, list, l
     return confidence, accuracy, count
 
 
+def _ece_label(v: Variant, ece_key: str) -> str:
+    """``label (ECE 3.10 %, band p95 3.60 %)``: the mean ECE and ECE band over the variant's runs."""
+    ece = _mean_metric(v.finished, ece_key)
+    if ece is None:
+        return v.label
+    band_key = "ece_band" if ece_key == "ece" else "ece_band_after_temperature"
+    m, _, n = mean_std([b for b in (_band(r, band_key) for r in v.finished) if b is not None])
+    band = f", band p95 {m * 100:.2f} %" if n else ""
+    return f"{v.label} (ECE {ece * 100:.2f} %{band})"
+
+
 def reliability_section(variants: Sequence[Variant]) -> Section:
     """Reliability diagrams before and after temperature scaling, a line per variant."""
     title = FIGURE_SECTIONS["reliability"]
@@ -393,9 +516,7 @@ def reliability_section(variants: Sequence[Variant]) -> Section:
             bins = combined_bins(v.finished, key)
             if bins is None:
                 continue
-            ece = _mean_metric(v.finished, ece_key)
-            label = v.label + (f" (ECE {ece * 100:.2f} %)" if ece is not None else "")
-            lines.append((label, v.color, *bins))
+            lines.append((_ece_label(v, ece_key), v.color, *bins))
         if lines:
             panels.append((panel, lines))
         elif panel.startswith("before"):
@@ -406,7 +527,9 @@ def reliability_section(variants: Sequence[Variant]) -> Section:
         fig = reliability_figure(panels)
         caption = (
             "Accuracy against mean confidence in 15 equal-width confidence bins (seeds pooled); points below the "
-            "diagonal are over-confident."
+            f"diagonal are over-confident. Hollow circles: a {FEW_IMAGES_LABEL}, too few for its accuracy to mean "
+            "much. Below each diagram: the share of each variant's test images in each bin. The ECE band p95 is "
+            "the ECE a perfectly calibrated model with these confidences exceeds in 5 % of draws."
         )
         blocks.insert(0, _image("reliability", fig, "reliability diagrams", caption))
     notes = {}
@@ -437,6 +560,30 @@ def gradients_section(variants: Sequence[Variant]) -> Section:
     caption = "Mean L2 norm of each layer's weight gradient over an epoch's steps (log scale); a layer whose "
     caption += "norm falls by orders of magnitude gets (almost) no learning signal."
     return Section("gradients", title, [_image("grad_norms", fig, "gradient norm per layer and epoch", caption)])
+
+
+def _final_activation_stats(history: Sequence[dict]) -> dict | None:
+    """``activation_stats`` of the last epoch record that has any (None when none has)."""
+    found = [r["activation_stats"] for r in history if isinstance(r.get("activation_stats"), dict)]
+    found = [f for f in found if f]
+    return found[-1] if found else None
+
+
+def activations_section(variants: Sequence[Variant]) -> Section:
+    """Each block's output mean, std and near-zero fraction at the last epoch, per variant."""
+    title = FIGURE_SECTIONS["activations"]
+    data = []
+    for v in variants:
+        finals = [f for f in (_final_activation_stats(r.history) for r in v.runs) if f]
+        if finals:
+            data.append((v.label, v.color, finals))
+    if not data:
+        note = "No run recorded activation_stats (diagnostics.enabled: false, or runs from before they were recorded)."
+        return Section("activations", title, [Note(note)])
+    caption = "Each block's output on the fixed validation probe at the last epoch (bars: mean over seeds, "
+    caption += "± one standard deviation): a block whose outputs are almost all near zero passes little signal on."
+    fig = activation_stats_figure(data)
+    return Section("activations", title, [_image("activation_stats", fig, "activation statistics per block", caption)])
 
 
 def feature_maps_section(variants: Sequence[Variant], root: Path) -> Section:
@@ -596,19 +743,30 @@ def build_report(path: str | Path, figures: bool = True) -> Report:
     if not keys and not single:
         intro[1] = "All runs share one config but the seed."
     intro = [line for line in intro if line]
-    sections = [comparison_section(variants, records)]
+    compare_to, notes = read_compare_to(root)
+    sections = [comparison_section(variants, records, compare_to, notes)]
     if not single:
         sections.append(runs_section(records, root))
     if figures:
         drawn = [curves_section(variants), confusion_section(variants), reliability_section(variants)]
-        drawn += [gradients_section(variants), gumbel_section(variants), epoch_time_section(variants)]
+        drawn += [gradients_section(variants), activations_section(variants), gumbel_section(variants)]
+        drawn.append(epoch_time_section(variants))
     else:
         skipped = Note(f"Not drawn (report.figures: false); `softmaxlab report {root.as_posix()}` draws it.")
         has_gumbel = any(_config(v.runs[0], "head.name", v.runs[0].summary.get("head")) == "gumbel" for v in variants)
         drawn = [Section(k, t, [skipped]) for k, t in FIGURE_SECTIONS.items() if k != "gumbel" or has_gumbel]
     by_key = {s.key: s for s in drawn if s is not None}
     by_key["feature-maps"] = feature_maps_section(variants, root)
-    order = ("learning-curves", "confusion", "reliability", "gradients", "feature-maps", "gumbel", "epoch-time")
+    order = (
+        "learning-curves",
+        "confusion",
+        "reliability",
+        "gradients",
+        "activations",
+        "feature-maps",
+        "gumbel",
+        "epoch-time",
+    )
     sections += [by_key[k] for k in order if k in by_key]
     sections += [commands_section(records), environment_section(records)]
     name = records[0].name if single else root.resolve().name

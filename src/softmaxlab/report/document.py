@@ -16,14 +16,19 @@ class Cell:
     """One table cell: the text shown, the value it sorts by, and marks.
 
     ``sort`` is a number (sorted numerically) or text; None sorts last in either direction.
-    ``best`` marks the best value of its column; ``status`` (e.g. ``"diverged"``) styles the
-    whole row.
+    ``best`` marks the best value of its column (what "best" requires is the table's to say);
+    ``significant`` marks a difference that is significant; ``status`` (e.g. ``"diverged"``)
+    styles the whole row; ``wrap`` lets long text (a variant's label) break across lines so
+    that wide tables fit the page. A ``\n`` in ``text`` is a line break in HTML, a space in
+    Markdown.
     """
 
     text: str
     sort: float | str | None = None
     best: bool = False
     status: str | None = None
+    significant: bool = False
+    wrap: bool = False
 
 
 @dataclass
@@ -35,6 +40,8 @@ class Table:
     rows: list[list[Cell]]
     #: Tooltips of the headers (what the column measures), by header text.
     hints: dict[str, str] = field(default_factory=dict)
+    #: A title shown above the table ("" for none).
+    title: str = ""
 
 
 @dataclass

@@ -8,10 +8,12 @@
 The report's figures take each variant as ``(label, colour, ...)``, so one variant has the
 same colour in every figure; a band is mean ± sample standard deviation over seeds:
 
-* :func:`learning_curves_figure`: loss and accuracy per epoch, training and validation.
+* :func:`learning_curves_figure`: loss and accuracy per epoch, training and validation, chance level.
 * :func:`confusion_figure`: a row-normalised confusion matrix with the class names.
-* :func:`reliability_figure`: accuracy against confidence per bin, before / after temperature scaling.
+* :func:`reliability_figure`: accuracy against confidence per bin, before / after temperature
+  scaling, with the share of images per bin below.
 * :func:`grad_norm_figure`: each layer's mean weight-gradient norm per epoch.
+* :func:`activation_stats_figure`: each block's output mean, std and near-zero fraction at the last epoch.
 * :func:`gumbel_tau_figure`: accuracy against the Gumbel-softmax temperature tau.
 * :func:`epoch_time_figure`: mean epoch time per variant as bars.
 """
@@ -227,11 +229,13 @@ def _legend_below(fig: Figure, handles: list, labels: list[str]) -> None:
         fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
 
 
-def learning_curves_figure(variants: Sequence[tuple[str, str, Histories]]) -> Figure:
+def learning_curves_figure(variants: Sequence[tuple[str, str, Histories]], chance: Sequence[float] = ()) -> Figure:
     """Loss (left) and accuracy (right) per epoch: validation solid, training dashed.
 
     ``variants`` are ``(label, colour, histories)``; each line is the mean over a variant's
-    runs with a band of ± one sample standard deviation.
+    runs with a band of ± one sample standard deviation. ``chance`` are the chance
+    accuracies 1/K of the runs' class counts K (fractions), drawn as dotted lines: a curve
+    on such a line has learned nothing.
     """
     fig = Figure(figsize=(10, 4.2), dpi=DPI, layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
@@ -248,75 +252,169 @@ def learning_curves_figure(variants: Sequence[tuple[str, str, Histories]]) -> Fi
     for ax in (ax_loss, ax_acc):
         _integer_epochs(ax)
     styles = [Line2D([], [], color="0.3", linestyle="-"), Line2D([], [], color="0.3", linestyle="--")]
-    ax_acc.legend(styles, ["validation", "training"], fontsize=7, loc="lower right")
+    names = ["validation", "training"]
+    for level in sorted(set(chance)):
+        ax_acc.axhline(100 * level, color="0.35", linestyle=":", linewidth=1.2, zorder=1)
+    if chance:
+        styles.append(Line2D([], [], color="0.35", linestyle=":", linewidth=1.2))
+        levels = ", ".join(f"{100 * c:.3g} %" for c in sorted(set(chance)))
+        names.append(f"chance 1/K ({levels})")
+    ax_acc.legend(styles, names, fontsize=7, loc="best")
     _legend_below(fig, *ax_loss.get_legend_handles_labels())
     return fig
+
+
+#: Beyond this many classes a confusion matrix is colour only: its cells are too small for
+#: numbers (at 30 classes on the 12-inch figure a cell is about 0.3 inch, 9-point text still fits).
+MAX_ANNOTATED_CLASSES = 30
+
+
+def text_colour(rgb: Sequence[float]) -> str:
+    """``"white"`` or ``"black"``, whichever contrasts more with the background ``rgb`` (in [0, 1]).
+
+    By WCAG 2, with relative luminance L = 0.2126 R + 0.7152 G + 0.0722 B of the linearised
+    channels, the contrast with white is 1.05 / (L + 0.05) and with black (L + 0.05) / 0.05:
+    they are equal at L = sqrt(1.05 * 0.05) - 0.05 ≈ 0.179, so white text below it.
+
+    >>> text_colour((0.03, 0.19, 0.42)), text_colour((0.78, 0.86, 0.94)), text_colour((0.5, 0.5, 0.5))
+    ('white', 'black', 'black')
+    """
+
+    def linear(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(float(c)) for c in rgb[:3])
+    return "white" if 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.179 else "black"
+
+
+def cell_font_size(k: int, side: float) -> float:
+    """The font size (points) of the numbers in a ``k`` x ``k`` matrix drawn ``side`` inches wide:
+    ``"100"`` is about 1.7 font sizes wide and must fit in the 0.8 side / k of a cell (about
+    0.8 of the figure is the matrix), so 0.4 of the cell, between 5 and 9 points.
+
+    >>> cell_font_size(4, 3.5), cell_font_size(30, 12.0), cell_font_size(30, 8.0)
+    (9.0, 9.0, 6.14)
+    """
+    cell = 0.8 * side * 72 / k
+    return round(min(9.0, max(5.0, 0.4 * cell)), 2)
 
 
 def confusion_figure(matrix: Sequence[Sequence[float]], classes: Sequence[str], title: str) -> Figure:
     """The confusion matrix with each row divided by its sum (rows = true class), class names on the axes.
 
-    Cells are annotated when there are at most 15 classes; with more than 30 classes only
-    every n-th name is written.
+    Each cell holds its percentage of the row, in black or white by its colour
+    (:func:`text_colour`), at :func:`cell_font_size`; empty cells are left blank. Beyond
+    :data:`MAX_ANNOTATED_CLASSES` classes the cells are colour only, and beyond 30 classes
+    only every n-th class name is written.
     """
     cm = np.asarray(matrix, dtype=float)
     k = cm.shape[0]
     totals = cm.sum(axis=1, keepdims=True)
-    rates = np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
+    rates = 100 * np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
     names = [str(c) for c in classes] if len(classes) == k else [str(i) for i in range(k)]
-    side = min(10.0, max(3.5, 2.0 + 0.35 * k))
+    side = min(12.0, max(3.5, 2.0 + 0.35 * k))
     fig = Figure(figsize=(side + 1.4, side + 0.4), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    cmap = matplotlib.colormaps["Blues"]
+    image = ax.imshow(rates, cmap=cmap, vmin=0.0, vmax=100.0)
     ticks = list(range(0, k, max(1, math.ceil(k / 30))))
     ax.set_xticks(ticks, [names[i] for i in ticks], rotation=45 if k <= 10 else 90, ha="right", fontsize=7)
     ax.set_yticks(ticks, [names[i] for i in ticks], fontsize=7)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
+    if k > MAX_ANNOTATED_CLASSES:
+        title += f" (colour only: {k} classes)"
     ax.set_title(wrap_label(title, max(32, int(fig.get_figwidth() * 12))), fontsize=9)  # 9 pt: ~12 characters per inch
-    if k <= 15:
-        for i in range(k):
-            for j in range(k):
-                v = rates[i, j]
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if v > 0.5 else "black")
-    fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class's test images")
+    if k <= MAX_ANNOTATED_CLASSES:
+        size = cell_font_size(k, side)
+        for (i, j), v in np.ndenumerate(rates):
+            if cm[i, j] > 0:
+                text = f"{v:.0f}" if v >= 0.5 else "<1"
+                ax.text(j, i, text, ha="center", va="center", fontsize=size, color=text_colour(cmap(v / 100)))
+    fig.colorbar(image, ax=ax, shrink=0.8, label="% of the true class's test images")
     return fig
 
 
 #: One reliability line: (label, colour, mean confidence per bin, accuracy per bin, images per bin).
 ReliabilityLine = tuple[str, str, Sequence[float | None], Sequence[float | None], Sequence[int]]
+#: A reliability bin with fewer images than this, or than :data:`MIN_BIN_SHARE` of the
+#: variant's images, is drawn hollow and left out of the line (see :func:`sparse_bins`).
+MIN_BIN_IMAGES = 10
+MIN_BIN_SHARE = 0.01
+#: The legend entry of the hollow circles.
+FEW_IMAGES_LABEL = f"bin with < {MIN_BIN_IMAGES} images or < {MIN_BIN_SHARE * 100:g} % of the variant's (off the line)"
+
+
+def sparse_bins(count: Sequence[int | None]) -> list[bool]:
+    """Which bins hold images, but too few for their accuracy to mean much: fewer than
+    :data:`MIN_BIN_IMAGES`, or fewer than :data:`MIN_BIN_SHARE` of all the images. The
+    accuracy of a bin of n images has a standard error of up to 0.5 / sqrt(n), 0.16 at
+    n = 10: drawn as line points, such bins make spikes that are noise.
+
+    >>> sparse_bins([0, 5, 12, 983])  # 1 % of 1000 images is 10
+    [False, True, False, False]
+    """
+    n = [c or 0 for c in count]
+    least = max(MIN_BIN_IMAGES, MIN_BIN_SHARE * sum(n))
+    return [0 < c < least for c in n]
+
+
+def _reliability_line(ax: Axes, ax_n: Axes, line: ReliabilityLine) -> None:
+    """One variant's line through its well-filled bins, its sparse bins hollow, and the share
+    of its images per bin as a step line on ``ax_n``."""
+    label, color, confidence, accuracy, count = line
+    sparse = sparse_bins(count)
+    points = [
+        (c, a, s)
+        for c, a, n, s in zip(confidence, accuracy, count, sparse, strict=False)
+        if c is not None and a is not None and n
+    ]
+    full = [(c, a) for c, a, s in points if not s]
+    if full:
+        xs, ys = zip(*full, strict=True)
+        ax.plot(xs, ys, color=color, marker="o", markersize=3, label=wrap_label(label))
+    thin = [(c, a) for c, a, s in points if s]
+    if thin:
+        xs, ys = zip(*thin, strict=True)
+        # Not clipped: a bin of one or two images is often at accuracy 0 or 1, on the frame.
+        ax.plot(xs, ys, linestyle="none", marker="o", markersize=4, mfc="none", mec=color, alpha=0.7, clip_on=False)
+    total = sum(n or 0 for n in count)
+    if total:
+        share = np.array([(n or 0) / total for n in count])
+        ax_n.stairs(share, np.linspace(0.0, 1.0, len(count) + 1), color=color, linewidth=1.2)
 
 
 def reliability_figure(panels: Sequence[tuple[str, Sequence[ReliabilityLine]]]) -> Figure:
     """Reliability diagrams side by side (e.g. before and after temperature scaling).
 
-    In each panel a variant is a line through (mean confidence, accuracy) of its non-empty
-    confidence bins; a calibrated model lies on the diagonal, a line below it is
-    over-confident.
+    In each panel a variant is a line through (mean confidence, accuracy) of its confidence
+    bins; a calibrated model lies on the diagonal, a line below it is over-confident. Bins
+    with few images (:func:`sparse_bins`) are hollow circles off the line. Below each
+    diagram, the share of each variant's images in each bin (equal-width bins on [0, 1]).
     """
-    rows = [1 + sum(1 + wrap_label(line[0]).count("\n") for line in lines) for _, lines in panels]
-    entries = max(rows, default=1)  # legend rows below the axes ("calibrated" and the variants' lines)
-    fig = Figure(figsize=(4.8 * max(1, len(panels)), 5.0 + 0.16 * entries), dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
-    for ax, (title, lines) in zip(axes, panels, strict=False):
+    rows = [2 + sum(1 + wrap_label(line[0]).count("\n") for line in lines) for _, lines in panels]
+    entries = max(rows, default=1)  # legend rows below the axes ("calibrated", "few images" and the variants)
+    cols = max(1, len(panels))
+    fig = Figure(figsize=(4.8 * cols, 6.0 + 0.16 * entries), dpi=DPI, layout="constrained")
+    grid = fig.subplots(2, cols, squeeze=False, height_ratios=[4.0, 1.2], sharex="col")
+    for ax, ax_n, (title, lines) in zip(grid[0], grid[1], panels, strict=False):
         ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", label="calibrated")
-        for label, color, confidence, accuracy, count in lines:
-            points = [
-                (c, a)
-                for c, a, n in zip(confidence, accuracy, count, strict=False)
-                if c is not None and a is not None and n
-            ]
-            if points:
-                xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, color=color, marker="o", markersize=3, label=wrap_label(label))
+        for line in lines:
+            _reliability_line(ax, ax_n, line)
+        if any(any(sparse_bins(line[4])) for line in lines):
+            ax.plot([], [], linestyle="none", marker="o", mfc="none", mec="0.4", label=FEW_IMAGES_LABEL)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-        ax.set_aspect("equal", anchor="N")  # square, at the top: the legend hangs below it
-        ax.set_xlabel("confidence (largest probability, bin mean)")
         ax.set_ylabel("accuracy in the bin (fraction)")
         ax.set_title(title, fontsize=9)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)  # below the axes
+        ax_n.set_ylabel("share of images", fontsize=8)
+        ax_n.set_xlabel("confidence (largest probability, bin mean)")
+        ax_n.set_ylim(bottom=0)
+        ax_n.tick_params(labelsize=7)
+        ax_n.grid(True, alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        ax_n.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.5), frameon=False)
     return fig
 
 
@@ -379,6 +477,48 @@ def grad_norm_figure(variants: Sequence[tuple[str, str, Histories]], max_panels:
     if len(shown) < len(layers):
         fig.suptitle(f"{len(shown)} of {len(layers)} layers, spread from input to output", fontsize=9)
     handles = [Line2D([], [], color=color) for _, color, _ in variants]
+    _legend_below(fig, handles, [label for label, _, _ in variants])
+    return fig
+
+
+#: The statistics of :func:`softmaxlab.diagnostics.activation_stats` drawn per block, with their axis titles.
+ACTIVATION_STATS = {
+    "mean": "mean of the block's output",
+    "std": "standard deviation of the output",
+    "near_zero": "fraction of outputs < 1e-6",
+}
+
+
+def activation_stats_figure(variants: Sequence[tuple[str, str, Sequence[dict]]]) -> Figure:
+    """Per block, the last epoch's mean, standard deviation and near-zero fraction of its
+    output on the fixed validation probe (``activation_stats`` of ``metrics.jsonl``).
+
+    ``variants`` are ``(label, colour, stats)`` with one ``{block: {"mean", "std",
+    "near_zero"}}`` per run; a bar is the mean over the runs, its error bar ± one sample
+    standard deviation. A panel whose values are all positive and span more than two decades
+    (a spatial softmax's outputs are ~1/(H W), a ReLU's ~1) is drawn on a log scale.
+    """
+    blocks = list(dict.fromkeys(b for _, _, runs_ in variants for stats in runs_ for b in stats))
+    fig = Figure(figsize=(12, 3.8), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, len(ACTIVATION_STATS))
+    width = 0.8 / max(1, len(variants))
+    for ax, (key, title) in zip(axes, ACTIVATION_STATS.items(), strict=True):
+        drawn = []
+        for i, (label, color, runs_) in enumerate(variants):
+            stats = [mean_std([finite((s.get(b) or {}).get(key)) for s in runs_]) for b in blocks]
+            mean = np.array([m if n else np.nan for m, _, n in stats])
+            std = np.array([sd if n > 1 else 0.0 for _, sd, n in stats])
+            x = np.arange(len(blocks)) + (i - (len(variants) - 1) / 2) * width
+            ax.bar(x, mean, width, yerr=std if np.any(std > 0) else None, color=color, label=label, capsize=2)
+            drawn += [m for m in mean if np.isfinite(m)]
+        positive = [m for m in drawn if m > 0]
+        if drawn and len(positive) == len(drawn) and max(positive) / min(positive) > 100:
+            ax.set_yscale("log")
+        ax.set_xticks(range(len(blocks)), blocks, fontsize=8)
+        ax.set_title(f"{title} (last epoch)", fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.tick_params(axis="y", labelsize=7)
+    handles = [Line2D([], [], color=color, linewidth=6) for _, color, _ in variants]
     _legend_below(fig, handles, [label for label, _, _ in variants])
     return fig
 

@@ -15,26 +15,29 @@ from softmaxlab.report.document import Block, Cell, Code, Image, Note, Report, T
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1400px;
-       padding: 0 1rem; color: #1d2430; line-height: 1.45; }
+       padding: 0 1rem; color: #1d2430; line-height: 1.45; overflow-wrap: break-word; }
 h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2.2rem; border-bottom: 1px solid #d8dde6; }
 nav a { margin-right: 0.9rem; white-space: nowrap; }
-table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.88rem; }
-th, td { border: 1px solid #d8dde6; padding: 0.25rem 0.55rem; white-space: nowrap; }
+table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.84rem; }
+caption { text-align: left; font-weight: 600; padding-bottom: 0.3rem; }
+th, td { border: 1px solid #d8dde6; padding: 0.25rem 0.45rem; white-space: nowrap; vertical-align: top; }
 div.scroll { overflow-x: auto; }
-th { background: #eef1f6; cursor: pointer; user-select: none; white-space: nowrap; }
+th { background: #eef1f6; cursor: pointer; user-select: none; white-space: normal; min-width: 3.5rem; }
 th:hover { background: #dfe5ef; }
 th[aria-sort="ascending"]::after { content: " \\25B2"; font-size: 0.7em; }
 th[aria-sort="descending"]::after { content: " \\25BC"; font-size: 0.7em; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.wrap { white-space: normal; overflow-wrap: anywhere; min-width: 11rem; max-width: 18rem; }
 td.best { font-weight: 700; background: #e3f4e1; }
+td.significant { background: #fff3c4; }
 tr.diverged td { color: #a11; background: #fbeaea; }
+tr.chance td { color: #6b7280; font-style: italic; }
 tr.unfinished td, tr.partial td:first-child { color: #8a6100; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eef1f6; }
 figcaption, p.note { color: #4a5568; font-size: 0.9rem; }
 pre { background: #f6f8fa; padding: 0.6rem; overflow-x: auto; font-size: 0.82rem; }
 details summary, p.code-title { cursor: pointer; font-size: 0.9rem; margin: 0.4rem 0 0.2rem; }
 """
-
 # Sort a table's rows by the clicked column: numbers numerically, text alphabetically,
 # empty data-sort values last in both directions; a second click reverses the order.
 SCRIPT = """
@@ -66,14 +69,17 @@ def _cell(cell: Cell) -> str:
     classes = []
     if isinstance(cell.sort, (int, float)):
         classes.append("num")
-    if cell.best:
-        classes.append("best")
+    flags = (("best", cell.best), ("significant", cell.significant), ("wrap", cell.wrap))
+    classes += [name for name, on in flags if on]
     attrs = f' data-sort="{escape(str(cell.sort))}"' if cell.sort is not None else ""
     if classes:
         attrs += f' class="{" ".join(classes)}"'
     if cell.best:
         attrs += ' title="best in this column"'
-    return f"<td{attrs}>{escape(cell.text)}</td>"
+    elif cell.significant:
+        attrs += ' title="significant after correction"'
+    text = "<br>".join(escape(line) for line in cell.text.split("\n"))
+    return f"<td{attrs}>{text}</td>"
 
 
 def _table(table: Table) -> str:
@@ -87,8 +93,9 @@ def _table(table: Table) -> str:
         cls = f' class="{escape(status)}"' if status else ""
         rows.append(f"<tr{cls}>" + "".join(_cell(c) for c in row) + "</tr>")
     body = "\n".join(rows)
+    caption = f"<caption>{escape(table.title)}</caption>\n" if table.title else ""
     return (
-        f'<div class="scroll"><table class="sortable" id="table-{escape(table.key)}">\n'
+        f'<div class="scroll"><table class="sortable" id="table-{escape(table.key)}">\n{caption}'
         f"<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>"
     )
 

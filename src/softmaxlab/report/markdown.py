@@ -72,6 +72,8 @@ def render_markdown(report: Report, links: Mapping[str, str]) -> str:
                     [f"**{_escape_cell(c.text)}**" if c.best else _escape_cell(c.text) for c in row]
                     for row in block.rows
                 ]
+                if block.title:
+                    lines += [f"**{escape(block.title)}**", ""]
                 lines += [markdown_table([_escape_cell(h) for h in block.headers], rows), ""]
             elif isinstance(block, Image):
                 lines += [f"![{escape(block.alt)}]({links[block.name]})", ""]

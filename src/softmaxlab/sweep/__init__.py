@@ -6,11 +6,14 @@ with tables of mean and spread over seeds.
 * :mod:`~softmaxlab.sweep.directory`: the sweep directory, and runs still in earlier commands' jobs;
 * :mod:`~softmaxlab.sweep.launchers`: where runs train (here, local processes, submitit) and the scheduling loop;
 * :mod:`~softmaxlab.sweep.results`: ``results.csv`` and ``aggregate.csv``;
+* :mod:`~softmaxlab.sweep.compare`: ``comparisons.csv``, every variant against a reference, paired by seed;
 * :mod:`~softmaxlab.sweep.runner`: :func:`run_sweep`, which puts them together.
 """
 
+from softmaxlab.sweep.compare import DEFAULT_METRICS, comparison_rows, write_comparisons
 from softmaxlab.sweep.directory import (
     AGGREGATE_FILE,
+    COMPARISONS_FILE,
     JOBS_FILE,
     RESULTS_FILE,
     RUNS_DIR,
@@ -29,6 +32,8 @@ from softmaxlab.sweep.spec import MAX_RUNS, SEED_KEY, SweepSpec, check_spec, loa
 
 __all__ = [
     "AGGREGATE_FILE",
+    "COMPARISONS_FILE",
+    "DEFAULT_METRICS",
     "JOBS_FILE",
     "LAUNCHERS",
     "MAX_NAME",
@@ -46,6 +51,7 @@ __all__ = [
     "check_no_job_in_flight",
     "check_spec",
     "check_sweep",
+    "comparison_rows",
     "default_sweep_dir",
     "dry_run",
     "expand_grid",
@@ -58,5 +64,6 @@ __all__ = [
     "run_sweep",
     "runs_in_flight",
     "worker_threads",
+    "write_comparisons",
     "write_results",
 ]

@@ -32,6 +32,7 @@ from softmaxlab.untrusted import YamlError, load_yaml, read_text, regular_file
 SWEEP_FILE = "sweep.yaml"
 RESULTS_FILE = "results.csv"
 AGGREGATE_FILE = "aggregate.csv"
+COMPARISONS_FILE = "comparisons.csv"
 RUNS_DIR = "runs"
 #: The sweep directory's record of submitted jobs: {"cluster": ..., "jobs": {run name: job id}}.
 JOBS_FILE = "jobs.json"
@@ -56,8 +57,9 @@ def default_sweep_dir(config_path: str | Path, base: Config, root: str | Path = 
 def sweep_record(base: Config, spec: SweepSpec) -> dict[str, Any]:
     """What ``sweep.yaml`` holds: the resolved base config and the grid (not the launcher settings)."""
     sweep = spec.model_dump(mode="json", exclude={"submitit"})
-    if not sweep["variants"]:  # records of sweeps without variants stay as they were
-        del sweep["variants"]
+    for key in ("variants", "compare_to", "compare_metrics"):  # records of sweeps without them stay as they were
+        if not sweep[key]:
+            del sweep[key]
     return {"base": base.to_dict(), "sweep": sweep}
 
 
@@ -120,7 +122,7 @@ def prepare_sweep_dir(
         if replaced:
             for folder in (RUNS_DIR, "submitit"):
                 shutil.rmtree(out_dir / folder, ignore_errors=True)
-            for name in (RESULTS_FILE, AGGREGATE_FILE, JOBS_FILE):
+            for name in (RESULTS_FILE, AGGREGATE_FILE, COMPARISONS_FILE, JOBS_FILE):
                 (out_dir / name).unlink(missing_ok=True)
         atomic_write_text(out_dir / SWEEP_FILE, yaml.safe_dump(sweep_record(base, spec), sort_keys=False))
 

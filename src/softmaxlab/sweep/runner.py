@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ from softmaxlab import runs
 from softmaxlab.config import Config
 from softmaxlab.errors import UserError
 from softmaxlab.experiment import write_run_report
+from softmaxlab.sweep.compare import check_comparison, write_comparisons
 from softmaxlab.sweep.directory import check_no_job_in_flight, default_sweep_dir, prepare_sweep_dir
 from softmaxlab.sweep.launchers import (
     InlineLauncher,
@@ -36,12 +37,15 @@ STATUSES = ("finished", "diverged", "failed", "invalid", "pending")
 @dataclass
 class SweepResult:
     """What :func:`run_sweep` did: the sweep directory, one row per run (as in results.csv),
-    the aggregate rows and the report (None when it could not be written)."""
+    the aggregate rows, the report (None when it could not be written) and the notes of
+    ``comparisons.csv``."""
 
     out_dir: Path
     rows: list[dict[str, Any]]
     aggregate: list[dict[str, Any]]
     report: Path | None = None
+    #: What comparisons.csv could not compare, one sentence each (a single seed, old runs).
+    notes: list[str] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         """Number of runs with ``status``."""
@@ -106,6 +110,7 @@ def dry_run(
         UserError: what the sweep command would refuse.
     """
     base, spec, out = check_sweep(config_path, out_dir, workers=workers, launcher=launcher, cluster=cluster)
+    check_comparison(expand_grid(base, spec), spec, str(config_path))
     return plan_sweep(base, spec, out, overwrite)
 
 
@@ -136,7 +141,9 @@ def run_sweep(
     the directory are skipped, interrupted ones continue from their last checkpoint, missing
     ones start; a failed or diverged run is recorded and the others go on. At the end:
     ``results.csv`` (one row per run), ``aggregate.csv`` (mean, sample std and count over
-    ``train.seed`` of every variant) and the report of all runs.
+    ``train.seed`` of every variant), ``comparisons.csv`` (every variant against
+    ``sweep.compare_to``, paired by seed: :mod:`softmaxlab.sweep.compare`) and the report of
+    all runs.
 
     The sweep directory's write lock (:func:`softmaxlab.runs.lock_dir`) is held throughout.
 
@@ -146,6 +153,7 @@ def run_sweep(
     """
     base, spec, out = check_sweep(config_path, out_dir, workers=workers, launcher=launcher, cluster=cluster)
     plan = expand_grid(base, spec)
+    check_comparison(plan, spec, str(config_path))  # before anything trains
     # One writer per sweep directory, for the whole sweep: a second sweep command (or a run)
     # on this --out is refused at once instead of interleaving its files with ours.
     with runs.lock_dir(out):
@@ -156,10 +164,11 @@ def run_sweep(
         where = _launcher(launcher, workers, out, spec, cluster, base.name or out.name)
         outcome = _train_missing(out, plan, spec, workers, where, progress or SweepProgress())
         rows, agg = write_results(out, plan, outcome, spec)
+        notes = write_comparisons(out, plan, outcome, spec)
         # The comparison figures even when the runs' own reports have none (report.figures: false
         # saves a second per run, not per sweep); a report that cannot be written is a warning.
         report = write_run_report(out, figures=True, what="sweep")
-    return SweepResult(out, rows, agg, report)
+    return SweepResult(out, rows, agg, report, notes)
 
 
 def _train_missing(

@@ -12,6 +12,8 @@ A sweep config is a normal experiment config (the base) plus a ``sweep:`` sectio
       variants:                  # optional: named sets of overrides, each crossed with the grid
         - {head.name: softmax}
         - {head.name: temperature, head.learn_temperature: true}
+      compare_to: {head.name: softmax}   # optional: the reference of comparisons.csv
+      compare_metrics: [accuracy, f1_macro, nll, ece]   # optional: the metrics compared
 """
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ class SweepSpec(BaseModel):
     Cartesian product of the lists (in key order, the last key varying fastest).
     ``exclude`` lists partial combinations ({key: value or [values]}); a run whose
     overrides match every key of one entry is left out. ``variants`` lists sets of
-    overrides ({key: value}) that are each crossed with the grid. ``submitit`` holds the
+    overrides ({key: value}) that are each crossed with the grid. ``compare_to`` names the
+    reference variant of ``comparisons.csv`` by some of its overrides (default: the first
+    variant or grid combination) and ``compare_metrics`` the test metrics compared (default
+    :data:`softmaxlab.sweep.compare.DEFAULT_METRICS`); both say how runs are analysed, not
+    what they compute, so changing them keeps the runs. ``submitit`` holds the
     parameters of the submitit executor used by ``--launcher submitit`` (for Slurm, e.g.
     ``slurm_partition``, ``timeout_min``, ``gpus_per_node``, ``cpus_per_task``); they say
     where runs train, not what they compute, so changing them never invalidates a sweep.
@@ -52,6 +58,8 @@ class SweepSpec(BaseModel):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     variants: list[dict[str, Any]] = Field(default_factory=list)
+    compare_to: dict[str, Any] = Field(default_factory=dict)
+    compare_metrics: list[str] = Field(default_factory=list)
     submitit: dict[str, Any] = Field(default_factory=dict)
 
     def override_keys(self) -> list[str]:
@@ -131,7 +139,7 @@ def _check_variants(spec: SweepSpec, leaves: set[str], source: str) -> None:
                     f"sweep.variants[{i}] in {source} sets {key!r}, which sweep.grid also varies; "
                     "set each key in one of them"
                 )
-        text = _canonical(variant)
+        text = canonical(variant)
         if text in seen:
             raise UserError(f"sweep.variants[{i}] in {source} repeats an earlier variant; list each once")
         seen.add(text)
@@ -154,7 +162,7 @@ def _check_grid(spec: SweepSpec, leaves: set[str], source: str) -> None:
             )
 
 
-def _canonical(value: Any) -> str:
+def canonical(value: Any) -> str:
     """``value`` as JSON with equal numbers written alike: true, 1 and 1.0 are one value in
     Python and, for a number key, in the config (a sweep over them trains one run thrice)."""
 
@@ -176,10 +184,10 @@ def _canonical(value: Any) -> str:
 
 
 def _first_repeat(values: list[Any]) -> tuple[Any, Any] | None:
-    """The first value of ``values`` that repeats an earlier one (:func:`_canonical`), with it."""
+    """The first value of ``values`` that repeats an earlier one (:func:`canonical`), with it."""
     seen: dict[str, int] = {}
     for i, value in enumerate(values):
-        first = seen.setdefault(_canonical(value), i)
+        first = seen.setdefault(canonical(value), i)
         if first != i:
             return values[first], value
     return None
