@@ -11,9 +11,9 @@ STUDIES = Path(__file__).resolve().parents[1] / "configs" / "studies"
 
 #: config -> runs, as the docs state them (3 seeds each).
 RUNS = {
-    "output-heads-intel.yaml": 33,
-    "output-heads-cifar10.yaml": 33,
-    "gumbel-tau-intel.yaml": 18,
+    "output-heads-intel.yaml": 36,
+    "output-heads-cifar10.yaml": 36,
+    "gumbel-tau-intel.yaml": 36,
     "double-softmax-100-classes.yaml": 12,
     "intermediate-softmax.yaml": 27,
     "intermediate-softmax-adam.yaml": 27,
