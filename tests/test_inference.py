@@ -6,10 +6,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from entmax import sparsemax
 
+from softmaxlab import runs
 from softmaxlab.data import load_data
 from softmaxlab.errors import UserError
-from softmaxlab.inference import evaluate_run, load_trained_run, predict_images, read_image
+from softmaxlab.inference import evaluate_run, load_trained_run, predict_images, read_image, write_evaluation
 from softmaxlab.metrics import apply_temperature
 from softmaxlab.train import fit
 
@@ -57,6 +59,16 @@ def test_evaluate_on_the_run_dataset_reproduces_the_summary(run):
     assert everything["images"] == 512 + 64 + 96
 
 
+def test_evaluate_writes_the_predictions_beside_its_json_as_training_did(run, tmp_path):
+    result = evaluate_run(run.run_dir, "shapes", device="cpu", keep_predictions=True)
+    path = write_evaluation(result, tmp_path / "e.json")
+    assert json.loads(path.read_text())["predictions_file"] == "e.predictions.npz"
+    mine = runs.read_predictions(tmp_path, "e.predictions.npz")
+    trained = runs.read_predictions(run.run_dir)  # written by fit for the same test split
+    np.testing.assert_allclose(mine["probs"], trained["probs"], atol=1e-6)
+    assert (mine["targets"] == trained["targets"]).all() and mine["index"].tolist() == list(range(96))
+
+
 def test_evaluate_maps_classes_by_name(run, tmp_path):
     data = load_data(tiny_config(*SMALL).data)
     k = data.num_classes
@@ -97,6 +109,21 @@ def test_predict_gives_temperature_scaled_top_k(run, tmp_path):
         assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-5)
         assert [c["probability"] for c in sorted(item["top"], key=lambda c: c["index"])] == pytest.approx(row.tolist())
         assert all(c["class"] == loaded.classes[c["index"]] for c in item["top"])
+
+
+def test_predict_rescales_a_sparse_head_on_its_scores(tmp_path):
+    sparse = fit(tiny_config(*SMALL, "train.epochs=1", "head.name=sparsemax"), tmp_path / "sparse")
+    t = sparse.summary["temperature"]
+    assert t > 0 and sparse.summary["temperature_note"].startswith("sparsemax: fitted on the validation split")
+    result = predict_images(sparse.run_dir, [_image(tmp_path)], top_k=4)
+    loaded = load_trained_run(sparse.run_dir)
+    from softmaxlab.inference import model_input
+
+    with torch.no_grad():
+        z = loaded.model(model_input(_image(tmp_path), 16, loaded.normalization))
+    expected = sparsemax(z / t, dim=-1)[0]  # sparsemax(z / T), not softmax(log p / T)
+    got = sorted(result["predictions"][0]["top"], key=lambda c: c["index"])
+    assert [c["probability"] for c in got] == pytest.approx(expected.tolist(), abs=1e-6)
 
 
 def test_predict_without_a_summary_uses_the_head_probabilities(run, tmp_path):

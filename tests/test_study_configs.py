@@ -84,5 +84,45 @@ def test_the_studies_build_script_reads_a_sweep_through_the_package(tmp_path):
     assert len(rows[0]["history"]) == 1 and rows[0]["reliability"]["bins"] == 15
     assert "1 runs (1 finished)" in build.provenance(out, rows) and "device cpu" in build.provenance(out, rows)
     assert build.spread([0.5, None, 0.7], 100, 1) == "60.0 ± 14.1" and build.spread([None]) == "-"
-    floor = build.ece_floor(rows[0]["reliability"])
-    assert 0 < floor < 0.2  # 64 test images: a perfectly calibrated model still shows several points of ECE
+    floor = build.band_p95(rows[0])  # an older summary: the band from its reliability bins
+    assert 0 < floor < 0.3  # 64 test images: a perfectly calibrated model still shows several points of ECE
+    assert build.band_p95({"band": {"mean": 0.01, "p95": 0.02}}) == 0.02
+
+
+def load_build():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("studies_build", STUDIES.parents[1] / "docs" / "studies" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    return build
+
+
+def test_the_studies_comparison_table_says_what_is_significant():
+    build = load_build()
+    row = {"variant": "head.name=gumbel, head.tau=1", "reference": "head.name=softmax", "n_pairs": "3"}
+    rows = [
+        {**row, "metric": "accuracy", "mean_diff": "-0.015", "ci95_low": "-0.03", "ci95_high": "-0.001"}
+        | {"p_value": "0.04", "p_holm": "0.04", "mcnemar_p": "0.012", "identical_predictions": "false"},
+        {**row, "metric": "ece", "mean_diff": "0.01", "ci95_low": "-0.02", "ci95_high": "0.04", "p_holm": "0.6"},
+    ]
+    table = build.comparisons_table(rows, build.short_variant)
+    assert "minus `softmax`" in table and "`gumbel, tau=1`" in table
+    assert "-1.5 [-3.0, -0.1], p_holm 0.04, **significant**" in table
+    assert "+1.0 [-2.0, +4.0], p_holm 0.6, not significant" in table and "0.012" in table
+    assert build.comparisons_table([]) == "(not run yet)"
+
+
+def test_log_of_softmax_fails_where_the_dtype_underflows_and_log_softmax_never():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("numerics", STUDIES.parents[1] / "docs" / "studies" / "numerics.py")
+    numerics = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(numerics)
+    f32, f16 = (numerics.failure_points(numerics.DTYPES[d]) for d in ("float32", "float16"))
+    for r in (f32, f16):
+        assert r["log_softmax_inf"] is None and r["log_softmax_grad"] is None and r["log_softmax_off"] is None
+        assert r["log_softmax_of_grad"] <= r["log_softmax_of_inf"]
+    # e^-s leaves float32 below its smallest subnormal (e^-103.3) and float16 below e^-16.6
+    assert 103 < f32["log_softmax_of_inf"] < 105 and 16 < f16["log_softmax_of_inf"] < 18
+    assert 88 < f32["naive_nan"] < 89 and 11 < f16["naive_nan"] < 11.2  # exp overflows

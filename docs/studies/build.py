@@ -22,7 +22,7 @@ from pathlib import Path
 from softmaxlab.heads.pitfalls import double_softmax_floor
 from softmaxlab.report.markdown import format_mean_std
 from softmaxlab.runs import read_history, read_summary
-from softmaxlab.stats import ece_noise_floor, mean_std
+from softmaxlab.stats import ece_band, mean_std
 
 DOCS = Path(__file__).resolve().parent
 FIGURES = DOCS / "figures"
@@ -60,16 +60,86 @@ def read_rows(sweep_dir: Path) -> list[dict]:
         summary = read_summary(run) or {}
         row["num_classes"] = len(summary.get("test", {}).get("confusion_matrix") or []) or None
         row["reliability"] = summary.get("test", {}).get("reliability")
+        row["reliability_after"] = summary.get("test", {}).get("reliability_after_temperature")
+        row["band"] = summary.get("test", {}).get("ece_band")
+        row["band_after"] = summary.get("test", {}).get("ece_band_after_temperature")
         matrix = summary.get("test", {}).get("confusion_matrix") or []
         row["predicted_classes"] = sum(any(r[j] for r in matrix) for j in range(len(matrix))) if matrix else None
     return rows
 
 
-def ece_floor(reliability: dict | None) -> float | None:
-    """The ECE that a perfectly calibrated model would still show on these test images and
-    confidences (:func:`softmaxlab.stats.ece_noise_floor` of the reliability bins). An ECE
-    near it is as calibrated as this many test images can tell."""
-    return ece_noise_floor(reliability["count"], reliability["confidence"]) if reliability else None
+def band_p95(row: dict, after: bool = False) -> float | None:
+    """The 95th percentile of the ECE that a perfectly calibrated model with this run's test
+    confidences would show (``summary.json``'s ``test.ece_band`` or, ``after`` temperature
+    scaling, ``test.ece_band_after_temperature``, from the after-temperature confidences); for
+    older summaries computed from the matching reliability bins (:func:`softmaxlab.stats.ece_band`).
+    An ECE below it is as calibrated as this many test images can tell."""
+    band = row.get("band_after" if after else "band")
+    if band:
+        return band["p95"]
+    rel = row.get("reliability_after" if after else "reliability")
+    band = ece_band(rel["count"], rel["confidence"]) if rel else None
+    return band["p95"] if band else None
+
+
+def short_variant(label: str) -> str:
+    """A comparisons.csv variant as the tables name it: ``head.name=gumbel, head.tau=1`` ->
+    ``gumbel, tau=1``.
+
+    >>> short_variant("head.name=gumbel, head.tau=1, model.softmax_blocks=[0, 1]")
+    'gumbel, tau=1, softmax_blocks=[0, 1]'
+    """
+    parts = [p.split("=", 1) for p in re.split(r", (?=[A-Za-z_][\w.]*=)", label) if "=" in p]
+    if not parts:
+        return label
+    return ", ".join(v if k.endswith(".name") else f"{k.rsplit('.', 1)[-1]}={v}" for k, v in parts)
+
+
+def read_comparisons(sweep_dir: Path) -> list[dict]:
+    """``comparisons.csv`` of a sweep ([] when the sweep wrote none: an older version)."""
+    path = sweep_dir / "comparisons.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def difference(row: dict | None, scale: float = 100.0, digits: int = 1) -> str:
+    """One comparisons.csv row as ``+1.2 [-0.3, +2.7], p_holm 0.04``, with ``significant`` or
+    ``not significant`` (Holm-corrected p < 0.05 over the variants)."""
+    if row is None or row.get("mean_diff") in (None, ""):
+        return "-"
+    mean = float(row["mean_diff"]) * scale
+    if row.get("p_holm") in (None, ""):
+        return f"{mean:+.{digits}f} (one pair: no test)"
+    low, high, p = float(row["ci95_low"]) * scale, float(row["ci95_high"]) * scale, float(row["p_holm"])
+    verdict = "**significant**" if p < 0.05 else "not significant"
+    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}], p_holm {p:.2g}, {verdict}"
+
+
+def comparisons_table(comparisons: list[dict], label: Callable[[str], str] = lambda v: v) -> str:
+    """Every variant against the sweep's reference: the paired difference (variant minus
+    reference, over seeds) in accuracy and ECE (percentage points) and NLL, with its 95 % t
+    interval and Holm-corrected p-value, and the exact McNemar p-value on the test images."""
+    if not comparisons:
+        return "(not run yet)"
+    by = {(r["variant"], r["metric"]): r for r in comparisons}
+    variants = list(dict.fromkeys(r["variant"] for r in comparisons))
+    reference = comparisons[0]["reference"]
+    lines = [
+        f"| variant (minus `{label(reference)}`) | pairs | accuracy (pp) | ECE (pp) | NLL | McNemar p |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for v in variants:
+        acc = by.get((v, "accuracy"), {})
+        mcnemar = acc.get("mcnemar_p") or ""
+        same = " (identical predictions)" if acc.get("identical_predictions") == "true" else ""
+        lines.append(
+            f"| `{label(v)}` | {acc.get('n_pairs', '')} | {difference(by.get((v, 'accuracy')))} | "
+            f"{difference(by.get((v, 'ece')))} | {difference(by.get((v, 'nll')), 1, 3)} | "
+            f"{f'{float(mcnemar):.2g}' if mcnemar else '-'}{same} |"
+        )
+    return "\n".join(lines)
 
 
 def number(row: dict, key: str) -> float | None:
@@ -139,6 +209,17 @@ def label_column(header: str) -> Column:
     return header, lambda name, members, done: f"`{name}`"
 
 
+def leading(header: str) -> list[Column]:
+    """The first columns of every variant table: its label, its runs, its test accuracy."""
+    return [label_column(header), ("runs", runs_column), ("test accuracy %", stat("test.accuracy", 100, 1))]
+
+
+def band_column(after: bool = False) -> Column:
+    """Column: the ECE band's p95 % (:func:`band_p95`), before or after temperature scaling."""
+    header = "band p95 % after T" if after else "band p95 %"
+    return header, lambda name, members, done: spread([band_p95(r, after) for r in done], 100, 1)
+
+
 def runs_column(name: str, members: list[dict], done: list[dict]) -> str:
     """``finished/all``, and the other statuses when some runs did not finish."""
     text = f"{len(done)}/{len(members)}"
@@ -148,22 +229,21 @@ def runs_column(name: str, members: list[dict], done: list[dict]) -> str:
 
 
 def heads_table(rows: list[dict]) -> str:
-    """One line per head: test accuracy, macro F1, NLL, ECE before / after temperature scaling
-    against the ECE floor, the fitted T, the share of clamped NLL terms, final train loss and
-    epoch time."""
-    floor = lambda name, members, done: spread([ece_floor(r["reliability"]) for r in done], 100, 1)  # noqa: E731
+    """One line per head: test accuracy, macro F1, NLL, ECE before / after temperature scaling,
+    each against the 95th percentile of a perfectly calibrated model's ECE on the same
+    confidences (the band), the fitted T, the share of clamped NLL terms, final train loss
+    and epoch time."""
     return render(
         rows,
         head_label,
         [
-            label_column("head"),
-            ("runs", runs_column),
-            ("test accuracy %", stat("test.accuracy", 100, 1)),
+            *leading("head"),
             ("macro F1 %", stat("test.f1_macro", 100, 1)),
             ("NLL", stat("test.nll")),
             ("ECE %", stat("test.ece", 100, 1)),
-            ("ECE % if calibrated", floor),
+            band_column(),
             ("ECE % after T", stat("test.ece_after_temperature", 100, 1)),
+            band_column(after=True),
             ("fitted T", stat("temperature", 1, 2)),
             ("NLL clamped %", stat("test.nll_clamped", 100, 1)),
             ("final train loss", last("train_loss")),
@@ -286,15 +366,16 @@ def calibration_finding(rows: list[dict]) -> str:
     """Post-hoc temperature scaling: ECE and NLL before and after, against the ECE floor,
     for the heads that have a temperature; and the validation split's NLL against the test split's."""
     lines = []
-    for head in ("softmax", "double_softmax", "gumbel", "temperature", "hierarchical"):
+    for head in dict.fromkeys(r["head.name"] for r in finished(rows)):
         done = [r for r in finished(rows) if r["head.name"] == head and number(r, "temperature") is not None]
         if not done:
             continue
         lines.append(
             f"- `{head}`: T = {spread([number(r, 'temperature') for r in done], 1, 2)}; test ECE "
             f"{spread([number(r, 'test.ece') for r in done], 100, 1)} % -> "
-            f"{spread([number(r, 'test.ece_after_temperature') for r in done], 100, 1)} % (a perfectly calibrated "
-            f"model would show {spread([ece_floor(r['reliability']) for r in done], 100, 1)} %); test NLL "
+            f"{spread([number(r, 'test.ece_after_temperature') for r in done], 100, 1)} % (band p95: a perfectly "
+            f"calibrated model would stay below {spread([band_p95(r) for r in done], 100, 1)} % before and "
+            f"{spread([band_p95(r, after=True) for r in done], 100, 1)} % after); test NLL "
             f"{spread([number(r, 'test.nll') for r in done])} -> "
             f"{spread([number(r, 'test.nll_after_temperature') for r in done])}"
             # val.loss is the head's own loss: the NLL only where that loss is the NLL of p.
@@ -318,9 +399,7 @@ def many_classes_table(rows: list[dict]) -> str:
         rows,
         lambda r: r["head.name"],
         [
-            label_column("head"),
-            ("runs", runs_column),
-            ("test accuracy %", stat("test.accuracy", 100, 1)),
+            *leading("head"),
             ("macro precision", stat("test.precision_macro", 1, 4)),
             ("macro recall", stat("test.recall_macro", 1, 4)),
             ("macro F1", stat("test.f1_macro", 1, 4)),
@@ -335,12 +414,48 @@ def gumbel_label(row: dict) -> str:
     tau = f"{float(row['head.tau']):g}"
     if row.get("head.tau_schedule") == "exponential":
         return f"{tau} -> {float(row.get('head.tau_min') or 0.5):g} (exponential, rate {row['head.anneal_rate']})"
-    return tau
+    return tau + (f", {rule}" if (rule := eval_rule(row)) != "tau" else "")
+
+
+def eval_rule(row: dict) -> str:
+    """The Gumbel head's evaluation rule of a results.csv row (``tau`` where not overridden)."""
+    return row.get("head.eval_rule") or "tau"
+
+
+#: What each evaluation rule reports, for the table.
+RULES = {"tau": "softmax(z / tau)", "plain": "softmax(z)", "sample_mean": "mean of 32 soft samples"}
+
+
+def gumbel_rules_table(rows: list[dict]) -> str:
+    """The constant taus that were evaluated under every rule: accuracy, ECE against its band,
+    ECE after temperature scaling and NLL, per (tau, rule)."""
+    done = [r for r in finished(rows) if r.get("head.tau_schedule") != "exponential"]
+    taus = sorted({r["head.tau"] for r in done if eval_rule(r) != "tau"}, key=float)
+    if not taus:
+        return "(not run yet)"
+    chosen = [r for r in done if r["head.tau"] in taus]
+    chosen.sort(key=lambda r: (float(r["head.tau"]), list(RULES).index(eval_rule(r))))
+    return render(
+        chosen,
+        lambda r: f"{float(r['head.tau']):g}\t{RULES[eval_rule(r)]}",
+        [
+            ("tau", lambda name, members, d: name.split("\t")[0]),
+            ("evaluated as", lambda name, members, d: name.split("\t")[1]),
+            ("runs", runs_column),
+            ("test accuracy %", stat("test.accuracy", 100, 1)),
+            ("ECE %", stat("test.ece", 100, 1)),
+            band_column(),
+            ("ECE % after T", stat("test.ece_after_temperature", 100, 1)),
+            ("NLL", stat("test.nll")),
+        ],
+    )
 
 
 def gumbel_table(rows: list[dict]) -> str:
+    """Gumbel-softmax against tau (evaluated as softmax(z / tau)): accuracy, F1, NLL, ECE and
+    its band before and after temperature scaling, the fitted T, the final training loss."""
     return render(
-        rows,
+        [r for r in rows if eval_rule(r) == "tau"],
         gumbel_label,
         [
             ("tau", lambda name, members, done: name),
@@ -349,6 +464,7 @@ def gumbel_table(rows: list[dict]) -> str:
             ("macro F1 %", stat("test.f1_macro", 100, 1)),
             ("NLL", stat("test.nll")),
             ("ECE %", stat("test.ece", 100, 1)),
+            band_column(),
             ("ECE % after T", stat("test.ece_after_temperature", 100, 1)),
             ("fitted T", stat("temperature", 1, 2)),
             ("final train loss", last("train_loss")),
@@ -364,7 +480,74 @@ def activation_label(row: dict) -> str:
         label += " + learned T"
     if row.get("model.softmax_blocks"):
         label += f" in blocks {row['model.softmax_blocks']}"
+    if row.get("model.bn_eps"):
+        label += f" + BatchNorm eps {float(row['model.bn_eps']):g}"
+    if row.get("train.optimizer") == "sgd":
+        label += " (SGD one-cycle)"
     return label
+
+
+def pairing_finding(rows: list[dict], comparisons: list[dict]) -> str:
+    """Each pairing bug with many classes: accuracy, the classes it ever predicts, macro
+    precision, and its paired difference to `softmax` with the McNemar test; the correct pairings beside."""
+    k = next((r["num_classes"] for r in finished(rows) if r["num_classes"]), None)
+    by = {(r["variant"], r["metric"]): r for r in comparisons}
+    lines = []
+    for head in dict.fromkeys(r["head.name"] for r in finished(rows)):
+        done = [r for r in finished(rows) if r["head.name"] == head]
+        acc = by.get((f"head.name={head}", "accuracy"))
+        versus = "" if head == "softmax" else f"; minus `softmax`: {difference(acc)} pp"
+        if acc and acc.get("mcnemar_p"):
+            versus += f", McNemar p {float(acc['mcnemar_p']):.2g}"
+        lines.append(
+            f"- `{head}`: {spread([number(r, 'test.accuracy') for r in done], 100, 1)} % test accuracy (chance "
+            f"{100 / k:.1f} %), {spread([r['predicted_classes'] for r in done], 1, 1)} of {k} classes ever predicted, "
+            f"macro precision {spread([number(r, 'test.precision_macro') for r in done], 1, 4)}{versus}"
+        )
+    return "\n".join(lines) or "(not run yet)"
+
+
+#: A run has left chance once its validation accuracy is this far above 1/K.
+ESCAPE_MARGIN = 0.05
+
+
+def escape_epoch(row: dict) -> int | None:
+    """The first epoch whose validation accuracy is at least 1/K + :data:`ESCAPE_MARGIN`
+    (None: never), K from the run's confusion matrix."""
+    k = row["num_classes"]
+    return next((h["epoch"] for h in row["history"] if k and h["val_acc"] >= 1 / k + ESCAPE_MARGIN), None)
+
+
+def val_at(epoch: int) -> Callable[[str, list[dict], list[dict]], str]:
+    """Column: validation accuracy % after ``epoch`` (1-based), mean ± std."""
+    return lambda name, members, done: spread(
+        [r["history"][epoch - 1]["val_acc"] if len(r["history"]) >= epoch else None for r in done], 100, 1
+    )
+
+
+def escape_column(name: str, members: list[dict], done: list[dict]) -> str:
+    epochs = [escape_epoch(r) for r in done]
+    left = [e for e in epochs if e is not None]
+    return f"{spread(left, 1, 1)} ({len(left)} of {len(done)})" if left else f"never (0 of {len(done)})"
+
+
+def intermediate_adam_table(rows: list[dict]) -> str:
+    """The notebook-setting study: accuracy, when validation accuracy leaves chance, validation
+    accuracy along the 50 epochs, and the first and last layers' gradient norms."""
+    return render(
+        rows,
+        activation_label,
+        [
+            *leading("activation"),
+            (f"first epoch val acc >= chance + {100 * ESCAPE_MARGIN:g} pp", escape_column),
+            ("val acc % epoch 5", val_at(5)),
+            ("epoch 25", val_at(25)),
+            ("epoch 50", val_at(50)),
+            ("final train accuracy %", last("train_acc", 100, 1)),
+            ("head grad norm, last epoch", grad_norm(False)),
+            ("first conv grad norm, last epoch", grad_norm(True)),
+        ],
+    )
 
 
 def grad_norm(first: bool) -> Callable[[str, list[dict], list[dict]], str]:
@@ -383,9 +566,7 @@ def intermediate_table(rows: list[dict]) -> str:
         rows,
         activation_label,
         [
-            label_column("activation"),
-            ("runs", runs_column),
-            ("test accuracy %", stat("test.accuracy", 100, 1)),
+            *leading("activation"),
             ("macro F1 %", stat("test.f1_macro", 100, 1)),
             ("NLL", stat("test.nll")),
             ("final train accuracy %", last("train_acc", 100, 1)),
@@ -556,6 +737,7 @@ def plot_gumbel(rows: list[dict], path: Path, softmax: list[dict] | None = None)
         mean, std, _ = mean_std([number(r, key) * scale for r in members])
         return mean, std
 
+    rows = [r for r in rows if eval_rule(r) == "tau"]  # the rules have their own table
     const = groups([r for r in finished(rows) if r.get("head.tau_schedule") != "exponential"], gumbel_label)
     annealed = groups([r for r in finished(rows) if r.get("head.tau_schedule") == "exponential"], gumbel_label)
     taus = [float(t) for t in const]
@@ -596,6 +778,41 @@ def plot_gumbel(rows: list[dict], path: Path, softmax: list[dict] | None = None)
     plt.close(fig)
 
 
+def plot_escape(rows: list[dict], path: Path) -> None:
+    """Validation accuracy and the first convolution's gradient norm per epoch, per variant
+    (mean and std over seeds), with chance 1/K."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (acc_ax, grad_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    k = None
+    for i, (label, members) in enumerate(groups(finished(rows), activation_label).items()):
+        k = members[0]["num_classes"] or k
+        epochs = min(len(r["history"]) for r in members)
+        x = list(range(1, epochs + 1))
+        for ax, get in (
+            (acc_ax, lambda h: 100 * h["val_acc"]),
+            (grad_ax, lambda h: next(iter(h["grad_norms"].values())) if h.get("grad_norms") else math.nan),
+        ):
+            stats = [mean_std([get(r["history"][e]) for r in members]) for e in range(epochs)]
+            mean = [m for m, _, _ in stats]
+            ax.plot(x, mean, color=f"C{i}", label=label, lw=1.2)
+            ax.fill_between(x, [m - s for m, s, _ in stats], [m + s for m, s, _ in stats], color=f"C{i}", alpha=0.15)
+    if k:
+        acc_ax.axhline(100 / k, color="grey", ls=":", label=f"chance (1/{k})")
+    acc_ax.set(xlabel="epoch", ylabel="validation accuracy %", title="validation accuracy")
+    grad_ax.set(xlabel="epoch", ylabel="gradient norm", yscale="log", title="first convolution's weight gradient")
+    acc_ax.legend(fontsize=7, loc="lower right")
+    for ax in (acc_ax, grad_ax):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    FIGURES.mkdir(exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------- the documents
 
 
@@ -612,13 +829,18 @@ def fill(doc: Path, blocks: dict[str, str]) -> None:
 
 
 def main() -> None:
+    from numerics import numerics_table  # beside this script, which Python puts on the path
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="folder holding the sweep directories")
     runs = parser.parse_args().runs
     sweeps = {name: runs / name for name in ("output-heads-intel", "output-heads-cifar10", "gumbel-tau-intel")}
     sweeps["intermediate"] = runs / "intermediate-softmax-study"
+    sweeps["intermediate-adam"] = runs / "intermediate-softmax-adam"
     sweeps["many-classes"] = runs / "double-softmax-100-classes"
     have = {name: read_rows(path) for name, path in sweeps.items() if (path / "results.csv").is_file()}
+    compared = {name: read_comparisons(sweeps[name]) for name in have}
+    fill(DOCS / "output-heads.md", {"numerics": numerics_table()})
 
     heads: dict[str, str] = {}
     curves: dict[str, list[dict]] = {}
@@ -632,10 +854,13 @@ def main() -> None:
             heads[f"calibration-{dataset}"] = calibration_finding(rows)
             heads[f"learned-t-{dataset}"] = learned_temperature_finding(rows)
             heads[f"hierarchical-{dataset}"] = hierarchical_finding(sweeps[name], rows)
+            heads[f"comparisons-{dataset}"] = comparisons_table(compared[name], short_variant)
             curves[{"intel": "Intel scenes, 32 px", "cifar10": "CIFAR-10 10k subset"}[dataset]] = rows
     if "gumbel-tau-intel" in have:
         heads["gumbel-tau"] = gumbel_table(have["gumbel-tau-intel"])
         heads["setup-gumbel"] = provenance(sweeps["gumbel-tau-intel"], have["gumbel-tau-intel"])
+        heads["gumbel-rules"] = gumbel_rules_table(have["gumbel-tau-intel"])
+        heads["comparisons-gumbel"] = comparisons_table(compared["gumbel-tau-intel"], short_variant)
         softmax = [r for r in finished(have.get("output-heads-intel", [])) if r["head.name"] == "softmax"]
         plot_gumbel(have["gumbel-tau-intel"], FIGURES / "gumbel-tau.png", softmax)
     if "many-classes" in have:
@@ -643,12 +868,15 @@ def main() -> None:
         heads["double-softmax-many"] = double_softmax_finding(have["many-classes"])
         heads["setup-many-classes"] = provenance(sweeps["many-classes"], have["many-classes"])
         heads["calibration-many"] = calibration_finding(have["many-classes"])
+        heads["pairing-many"] = pairing_finding(have["many-classes"], compared["many-classes"])
+        heads["comparisons-many"] = comparisons_table(compared["many-classes"], short_variant)
         curves["shapes, 100 classes"] = have["many-classes"]
     if curves:
         plot_train_loss(curves, FIGURES / "double-softmax-loss.png")
     if heads:
         fill(DOCS / "output-heads.md", heads)
-    if any(k in have for k in ("output-heads-intel", "output-heads-cifar10", "many-classes")):
+    if all(k in have for k in ("output-heads-intel", "output-heads-cifar10", "many-classes")):
+        # all three or none: a partial rebuild would drop the columns of the sweeps not there
         fill(DOCS.parents[1] / "README.md", {"headline": headline_table(have)})
     bench = runs / "bench-heads" / "bench-heads.json"
     if bench.is_file():
@@ -672,6 +900,20 @@ def main() -> None:
                 "grad-last": layer_table(rows, -1, "grad_norms"),
                 "activations-last": layer_table(rows, -1, "activation_stats", ("mean", "std", "near_zero")),
                 "learned-activation-t": learned_activation_temperature(sweeps["intermediate"], rows),
+                "comparisons-intermediate": comparisons_table(compared["intermediate"], short_variant),
+            },
+        )
+    if "intermediate-adam" in have and all(r["status"] != "pending" for r in have["intermediate-adam"]):
+        rows = have["intermediate-adam"]
+        plot_escape(rows, FIGURES / "intermediate-adam.png")
+        fill(
+            DOCS.parent / "intermediate-softmax.md",
+            {
+                "adam": intermediate_adam_table(rows),
+                "setup-adam": provenance(sweeps["intermediate-adam"], rows),
+                "comparisons-adam": comparisons_table(compared["intermediate-adam"], short_variant),
+                "adam-grad-last": layer_table(rows, -1, "grad_norms"),
+                "adam-activations-last": layer_table(rows, -1, "activation_stats", ("mean", "std", "near_zero")),
             },
         )
 
