@@ -5,6 +5,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -261,3 +262,23 @@ def test_an_atomic_write_never_replaces_a_device_pipe_or_link(tmp_path):
             runs.atomic_write_json(tmp_path / name, {"x": 1})
     assert (tmp_path / "link.json").is_symlink() and (tmp_path / "target.json").read_text() == "kept"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.json", "link.json", "pipe.json", "target.json"]
+
+
+def test_predictions_npz_keeps_what_an_analysis_needs_at_any_class_count(tmp_path):
+    torch.manual_seed(0)
+    y = torch.tensor([0, 3, 2, 1])
+    z = torch.randn(4, 5)
+    runs.save_predictions(tmp_path / runs.PREDICTIONS, torch.softmax(z, 1), y, scores=z)
+    kept = runs.read_predictions(tmp_path)
+    assert kept["probs"].shape == (4, 5) and (kept["scores"] == z.numpy()).all()
+    assert kept["predicted"].tolist() == z.argmax(1).tolist() and kept["targets"].tolist() == y.tolist()
+    many = torch.softmax(torch.randn(4, 2000), 1)
+    many[1] = 1 / 2000  # a uniform row: ties broken as argmax breaks them
+    runs.save_predictions(tmp_path / "big.npz", many, y, scores=torch.randn(4, 2000))
+    big = runs.read_predictions(tmp_path, "big.npz")
+    assert "probs" not in big and "scores" not in big and int(big["num_classes"]) == 2000
+    assert big["predicted"].tolist() == many.argmax(1).tolist() and big["top_probs"].shape == (4, 100)
+    assert np.allclose(big["target_probs"], many[torch.arange(4), y].numpy())
+    (tmp_path / "bad.npz").write_bytes(b"not an archive")
+    with pytest.raises(runs.UnreadableFileError, match="could not be read"):
+        runs.read_predictions(tmp_path, "bad.npz")

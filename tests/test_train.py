@@ -372,6 +372,29 @@ def test_resume_refuses_a_config_yaml_edited_after_the_checkpoint(killed, tmp_pa
     assert (run_dir / runs.CHECKPOINT).is_file() and not runs.is_finished(run_dir)
 
 
+def test_a_run_interrupted_under_an_earlier_version_resumes(killed, tmp_path):
+    """Its checkpoint and config.yaml lack the options added since (model.bn_eps, the Gumbel
+    head's evaluation rule), which take their defaults: that is no edit."""
+    import shutil
+
+    import yaml
+
+    from softmaxlab.experiment import resume_experiment
+
+    run_dir = shutil.copytree(killed, tmp_path / "run")
+    raw = yaml.safe_load((run_dir / runs.CONFIG).read_text())
+    for section, keys in (("model", ("bn_eps",)), ("head", ("eval_rule", "eval_samples", "eval_seed"))):
+        for key in keys:
+            del raw[section][key]
+    (run_dir / runs.CONFIG).write_text(yaml.safe_dump(raw))
+    for name in (runs.CHECKPOINT, runs.CHECKPOINT_PREV):
+        checkpoint = torch.load(run_dir / name, weights_only=False)
+        checkpoint["config"] = raw
+        torch.save(checkpoint, run_dir / name)
+    result = resume_experiment(run_dir)
+    assert result.summary["status"] == "finished" and runs.is_finished(run_dir)
+
+
 def test_resume_contract(tmp_path):
     cfg = tiny_config("train.epochs=1", "data.train_size=128")
     fresh = fit(cfg, tmp_path / "run", resume=True)  # no run yet: starts fresh

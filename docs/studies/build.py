@@ -496,7 +496,7 @@ def pairing_finding(rows: list[dict], comparisons: list[dict]) -> str:
     for head in dict.fromkeys(r["head.name"] for r in finished(rows)):
         done = [r for r in finished(rows) if r["head.name"] == head]
         acc = by.get((f"head.name={head}", "accuracy"))
-        versus = "" if head == "softmax" else f"; minus `softmax`: {difference(acc)} pp"
+        versus = "" if head == "softmax" else f"; minus `softmax`, in points: {difference(acc)}"
         if acc and acc.get("mcnemar_p"):
             versus += f", McNemar p {float(acc['mcnemar_p']):.2g}"
         lines.append(
@@ -871,7 +871,7 @@ def main() -> None:
         heads["pairing-many"] = pairing_finding(have["many-classes"], compared["many-classes"])
         heads["comparisons-many"] = comparisons_table(compared["many-classes"], short_variant)
         curves["shapes, 100 classes"] = have["many-classes"]
-    if curves:
+    if len(curves) == 3:  # one panel per dataset: a partial rebuild keeps the figure as it is
         plot_train_loss(curves, FIGURES / "double-softmax-loss.png")
     if heads:
         fill(DOCS / "output-heads.md", heads)

@@ -195,7 +195,7 @@ def evaluate_run(
     head = run.cfg.head.name
     metrics = classification_metrics(out["probs"], out["targets"], source=f"head {head!r}")
     metrics.update(after_temperature(out["probs"], out["targets"], run.temperature, model.head, out.get("scores")))
-    kept = {"predictions": {"probs": out["probs"], "targets": out["targets"]}} if keep_predictions else {}
+    kept = {"predictions": {k: out[k] for k in ("probs", "targets", "scores") if k in out}} if keep_predictions else {}
     return {
         "run_dir": str(run.run_dir),
         "data": spec,
@@ -247,7 +247,7 @@ def write_evaluation(result: dict[str, Any], out: str | Path) -> Path:
     try:
         if kept is not None:
             runs.check_replaceable(npz)
-            runs.save_predictions(npz, kept["probs"], kept["targets"])
+            runs.save_predictions(npz, kept["probs"], kept["targets"], kept.get("scores"))
             result["predictions_file"] = npz.name
         runs.atomic_write_json(path, result)
     except OSError as exc:

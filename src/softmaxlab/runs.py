@@ -613,15 +613,20 @@ MAX_STORED_CLASSES = 1000
 TOP_PREDICTIONS = 100
 
 
-def save_predictions(path: str | Path, probs: torch.Tensor, targets: torch.Tensor) -> None:
+def save_predictions(
+    path: str | Path, probs: torch.Tensor, targets: torch.Tensor, scores: torch.Tensor | None = None
+) -> None:
     """Write ``predictions.npz`` (uncompressed NumPy arrays, atomically) for (N, K) test
     probabilities and (N,) targets, so that any analysis can be redone without retraining:
 
     * ``probs`` (N, K) float32, the head's probabilities before temperature scaling;
     * ``targets`` (N,) int64; ``index`` (N,) int64, the position of each image in the split;
-    * beyond :data:`MAX_STORED_CLASSES` classes, instead of ``probs``: ``top_probs`` and
-      ``top_classes`` (N, :data:`TOP_PREDICTIONS`), most probable first, ``target_probs`` (N,)
-      and ``num_classes`` (a 0-d int64 array).
+    * ``scores`` (N, K) float32 when given: the scores of a head that is temperature-scaled
+      on them (sparsemax, entmax-1.5, sigmoid), so its after-temperature numbers can be redone;
+    * beyond :data:`MAX_STORED_CLASSES` classes, instead of ``probs`` and ``scores``:
+      ``top_probs`` and ``top_classes`` (N, :data:`TOP_PREDICTIONS`), most probable first,
+      ``target_probs`` (N,), ``predicted`` (N,) the arg max (ties broken as the metrics break
+      them, which ``topk`` does not) and ``num_classes`` (a 0-d int64 array).
     """
     p = probs.detach().float().cpu()
     arrays: dict[str, np.ndarray] = {
@@ -630,10 +635,13 @@ def save_predictions(path: str | Path, probs: torch.Tensor, targets: torch.Tenso
     }
     if p.shape[1] <= MAX_STORED_CLASSES:
         arrays["probs"] = p.numpy()
+        if scores is not None:
+            arrays["scores"] = scores.detach().float().cpu().numpy()
     else:
         top, classes = p.topk(min(TOP_PREDICTIONS, p.shape[1]), dim=1)
         arrays.update(top_probs=top.numpy(), top_classes=classes.numpy(), num_classes=np.array(p.shape[1]))
         arrays["target_probs"] = p.gather(1, targets.cpu().long()[:, None]).squeeze(1).numpy()
+        arrays["predicted"] = p.argmax(dim=1).numpy()
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
@@ -655,7 +663,10 @@ def read_predictions(run_dir: str | Path, name: str = PREDICTIONS) -> dict[str, 
     targets, scores = arrays.get("targets"), arrays.get("probs", arrays.get("top_classes"))
     if targets is None or scores is None or targets.ndim != 1 or scores.ndim != 2 or len(scores) != len(targets):
         raise UnreadableFileError(path, f"{name} does not hold (N, K) predictions and (N,) targets")
-    arrays["predicted"] = arrays["probs"].argmax(axis=1) if "probs" in arrays else arrays["top_classes"][:, 0]
+    if "probs" in arrays:
+        arrays["predicted"] = arrays["probs"].argmax(axis=1)
+    elif "predicted" not in arrays:
+        arrays["predicted"] = arrays["top_classes"][:, 0]
     return arrays
 
 

@@ -126,8 +126,8 @@ def paired_comparison(variant: Sequence[float], reference: Sequence[float]) -> d
 
     With d_s = variant_s - reference_s over n pairs, the interval is
     mean(d) ± t_{0.975, n-1} sd(d) / sqrt(n). Interval and p-value are None with fewer than
-    two pairs; with differences that are all equal (sd 0) the interval is that difference and
-    the p-value is 1 when it is 0 (identical runs), else 0.
+    two pairs and when every difference is the same non-zero number (sd 0: the t-test is
+    undefined); when every difference is 0 (identical runs) the interval is [0, 0] and p is 1.
 
     >>> c = paired_comparison([0.80, 0.82, 0.81], [0.78, 0.79, 0.80])
     >>> c["n_pairs"], round(c["mean_diff"], 4), round(c["p_value"], 3)
@@ -143,8 +143,12 @@ def paired_comparison(variant: Sequence[float], reference: Sequence[float]) -> d
         return out
     sd = float(d.std(ddof=1))
     if sd == 0 or sd < 1e-12 * max(1.0, abs(out["mean_diff"])):
-        mean = out["mean_diff"]
-        return {**out, "ci95_low": mean, "ci95_high": mean, "p_value": 1.0 if mean == 0 else 0.0}
+        # No spread: identical runs (every difference 0) are no evidence of a difference; equal
+        # non-zero differences (accuracy moves in steps of 1/N, so two seeds can agree exactly)
+        # leave the t-test undefined, which is no evidence either way: no test.
+        if out["mean_diff"] == 0:
+            return {**out, "ci95_low": 0.0, "ci95_high": 0.0, "p_value": 1.0}
+        return out
     half = float(sps.t.ppf(0.975, len(d) - 1)) * sd / math.sqrt(len(d))
     p = float(sps.ttest_rel([a for a, _ in pairs], [b for _, b in pairs]).pvalue)
     return {**out, "ci95_low": out["mean_diff"] - half, "ci95_high": out["mean_diff"] + half, "p_value": p}
@@ -233,6 +237,15 @@ def compare_variants(
     ``mcnemar_p`` (:func:`mcnemar_exact` on per-image correctness pooled over the pairs) and
     ``identical_predictions`` (every pair predicts every test image the same), both None
     when a pair lacks kept predictions or its test images differ.
+
+    The two tests answer different questions. ``p_value`` / ``p_holm`` are about the variant:
+    would another seed's run differ too? Its spread over seeds is in the test. ``mcnemar_p``
+    is about these trained runs: do they differ on these test images more than chance
+    disagreement would? Seed-to-seed variation is not in it (pooling counts one image under
+    three seeds as three pairs), so with a recipe whose runs vary a lot from seed to seed it
+    rejects far more often than 5 % when the variants do not differ; a claim about a variant
+    rests on ``p_holm``. A variant with fewer pairs than runs (a seed that diverged or did not
+    finish) gets a note: the comparison is over its survivors.
     """
     if reference not in variants:
         raise ValueError(f"no variant {reference!r} to compare to; the variants are {', '.join(variants)}")
@@ -243,6 +256,9 @@ def compare_variants(
         if label == reference:
             continue
         seeds = [s for s in runs_by_seed if s in base]
+        unpaired = len(set(runs_by_seed) | set(base)) - len(seeds)
+        if unpaired and runs_by_seed:
+            notes.append(f"{label}: {len(seeds)} seeds paired, {unpaired} without a finished run of both")
         for metric in metrics:
             row = {"variant": label, "reference": reference, "metric": metric}
             row.update(
@@ -251,6 +267,8 @@ def compare_variants(
                 )
             )
             row["mcnemar_p"], row["identical_predictions"] = None, None
+            if row["n_pairs"] >= 2 and row["p_value"] is None:
+                notes.append(f"{label}: {metric} differs by the same amount on every seed, so it has no t-test")
             if metric == "accuracy":
                 row.update(_per_image(label, [(runs_by_seed[s], base[s]) for s in seeds], notes))
             rows.append(row)

@@ -47,7 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from softmaxlab import distributed, runs
 from softmaxlab.checkpoint import TrainingState, load_trained
-from softmaxlab.config import Config, TrainConfig, load_run_config
+from softmaxlab.config import Config, TrainConfig, load_run_config, validate_config
 from softmaxlab.data import ImageData, Normalize, TensorLoader, load_data
 from softmaxlab.diagnostics import Diagnostics
 from softmaxlab.distributed import World, all_reduce, resolve_device
@@ -641,6 +641,12 @@ def _check_written_under(checkpoint: dict[str, Any], cfg: Config, run_dir: Path)
     saved = checkpoint.get("config")
     if not isinstance(saved, dict) or saved == cfg.to_dict():
         return
+    # Written by an earlier version: resolved as this one resolves it, options added since
+    # (model.bn_eps, a head's new options) take their defaults, which reproduce the old behaviour.
+    with contextlib.suppress(UserError, TypeError, ValueError):
+        saved = validate_config(saved, "the checkpoint's config", legacy=True).to_dict()
+    if saved == cfg.to_dict():
+        return
     # A changed component name first: it explains the options that changed with it.
     differ = sorted(differences(saved, cfg.to_dict()), key=lambda d: not d.split(" ", 1)[0].endswith(".name"))
     more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
@@ -748,7 +754,7 @@ def _test_metrics(run: _Run, model: Classifier) -> tuple[dict[str, Any], float |
     cfg, data, device, test_loader, one = run.cfg, run.data, run.device, run.loaders["test"], World()
     test = evaluate(model, test_loader, one, keep_probs=True, amp=cfg.train.amp)
     metrics = classification_metrics(test["probs"], test["targets"], source=f"head {cfg.head.name!r}")
-    runs.save_predictions(run.run_dir / runs.PREDICTIONS, test["probs"], test["targets"])
+    runs.save_predictions(run.run_dir / runs.PREDICTIONS, test["probs"], test["targets"], test.get("scores"))
     norm = test_loader.normalize
     val_loader = TensorLoader(data.val.x.to(device), data.val.y.to(device), cfg.train.eval_batch_size, norm)
     val = evaluate(model, val_loader, one, keep_probs=True, amp=cfg.train.amp)

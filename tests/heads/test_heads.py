@@ -185,6 +185,10 @@ def test_gumbel_eval_rules_give_the_distributions_they_name():
     reference = torch.softmax((z + draws) / 0.3, -1).mean(0)
     assert (sampled - reference).abs().max() < 0.05
     assert check_probs(sampled) and torch.equal(sampled, mean_head.probs(mean_head(feats)))  # seeded
+    # an image's p does not depend on its batch: the same images in another order and batch size
+    order = torch.randperm(64)
+    alone = torch.cat([mean_head.probs(mean_head(chunk)) for chunk in feats[order].split(7)])
+    torch.testing.assert_close(alone, sampled[order])
     s = mean_head(feats)
     y = torch.arange(64) % 5
     torch.testing.assert_close(mean_head.loss(s, y), F.nll_loss(mean_head.log_probs(s), y))

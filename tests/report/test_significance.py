@@ -36,7 +36,14 @@ def _edit_summary(run, **test):
     (run / "summary.json").write_text(json.dumps(summary))
 
 
+def _set_accuracy(root, head, seed, accuracy):
+    records, _ = _load(root)
+    run = next(r for r in records if r.config["head"]["name"] == head and r.seed == seed)
+    _edit_summary(run.path, accuracy=accuracy)
+
+
 def test_differences_to_the_first_variant_with_intervals_holm_and_mcnemar(study):
+    _set_accuracy(study, "gumbel", 1, 0.69)  # gumbel - softmax: -0.10 and -0.11 over the two seeds
     comparison = build_report(study, figures=False).section("comparison")
     table = _table(comparison, "differences")
     assert table.title == "Difference to the reference (head=softmax)"
@@ -52,9 +59,10 @@ def test_differences_to_the_first_variant_with_intervals_holm_and_mcnemar(study)
     gumbel, sparsemax = ({c.text: c for c in row[:1]} | {"row": row} for row in table.rows)
     row = gumbel["row"]
     assert row[0].text == "head=gumbel" and row[1].text == "2"
-    # 0.7 - 0.8 on both seeds: an interval of width 0, p = 0, significant after correction
-    assert row[2].text == "-10.0 [-10.0, -10.0]\np_holm < 0.001 ◆ significant" and row[2].significant
-    assert row[4].text.startswith("+0.100 [+0.100, +0.100]")  # NLL 1 - accuracy: worse by 0.1
+    # -0.105 ± 12.71 x 0.0071 / sqrt(2) (t interval, 1 degree of freedom); p = 0.030 < 0.05
+    assert row[2].text.startswith("-10.5 [-16.9, -4.1]\np_holm 0.030 ◆ significant") and row[2].significant
+    # NLL 1 - accuracy of the fixture, worse by exactly 0.1 on both seeds: no spread, so no test
+    assert row[4].text == "+0.100\nno test (no spread over 2 seeds)" and not row[4].significant
     # the 6 of 64 images softmax gets right and gumbel does not, per seed: 12 pooled, p = 2 / 2^12
     assert row[6].text == "< 0.001" and abs(row[6].sort - 2 / 2**12) < 1e-12
     # sparsemax finished one seed (the other diverged): a difference, no test, no McNemar
@@ -73,11 +81,12 @@ def test_compare_to_of_the_sweep_record_names_the_reference(study):
         "sweep": {"grid": {"head.name": ["softmax", "gumbel"]}, "compare_to": {"head.name": "gumbel"}},
     }
     (study / "sweep.yaml").write_text(yaml.safe_dump(record))
-    assert read_compare_to(study) == ({"head.name": "gumbel"}, [])
+    compare_to, notes = read_compare_to(study)
+    assert compare_to.values == {"head.name": "gumbel"} and compare_to.keys == ["head.name"] and notes == []
     table = _table(build_report(study, figures=False).section("comparison"), "differences")
     assert table.title == "Difference to the reference (head=gumbel)"
     assert [row[0].text for row in table.rows] == ["head=softmax", "head=sparsemax"]
-    assert table.rows[0][2].text.startswith("+10.0 [+10.0, +10.0]")
+    assert table.rows[0][2].text == "+10.0\nno test (no spread over 2 seeds)"  # the same 10 points on both seeds
 
 
 def test_a_compare_to_that_matches_nothing_or_cannot_be_read_falls_back_with_a_note(study):
@@ -131,7 +140,7 @@ def test_best_is_bold_only_when_it_beats_the_runner_up_significantly(tmp_path):
 def test_chance_level_and_diverged_variants_are_marked_and_never_bold(tmp_path):
     for seed in (0, 1):
         write_run(tmp_path / f"good{seed}", seed=seed, accuracy=0.8)
-        write_run(tmp_path / f"fair{seed}", "head.name=gumbel", seed=seed, accuracy=0.7)
+        write_run(tmp_path / f"fair{seed}", "head.name=gumbel", seed=seed, accuracy=0.7 - 0.01 * seed)
         guess = write_run(tmp_path / f"guess{seed}", "head.name=sparsemax", seed=seed, accuracy=0.26)
         _edit_summary(guess, ece=0.001)  # the best ECE by far, but a model that guesses
     write_run(tmp_path / "broken0", "head.name=entmax15", seed=0, accuracy=0.95)
@@ -146,7 +155,7 @@ def test_chance_level_and_diverged_variants_are_marked_and_never_bold(tmp_path):
     assert rows["head=entmax15"][0].status == "partial" and "diverged" in rows["head=entmax15"][status].text
     # entmax15's surviving seed (95 %) and sparsemax's ECE are not bold; softmax beats gumbel on both
     assert [name for name, row in rows.items() if row[accuracy].best] == ["head=softmax"]
-    assert [name for name, row in rows.items() if row[ece].best] == ["head=softmax"]
+    assert "head=sparsemax" not in [name for name, row in rows.items() if row[ece].best]
 
 
 def test_chance_level_rules(tmp_path):
@@ -175,3 +184,23 @@ def test_ece_band_columns_and_a_single_runs_intervals(tmp_path):
     label = build.reliability_section(variants).blocks[0]
     assert label.alt == "reliability diagrams"
     assert build._ece_label(variants[0], "ece") == "head=softmax (ECE 6.00 %, band p95 5.00 %)"
+
+
+def test_the_best_mean_is_not_bolded_when_the_runner_up_is_ahead_on_the_seeds_both_ran():
+    from pathlib import Path
+
+    from softmaxlab.report.rundata import Variant
+    from softmaxlab.report.significance import significant_best
+    from softmaxlab.runs import RunRecord
+
+    def run(seed, accuracy):
+        summary = {"status": "finished", "classes": list("abcdef"), "test": {"accuracy": accuracy}}
+        return RunRecord(Path(f"r{seed}"), {"train": {"seed": seed}}, summary, [])
+
+    # a: five seeds, its mean carried by seeds 2-4; b: two seeds, ahead of a on both by 5 points
+    a = Variant("a", [run(0, 0.70), run(1, 0.71), run(2, 0.95), run(3, 0.95), run(4, 0.95)])
+    b = Variant("b", [run(0, 0.75), run(1, 0.765)])
+    get = lambda r: r.test["accuracy"]  # noqa: E731
+    assert significant_best([a, b], get, higher=True) is None
+    c = Variant("c", [run(0, 0.60), run(1, 0.615), run(2, 0.80), run(3, 0.80), run(4, 0.79)])
+    assert significant_best([a, c], get, higher=True) is a  # ahead on every shared seed, p < 0.05

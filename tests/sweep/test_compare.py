@@ -87,7 +87,7 @@ def test_compare_to_chooses_the_reference_and_must_name_one_variant(tmp_path, th
     base, spec = sweep.load_sweep(path)
     plan = sweep.expand_grid(base, spec)
     outcome = {r.name: ("finished", None) for r in plan}
-    rows, _ = sweep.comparison_rows(out, plan, outcome, spec)
+    rows, _ = sweep.comparison_rows(out, plan, outcome, spec, base)
     assert {r["reference"] for r in rows} == {"head.name=double_softmax"}
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
@@ -134,7 +134,7 @@ def test_runs_without_predictions_skip_mcnemar_with_a_note(tmp_path, three_heads
             if f.is_file() and not (run.name == "head-double_softmax_seed-1" and f.name == runs.PREDICTIONS):
                 (dst / f.name).write_bytes(f.read_bytes())
     outcome = {r.name: ("finished", None) for r in plan}
-    notes = sweep.write_comparisons(old, plan, outcome, spec)
+    notes = sweep.write_comparisons(old, plan, outcome, spec, base)
     rows = {r["variant"]: r for r in read_csv(old / sweep.COMPARISONS_FILE) if r["metric"] == "accuracy"}
     assert rows["head.name=double_softmax"]["mcnemar_p"] == "" and rows["head.name=double_softmax"]["p_value"]
     assert rows["head.name=log_softmax"]["mcnemar_p"] == "1.0"
@@ -153,4 +153,4 @@ def test_compare_to_reads_keys_a_variant_does_not_override_as_the_base_configs(t
         raw["sweep"]["compare_to"] = compare_to
         path.write_text(yaml.safe_dump(raw))
         base, spec = sweep.load_sweep(path)
-        assert sweep_compare.reference_label(sweep.expand_grid(base, spec), spec) == expected
+        assert sweep_compare.reference_label(sweep.expand_grid(base, spec), spec, base) == expected

@@ -100,9 +100,10 @@ class GumbelSoftmaxHead(Head):
     L = -log y_soft_y = cross_entropy(s, y). Evaluation (``head.eval_rule``, see the module
     docstring): ``tau``, s = z / tau and p = softmax(z / tau); ``plain``, s = z and
     p = softmax(z); ``sample_mean``, s = z / tau and
-    p = (1/S) sum_s softmax(s + g_s / tau) over S = ``head.eval_samples`` noise draws from a
-    generator seeded with ``head.eval_seed`` at every batch (the same images in the same
-    batches give the same p). The evaluation loss is -log p_y of that p.
+    p = (1/S) sum_s softmax(s + g_s / tau) over S = ``head.eval_samples`` noise vectors g_s
+    over the K classes, drawn from a generator seeded with ``head.eval_seed`` and the same for
+    every image (so an image's p does not depend on its batch). The evaluation loss is
+    -log p_y of that p.
 
     ``head.tau`` is tau0; with ``head.tau_schedule: exponential`` it anneals as
     tau = max(tau_min, tau0 * exp(-anneal_rate * step)), updated before every step and
@@ -169,12 +170,14 @@ class GumbelSoftmaxHead(Head):
         if self.training or self.options.eval_rule != "sample_mean":
             return F.log_softmax(s, dim=-1)
         o = self.options
+        # S noise vectors over the K classes, the same for every image (common random numbers):
+        # an image's p then does not depend on which batch it is in, or where.
         generator = torch.Generator(device=s.device).manual_seed(o.eval_seed)
-        tau = self.tau.to(s.dtype)
+        e = torch.empty(o.eval_samples, s.shape[-1], device=s.device, dtype=s.dtype).exponential_(generator=generator)
+        noise = -e.log() / self.tau.to(s.dtype)  # (S, K): g / tau, g = -log E, E ~ Exp(1)
         total = None
-        for _ in range(o.eval_samples):
-            e = torch.empty_like(s).exponential_(generator=generator)
-            log_sample = F.log_softmax(s - e.log() / tau, dim=-1)  # g = -log E, E ~ Exp(1)
+        for g in noise:
+            log_sample = F.log_softmax(s + g, dim=-1)
             total = log_sample if total is None else torch.logaddexp(total, log_sample)
         return total - math.log(o.eval_samples)
 

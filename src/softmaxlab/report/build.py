@@ -54,6 +54,7 @@ from softmaxlab.report.rundata import Variant, finite, format_value, group_varia
 from softmaxlab.report.significance import (
     DIFFERENCES,
     SIGNIFICANT,
+    CompareTo,
     at_chance_level,
     choose_reference,
     classes_of,
@@ -267,7 +268,7 @@ COMPARISON_NOTES = (
 def comparison_section(
     variants: Sequence[Variant],
     records: Sequence[RunRecord],
-    compare_to: dict[str, Any] | None = None,
+    compare_to: CompareTo | None = None,
     notes: Sequence[str] = (),
 ) -> Section:
     """One row per variant: what it is, its seeds, and each metric as mean ± std over seeds
@@ -318,7 +319,7 @@ def _drop_shared(headers: list[str], rows: list[list[Cell]], candidates: Sequenc
 
 
 def _difference_blocks(
-    variants: Sequence[Variant], records: Sequence[RunRecord], compare_to: dict[str, Any] | None, notes: Sequence[str]
+    variants: Sequence[Variant], records: Sequence[RunRecord], compare_to: CompareTo | None, notes: Sequence[str]
 ) -> list[Any]:
     """The table of differences to the reference with its legend and notes (a note alone with one variant)."""
     if len(variants) < 2:

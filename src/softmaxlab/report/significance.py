@@ -17,13 +17,16 @@ to the first variant, with a note saying so.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from softmaxlab import runs
-from softmaxlab.dotted import flatten
+from softmaxlab.config import validate_config
+from softmaxlab.dotted import flatten, select_reference, set_dotted
 from softmaxlab.errors import UserError
 from softmaxlab.report.document import Cell, Table
 from softmaxlab.report.rundata import Variant, finite, format_value
@@ -31,6 +34,8 @@ from softmaxlab.runs import RunRecord
 from softmaxlab.stats import RunOutcome, compare_variants, mean_std, paired_comparison
 from softmaxlab.untrusted import load_yaml, read_text
 
+#: The grid key of seeds (``softmaxlab.sweep.SEED_KEY``): runs of one variant differ in it.
+SEED_KEY = "train.seed"
 #: The sweep's record in a sweep directory (``softmaxlab.sweep.directory.SWEEP_FILE``).
 SWEEP_RECORD = "sweep.yaml"
 #: The significance level of every test in the report.
@@ -46,10 +51,21 @@ DIFFERENCES = {
 SIGNIFICANT = "◆"
 
 
-def read_compare_to(root: Path) -> tuple[dict[str, Any] | None, list[str]]:
-    """``sweep.compare_to`` of ``root/sweep.yaml`` ({dotted config key: value}), or None when
-    ``root`` is no sweep directory or its record has none; and notes on a record that could not
-    be used (the report then compares to the first variant)."""
+@dataclass
+class CompareTo:
+    """``sweep.compare_to`` of a sweep record: its ``values`` ({dotted key: value}), the
+    flattened config they name (``reference``: the record's base with them applied, None when
+    that does not validate) and the ``keys`` that tell the sweep's variants apart."""
+
+    values: dict[str, Any]
+    reference: dict[str, Any] | None = None
+    keys: list[str] = field(default_factory=list)
+
+
+def read_compare_to(root: Path) -> tuple[CompareTo | None, list[str]]:
+    """``sweep.compare_to`` of ``root/sweep.yaml``, or None when ``root`` is no sweep directory
+    or its record has none; and notes on a record that could not be used (the report then
+    compares to the first variant)."""
     path = root / SWEEP_RECORD
     if not path.is_file():
         return None, []
@@ -64,23 +80,47 @@ def read_compare_to(root: Path) -> tuple[dict[str, Any] | None, list[str]]:
         return None, []
     if not isinstance(compare, dict) or not compare or not all(isinstance(k, str) for k in compare):
         return None, [f"sweep.compare_to in {SWEEP_RECORD} is not a mapping of config keys to values, {fallback}."]
-    return compare, []
+    keys = [k for part in ("variants", "grid") for k in _override_keys(sweep.get(part)) if k != SEED_KEY]
+    return CompareTo(compare, _applied(record.get("base"), compare), list(dict.fromkeys(keys))), []
 
 
-def _matches(record: RunRecord, compare_to: dict[str, Any]) -> bool:
-    """Whether the run's config holds every ``key: value`` of ``compare_to`` (values compared as
-    written in YAML, so ``2`` matches ``2.0`` and ``true`` matches ``True``)."""
-    flat = flatten(record.config)
-    return all(k in flat and format_value(flat[k]) == format_value(v) for k, v in compare_to.items())
+def _override_keys(part: Any) -> list[str]:
+    if isinstance(part, dict):
+        return [k for k in part if isinstance(k, str)]
+    if isinstance(part, list):
+        return [k for v in part if isinstance(v, dict) for k in v if isinstance(k, str)]
+    return []
 
 
-def choose_reference(variants: Sequence[Variant], compare_to: dict[str, Any] | None) -> tuple[Variant, list[str]]:
-    """The variant whose runs all match ``compare_to`` (the first of several), else the first
-    variant; with notes when ``compare_to`` matches none or several."""
+def _applied(base: Any, values: dict[str, Any]) -> dict[str, Any] | None:
+    """The flattened, validated config of the record's ``base`` with ``values`` set; None when
+    there is no base or they do not validate together."""
+    if not isinstance(base, dict):
+        return None
+    raw = copy.deepcopy(base)
+    try:
+        for key, value in values.items():
+            set_dotted(raw, key, value)
+        return flatten(validate_config(raw, SWEEP_RECORD, legacy=True).to_dict())
+    except (UserError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def choose_reference(
+    variants: Sequence[Variant], compare_to: CompareTo | dict[str, Any] | None
+) -> tuple[Variant, list[str]]:
+    """The variant that ``compare_to`` names by the rule the sweep's comparisons.csv uses
+    (:func:`softmaxlab.dotted.select_reference`; a plain mapping: the variants holding all its
+    values), the first of several, else the first variant; with notes when it matches none or several."""
     if not compare_to:
         return variants[0], []
-    wanted = ", ".join(f"{k}={format_value(v)}" for k, v in compare_to.items())
-    found = [v for v in variants if v.runs and all(_matches(r, compare_to) for r in v.runs)]
+    if isinstance(compare_to, dict):
+        compare_to = CompareTo(compare_to)
+    wanted = ", ".join(f"{k}={format_value(v)}" for k, v in compare_to.values.items())
+    candidates = [v for v in variants if v.runs]
+    flats = [flatten(v.runs[0].config) for v in candidates]
+    chosen = select_reference(flats, compare_to.reference, compare_to.keys, compare_to.values)
+    found = [candidates[i] for i in chosen]
     if not found:
         return variants[0], [f"sweep.compare_to ({wanted}) matches no variant, so the first variant is the reference."]
     notes = [
@@ -151,9 +191,9 @@ def significant_best(
 
     Among the variants without :func:`variant_marks` that have a value, the one with the best
     mean over its finished runs is best only if it beats the runner-up by the paired t-test
-    over the seeds both ran (:func:`softmaxlab.stats.paired_comparison`, p < :data:`ALPHA`):
-    a best mean within the seeds' noise is no winner. None for a column with no direction,
-    fewer than two such variants, or equal means.
+    over the seeds both ran (:func:`softmaxlab.stats.paired_comparison`, p < :data:`ALPHA`, the
+    difference over those seeds in its favour): a best mean within the seeds' noise is no
+    winner. None for a column with no direction, fewer than two such variants, or equal means.
     """
     if higher is None:
         return None
@@ -170,8 +210,11 @@ def significant_best(
     seeds = [s for s in a if s in b]
     if first == second or len(seeds) < 2:
         return None
-    p = paired_comparison([a[s] for s in seeds], [b[s] for s in seeds])["p_value"]
-    return best if p is not None and p < ALPHA else None
+    test = paired_comparison([a[s] for s in seeds], [b[s] for s in seeds])
+    # The ranking is over each variant's own runs; the test over the seeds both ran must agree
+    # in direction (with other seed sets the runner-up can be ahead on the shared seeds).
+    ahead = test["mean_diff"] > 0 if higher else test["mean_diff"] < 0
+    return best if ahead and test["p_value"] is not None and test["p_value"] < ALPHA else None
 
 
 def run_outcomes(v: Variant, metrics: Sequence[str], notes: list[str]) -> dict[Any, RunOutcome]:
@@ -211,7 +254,8 @@ def _difference_cell(row: dict[str, Any], scale: float, digits: int) -> Cell:
     text = f"{d * scale:+.{digits}f}"
     low, high, p = row["ci95_low"], row["ci95_high"], row["p_holm"]
     if low is None or high is None or p is None:
-        return Cell(f"{text}\nno test ({row['n_pairs']} seed)", d * scale)
+        why = f"{row['n_pairs']} seed" if row["n_pairs"] < 2 else f"no spread over {row['n_pairs']} seeds"
+        return Cell(f"{text}\nno test ({why})", d * scale)
     significant = p < ALPHA
     verdict = f"{SIGNIFICANT} significant" if significant else "not significant"
     text += f" [{low * scale:+.{digits}f}, {high * scale:+.{digits}f}]\np_holm {format_p(p)} {verdict}"

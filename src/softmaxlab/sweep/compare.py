@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from softmaxlab import runs
-from softmaxlab.config import Config
-from softmaxlab.dotted import flatten
+from softmaxlab.config import Config, validate_config
+from softmaxlab.dotted import flatten, select_reference, set_dotted
 from softmaxlab.errors import UserError
 from softmaxlab.metrics import HIGHER_IS_BETTER, NO_DIRECTION
 from softmaxlab.stats import COMPARISON_COLUMNS, RunOutcome, compare_variants
 from softmaxlab.sweep.directory import COMPARISONS_FILE, RUNS_DIR
 from softmaxlab.sweep.plan import SweepRun
-from softmaxlab.sweep.spec import SEED_KEY, SweepSpec, canonical
+from softmaxlab.sweep.spec import SEED_KEY, SweepSpec
 
 #: The metrics compared when ``sweep.compare_metrics`` is not given.
 DEFAULT_METRICS = ("accuracy", "f1_macro", "nll", "ece")
@@ -58,16 +58,16 @@ def compared_metrics(spec: SweepSpec, source: str = "the sweep") -> list[str]:
     return list(spec.compare_metrics) or list(DEFAULT_METRICS)
 
 
-def reference_label(plan: list[SweepRun], spec: SweepSpec, source: str = "the sweep") -> str:
-    """The label of the reference variant named by ``sweep.compare_to``, else the first run's.
-
-    A variant is named when its overrides (less the seed) are exactly ``compare_to``, else
-    when it is the one variant whose resolved config has every value of ``compare_to`` (a
-    key a variant does not override reads as the base config's value). A ``compare_to`` that
-    names no variant, or several, is a UserError listing them.
-    """
+def reference_label(plan: list[SweepRun], spec: SweepSpec, base: Config, source: str = "the sweep") -> str:
+    """The label of the reference variant that ``sweep.compare_to`` names
+    (:func:`softmaxlab.dotted.select_reference`: the variant that is the base config with
+    ``compare_to`` applied, else the one variant holding every value of it), else the first
+    run's. A ``compare_to`` that names no variant, or several, is a UserError listing them."""
     keys = variant_keys(spec)
-    labels = list(dict.fromkeys(variant_label(r.overrides, keys) for r in plan))
+    firsts: dict[str, SweepRun] = {}
+    for r in plan:
+        firsts.setdefault(variant_label(r.overrides, keys), r)
+    labels = list(firsts)
     if not spec.compare_to:
         return labels[0]
     unknown = [k for k in spec.compare_to if k not in keys]
@@ -76,10 +76,9 @@ def reference_label(plan: list[SweepRun], spec: SweepSpec, source: str = "the sw
             f"sweep.compare_to in {source}: {unknown[0]!r} is not a key that tells the variants apart; "
             f"use {', '.join(keys) or 'a sweep.variants or sweep.grid key'}"
         )
-    want = canonical(spec.compare_to)
-    exact = [r for r in plan if canonical({k: v for k, v in r.overrides.items() if k in keys}) == want]
-    matching = exact or [r for r in plan if r.config is not None and _has_values(r.config, spec.compare_to)]
-    found = list(dict.fromkeys(variant_label(r.overrides, keys) for r in matching))
+    valid = [label for label, r in firsts.items() if r.config is not None]
+    flats = [flatten(firsts[label].config.to_dict()) for label in valid]
+    found = [valid[i] for i in select_reference(flats, _applied(base, spec.compare_to), keys, spec.compare_to)]
     if len(found) != 1:
         problem = "names no variant of the sweep" if not found else f"matches {len(found)} variants"
         shown = "; ".join(labels[:6]) + (" ..." if len(labels) > 6 else "")
@@ -87,16 +86,23 @@ def reference_label(plan: list[SweepRun], spec: SweepSpec, source: str = "the sw
     return found[0]
 
 
-def _has_values(config: Config, values: dict[str, Any]) -> bool:
-    flat = flatten(config.to_dict())
-    return all(k in flat and canonical(flat[k]) == canonical(v) for k, v in values.items())
+def _applied(base: Config, overrides: dict[str, Any]) -> dict[str, Any] | None:
+    """The flattened config of ``base`` with ``overrides`` set, validated (its components'
+    defaults filled in); None when they do not validate together."""
+    raw = base.to_dict()
+    for key, value in overrides.items():
+        set_dotted(raw, key, value)
+    try:
+        return flatten(validate_config(raw, "sweep.compare_to").to_dict())
+    except UserError:
+        return None
 
 
-def check_comparison(plan: list[SweepRun], spec: SweepSpec, source: str = "the sweep") -> None:
+def check_comparison(plan: list[SweepRun], spec: SweepSpec, base: Config, source: str = "the sweep") -> None:
     """Refuse, before anything trains, a ``compare_to`` or ``compare_metrics`` that the
     comparison at the end would not accept (:func:`reference_label`, :func:`compared_metrics`)."""
     compared_metrics(spec, source)
-    reference_label(plan, spec, source)
+    reference_label(plan, spec, base, source)
 
 
 def _outcome(run_dir: Path, metrics: list[str], notes: list[str]) -> RunOutcome | None:
@@ -116,12 +122,12 @@ def _outcome(run_dir: Path, metrics: list[str], notes: list[str]) -> RunOutcome 
 
 
 def comparison_rows(
-    out: Path, plan: list[SweepRun], outcome: dict[str, tuple[str, str | None]], spec: SweepSpec
+    out: Path, plan: list[SweepRun], outcome: dict[str, tuple[str, str | None]], spec: SweepSpec, base: Config
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The rows of ``comparisons.csv`` and the notes on what could not be compared, from the
     finished runs on disk (``outcome``: the status of each run by name)."""
     keys, metrics = variant_keys(spec), compared_metrics(spec)
-    reference = reference_label(plan, spec)
+    reference = reference_label(plan, spec, base)
     notes: list[str] = []
     variants: dict[str, dict[Any, RunOutcome]] = {}
     for run in plan:
@@ -142,11 +148,11 @@ def comparison_rows(
 
 
 def write_comparisons(
-    out: Path, plan: list[SweepRun], outcome: dict[str, tuple[str, str | None]], spec: SweepSpec
+    out: Path, plan: list[SweepRun], outcome: dict[str, tuple[str, str | None]], spec: SweepSpec, base: Config
 ) -> list[str]:
     """Write ``comparisons.csv`` (:func:`comparison_rows`; a header only when there is one
     variant) under the sweep directory's lock; returns the notes."""
-    rows, notes = comparison_rows(out, plan, outcome, spec)
+    rows, notes = comparison_rows(out, plan, outcome, spec, base)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, COMPARISON_COLUMNS, lineterminator="\n")
     writer.writeheader()

@@ -110,7 +110,7 @@ def dry_run(
         UserError: what the sweep command would refuse.
     """
     base, spec, out = check_sweep(config_path, out_dir, workers=workers, launcher=launcher, cluster=cluster)
-    check_comparison(expand_grid(base, spec), spec, str(config_path))
+    check_comparison(expand_grid(base, spec), spec, base, str(config_path))
     return plan_sweep(base, spec, out, overwrite)
 
 
@@ -153,7 +153,7 @@ def run_sweep(
     """
     base, spec, out = check_sweep(config_path, out_dir, workers=workers, launcher=launcher, cluster=cluster)
     plan = expand_grid(base, spec)
-    check_comparison(plan, spec, str(config_path))  # before anything trains
+    check_comparison(plan, spec, base, str(config_path))  # before anything trains
     # One writer per sweep directory, for the whole sweep: a second sweep command (or a run)
     # on this --out is refused at once instead of interleaving its files with ours.
     with runs.lock_dir(out):
@@ -164,7 +164,7 @@ def run_sweep(
         where = _launcher(launcher, workers, out, spec, cluster, base.name or out.name)
         outcome = _train_missing(out, plan, spec, workers, where, progress or SweepProgress())
         rows, agg = write_results(out, plan, outcome, spec)
-        notes = write_comparisons(out, plan, outcome, spec)
+        notes = write_comparisons(out, plan, outcome, spec, base)
         # The comparison figures even when the runs' own reports have none (report.figures: false
         # saves a second per run, not per sweep); a report that cannot be written is a warning.
         report = write_run_report(out, figures=True, what="sweep")

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from softmaxlab.config import Config, closest_key, config_keys, read_yaml, validate_config
+from softmaxlab.dotted import canonical
 from softmaxlab.errors import UserError
 
 #: The grid key whose values are seeds of one variant (the means of aggregate.csv are over it).
@@ -160,27 +161,6 @@ def _check_grid(spec: SweepSpec, leaves: set[str], source: str) -> None:
             raise UserError(
                 f"sweep.grid.{key} in {source} lists the value {first} twice{written}; list each value once"
             )
-
-
-def canonical(value: Any) -> str:
-    """``value`` as JSON with equal numbers written alike: true, 1 and 1.0 are one value in
-    Python and, for a number key, in the config (a sweep over them trains one run thrice)."""
-
-    def norm(v: Any) -> Any:
-        if isinstance(v, bool):
-            return int(v)
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-        if isinstance(v, list):
-            return [norm(x) for x in v]
-        if isinstance(v, dict):
-            return {str(k): norm(x) for k, x in v.items()}
-        return v
-
-    try:
-        return json.dumps(norm(value), sort_keys=True, default=str)
-    except RecursionError:
-        raise UserError("a value in sweep.grid or sweep.variants nests too deeply to compare; flatten it") from None
 
 
 def _first_repeat(values: list[Any]) -> tuple[Any, Any] | None:
