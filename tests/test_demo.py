@@ -43,7 +43,7 @@ def test_demo_writes_table_notes_and_runs(tmp_path):
     assert result.report == tmp_path / "report.html"
     html = result.report.read_text()
     for v in variants:
-        assert f'<td data-sort="head={v.name}">head={v.name}</td>' in html
+        assert f'<td data-sort="head={v.name}" class="wrap">head={v.name}</td>' in html
     assert "report.figures: false" in html
     accs = [s["test"]["accuracy"] for s in result.summaries]
     assert len(accs) == 6 and all(a > 0.25 and math.isfinite(a) for a in accs)

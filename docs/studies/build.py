@@ -32,18 +32,23 @@ FIGURES = DOCS / "figures"
 
 
 def provenance(sweep_dir: Path, rows: list[dict]) -> str:
-    """Runs, wall time (sweep.yaml written -> results.csv last written), summed training
-    time, and the environment recorded in the runs' summaries."""
+    """Runs, wall time (the first run's config.yaml written -> the last run's summary.json
+    written), summed training time, and the environment recorded in the runs' summaries."""
     env = {}
     for row in finished(rows):
         env = (read_summary(sweep_dir / "runs" / row["run"]) or {}).get("env", {})
         break
-    wall = (sweep_dir / "results.csv").stat().st_mtime - (sweep_dir / "sweep.yaml").stat().st_mtime
+    # From the first run's config.yaml to the last summary.json: rerunning the sweep command on a
+    # finished sweep rewrites sweep.yaml and the tables, not the runs.
+    dirs = [sweep_dir / "runs" / r["run"] for r in finished(rows)]
+    starts = [(d / "config.yaml").stat().st_mtime for d in dirs if (d / "config.yaml").is_file()]
+    ends = [(d / "summary.json").stat().st_mtime for d in dirs if (d / "summary.json").is_file()]
+    wall = max(ends) - min(starts) if starts and ends else 0.0
     train = sum(number(r, "timing.total_train_seconds") or 0 for r in finished(rows))
     statuses = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in dict.fromkeys(r["status"] for r in rows))
     return (
-        f"{len(rows)} runs ({statuses}); wall time {wall / 60:.0f} min from `sweep.yaml` to the last `results.csv` "
-        f"write, {train / 60:.0f} min of training summed over the runs; device {env.get('device', '?')} "
+        f"{len(rows)} runs ({statuses}); wall time {wall / 60:.0f} min from the first run's start to the last run's "
+        f"end, {train / 60:.0f} min of training summed over the runs; device {env.get('device', '?')} "
         f"({env.get('cpu', '?')}), {env.get('torch_threads', '?')} torch thread(s) per run, "
         f"torch {env.get('torch', '?')}, softmaxlab {env.get('softmaxlab', '?')}."
     )
@@ -117,6 +122,14 @@ def difference(row: dict | None, scale: float = 100.0, digits: int = 1) -> str:
     return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}], p_holm {p:.2g}, {verdict}"
 
 
+def p_text(p: str | None) -> str:
+    """A p-value from a CSV cell in two significant digits, ``< 0.001`` below that (an exact
+    binomial p can underflow to 0), ``-`` when there is none."""
+    if p in (None, ""):
+        return "-"
+    return "< 0.001" if float(p) < 0.001 else f"{float(p):.2g}"
+
+
 def comparisons_table(comparisons: list[dict], label: Callable[[str], str] = lambda v: v) -> str:
     """Every variant against the sweep's reference: the paired difference (variant minus
     reference, over seeds) in accuracy and ECE (percentage points) and NLL, with its 95 % t
@@ -137,7 +150,7 @@ def comparisons_table(comparisons: list[dict], label: Callable[[str], str] = lam
         lines.append(
             f"| `{label(v)}` | {acc.get('n_pairs', '')} | {difference(by.get((v, 'accuracy')))} | "
             f"{difference(by.get((v, 'ece')))} | {difference(by.get((v, 'nll')), 1, 3)} | "
-            f"{f'{float(mcnemar):.2g}' if mcnemar else '-'}{same} |"
+            f"{p_text(mcnemar)}{same} |"
         )
     return "\n".join(lines)
 
@@ -498,7 +511,7 @@ def pairing_finding(rows: list[dict], comparisons: list[dict]) -> str:
         acc = by.get((f"head.name={head}", "accuracy"))
         versus = "" if head == "softmax" else f"; minus `softmax`, in points: {difference(acc)}"
         if acc and acc.get("mcnemar_p"):
-            versus += f", McNemar p {float(acc['mcnemar_p']):.2g}"
+            versus += f", McNemar p {p_text(acc['mcnemar_p'])}"
         lines.append(
             f"- `{head}`: {spread([number(r, 'test.accuracy') for r in done], 100, 1)} % test accuracy (chance "
             f"{100 / k:.1f} %), {spread([r['predicted_classes'] for r in done], 1, 1)} of {k} classes ever predicted, "
