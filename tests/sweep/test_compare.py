@@ -14,6 +14,9 @@ from softmaxlab.sweep import compare as sweep_compare
 
 from .conftest import read_csv, write_sweep
 
+# The double softmax variant warns about itself on its first batch, as it should.
+pytestmark = pytest.mark.filterwarnings("ignore::softmaxlab.heads.DoubleSoftmaxWarning")
+
 HEADS = [{"head.name": "softmax"}, {"head.name": "log_softmax"}, {"head.name": "double_softmax"}]
 
 
