@@ -88,24 +88,17 @@ class SoftmaxNLLHead(Head):
     """
 
     temperature_note = DoubleSoftmaxHead.temperature_note
+    applies_softmax = False  # its loss applies none: NLLLoss takes the scores as log-probabilities
     expects_log_probs = True  # that is the pitfall: fit warns about it on the first batch
 
-    def forward(self, features: Tensor) -> Tensor:
-        """p = softmax(W f + b): the network ends in a softmax layer."""
-        return torch.softmax(self.fc(features), dim=-1)
+    # The network and its evaluation are the double softmax's (it ends in a softmax); the loss is not.
+    forward = DoubleSoftmaxHead.forward
+    probs = DoubleSoftmaxHead.probs
+    log_probs = DoubleSoftmaxHead.log_probs
 
     def loss(self, scores: Tensor, target: Tensor) -> Tensor:
         """L = nll_loss(p, y) = -p_y: the probability where a log-probability belongs."""
         return F.nll_loss(scores, target)
-
-    def probs(self, scores: Tensor) -> Tensor:
-        """p itself, renormalised in at least float32."""
-        p = at_least_float32(scores)
-        return p / p.sum(dim=-1, keepdim=True)
-
-    def log_probs(self, scores: Tensor) -> Tensor:
-        """log p; -inf where the softmax underflowed to exactly 0."""
-        return self.probs(scores).log()
 
 
 @HEADS.register("naive_softmax")
