@@ -61,6 +61,15 @@ def annealed_tau(step: int, tau0: float, tau_min: float, rate: float) -> float:
     return max(tau_min, tau0 * math.exp(-rate * step))
 
 
+#: Options that mean something only with another option's value: {option: (that option, value)}.
+_APPLIES_WITH = {
+    "tau_min": ("tau_schedule", "exponential"),
+    "anneal_rate": ("tau_schedule", "exponential"),
+    "eval_samples": ("eval_rule", "sample_mean"),
+    "eval_seed": ("eval_rule", "sample_mean"),
+}
+
+
 class GumbelOptions(Options):
     """Options of the ``gumbel`` head."""
 
@@ -73,21 +82,14 @@ class GumbelOptions(Options):
     eval_samples: int = Field(32, ge=1, le=1024)  # sample_mean: soft samples averaged per image
     eval_seed: int = Field(0, ge=0, le=2**32 - 1)  # sample_mean: seed of the evaluation noise
 
-    @field_validator("eval_samples", "eval_seed")
+    @field_validator(*_APPLIES_WITH)
     @classmethod
-    def _sample_mean_only(cls, v: int, info: ValidationInfo) -> int:
+    def _applies_only_with(cls, v: Any, info: ValidationInfo) -> Any:
+        # Silently ignored otherwise; the option they depend on is validated first (field order).
+        key, needed = _APPLIES_WITH[info.field_name]
         changed = v != cls.model_fields[info.field_name].default
-        if changed and info.data.get("eval_rule", "sample_mean") != "sample_mean":
-            raise ValueError("applies to head.eval_rule=sample_mean only")
-        return v
-
-    @field_validator("tau_min", "anneal_rate")
-    @classmethod
-    def _annealing_only(cls, v: float, info: ValidationInfo) -> float:
-        # Silently ignored with a constant tau; tau_schedule is validated first (field order).
-        changed = v != cls.model_fields[info.field_name].default
-        if changed and info.data.get("tau_schedule", "exponential") != "exponential":
-            raise ValueError("applies to head.tau_schedule=exponential only")
+        if changed and info.data.get(key, needed) != needed:
+            raise ValueError(f"applies to head.{key}={needed} only")
         return v
 
 

@@ -110,8 +110,9 @@ def dry_run(
         UserError: what the sweep command would refuse.
     """
     base, spec, out = check_sweep(config_path, out_dir, workers=workers, launcher=launcher, cluster=cluster)
-    check_comparison(expand_grid(base, spec), spec, base, str(config_path))
-    return plan_sweep(base, spec, out, overwrite)
+    plan = plan_sweep(base, spec, out, overwrite)
+    check_comparison(plan.runs, spec, base, str(config_path))
+    return plan
 
 
 def _launcher(launcher: str, workers: int, out: Path, spec: SweepSpec, cluster: str | None, name: str) -> Launcher:
