@@ -3,7 +3,9 @@
     python docs/studies/build.py [--runs RUNS]
 
 Run from the repository root after the sweeps of configs/studies/ (each writes
-``RUNS/<sweep name>/results.csv`` and ``runs/<run>/metrics.jsonl``). Every number in the
+``RUNS/<sweep name>/results.csv`` and ``runs/<run>/metrics.jsonl``), or with
+``--runs docs/studies/runs``: the files of the sweeps behind the docs, kept without their
+weights by ``docs/studies/keep.py``. Every number in the
 generated blocks of docs/studies/*.md (between ``<!-- build:KEY -->`` and
 ``<!-- /build:KEY -->``) comes from those files: means and sample standard deviations over
 the seeds, never typed by hand. A sweep that has not been run leaves its blocks as they are.
@@ -32,24 +34,17 @@ FIGURES = DOCS / "figures"
 
 
 def provenance(sweep_dir: Path, rows: list[dict]) -> str:
-    """Runs, wall time (the first run's config.yaml written -> the last run's summary.json
-    written), summed training time, and the environment recorded in the runs' summaries."""
+    """Runs, summed training time, and the environment recorded in the runs' summaries (no
+    wall time: the files' times do not survive a copy or a clone of the kept runs)."""
     env = {}
     for row in finished(rows):
         env = (read_summary(sweep_dir / "runs" / row["run"]) or {}).get("env", {})
         break
-    # From the first run's config.yaml to the last summary.json: rerunning the sweep command on a
-    # finished sweep rewrites sweep.yaml and the tables, not the runs.
-    dirs = [sweep_dir / "runs" / r["run"] for r in finished(rows)]
-    starts = [(d / "config.yaml").stat().st_mtime for d in dirs if (d / "config.yaml").is_file()]
-    ends = [(d / "summary.json").stat().st_mtime for d in dirs if (d / "summary.json").is_file()]
-    wall = max(ends) - min(starts) if starts and ends else 0.0
     train = sum(number(r, "timing.total_train_seconds") or 0 for r in finished(rows))
     statuses = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in dict.fromkeys(r["status"] for r in rows))
     return (
-        f"{len(rows)} runs ({statuses}); wall time {wall / 60:.0f} min from the first run's start to the last run's "
-        f"end, {train / 60:.0f} min of training summed over the runs; device {env.get('device', '?')} "
-        f"({env.get('cpu', '?')}), {env.get('torch_threads', '?')} torch thread(s) per run, "
+        f"{len(rows)} runs ({statuses}); {train / 60:.0f} min of training summed over the runs; device "
+        f"{env.get('device', '?')} ({env.get('cpu', '?')}), {env.get('torch_threads', '?')} torch thread(s) per run, "
         f"torch {env.get('torch', '?')}, softmaxlab {env.get('softmaxlab', '?')}."
     )
 
@@ -441,7 +436,7 @@ RULES = {"tau": "softmax(z / tau)", "plain": "softmax(z)", "sample_mean": "mean 
 
 def gumbel_rules_table(rows: list[dict]) -> str:
     """The constant taus that were evaluated under every rule: accuracy, ECE against its band,
-    ECE after temperature scaling and NLL, per (tau, rule)."""
+    ECE after temperature scaling, the fitted T and NLL before and after it, per (tau, rule)."""
     done = [r for r in finished(rows) if r.get("head.tau_schedule") != "exponential"]
     taus = sorted({r["head.tau"] for r in done if eval_rule(r) != "tau"}, key=float)
     if not taus:
@@ -459,7 +454,10 @@ def gumbel_rules_table(rows: list[dict]) -> str:
             ("ECE %", stat("test.ece", 100, 1)),
             band_column(),
             ("ECE % after T", stat("test.ece_after_temperature", 100, 1)),
+            band_column(after=True),
+            ("fitted T", stat("temperature", 1, 2)),
             ("NLL", stat("test.nll")),
+            ("NLL after T", stat("test.nll_after_temperature")),
         ],
     )
 
