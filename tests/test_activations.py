@@ -6,6 +6,7 @@ from torch import nn
 
 from softmaxlab.activations import (
     ACTIVATIONS,
+    KEEP,
     AxisSoftmax,
     SoftmaxOptions,
     axis_softmax,
@@ -19,13 +20,24 @@ from softmaxlab.errors import UserError
 AXES = {"softmax_h": (2,), "softmax_w": (3,), "softmax_hw": (2, 3), "softmax_c": (1,)}
 
 
-@pytest.mark.parametrize("name", ACTIVATIONS.names())
+@pytest.mark.parametrize("name", [n for n in ACTIVATIONS.names() if n != KEEP])
 def test_shape_preserving_and_differentiable(name):
     x = torch.randn(2, 3, 4, 5, requires_grad=True)
     y = build_activation(name)(x.clone())
     assert y.shape == x.shape
     y.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_keep_is_no_module_and_says_where_it_applies():
+    # `keep` leaves a library or user model's own activations; there is no module to build.
+    with pytest.raises(UserError, match="library model or user factory; a built-in model needs one: choose relu"):
+        build_activation(KEEP)
+
+
+def test_a_softmax_activation_refuses_inputs_that_are_no_feature_maps():
+    with pytest.raises(UserError, match=r"softmax_hw normalises \(N, C, H, W\) feature maps.*\(2, 5, 7\)"):
+        build_activation("softmax_hw")(torch.randn(2, 5, 7))
 
 
 def test_relu_matches_torch():

@@ -50,3 +50,10 @@ def test_time_to_accuracy_runs_on_a_tiny_npz(time_to_accuracy, tmp_path, capsys)
         assert re.fullmatch(r"[\d.]+ s \(epoch [12]\)", notebook)  # the notebook reaches its own best
         assert ours == "never" or re.fullmatch(r"[\d.]+ s \(epoch [12]\)", ours)
     assert re.search(r"^ours / notebook time to the notebook's best: median ([\d.]+|inf) ", out, re.M)
+
+
+def test_lint_benchmark_runs_on_a_small_model(capsys):
+    load_script("bench_lint").main(["--target", "torchvision:resnet18", "--input-shape", "3,32,32", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "softmaxlab lint torchvision:resnet18 --input-shape 3,32,32" in out and "0 findings" in out
+    assert re.search(r"^lint / forward: median [\d.]+ \(min ", out, re.M)

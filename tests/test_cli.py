@@ -62,6 +62,19 @@ def test_run_from_config_file(tmp_path):
     assert "name: log_softmax" in (tmp_path / "r" / "config.yaml").read_text()
 
 
+def test_run_set_of_another_head_drops_the_files_head_options_with_a_note(tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("head:\n  name: gumbel\n  tau: 0.5\n  eval_rule: plain\n")
+    result = invoke("run", str(cfg), *sets("train.epochs=1", "head.name=log_softmax"), "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    note = f"note: head.tau, head.eval_rule from {cfg} do not apply to head.name=log_softmax and were dropped"
+    assert result.stdout.startswith(note), result.stdout
+    assert "tau" not in (tmp_path / "r" / "config.yaml").read_text()
+    # Without another component on the command line, no note.
+    result = invoke("run", str(cfg), *sets("train.epochs=1", "head.tau=1"), "--out", str(tmp_path / "g"))
+    assert result.exit_code == 0 and "note:" not in result.stdout, result.output
+
+
 @pytest.mark.parametrize(
     ("overrides", "fragments"),
     [

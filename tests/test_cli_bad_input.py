@@ -627,7 +627,147 @@ CASES: list[Case] = [
         lambda c: ["evaluate", str(c.run()), "--data", "shapes", "--out", str(predictions_taken(c))],
         "e.predictions.npz' is a directory",
     ),
+    # --- library models and user factories ---------------------------------------------------
+    ("an unknown timm model", lambda c: ["run", *model_sets("model.name=timm:resnt18")], "'timm:resnet18'"),
+    ("a library model without its prefix", lambda c: ["run", *sets("model.name=resnet18")], "'timm:resnet18'"),
+    (
+        "library kwargs that softmaxlab sets",
+        lambda c: ["run", *model_sets("model.name=timm:resnet18", "model.kwargs={num_classes: 3}")],
+        "'num_classes' is set by softmaxlab",
+    ),
+    (
+        "library kwargs the model refuses",
+        lambda c: ["run", *model_sets("model.name=torchvision:resnet18", "model.kwargs={depth: 3}")],
+        "check model.kwargs",
+    ),
+    (
+        "library weights that do not exist",
+        lambda c: ["run", *model_sets("model.name=timm:resnet18", f"model.weights={c.tmp / 'nope.pt'}")],
+        "does not exist",
+    ),
+    (
+        "library weights that do not fit",
+        lambda c: ["run", *model_sets("model.name=timm:resnet18", f"model.weights={foreign_state(c)}")],
+        "does not fit the model (missing conv1.weight",
+    ),
+    (
+        "pretrained and a weights file",
+        lambda c: ["run", *model_sets("model.name=timm:resnet18", "model.pretrained=true", "model.weights=w.pt")],
+        "keep one of them",
+    ),
+    (
+        "keep on a built-in model",
+        lambda c: ["run", *sets("model.activation=keep")],
+        "model 'simple_cnn' builds its own",
+    ),
+    (
+        "a factory file that does not exist",
+        lambda c: ["run", *model_sets(f"model.name={c.tmp / 'nope.py'}:make")],
+        "does not exist",
+    ),
+    (
+        "a factory the file lacks",
+        lambda c: ["run", *model_sets(f"model.name={user_nets(c)}:mak")],
+        "did you mean 'make'",
+    ),
+    ("a factory that raises", lambda c: ["run", *model_sets(f"model.name={user_nets(c)}:broken")], "raised ValueError"),
+    (
+        "a factory of no module",
+        lambda c: ["run", *model_sets(f"model.name={user_nets(c)}:number")],
+        "not a torch.nn.Module",
+    ),
+    ("a factory of feature maps", lambda c: ["run", *model_sets(f"model.name={user_nets(c)}:maps")], "not (1, F)"),
+    (
+        "a factory's logits into a head with its own layers",
+        lambda c: ["run", *model_sets(f"model.name={user_nets(c)}:make", "model.user_head=none", "head.name=adaptive")],
+        "cannot take the model's logits",
+    ),
+    (
+        "a softmax activation in a factory's model without stages",
+        lambda c: ["run", *model_sets(f"model.name={user_nets(c)}:make", "model.activation=softmax_hw")],
+        "exposes none",
+    ),
+    # --- sweep --set, and the file's options of a component the command line replaces -------
+    ("sweep --set without '='", lambda c: ["sweep", str(seed_sweep(c)), "--set", "train.epochs"], "section.key=value"),
+    (
+        "sweep --set of an unknown key",
+        lambda c: ["sweep", str(seed_sweep(c)), "--set", "train.epoch=3"],
+        "did you mean 'train.epochs'",
+    ),
+    (
+        "sweep --set of the sweep section",
+        lambda c: ["sweep", str(seed_sweep(c)), "--set", "sweep.grid={train.seed: [1]}"],
+        "--set changes the base experiment",
+    ),
+    (
+        "sweep --set of an option the model chosen with --set lacks",
+        lambda c: ["sweep", str(seed_sweep(c)), "-s", "model.name=timm:resnet18", "-s", "model.widths=[8]"],
+        "applies to model.name=simple_cnn and resnet12 only",
+    ),
+    ("sweep rerun with another --set", lambda c: other_set_sweep(c), "holds a sweep with another base config"),
+    (
+        "run --set of an option the model chosen with --set lacks",
+        lambda c: ["run", str(run_file(c)), "--set", "model.name=timm:resnet18", "--set", "model.batch_norm=false"],
+        "'model.batch_norm'",
+    ),
 ]
+
+
+def model_sets(*overrides: str) -> list[str]:
+    """:func:`sets` without the built-in models' ``model.widths`` (library and user models lack it)."""
+    return [a for o in (*(s for s in RUN_SETS if not s.startswith("model.widths")), *overrides) for a in ("--set", o)]
+
+
+def seed_sweep(ctx: Ctx) -> Path:
+    """A sweep config of the tiny run (a simple_cnn with its model.widths) over one seed."""
+    return sweep_file(ctx, {"grid": {"train.seed": [0]}})
+
+
+def run_file(ctx: Ctx) -> Path:
+    """A config file of the tiny run (a simple_cnn with its model.widths)."""
+    from softmaxlab.config import apply_overrides
+
+    return ctx.write("r.yaml", yaml.safe_dump(apply_overrides({}, RUN_SETS)))
+
+
+def other_set_sweep(ctx: Ctx) -> list[str]:
+    """A sweep directory written with ``--set model.name=timm:resnet18``, then the same command
+    with another --set."""
+    from softmaxlab import sweep as sweep_mod
+
+    path, out = seed_sweep(ctx), ctx.tmp / "sw"
+    sweep_mod.prepare_sweep_dir(out, *sweep_mod.load_sweep(path, ["model.name=timm:resnet18"]))
+    return ["sweep", str(path), "--set", "model.name=torchvision:resnet18", "--out", str(out)]
+
+
+#: A user's factory file: ``make`` (features), and factories that go wrong.
+USER_NETS = """
+from torch import nn
+
+def make(num_classes=4):
+    layers = [nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes)]
+    return nn.Sequential(*layers)
+
+def broken():
+    raise ValueError("no such width")
+
+def number():
+    return 7
+
+def maps():
+    return nn.Conv2d(3, 4, 3)
+"""
+
+
+def user_nets(ctx: Ctx) -> Path:
+    return ctx.write("nets.py", USER_NETS)
+
+
+def foreign_state(ctx: Ctx) -> Path:
+    """A state dict of another model than timm's resnet18."""
+    path = ctx.tmp / "other.pt"
+    torch.save({"weight": torch.zeros(2, 2)}, path)
+    return path
 
 
 def predictions_taken(ctx: Ctx) -> Path:

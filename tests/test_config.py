@@ -224,3 +224,84 @@ def test_the_resolved_config_holds_only_the_chosen_components_options():
     model = load_config(None, ["model.activation=softmax_hw"]).to_dict()["model"]
     assert model["softmax_blocks"] is None and "widths" in model
     assert "softmax_blocks" not in load_config().to_dict()["model"]  # relu has no softmax options
+
+
+# --------------------------------------------------------------------------- another component on the command line
+
+
+def study_file(tmp_path: Path, **sections: dict) -> Path:
+    """A config file of a simple_cnn with its own options, a gumbel head and shapes data."""
+    raw = {
+        "data": {"name": "shapes", "num_classes": 4, "image_size": 16},
+        "model": {"name": "simple_cnn", "widths": [8, 16], "batch_norm": False, "dropout": 0.1},
+        "head": {"name": "gumbel", "tau": 0.5},
+        **sections,
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_a_component_chosen_on_the_command_line_drops_the_files_options_it_does_not_declare(tmp_path):
+    path = study_file(tmp_path)
+    notes: list[str] = []
+    cfg = load_config(path, ["model.name=timm:resnet18"], on_note=notes.append)
+    model = cfg.to_dict()["model"]
+    assert model["name"] == "timm:resnet18" and model["dropout"] == 0.1  # both models declare dropout: kept
+    assert not {"widths", "batch_norm"} & set(model) and cfg.head.tau == 0.5  # another section: untouched
+    assert notes == [
+        f"model.widths, model.batch_norm from {path} do not apply to model.name=timm:resnet18 and were dropped"
+    ]
+    # Two sections in one line; one option reads in the singular.
+    notes.clear()
+    load_config(path, ["head.name=softmax", "model.name=torchvision:resnet18"], on_note=notes.append)
+    assert notes == [
+        f"model.widths, model.batch_norm, head.tau from {path} do not apply to "
+        "model.name=torchvision:resnet18, head.name=softmax and were dropped"
+    ]
+    notes.clear()
+    assert load_config(path, ["data.name=npz", "data.root=x.npz"], on_note=notes.append).data.image_size == 16
+    assert notes == [f"data.num_classes from {path} does not apply to data.name=npz and was dropped"]
+    # The activation picks options too: the file's softmax_blocks go with its softmax_hw.
+    path = study_file(tmp_path, model={"activation": "softmax_hw", "softmax_blocks": [1], "widths": [8, 16]})
+    notes.clear()
+    assert load_config(path, ["model.activation=relu"], on_note=notes.append).model.widths == [8, 16]
+    assert notes == [f"model.softmax_blocks from {path} does not apply to model.activation=relu and was dropped"]
+
+
+def test_options_on_the_command_line_are_never_dropped_and_an_unchanged_component_drops_nothing(tmp_path):
+    path = study_file(tmp_path)
+    with pytest.raises(UserError, match=r"'model\.widths' in .*: applies to model\.name=simple_cnn and resnet12 only"):
+        load_config(path, ["model.name=timm:resnet18", "model.widths=[8]"])
+    with pytest.raises(UserError, match=r"'model\.batch_norm'.*model\.name is 'timm:resnet18'"):
+        load_config(path, ["model.batch_norm=false", "model.name=timm:resnet18"])
+    notes: list[str] = []
+    for overrides in ([], ["model.name=simple_cnn"], ["model.name=resnet12"], ["head.name=gumbel", "train.epochs=1"]):
+        cfg = load_config(path, overrides, on_note=notes.append)  # resnet12 declares widths and batch_norm too
+        assert cfg.model.widths == [8, 16] and cfg.model.batch_norm is False and cfg.head.tau == 0.5
+    assert notes == []
+    # A whole section on the command line replaces the file's: nothing of the file is left to drop.
+    assert load_config(path, ["model={name: timm:resnet18}"], on_note=notes.append).model.activation == "keep"
+    assert notes == []
+
+
+def test_an_option_the_files_own_component_does_not_declare_stays_an_error(tmp_path):
+    path = study_file(tmp_path, head={"name": "softmax", "tau": 2})
+    with pytest.raises(UserError, match=r"'head\.tau'.*applies to head\.name=gumbel only; head\.name is 'temperature'"):
+        load_config(path, ["head.name=temperature"])
+    # As does a key no component has, and a malformed override.
+    path = study_file(tmp_path, model={"name": "simple_cnn", "widthz": [8]})
+    with pytest.raises(UserError, match=r"unknown config key 'model\.widthz'.*did you mean"):
+        load_config(path, ["model.name=timm:resnet18"])
+    with pytest.raises(UserError, match=r"must look like section\.key=value"):
+        load_config(path, ["model.name"])
+
+
+def test_apply_command_line_returns_what_it_dropped():
+    from softmaxlab.config import DroppedOptions, apply_command_line
+
+    raw = {"model": {"name": "simple_cnn", "widths": [8]}, "train": {"epochs": 3}}
+    dropped = apply_command_line(raw, ["model.name=timm:resnet18", "train.epochs=1"], "f.yaml")
+    assert dropped == DroppedOptions(("model.widths",), "f.yaml", ("model.name=timm:resnet18",))
+    assert raw == {"model": {"name": "timm:resnet18"}, "train": {"epochs": 1}}
+    assert apply_command_line(raw, ["model.name=timm:resnet50"], "f.yaml") is None  # nothing left to drop

@@ -61,3 +61,38 @@ def test_every_extension_point_has_entries_with_summaries(registry):
     assert len(registry) >= 1
     for name in registry:
         assert registry.summary(name), f"{registry.kind} {name!r} has no summary for `softmaxlab list`"
+
+
+def test_a_family_resolves_every_name_of_its_pattern_after_the_entries():
+    from softmaxlab.registry import Options
+
+    class Shade(Options):
+        level: int = 0
+
+    reg = make()
+    reg.register_family("grey:<n>", lambda n: n.startswith("grey:"), options=Shade, suggest=lambda n: f"grey:{n}")(
+        lambda name, x=0: (name, x)
+    )
+    assert reg.create("grey:7", x=2) == ("grey:7", 2) and "grey:7" in reg and "grey" not in reg
+    assert reg.options("grey:7") is Shade and reg.options("plain").model_fields == {}
+    assert reg.names() == ["plain", "fancy"] and [f.label for f in reg.families()] == ["grey:<n>"]
+    assert [name for name, _ in reg.choices()] == ["plain", "fancy", "grey:<n>"]
+    with pytest.raises(
+        UnknownNameError, match=r"unknown widget 'dark' \(did you mean 'grey:dark'\?\); valid: .*grey:<n>"
+    ):
+        reg.get("dark")
+    reg.unregister("grey:<n>")
+    assert "grey:7" not in reg
+
+
+def test_the_bare_decorator_registers_at_once_instead_of_silently_not_at_all():
+    reg = make()
+
+    @reg.register
+    def bare() -> int:
+        """A bare one."""
+        return 3
+
+    assert reg.create("bare") == 3 and reg.summary("bare") == "A bare one."
+    with pytest.raises(TypeError, match="string name"):
+        reg.register(3)

@@ -20,6 +20,7 @@ from softmaxlab.errors import DivergedError, UserError
 from softmaxlab.experiment import run_experiment
 from softmaxlab.heads import HEADS, DoubleSoftmaxWarning, Head, SoftmaxNLLWarning, build_head, check_logits
 from softmaxlab.inference import evaluate_run, predict_images
+from softmaxlab.linting import Finding, lint
 from softmaxlab.metrics import classification_metrics, fit_temperature
 from softmaxlab.models import MODELS, Classifier, build_model
 from softmaxlab.registry import Options, Registry
@@ -39,6 +40,7 @@ __all__ = [
     "DataOptions",
     "DivergedError",
     "DoubleSoftmaxWarning",
+    "Finding",
     "FitResult",
     "Head",
     "Hook",
@@ -60,6 +62,7 @@ __all__ = [
     "evaluate_run",
     "fit",
     "fit_temperature",
+    "lint",
     "load_config",
     "load_data",
     "load_run_config",

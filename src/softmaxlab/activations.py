@@ -4,7 +4,8 @@ Each entry maps an (N, C, H, W) feature map to a map of the same shape: a factor
 ``() -> nn.Module``, or, for an activation registered with options, ``(options) -> nn.Module``
 (its options are ``model.*`` config keys). Two kinds here:
 
-* pointwise (``relu``, ``gelu``, ...), without options;
+* pointwise (``relu``, ``gelu``, ...), without options (and ``keep``, no module at all: a
+  library model or user factory keeps its own activations; their default);
 * the softmax family (``softmax_h``, ``softmax_w``, ``softmax_hw``, ``softmax_c``): a
   subclass of :class:`AxisSoftmax` that normalises over some axes of the map, registered
   with :class:`SoftmaxActivationOptions` (the config keys) and built from
@@ -75,6 +76,20 @@ def tanh() -> nn.Module:
 def sigmoid() -> nn.Module:
     """1 / (1 + exp(-x))."""
     return nn.Sigmoid()
+
+
+#: ``model.activation: keep``, the default of library models and user factories: their own
+#: activation modules stay as they are (the built-in models have none of their own).
+KEEP = "keep"
+
+
+@ACTIVATIONS.register(KEEP)
+def keep() -> nn.Module:
+    """the model's own activations, unchanged (library models and user factories only; their default)."""
+    raise UserError(
+        f"model.activation={KEEP} keeps the activations of a library model or user factory; a built-in model "
+        f"needs one: choose {', '.join(n for n in ACTIVATIONS.names() if n != KEEP)}"
+    )
 
 
 # --------------------------------------------------------------------------- softmax family
@@ -171,6 +186,12 @@ class AxisSoftmax(nn.Module):
         return self.log_temperature.exp() if self.learn_temperature else self.fixed_temperature
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:  # a shape test, no sync: placed in a library model where no maps are (ViT tokens)
+            raise UserError(
+                f"activation {ACTIVATIONS.name_of(type(self)) or type(self).__name__} normalises (N, C, H, W) feature "
+                f"maps but got an input of shape {tuple(x.shape)}; place it in stages of convolution maps only "
+                "(model.softmax_blocks) or choose a pointwise model.activation"
+            )
         return axis_softmax(x, self.dims, self.temperature, self.rescale)  # (N, C, H, W)
 
     def extra_repr(self) -> str:
@@ -248,6 +269,11 @@ class BlockActivations:
 
     def names(self, num_blocks: int) -> list[str]:
         """The activation name of each of ``num_blocks`` blocks (UserError: a listed block it lacks)."""
+        if self.name == KEEP:
+            raise UserError(
+                f"model.activation={KEEP} applies to library models and user factories; model {self.model!r} "
+                f"builds its own activation modules: choose {', '.join(n for n in ACTIVATIONS.names() if n != KEEP)}"
+            )
         blocks = getattr(self.options, "softmax_blocks", None)
         if blocks is None:
             return [self.name] * num_blocks

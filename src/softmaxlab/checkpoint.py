@@ -247,7 +247,10 @@ def load_trained(run_dir: str | Path) -> tuple[Classifier, Config, dict[str, Any
     norm = payload.get("normalization")
     if not norm:
         raise UserError(f"{where!r} has no normalisation statistics (written by an older softmaxlab); retrain the run")
-    model = build_model(cfg, len(norm["mean"]), len(payload["classes"]), payload.get("coarse_of"))
+    # The trained weights follow: no pretrained download, no model.weights file (it may have moved).
+    model = build_model(
+        cfg, len(norm["mean"]), len(payload["classes"]), payload.get("coarse_of"), initial_weights=False
+    )
     runs.load_state_checked(model, payload["state_dict"], f"{where!r}")
     return model.eval(), cfg, payload
 

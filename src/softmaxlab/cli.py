@@ -1,7 +1,8 @@
 """The ``softmaxlab`` command line: thin wrappers that parse arguments and call the library.
 
 Exit codes: 0 success, 1 anything unexpected, 2 bad input (one line on stderr saying what
-is wrong and how to fix it, no traceback), 3 the run diverged (non-finite loss).
+is wrong and how to fix it, no traceback), 3 the run diverged (non-finite loss), 4 ``lint``
+found an error-severity pitfall.
 
 Each command imports the library inside its function: ``softmaxlab --help`` and a usage
 error then answer without importing torch (seconds).
@@ -24,7 +25,7 @@ from rich.table import Table
 
 from softmaxlab.errors import DivergedError, UserError, access_error
 
-EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
+EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_LINT_ERROR = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's code for Ctrl-C
 
 app = typer.Typer(
@@ -120,12 +121,21 @@ def run_cmd(
 
     # The spec's values are JSON-quoted so a path such as "2024" stays a string; --set wins.
     spec = [f"data.{k}={json.dumps(v)}" for k, v in parse_data_spec(data).items()] if data else []
-    cfg = load_config(config, [*spec, *(set_ or [])])
+    cfg = load_config(config, [*spec, *(set_ or [])], on_note=_note)
     # An interrupted run in the output directory is continued; a finished one is refused.
     result = run_experiment(
         cfg, out, overwrite=overwrite, progress=_progress(), resume=False if overwrite else "unfinished"
     )
     _print_run(result)
+
+
+def _note(text: str) -> None:
+    """A note of the library as one line on stdout (``note: ...``; rank 0 only under torchrun):
+    the options of a config file that a component chosen with ``--set`` does not declare."""
+    from softmaxlab.distributed import env_world
+
+    if env_world().is_main:
+        out_console.print(f"note: {text}", highlight=False, soft_wrap=True, markup=False)
 
 
 def _print_run(result: Any) -> None:
@@ -272,6 +282,10 @@ def sweep_cmd(
     config: Annotated[
         Path, typer.Argument(help="YAML sweep config: a base experiment plus sweep.grid (exclude, variants).")
     ],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a value of the base experiment: section.key=value (repeatable)."),
+    ] = None,
     workers: Annotated[
         int, typer.Option(min=1, help="Runs trained at a time: local processes, or jobs in flight with submitit.")
     ] = 1,
@@ -294,15 +308,13 @@ def sweep_cmd(
     from softmaxlab import sweep
     from softmaxlab.progress import ConsoleSweepProgress
 
+    # What the dry run and the sweep share; --set changes the base experiment (sweep.yaml records it).
+    options: dict[str, Any] = {"workers": workers, "overwrite": overwrite, "launcher": launcher, "cluster": cluster}
+    options.update(overrides=set_ or [], on_note=_note)
     if dry_run:
-        _print_plan(
-            sweep.dry_run(config, out, workers=workers, overwrite=overwrite, launcher=launcher, cluster=cluster)
-        )
+        _print_plan(sweep.dry_run(config, out, **options))
         return
-    progress = ConsoleSweepProgress(err_console)
-    result = sweep.run_sweep(
-        config, out, workers=workers, overwrite=overwrite, progress=progress, launcher=launcher, cluster=cluster
-    )
+    result = sweep.run_sweep(config, out, progress=ConsoleSweepProgress(err_console), **options)
     _print_sweep(result)
 
 
@@ -354,6 +366,55 @@ def report_cmd(
     out_console.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False, soft_wrap=True)
 
 
+@app.command("lint")
+@_exit_codes
+def lint_cmd(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="A run directory, path/to/file.py:factory, package.module:factory, timm:<name> or torchvision:<name>."
+        ),
+    ],
+    loss: Annotated[
+        str | None,
+        typer.Option(
+            help="The loss: path/to/file.py:NAME (a loss class, instance or function loss(output, target)) or a "
+            "dotted class such as torch.nn.CrossEntropyLoss (default: a run's head loss, else none)."
+        ),
+    ] = None,
+    input_shape: Annotated[
+        str | None,
+        typer.Option("--input-shape", help="C,H,W of the 2 random example images (default 3,32,32; a run's own)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {target, findings} as JSON instead of text.")] = False,
+) -> None:
+    """Find softmax pitfalls in a model and its loss by running it once (exit 4 on an error finding)."""
+    from softmaxlab.lint_targets import lint_target
+    from softmaxlab.linting import has_errors
+
+    findings = lint_target(target, loss, input_shape)
+    if as_json:
+        typer.echo(json.dumps({"target": target, "findings": [f.to_dict() for f in findings]}, indent=2))
+    else:
+        _print_findings(findings)
+    if has_errors(findings):
+        raise typer.Exit(EXIT_LINT_ERROR)
+
+
+def _print_findings(findings: list[Any]) -> None:
+    """Each finding as ``severity: kind at where (file:line): message`` and its fix; then a count."""
+    if not findings:
+        out_console.print("no softmax pitfalls found", highlight=False)
+        return
+    lines = []
+    for f in findings:
+        source = f" ({f.source})" if f.source else ""
+        lines += [f"{f.severity}: {f.kind} at {f.where}{source}: {f.message}", f"  fix: {f.fix}"]
+    counts = {s: sum(f.severity == s for f in findings) for s in ("error", "warning", "note")}
+    lines.append(", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items() if n))
+    out_console.print("\n".join(lines), highlight=False, soft_wrap=True, markup=False)
+
+
 @app.command("list")
 @_exit_codes
 def list_cmd(what: Annotated[str, typer.Argument(help="heads, activations, models or datasets.")]) -> None:
@@ -379,9 +440,27 @@ def list_cmd(what: Annotated[str, typer.Argument(help="heads, activations, model
         extra = [f"{backbone_parameters(name) / 1e6:.2f} M"] if what == "models" else []
         options = ", ".join(k for k in registry.options(name).model_fields if k not in shared)
         table.add_row(name, *extra, registry.summary(name), options)
+    for family in registry.families():  # names of a pattern: timm:<name>, path/to/file.py:factory
+        extra = ["varies"] if what == "models" else []
+        options = ", ".join(k for k in family.options.model_fields if k not in shared and k != "activation")
+        table.add_row(family.label, *extra, family.summary, options)
     out_console.print(table)
     if what == "datasets":
         out_console.print(f"every dataset also takes data.{', data.'.join(DataOptions.model_fields)}", soft_wrap=True)
+    if what == "models":
+        out_console.print(_models_footer(), soft_wrap=True, highlight=False, markup=False)
+
+
+def _models_footer() -> str:
+    """How library models and user factories are named, and what they default to."""
+    from softmaxlab.models.families import logit_heads
+
+    return (
+        "e.g. model.name=timm:resnet18 or torchvision:resnet18 (built without their classifier), "
+        "model.name=nets/my_net.py:make or my_package.nets:make (your factory, called with model.kwargs); "
+        "their model.activation defaults to keep (their own activations); with model.user_head=none "
+        f"(your factory outputs logits) the head is one of {', '.join(logit_heads())}"
+    )
 
 
 bench_app = typer.Typer(help="Benchmarks of the library's cost.", no_args_is_help=True)

@@ -6,9 +6,11 @@ that the chosen dataset, model (with its activation) and head declare where they
 (:class:`~softmaxlab.registry.Options`), so ``head.tau`` exists where ``head.name`` is
 ``gumbel``. Unknown keys and wrong types are errors that name the key and suggest the
 closest valid one; an option of another component is an error that names its owners (set to
-its default, as the flat sections of earlier versions wrote them, it is dropped). The fully
-resolved config holds only the options of the chosen components; it is written next to the
-results, and running that file reproduces the run.
+its default, as the flat sections of earlier versions wrote them, it is dropped). An override
+(``--set``) that chooses another component than the config file drops the file's options of
+that section that the new component does not declare, with a note
+(:func:`apply_command_line`). The fully resolved config holds only the options of the chosen
+components; it is written next to the results, and running that file reproduces the run.
 
 >>> cfg = load_config(None, ["train.epochs=3", "head.name=gumbel", "head.tau=0.5"])
 >>> cfg.train.epochs, cfg.head.name, cfg.head.tau
@@ -23,6 +25,7 @@ import difflib
 import functools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -140,7 +143,7 @@ def _choices(base: type[ComponentSection], data: dict[str, Any]) -> tuple[tuple[
     chosen components that declare an option of the same name, is a ValidationError."""
     out: list[tuple[str, type[Options]]] = []
     for s in base.selectors:
-        name = data.get(s.key, s.default)
+        name = data.get(s.key, _selector_default(s, out))
         if not isinstance(name, str) or name not in s.registry:
             raise _error((s.key,), s.registry.unknown_message(name), name)
         options = s.registry.options(name)
@@ -154,6 +157,16 @@ def _choices(base: type[ComponentSection], data: dict[str, Any]) -> tuple[tuple[
                 raise _error((s.key,), message, name)
         out.append((name, options))
     return tuple(out)
+
+
+def _selector_default(selector: Selector, chosen: list[tuple[str, type[Options]]]) -> str:
+    """The default of ``selector``, or the one an earlier chosen component declares for its key
+    (a library model's ``activation: keep``: its own activations, not ReLU)."""
+    for _, options in chosen:
+        field = options.model_fields.get(selector.key)
+        if field is not None:
+            return field.get_default(call_default_factory=True)
+    return selector.default
 
 
 def _own_fields(options: type[Options], base: type[ComponentSection]) -> set[str]:
@@ -195,10 +208,10 @@ def _applicable(target: type[ComponentSection], data: dict[str, Any], legacy: bo
 
 
 def _owners(target: type[ComponentSection], key: str) -> list[tuple[Selector, str, type[Options]]]:
-    """(selector, name, options) of every registered component of the section that has ``key``,
-    from the first selector with any."""
+    """(selector, name, options) of every registered component (or family, by its label) of the
+    section that has ``key``, from the first selector with any."""
     for s in target.selectors:
-        found = [(s, n, s.registry.options(n)) for n in s.registry.names() if key in s.registry.options(n).model_fields]
+        found = [(s, n, opts) for n, opts in s.registry.choices() if key in opts.model_fields]
         if found:
             return found
     return []
@@ -415,7 +428,7 @@ def config_keys() -> tuple[list[str], list[str]]:
         sections.append(name)
         fields = list(section.model_fields)
         for s in getattr(section, "selectors", ()):
-            fields += [f for n in s.registry.names() for f in s.registry.options(n).model_fields]
+            fields += [f for _, opts in s.registry.choices() for f in opts.model_fields]
         leaves += [f"{name}.{f}" for f in dict.fromkeys(fields)]
     return sections, leaves
 
@@ -486,6 +499,78 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+@dataclass(frozen=True)
+class DroppedOptions:
+    """Options of a config file dropped because the command line chose another component of
+    their section, one that does not declare them (:func:`apply_command_line`)."""
+
+    keys: tuple[str, ...]  # dotted, in the file's order: ("model.widths", "model.batch_norm")
+    source: str  # the config file, as it was named
+    chosen: tuple[str, ...]  # the command line's choices that changed a component: ("model.name=timm:resnet18",)
+
+    def note(self) -> str:
+        """One line: ``model.widths from c.yaml does not apply to model.name=timm:resnet18 and was dropped``."""
+        one = len(self.keys) == 1
+        return (
+            f"{', '.join(self.keys)} from {self.source} {'does' if one else 'do'} not apply to "
+            f"{', '.join(self.chosen)} and {'was' if one else 'were'} dropped"
+        )
+
+
+def apply_command_line(raw: dict[str, Any], overrides: list[str], source: str) -> DroppedOptions | None:
+    """Apply ``overrides`` (``k=v``, as :func:`apply_overrides`) to ``raw``, the mapping of the
+    config file ``source``, in place; where they choose another component of a section than the
+    file (``model.name``, ``model.activation``, ``head.name``, ``data.name``), first drop the
+    file's options of that section that the file's components declare and the newly chosen
+    ones do not: the file's ``model.widths`` of its ``simple_cnn`` under
+    ``model.name=timm:resnet18``. Options the overrides set are never dropped (they validate as
+    ever), nor options the file's own components do not declare (still errors); where no
+    component changes, nothing is.
+
+    Returns:
+        What was dropped, or None when nothing was.
+    """
+    given = [parse_override(item)[0] for item in overrides]  # a malformed item fails here, as in apply_overrides
+    before = {b.section: dict(raw[b.section]) for b in _SECTION_BASES if isinstance(raw.get(b.section), dict)}
+    apply_overrides(raw, overrides)
+    keys: list[str] = []
+    chosen: list[str] = []
+    for section, file_section in before.items():
+        after = raw.get(section)
+        if [section] in given or not isinstance(after, dict):  # the command line replaced the whole section
+            continue
+        own = {parts[1] for parts in given if len(parts) > 1 and parts[0] == section}
+        dropped, changed = _drop_inapplicable(_section_base(section), file_section, after, own)
+        keys += [f"{section}.{k}" for k in dropped]
+        chosen += [f"{section}.{k}={after[k]}" for k in changed] if dropped else []
+    return DroppedOptions(tuple(keys), source, tuple(chosen)) if keys else None
+
+
+def _section_base(section: str) -> type[ComponentSection]:
+    return next(b for b in _SECTION_BASES if b.section == section)
+
+
+def _drop_inapplicable(
+    base: type[ComponentSection], before: dict[str, Any], after: dict[str, Any], given: set[str]
+) -> tuple[list[str], list[str]]:
+    """Delete from ``after`` (a section with the overrides applied) the keys of ``before`` (the
+    file's section) not in ``given`` (set by the overrides) that the components ``before``
+    chooses declare and those ``after`` chooses do not, where a selector in ``given`` changed
+    the component. Returns (the deleted keys, the selector keys that changed a component)."""
+    try:
+        old, new = _choices(base, before), _choices(base, after)
+    except ValidationError:  # an unknown name (or a clash of options): validation reports it
+        return [], []
+    changed = [s.key for s, o, n in zip(base.selectors, old, new, strict=True) if o[0] != n[0] and s.key in given]
+    if not changed:
+        return [], []
+    declared, kept = _composed(base, old).model_fields, _composed(base, new).model_fields
+    dropped = [k for k in before if k not in given and k in declared and k not in kept]
+    for key in dropped:
+        del after[key]
+    return dropped, changed
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from ``path``; missing files and non-YAML content are UserErrors."""
     p = Path(path)
@@ -510,15 +595,29 @@ def validate_config(raw: dict[str, Any], source: str = "config", *, legacy: bool
         raise UserError(_format_error(err, source)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file at ``path`` (if any), then ``overrides`` (``k=v``)."""
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    on_note: Callable[[str], None] | None = None,
+) -> Config:
+    """Defaults, then the YAML file at ``path`` (if any), then ``overrides`` (``k=v``).
+
+    An override that chooses another component than the file (``model.name=timm:resnet18``)
+    drops the file's options of that section that the new component does not declare
+    (:func:`apply_command_line`); ``on_note`` then gets one line naming them, once the config
+    has validated.
+    """
     raw = read_yaml(path) if path is not None else {}
     overrides = list(overrides or [])
-    apply_overrides(raw, overrides)
+    dropped = apply_command_line(raw, overrides, str(path))
     source = "the command line" if overrides and path is None else (str(path) if path else "config")
     if path is not None and overrides:
         source = f"{path} / the command line"
-    return validate_config(raw, source)
+    cfg = validate_config(raw, source)
+    if dropped is not None and on_note is not None:
+        on_note(dropped.note())
+    return cfg
 
 
 def load_run_config(run_dir: str | Path) -> Config:

@@ -141,9 +141,13 @@ def activation_stats(model: nn.Module, x: Tensor) -> dict[str, dict[str, float]]
 
 
 def feature_maps(model: nn.Module, x: Tensor) -> list[tuple[str, Tensor]]:
-    """(activation name, (C_i, H_i, W_i) output on the CPU) of each block for the one image ``x`` (1, C, H, W)."""
+    """(activation name, (C_i, H_i, W_i) output on the CPU) of each block for the one image ``x`` (1, C, H, W).
+
+    Blocks whose output is no (1, C, H, W) map (a library ViT's tokens) are left out: there is no picture of them.
+    """
     names = [getattr(b, "activation_name", type(b).__name__) for b in blocks_of(model)]
-    return list(zip(names, [m[0].float().cpu() for m in block_outputs(model, x)], strict=True))
+    outputs = block_outputs(model, x)
+    return [(n, m[0].float().cpu()) for n, m in zip(names, outputs, strict=True) if m.dim() == 4]
 
 
 class Diagnostics:
@@ -173,4 +177,4 @@ class Diagnostics:
         """:func:`feature_maps` of the first validation image; None when disabled or without blocks."""
         if not self.enabled or not blocks_of(self.model):
             return None
-        return feature_maps(self.model, self.val_loader.normalize(self.val_loader.x[:1]))
+        return feature_maps(self.model, self.val_loader.normalize(self.val_loader.x[:1])) or None

@@ -53,7 +53,7 @@ from softmaxlab.diagnostics import Diagnostics
 from softmaxlab.distributed import World, all_reduce, resolve_device
 from softmaxlab.dotted import differences
 from softmaxlab.errors import DivergedError, UserError
-from softmaxlab.heads.check import warn_if_probabilities
+from softmaxlab.linting import lint, warn_findings
 from softmaxlab.metrics import after_temperature, classification_metrics, fit_head_temperature
 from softmaxlab.models import Classifier, build_model
 from softmaxlab.progress import Progress
@@ -239,6 +239,18 @@ def check_forward(model: Classifier, image_shape: tuple[int, int, int], device: 
         model.train(was_training)
 
 
+def lint_first_batch(model: Classifier, loader: TensorLoader, amp: str = "none") -> None:
+    """Warn once about each softmax pitfall of ``model`` with its head's loss
+    (:func:`softmaxlab.linting.lint`): the double-softmax and softmax-into-NLL pitfall heads
+    as a DoubleSoftmaxWarning and a SoftmaxNLLWarning, a softmax activation as an
+    ``intermediate_softmax``. One traced forward of the first two training images (and
+    their labels), in training mode under ``amp``'s autocast, which leaves the weights, the
+    BatchNorm statistics and the random number generators as they were."""
+    x, y = loader.normalize(loader.x[:2]), loader.y[:2]
+    with autocast(x.device, amp):
+        warn_findings(lint(model, model.head.loss, x, target=y))
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD (Nesterov momentum), Adam or AdamW on every parameter of ``model``.
 
@@ -320,9 +332,6 @@ def train_one_epoch(state: TrainingState, loader: TensorLoader, hooks: Hook, wor
             # Under the same autocast as the loss: a head that applies its own layers to the
             # features it is given (hierarchical, adaptive) gets bf16 features against float32 weights.
             predicted = head.predict(scores.detach())
-        if step == 0 and world.is_main and (head.applies_softmax or head.expects_log_probs):  # one host read
-            # the double softmax, or softmax into NLL
-            warn_if_probabilities(scores.detach(), "nll" if head.expects_log_probs else "cross_entropy")
         state.step(loss)
         state.totals.add(loss.detach(), (predicted == y).sum(), y.shape[0], step)
         state.batches_done = i + 1
@@ -466,6 +475,8 @@ def _fit(job: _Job, world: World, device: torch.device) -> FitResult:
         # each rank its own noise for dropout and Gumbel samples.
         torch.manual_seed(cfg.train.seed + 1_000_003 * world.rank)
     loaders = make_loaders(data, cfg, device, world)
+    if world.is_main:  # before torch.compile and DistributedDataParallel wrap the model
+        lint_first_batch(model, loaders["train"], cfg.train.amp)
     diagnostics = Diagnostics(model, loaders["val"], cfg.diagnostics.enabled, cfg.diagnostics.probe_size)
     checkpoints = Checkpointer(job.run_dir, world, cfg.train.checkpoint_every, Hooks(job.hooks), cfg.to_dict())
     progress = ProgressHook(job.progress if world.is_main else Progress())

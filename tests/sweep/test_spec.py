@@ -61,3 +61,20 @@ def test_a_grid_of_millions_of_runs_is_refused_before_it_is_built(tmp_path):
     base, _ = sweep.load_sweep(write_sweep(tmp_path / "ok.yaml", {"train.seed": [0]}))
     with pytest.raises(UserError, match=r"^the sweep has 11,000 runs"):
         sweep.expand_grid(base, spec)
+
+
+def test_overrides_change_the_base_before_the_variants_which_still_override_it(tmp_path):
+    variants = [{"head.name": "softmax"}, {"head.name": "gumbel", "head.tau": 2}]
+    path = write_sweep(tmp_path / "s.yaml", {"train.seed": [0]}, variants=variants, extra=["head.name=log_softmax"])
+    notes: list[str] = []
+    base, spec = sweep.load_sweep(path, ["model.name=timm:resnet18", "train.lr=0.2"], on_note=notes.append)
+    assert base.model.name == "timm:resnet18" and base.train.lr == 0.2 and base.head.name == "log_softmax"
+    assert notes == [f"model.widths from {path} does not apply to model.name=timm:resnet18 and was dropped"]
+    runs = sweep.expand_grid(base, spec)
+    assert [(r.config.model.name, r.config.head.name, r.config.train.lr) for r in runs] == [
+        ("timm:resnet18", "softmax", 0.2),
+        ("timm:resnet18", "gumbel", 0.2),
+    ]
+    # The sweep: section is the file's: --set changes the base experiment only.
+    with pytest.raises(UserError, match=r"--set 'sweep\.grid\.train\.seed=\[1\]': --set changes the base experiment"):
+        sweep.load_sweep(path, ["sweep.grid.train.seed=[1]"])

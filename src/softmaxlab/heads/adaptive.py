@@ -60,6 +60,7 @@ class AdaptiveSoftmaxHead(Head):
     which samples fall in each cluster (a sync per cluster per step).
     """
 
+    maps_logits = False  # its output layers are its own: it cannot take a model's logits
     uses_fc = False
     temperature_note = (
         "the head-and-clusters distribution is no single softmax, so T rescales its log-probabilities: "

@@ -77,6 +77,11 @@ class Head(nn.Module):
     #: Whether the head uses the base linear layer ``fc`` (K x F); heads with their own output
     #: layers set this to False so a 100,000-class head does not allocate an unused matrix.
     uses_fc: ClassVar[bool] = True
+    #: Whether the scores are a function of the logits z = fc(f) alone (the head normalises what
+    #: ``fc`` outputs), so a model that outputs the logits itself can feed the head with ``fc``
+    #: left out (:meth:`take_logits`, ``model.user_head: none``). Heads with output layers of
+    #: their own (hierarchical, adaptive) set False.
+    maps_logits: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -95,6 +100,14 @@ class Head(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         """(B, F) features -> (B, K) scores; the base returns the logits z = W f + b."""
         return self.fc(features)
+
+    def take_logits(self) -> None:
+        """Take the logits (B, K) from the model instead of computing them: ``fc`` becomes the
+        identity, so only the normaliser and the loss pairing remain (``model.user_head: none``)."""
+        if not self.maps_logits:
+            raise ValueError(f"head {self.name!r} has output layers of its own and cannot take logits")
+        self.fc = nn.Identity()
+        self.in_features = self.num_classes
 
     def loss(self, scores: Tensor, target: Tensor) -> Tensor:
         """Mean training loss of a batch of scores against (B,) integer targets."""

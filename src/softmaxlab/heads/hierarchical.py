@@ -154,6 +154,7 @@ class HierarchicalSoftmaxHead(Head):
     pass each epoch as ``val_coarse_acc``.
     """
 
+    maps_logits = False  # its output layers are its own: it cannot take a model's logits
     temperature_note = (
         "the two-level distribution is no single softmax, so T rescales its log-probabilities: "
         "p_T = softmax(log p / T), proportional to p^(1/T), which keeps every prediction"

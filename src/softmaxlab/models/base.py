@@ -1,9 +1,10 @@
 """The model registry, the options of the built-in backbones, and :class:`Classifier` = backbone + head.
 
 A backbone is an ``nn.Module`` (images (B, C, H, W) -> features (B, F)) with
-``out_features`` = F and, optionally, ``blocks``: an ``nn.ModuleList`` of its stages, each
-with an ``activation_name``. Diagnostics (activation statistics) and feature-map pictures
-hook the outputs of ``blocks``.
+``out_features`` = F and, optionally, ``blocks``: its stages (an ``nn.ModuleList``, or a
+list of submodules registered elsewhere, as :class:`softmaxlab.models.wrap.ExternalBackbone`
+gives for library and user models), each with an ``activation_name``. Diagnostics
+(activation statistics) and feature-map pictures hook the outputs of ``blocks``.
 
 A model registers a factory ``factory(in_channels, options, activations) -> backbone`` with
 its options model, which becomes its ``model.*`` config keys::
@@ -15,6 +16,10 @@ its options model, which becomes its ``model.*`` config keys::
     def tiny(in_channels: int, options: TinyOptions, activations: BlockActivations) -> nn.Module:
         \"\"\"One conv block and global average pooling.\"\"\"
         return TinyNet(in_channels, options.width, activations.build(activations.names(1)[0]))
+
+Names of a pattern (``timm:<name>``, ``path/to/file.py:factory``) are registry families
+(:meth:`~softmaxlab.registry.Registry.register_family`, see :mod:`softmaxlab.models.families`),
+whose factories take the name first.
 
 ``activations`` (:class:`softmaxlab.activations.BlockActivations`) carries
 ``model.activation`` and its options: which activation each block gets, and a fresh module

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,10 +76,13 @@ def check_sweep(
     workers: int = 1,
     launcher: str = "local",
     cluster: str | None = None,
+    overrides: Sequence[str] = (),
+    on_note: Callable[[str], None] | None = None,
 ) -> tuple[Config, SweepSpec, Path]:
-    """The sweep's base config, grid and directory, after the checks of the options, the
-    sweep config and the submitit settings that :func:`run_sweep` makes before it writes
-    anything (the directory's own checks are :func:`~softmaxlab.sweep.plan.plan_sweep`'s).
+    """The sweep's base config (with ``overrides``: :func:`~softmaxlab.sweep.spec.load_sweep`),
+    grid and directory, after the checks of the options, the sweep config and the submitit
+    settings that :func:`run_sweep` makes before it writes anything (the directory's own checks
+    are :func:`~softmaxlab.sweep.plan.plan_sweep`'s).
 
     Raises:
         UserError: what the sweep command would refuse.
@@ -87,7 +91,7 @@ def check_sweep(
         raise UserError(f"--workers must be at least 1, got {workers}")
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {launcher!r}; choose one of: {', '.join(LAUNCHERS)}")
-    base, spec = load_sweep(config_path)
+    base, spec = load_sweep(config_path, overrides, on_note=on_note)
     out = Path(out_dir) if out_dir is not None else default_sweep_dir(config_path, base)
     if launcher == "submitit":
         check_submitit(spec, cluster, base.name or out.name)
@@ -102,6 +106,8 @@ def dry_run(
     overwrite: bool = False,
     launcher: str = "local",
     cluster: str | None = None,
+    overrides: Sequence[str] = (),
+    on_note: Callable[[str], None] | None = None,
 ) -> SweepPlan:
     """What :func:`run_sweep` with these arguments would do, without training or writing:
     every run with its state (:func:`~softmaxlab.sweep.plan.plan_sweep`).
@@ -109,7 +115,9 @@ def dry_run(
     Raises:
         UserError: what the sweep command would refuse.
     """
-    base, spec, out = check_sweep(config_path, out_dir, workers=workers, launcher=launcher, cluster=cluster)
+    base, spec, out = check_sweep(
+        config_path, out_dir, workers=workers, launcher=launcher, cluster=cluster, overrides=overrides, on_note=on_note
+    )
     plan = plan_sweep(base, spec, out, overwrite)
     check_comparison(plan.runs, spec, base, str(config_path))
     return plan
@@ -130,6 +138,8 @@ def run_sweep(
     progress: SweepProgress | None = None,
     launcher: str = "local",
     cluster: str | None = None,
+    overrides: Sequence[str] = (),
+    on_note: Callable[[str], None] | None = None,
 ) -> SweepResult:
     """Train every run of the sweep config at ``config_path`` and write the sweep directory.
 
@@ -146,13 +156,21 @@ def run_sweep(
     ``sweep.compare_to``, paired by seed: :mod:`softmaxlab.sweep.compare`) and the report of
     all runs.
 
+    ``overrides`` (``k=v``, the command line's ``--set``) change the base experiment before the
+    grid and the variants are expanded; ``sweep.yaml`` records the base with them, so the same
+    overrides continue the sweep and other ones are another base config. ``on_note`` gets the
+    line naming the file's options that an override's component does not declare and that were
+    dropped (:func:`~softmaxlab.sweep.spec.load_sweep`).
+
     The sweep directory's write lock (:func:`softmaxlab.runs.lock_dir`) is held throughout.
 
     Raises:
         UserError: a bad sweep config, ``workers`` < 1, a directory that holds another sweep
             or that another process is writing.
     """
-    base, spec, out = check_sweep(config_path, out_dir, workers=workers, launcher=launcher, cluster=cluster)
+    base, spec, out = check_sweep(
+        config_path, out_dir, workers=workers, launcher=launcher, cluster=cluster, overrides=overrides, on_note=on_note
+    )
     plan = expand_grid(base, spec)
     check_comparison(plan, spec, base, str(config_path))  # before anything trains
     # One writer per sweep directory, for the whole sweep: a second sweep command (or a run)

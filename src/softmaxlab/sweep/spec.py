@@ -20,12 +20,21 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from softmaxlab.config import Config, closest_key, config_keys, read_yaml, validate_config
+from softmaxlab.config import (
+    Config,
+    apply_command_line,
+    closest_key,
+    config_keys,
+    parse_override,
+    read_yaml,
+    validate_config,
+)
 from softmaxlab.dotted import canonical
 from softmaxlab.errors import UserError
 
@@ -68,14 +77,27 @@ class SweepSpec(BaseModel):
         return list(dict.fromkeys([k for v in self.variants for k in v] + list(self.grid)))
 
 
-def load_sweep(path: str | Path) -> tuple[Config, SweepSpec]:
+def load_sweep(
+    path: str | Path, overrides: Sequence[str] = (), *, on_note: Callable[[str], None] | None = None
+) -> tuple[Config, SweepSpec]:
     """The base experiment (a normal, validated :class:`Config`) and the ``sweep:`` section
-    of the YAML file at ``path``; bad keys and values are one-line UserErrors."""
+    of the YAML file at ``path``; bad keys and values are one-line UserErrors.
+
+    ``overrides`` (``k=v``, the command line's ``--set``) change the base experiment as
+    :func:`~softmaxlab.config.load_config` changes a config, before the grid and the variants
+    (which still override the base); ``on_note`` gets the line naming the file's options that
+    an override's component does not declare and that were dropped
+    (:func:`~softmaxlab.config.apply_command_line`).
+    """
     raw = read_yaml(path)
     section = raw.pop("sweep", None)
     if not isinstance(section, dict):
         raise UserError(f"{str(path)!r} has no 'sweep:' section; add sweep.grid, e.g. grid: {{train.seed: [0, 1, 2]}}")
-    base = validate_config(raw, f"{path} (base experiment)")
+    for item in overrides:
+        if parse_override(item)[0][0] == "sweep":  # (a malformed item fails here, as in `run`)
+            raise UserError(f"--set {item!r}: --set changes the base experiment; edit the sweep: section in {path}")
+    dropped = apply_command_line(raw, list(overrides), str(path))
+    base = validate_config(raw, f"{path} (base experiment)" + (" / the command line" if overrides else ""))
     try:
         spec = SweepSpec.model_validate(section)
     except ValidationError as err:
@@ -83,6 +105,8 @@ def load_sweep(path: str | Path) -> tuple[Config, SweepSpec]:
         where = ".".join(str(p) for p in ("sweep", *e["loc"]))
         raise UserError(f"invalid {where!r} in {path}: {e['msg']}; see the Sweeps section of the README") from None
     check_spec(spec, str(path))
+    if dropped is not None and on_note is not None:
+        on_note(dropped.note())
     return base, spec
 
 

@@ -1,0 +1,391 @@
+"""Models that softmaxlab did not write: library classifiers by name and the user's own factories.
+
+* :func:`create_library_model` builds ``timm:<name>`` (any name ``timm.create_model`` knows)
+  or ``torchvision:<name>`` (any classifier of ``torchvision.models.get_model``) as the
+  library has it, its own classifier included; optionally with the library's pretrained
+  weights (its own downloader) or a local weights file.
+* :func:`load_factory` imports a user's factory from ``path/to/file.py:factory`` (the file is
+  run as Python runs a script: its folder goes first on ``sys.path``) or from
+  ``package.module:factory``; :func:`call_factory` calls it with keyword arguments and checks
+  that it returns an ``nn.Module``.
+* :func:`load_weights_file` / :func:`load_weights_into` read a state dict (``.safetensors``,
+  or a torch file loaded with ``weights_only=True``) and load it, with one-line errors.
+
+Every failure caused by the name, the file, the arguments or a missing network is a
+:class:`~softmaxlab.errors.UserError` of one line. A factory file, ten lines::
+
+    # my_net.py: softmaxlab run --set model.name=my_net.py:make --set model.kwargs.width=32
+    from torch import nn
+
+
+    def make(width: int = 16) -> nn.Module:
+        net = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
+        net.out_features = width  # features (B, width); without it a forward on an example measures them
+        net.blocks = [net[2]]  # optional: the stages that diagnostics, feature maps and softmax_blocks address
+        return net
+
+This module is what :mod:`softmaxlab.models.families` builds the ``model.name`` families on,
+and what ``softmaxlab lint`` uses to build the model it checks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import os
+import pickle
+import re
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from softmaxlab.errors import UserError
+from softmaxlab.untrusted import regular_file
+
+#: The libraries whose models ``model.name`` reaches by a prefix: ``timm:resnet18``.
+LIBRARIES = ("timm", "torchvision")
+#: What one-line errors keep of a library's exception message.
+MAX_MESSAGE = 160
+
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _short(exc: BaseException) -> str:
+    """``Type: first line of the message`` (cut at :data:`MAX_MESSAGE`), for one-line errors."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- library names
+
+
+def split_library_name(name: str) -> tuple[str, str]:
+    """``"timm:resnet18"`` -> ``("timm", "resnet18")``; a UserError for another prefix or none."""
+    library, sep, arch = name.partition(":")
+    if not sep or library not in LIBRARIES or not arch.strip():
+        raise UserError(
+            f"{name!r} is not a library model name; write timm:<name> (timm.list_models()) or "
+            "torchvision:<name> (torchvision.models.list_models())"
+        )
+    return library, arch.strip()
+
+
+def library_names(library: str) -> list[str]:
+    """Every model name of ``library`` (timm's architectures; torchvision's classifiers)."""
+    if library == "timm":
+        import timm
+
+        return timm.list_models()
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def is_library_model(library: str, arch: str) -> bool:
+    """Whether ``library`` builds ``arch`` (for timm, with or without a pretrained tag: ``resnet18.a1_in1k``)."""
+    if library == "timm":
+        import timm
+
+        return timm.is_model(arch)
+    return arch in library_names("torchvision")
+
+
+def check_library_name(name: str) -> tuple[str, str]:
+    """(library, architecture) of ``name``; a UserError with the closest names when the library lacks it."""
+    library, arch = split_library_name(name)
+    if is_library_model(library, arch):
+        return library, arch
+    close = difflib.get_close_matches(arch, library_names(library), n=3, cutoff=0.6)
+    other = next(o for o in LIBRARIES if o != library)
+    if not close and arch in library_names(other):  # the other library has it
+        close = [f"{other}:{arch}"]
+    close = [c if ":" in c else f"{library}:{c}" for c in close]
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    listing = "timm.list_models()" if library == "timm" else "torchvision.models.list_models(module=torchvision.models)"
+    raise UserError(f"{library} has no model {arch!r}{hint}; see {listing} for the names")
+
+
+def construct_library_model(
+    name: str, pretrained: bool, kwargs: Mapping[str, Any], own: Mapping[str, Any] | None = None
+) -> nn.Module:
+    """``timm.create_model(arch, pretrained=..., **kwargs, **own)`` or ``torchvision.models.get_model(arch,
+    weights="DEFAULT" if pretrained else None, **kwargs, **own)``; ``own`` are the arguments softmaxlab
+    sets itself (``num_classes=0``), left out of the messages.
+
+    Raises:
+        UserError: an unknown name; keyword arguments the model refuses; pretrained weights
+            that cannot be downloaded (no network): download them elsewhere and pass the file.
+    """
+    library, arch = check_library_name(name)
+    if library == "timm":
+        _check_timm_weights(arch, pretrained)
+    arguments = {**kwargs, **(own or {})}
+    try:
+        if library == "timm":
+            import timm
+
+            return timm.create_model(arch, pretrained=pretrained, **arguments)
+        import torchvision
+
+        return torchvision.models.get_model(arch, weights="DEFAULT" if pretrained else None, **arguments)
+    except torch.OutOfMemoryError:
+        raise
+    except OSError as exc:  # URLError, ConnectionError, huggingface_hub's LocalEntryNotFoundError: no network
+        if not pretrained:
+            raise
+        raise UserError(
+            f"cannot download the pretrained weights of {name!r} ({_short(exc)}); download them where there is a "
+            f"network (torch.save of the model's state_dict(), or its .safetensors file) and set model.weights: "
+            "PATH instead of model.pretrained"
+        ) from None
+    except (TypeError, ValueError, AssertionError, KeyError, RuntimeError, NotImplementedError) as exc:
+        raise UserError(
+            f"cannot build {name!r} with kwargs {dict(kwargs)} ({_short(exc)}); check model.kwargs"
+        ) from None
+
+
+def _check_timm_weights(arch: str, pretrained: bool) -> None:
+    """A UserError for a pretrained tag timm lacks (``resnet18.nope``), or ``pretrained`` for an
+    architecture without weights (timm would log a warning and go on with random weights)."""
+    from timm.models import get_pretrained_cfg
+
+    base, _, tag = arch.partition(".")
+    try:
+        cfg = get_pretrained_cfg(arch) if tag or pretrained else None
+    except RuntimeError:
+        raise UserError(
+            f"timm has no weights {tag!r} for {base!r}; timm.list_models({base!r}, pretrained=True) lists its tags"
+        ) from None
+    if pretrained and not (cfg is not None and (cfg.url or cfg.hf_hub_id or cfg.file)):
+        raise UserError(
+            f"timm has no pretrained weights for {arch!r}; set model.pretrained: false, or choose one of "
+            "timm.list_models(pretrained=True)"
+        )
+
+
+def create_library_model(
+    name: str, *, pretrained: bool = False, weights: str | None = None, kwargs: dict | None = None
+) -> nn.Module:
+    """The library classifier ``name`` (``timm:<name>`` or ``torchvision:<name>``) as the library
+    builds it, its own classifier included (what ``softmaxlab lint`` checks).
+
+    Args:
+        name: ``timm:<name>`` (``timm.list_models()``) or ``torchvision:<name>``
+            (``torchvision.models.list_models(module=torchvision.models)``).
+        pretrained: the library's pretrained weights, through its own downloader (timm:
+            ``pretrained=True``; torchvision: ``weights="DEFAULT"``).
+        weights: a local state dict instead (``.safetensors``, or a torch file read with
+            ``weights_only=True``); its keys must fit the model.
+        kwargs: keyword arguments of the library's constructor (``num_classes``, ``drop_rate``, ...).
+
+    Raises:
+        UserError: an unknown name (with the closest ones), refused keyword arguments, a
+            failed download, an unreadable weights file or one that does not fit.
+    """
+    if pretrained and weights is not None:
+        raise UserError("model.pretrained and model.weights both ask for weights; keep one of them")
+    model = construct_library_model(name, pretrained, dict(kwargs or {}))
+    if weights is not None:
+        load_weights_into(model, load_weights_file(weights), f"model.weights {weights!r}")
+    return model
+
+
+# --------------------------------------------------------------------------- weights files
+
+
+def load_weights_file(path: str | Path) -> dict[str, Tensor]:
+    """The state dict in ``path``: a ``.safetensors`` file, or a torch file loaded with
+    ``weights_only=True`` holding a state dict or a checkpoint with one under ``state_dict``,
+    ``model_state_dict`` or ``model`` (a ``module.`` prefix of DistributedDataParallel is removed).
+
+    Raises:
+        UserError: not a regular file; unreadable or corrupt; a pickle payload with code or
+            objects other than tensors (refused, never executed); no state dict inside.
+    """
+    hint = "pass a state dict saved with torch.save(model.state_dict(), PATH) or a .safetensors file"
+    p = regular_file(path, "model.weights", hint)
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(p)
+        else:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        foreign = "global" in str(exc).lower()
+        why = "holds code or objects other than tensors and was not loaded" if foreign else "is not a torch file"
+        raise UserError(f"model.weights {str(p)!r} {why}; {hint}") from None
+    except Exception as exc:  # truncated or corrupt, whatever the loader calls it
+        raise UserError(f"model.weights {str(p)!r} cannot be read ({_short(exc)}); {hint}") from None
+    return _state_dict_of(state, p, hint)
+
+
+def _state_dict_of(payload: Any, path: Path, hint: str) -> dict[str, Tensor]:
+    """The {name: tensor} mapping in a loaded payload (unwrapping the usual checkpoint keys)."""
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(payload, dict) and isinstance(payload.get(key), dict):
+            payload = payload[key]
+            break
+    if not isinstance(payload, dict) or not payload or not all(isinstance(v, Tensor) for v in payload.values()):
+        raise UserError(f"model.weights {str(path)!r} holds no state dict of tensors; {hint}")
+    if all(k.startswith("module.") for k in payload):  # saved from a DistributedDataParallel wrapper
+        payload = {k[len("module.") :]: v for k, v in payload.items()}
+    return payload
+
+
+def _listed(keys: list[str], most: int = 3) -> str:
+    return ", ".join(keys[:most]) + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
+def load_weights_into(module: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """``module.load_state_dict(state)``; a one-line UserError naming a few of the missing,
+    unexpected and differently shaped keys when ``state`` does not fit."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = [
+        f"{what} {_listed(keys)}"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes))
+        if keys
+    ]
+    if parts:
+        raise UserError(
+            f"{source} does not fit the model ({'; '.join(parts)}); use weights saved from the same model and kwargs"
+        )
+    module.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------- user factories
+
+
+def split_factory_spec(spec: str) -> tuple[str, str]:
+    """``"nets/my_net.py:make"`` -> ``("nets/my_net.py", "make")``; ``"pkg.mod:make"`` likewise."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not _IDENTIFIER.fullmatch(attr):
+        raise UserError(f"{spec!r} does not name a factory; write path/to/file.py:factory or package.module:factory")
+    if not target.endswith(".py") and not _DOTTED.fullmatch(target):
+        raise UserError(f"{target!r} in {spec!r} is neither a .py file nor a dotted module name; write path/to/file.py")
+    return target, attr
+
+
+def is_factory_spec(spec: str) -> bool:
+    """Whether ``spec`` looks like ``path/to/file.py:factory`` or ``package.module:factory``."""
+    try:
+        split_factory_spec(spec)
+    except UserError:
+        return False
+    return spec.partition(":")[0] not in LIBRARIES
+
+
+def load_factory(spec: str) -> Callable[..., nn.Module]:
+    """The callable ``factory`` of ``path/to/file.py:factory`` or ``package.module:factory``.
+
+    A file is run as Python runs a script (its folder goes first on ``sys.path``, so it can
+    import its neighbours), once per file: loading it again returns the same module. A module
+    is imported with the current directory on ``sys.path`` (last), as ``python -m`` would find it.
+
+    Raises:
+        UserError: a malformed spec, a missing file or module, an import that fails (its
+            exception in one line), no such attribute (with the closest names), not callable.
+    """
+    target, attr = split_factory_spec(spec)
+    module = _import_file(target) if target.endswith(".py") else _import_module(target)
+    factory = getattr(module, attr, None)
+    if factory is None:
+        public = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+        close = difflib.get_close_matches(attr, public, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"{target!r} has no {attr!r}{hint}; its callables: {', '.join(public[:10]) or 'none'}")
+    if not callable(factory):
+        raise UserError(f"{spec!r} is not callable (type {type(factory).__name__}); name a function or class")
+    return factory
+
+
+def _import_file(target: str) -> ModuleType:
+    """Run the file ``target`` as a module (cached per resolved path)."""
+    path = regular_file(target, "model file", "pass path/to/file.py:factory with an existing file").resolve()
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+    stem = re.sub(r"\W", "_", path.stem)
+    name = f"_softmaxlab_user_{stem}_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UserError(f"{str(target)!r} cannot be imported as Python; pass a .py file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before running it, as import does (dataclasses and pickle look it up)
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as exc:
+        del sys.modules[name]
+        raise UserError(f"importing {str(target)!r} failed ({_short(exc)}); fix the file") from None
+    return module
+
+
+def _import_module(target: str) -> ModuleType:
+    """``importlib.import_module(target)`` with the current directory on ``sys.path``."""
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name and (target == exc.name or target.startswith(exc.name + ".")):
+            raise UserError(
+                f"no module {target!r}; check the name, run from the folder that holds it, or pass its file "
+                "as path/to/file.py:factory"
+            ) from None
+        raise UserError(f"importing {target!r} failed ({_short(exc)}); install what it needs") from None
+    except (Exception, SystemExit) as exc:
+        raise UserError(f"importing {target!r} failed ({_short(exc)}); fix the module") from None
+
+
+def call_factory(spec: str, factory: Callable[..., Any], kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """``factory(**kwargs)``, which must return an ``nn.Module``; ``spec`` names it in errors.
+
+    Raises:
+        UserError: the factory raises (its exception in one line) or returns no ``nn.Module``.
+    """
+    try:
+        module = factory(**dict(kwargs or {}))
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{spec} raised {_short(exc)} when called with kwargs {dict(kwargs or {})}") from None
+    if not isinstance(module, nn.Module):
+        raise UserError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module; return the network")
+    return module
+
+
+def build_user_model(spec: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """The module that the factory ``spec`` (:func:`load_factory`) returns for ``**kwargs``."""
+    return call_factory(spec, load_factory(spec), kwargs)
+
+
+__all__ = [
+    "LIBRARIES",
+    "build_user_model",
+    "call_factory",
+    "check_library_name",
+    "construct_library_model",
+    "create_library_model",
+    "is_factory_spec",
+    "load_factory",
+    "load_weights_file",
+    "load_weights_into",
+    "split_factory_spec",
+    "split_library_name",
+]

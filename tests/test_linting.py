@@ -1,0 +1,375 @@
+"""The softmax linter's engine: a corpus of small models with and without each pitfall."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import softmaxlab
+from softmaxlab.activations import build_activation
+from softmaxlab.errors import UserError
+from softmaxlab.heads import DoubleSoftmaxWarning, SoftmaxNLLWarning
+from softmaxlab.heads.check import SoftmaxPitfallWarning
+from softmaxlab.linting import KINDS, Finding, has_errors, lint, warn_findings
+
+K = 5  # classes of every model here
+
+
+def features() -> nn.Sequential:
+    """(B, 3, 32, 32) -> (B, 8)."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+class Net(nn.Module):
+    """features -> linear -> ``end`` (a function of the logits), called in the model's own forward."""
+
+    def __init__(self, end=lambda z: z) -> None:
+        super().__init__()
+        self.features, self.fc, self.end = features(), nn.Linear(8, K), end
+
+    def forward(self, x):
+        return self.end(self.fc(self.features(x)))
+
+
+def sequential(*tail: nn.Module) -> nn.Sequential:
+    return nn.Sequential(features(), nn.Linear(8, K), *tail)
+
+
+def kinds(findings: list[Finding]) -> list[str]:
+    return [f.kind for f in findings]
+
+
+# --------------------------------------------------------------------------- the loss pairings
+
+
+@pytest.mark.parametrize(
+    ("model", "where"),
+    [
+        (sequential(nn.Softmax(dim=1)), "2"),  # an nn.Softmax module
+        (Net(lambda z: F.softmax(z, dim=1)), "F.softmax"),  # functional, in the model's own forward
+        (Net(lambda z: z.softmax(-1)), "Tensor.softmax"),  # a tensor method
+        (Net(lambda z: torch.softmax(z, 1).float().view(-1, K)), "torch.softmax"),  # .float() and a view hide grad_fn
+        (Net(lambda z: F.dropout(torch.softmax(z, 1), 0.1)), "torch.softmax"),
+    ],
+)
+def test_double_softmax_is_found_however_the_softmax_is_written(model, where):
+    result = lint(model, nn.CrossEntropyLoss())
+    assert kinds(result) == ["double_softmax"] and has_errors(result)
+    f = result[0]
+    assert (
+        f.where == where and "double-softmax pitfall" in f.message and "ln(1 + (K-1)/e) = 0.90 for K = 5" in f.message
+    )
+    assert "logits" in f.fix
+    assert f.source.startswith("test_linting.py:") or where == "2"  # nn.Sequential: torch's own code calls it
+
+
+def test_a_functional_cross_entropy_in_a_loss_function_is_seen():
+    result = lint(sequential(nn.Softmax(dim=-1)), lambda out, y: F.cross_entropy(out, y, label_smoothing=0.1))
+    assert kinds(result) == ["double_softmax"]
+
+
+def test_softmax_into_nll_and_its_fixes():
+    assert kinds(lint(sequential(nn.Softmax(dim=1)), nn.NLLLoss())) == ["softmax_into_nll"]
+    assert "softmax-into-NLL" in lint(sequential(nn.Softmax(dim=1)), nn.NLLLoss())[0].message
+    assert kinds(lint(Net(lambda z: z.sigmoid()), nn.NLLLoss())) == ["softmax_into_nll"]  # probabilities too
+    assert lint(sequential(nn.LogSoftmax(dim=1)), nn.NLLLoss()) == []  # the correct pairing
+
+
+def test_sigmoid_into_cross_entropy_and_into_bce_with_logits():
+    model = sequential(nn.Sigmoid())
+    assert kinds(lint(model, nn.CrossEntropyLoss())) == ["sigmoid_into_cross_entropy"]
+    double = lint(model, nn.BCEWithLogitsLoss())  # float targets of the output's shape, found by trying
+    assert kinds(double) == ["sigmoid_into_bce_with_logits"] and "double sigmoid" in double[0].message
+    assert lint(model, nn.BCELoss()) == []  # probabilities are what BCELoss takes
+    assert lint(sequential(), nn.BCEWithLogitsLoss()) == []
+
+
+def test_probabilities_into_bce_with_logits_and_kl_div():
+    assert kinds(lint(sequential(nn.Softmax(dim=1)), nn.BCEWithLogitsLoss())) == ["softmax_into_bce_with_logits"]
+    teacher = torch.full((2, K), 1 / K)
+    distil = lint(sequential(nn.Softmax(dim=1)), lambda p, y: F.kl_div(p, teacher, reduction="batchmean"))
+    assert kinds(distil) == ["softmax_into_kl_div"]
+    assert lint(sequential(nn.LogSoftmax(dim=1)), lambda p, y: F.kl_div(p, teacher, reduction="batchmean")) == []
+
+
+def test_log_softmax_into_cross_entropy_is_a_harmless_note():
+    result = lint(sequential(nn.LogSoftmax(dim=1)), nn.CrossEntropyLoss())
+    assert kinds(result) == ["log_softmax_into_cross_entropy"] and not has_errors(result)
+    assert "harmless" in result[0].message and result[0].severity == "note"
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        lambda z: torch.log(F.softmax(z, dim=1)),
+        lambda z: z.softmax(1).log(),
+        lambda z: torch.log(z.softmax(1) + 1e-8),  # an epsilon only hides it
+        lambda z: z.softmax(1).clamp(min=1e-12).log(),
+    ],
+)
+def test_log_of_softmax_is_a_warning_and_its_output_counts_as_log_probabilities(end):
+    result = lint(Net(end), nn.NLLLoss())
+    assert kinds(result) == ["log_of_softmax"] and "log_softmax" in result[0].fix
+    assert kinds(lint(Net(end), nn.CrossEntropyLoss())) == ["log_of_softmax", "log_softmax_into_cross_entropy"]
+
+
+def test_log_of_sigmoid():
+    result = lint(Net(lambda z: torch.log(torch.sigmoid(z))), lambda out, y: -out.mean())
+    assert kinds(result) == ["log_of_sigmoid"] and "logsigmoid" in result[0].fix
+
+
+def test_softmax_over_the_batch_and_over_a_single_value():
+    over_batch = lint(sequential(nn.Softmax(dim=0)), nn.NLLLoss())
+    assert kinds(over_batch) == ["softmax_over_batch", "softmax_into_nll"]
+    assert "the batch" in over_batch[0].message
+    one_logit = nn.Sequential(features(), nn.Linear(8, 1), nn.Softmax(dim=1))
+    constant = lint(one_logit, lambda p, y: F.binary_cross_entropy(p.squeeze(1), y.float()), target=torch.ones(2))
+    assert kinds(constant) == ["constant_softmax"] and "BCEWithLogitsLoss" in constant[0].fix
+
+
+def test_a_softmax_output_without_a_loss_is_a_note():
+    result = lint(sequential(nn.Softmax(dim=1)))
+    assert kinds(result) == ["softmax_output"] and result[0].where == "2"
+    assert lint(sequential()) == []
+
+
+# --------------------------------------------------------------------------- softmax inside the network
+
+
+class Hidden(nn.Module):
+    """conv -> ``act`` -> conv -> pool -> linear."""
+
+    def __init__(self, act: nn.Module) -> None:
+        super().__init__()
+        self.conv1, self.act, self.conv2 = nn.Conv2d(3, 4, 3), act, nn.Conv2d(4, 4, 3)
+        self.fc = nn.Linear(4, K)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.conv2(self.act(self.conv1(x))), 1).flatten(1))
+
+
+class Lambda(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+@pytest.mark.parametrize(
+    ("act", "axes"),
+    [
+        (build_activation("softmax_h"), "over height of a (B, C, H, W) map"),
+        (build_activation("softmax_w"), "over width of a (B, C, H, W) map"),
+        (build_activation("softmax_hw"), "over height and width of a (B, C, H, W) map"),
+        (build_activation("softmax_c"), "over channels of a (B, C, H, W) map"),
+        (Lambda(lambda x: x.flatten(2).softmax(-1).view_as(x) * 9), "over height and width of a (B, C, H, W) map"),
+        (Lambda(lambda x: x.permute(0, 2, 3, 1).softmax(-1).permute(0, 3, 1, 2)), "over channels"),
+        (Lambda(lambda x: F.relu(x.softmax(2)) + x), "over height of a (B, C, H, W) map"),  # mixed, still fed on
+    ],
+)
+def test_an_intermediate_softmax_is_found_with_its_axes(act, axes):
+    result = lint(Hidden(act), nn.CrossEntropyLoss())
+    assert kinds(result) == ["intermediate_softmax"]
+    f = result[0]
+    assert f.where == "act" and axes in f.message and "F.conv2d in Conv2d" in f.message
+    assert f.severity == "warning" and "ReLU" in f.fix
+
+
+def test_softmax_as_an_mlp_activation_is_intermediate_and_one_finding_per_module():
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 8), nn.Softmax(dim=1), nn.Linear(8, 8))
+    mlp.append(nn.Softmax(dim=1)).append(nn.Linear(8, K))
+    result = lint(mlp, nn.CrossEntropyLoss())
+    assert [(f.kind, f.where) for f in result] == [("intermediate_softmax", "2"), ("intermediate_softmax", "4")]
+    assert "over the features of a (B, F) tensor" in result[0].message
+
+
+class Attention(nn.Module):
+    """Patches -> nn.MultiheadAttention, scaled_dot_product_attention, a hand-written
+    q @ k^T softmax (with dropout) @ v, talking heads (a linear over the heads of the maps),
+    attention pooling (a spatial softmax weighting a map) -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches = nn.Conv2d(3, 8, 8, stride=8)  # (B, 8, 4, 4)
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.qkv, self.talk, self.pool, self.fc = nn.Linear(8, 24), nn.Linear(2, 2), nn.Conv2d(8, 1, 1), nn.Linear(8, K)
+
+    def forward(self, x):
+        m = self.patches(x)
+        t = m.flatten(2).transpose(1, 2)  # (B, 16, 8)
+        t = t + self.mha(t, t, t, need_weights=False)[0]
+        q, k, v = self.qkv(t).unflatten(-1, (3, 2, 4)).permute(2, 0, 3, 1, 4)  # (B, 2 heads, 16, 4) each
+        t = t + F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        a = F.dropout((q @ k.transpose(-2, -1) / 2).softmax(dim=-1), 0.1, self.training)
+        t = t + (a @ v).transpose(1, 2).flatten(2)
+        talk = self.talk(a.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # mixes the heads' maps
+        t = t + torch.matmul(talk, v).transpose(1, 2).flatten(2)
+        w = self.pool(m).flatten(2).softmax(-1)  # (B, 1, 16) over the positions
+        pooled = (m.flatten(2) * w).sum(-1)  # (B, 8)
+        return self.fc(t.mean(1) + pooled)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc1, self.fc2, self.head = nn.Conv2d(3, 8, 3), nn.Linear(8, 4), nn.Linear(4, 8), nn.Linear(8, K)
+
+    def forward(self, x):
+        m = F.gelu(self.conv(x))
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(m.mean((2, 3))))))  # (B, 8)
+        m = m * s[:, :, None, None]
+        return self.head(F.adaptive_avg_pool2d(m, 1).flatten(1))
+
+
+class SoftmaxOnlyForInference(nn.Module):
+    """Logits in training, probabilities in eval: the common correct pattern (lint runs in training mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = sequential()
+
+    def forward(self, x):
+        z = self.net(x)
+        return z if self.training else z.softmax(-1)
+
+
+@pytest.mark.parametrize(
+    ("model", "loss"),
+    [
+        (Attention(), nn.CrossEntropyLoss()),
+        (SqueezeExcite(), nn.CrossEntropyLoss()),
+        (Hidden(nn.GELU()), nn.CrossEntropyLoss()),
+        (Hidden(build_activation("relu")), nn.CrossEntropyLoss()),
+        (SoftmaxOnlyForInference().eval(), nn.CrossEntropyLoss()),
+        (sequential(nn.LogSoftmax(dim=1)), nn.NLLLoss()),
+        (sequential(), nn.BCEWithLogitsLoss()),
+    ],
+    ids=["attention", "squeeze_excite", "gelu", "relu", "softmax_at_inference", "log_softmax_nll", "bce_logits"],
+)
+def test_clean_models_have_no_findings(model, loss):
+    assert lint(model, loss) == []
+
+
+@pytest.fixture(scope="module")
+def library_models():
+    timm = pytest.importorskip("timm")
+    import torchvision
+
+    return {
+        "timm:vit_tiny_patch16_224": timm.create_model(
+            "vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=K
+        ),
+        "timm:resnet18": timm.create_model("resnet18", num_classes=K),
+        "torchvision:resnet18": torchvision.models.resnet18(num_classes=K),
+        "torchvision:mobilenet_v3_small": torchvision.models.mobilenet_v3_small(num_classes=K),  # SE blocks
+        "torchvision:efficientnet_b0": torchvision.models.efficientnet_b0(num_classes=K),
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "timm:vit_tiny_patch16_224",
+        "timm:resnet18",
+        "torchvision:resnet18",
+        "torchvision:mobilenet_v3_small",
+        "torchvision:efficientnet_b0",
+    ],
+)
+def test_library_classifiers_are_clean(library_models, name):
+    assert lint(library_models[name], nn.CrossEntropyLoss()) == []
+
+
+# --------------------------------------------------------------------------- the contract around it
+
+
+#: One planted pitfall of each kind: (kind, model, loss).
+PLANTED = [
+    ("double_softmax", lambda: sequential(nn.Softmax(dim=1)), nn.CrossEntropyLoss()),
+    ("softmax_into_nll", lambda: sequential(nn.Softmax(dim=1)), nn.NLLLoss()),
+    ("sigmoid_into_cross_entropy", lambda: sequential(nn.Sigmoid()), nn.CrossEntropyLoss()),
+    ("sigmoid_into_bce_with_logits", lambda: sequential(nn.Sigmoid()), nn.BCEWithLogitsLoss()),
+    ("softmax_into_bce_with_logits", lambda: sequential(nn.Softmax(dim=1)), nn.BCEWithLogitsLoss()),
+    ("softmax_into_kl_div", lambda: sequential(nn.Softmax(dim=1)), nn.KLDivLoss(reduction="batchmean")),
+    ("softmax_over_batch", lambda: sequential(nn.Softmax(dim=0)), None),
+    ("constant_softmax", lambda: nn.Sequential(features(), nn.Linear(8, 1), nn.Softmax(dim=1)), None),
+    ("log_of_softmax", lambda: Net(lambda z: z.softmax(1).log()), nn.NLLLoss()),
+    ("log_of_sigmoid", lambda: Net(lambda z: z.sigmoid().log()), None),
+    ("intermediate_softmax", lambda: Hidden(build_activation("softmax_hw")), nn.CrossEntropyLoss()),
+    ("log_softmax_into_cross_entropy", lambda: sequential(nn.LogSoftmax(dim=1)), nn.CrossEntropyLoss()),
+    ("softmax_output", lambda: sequential(nn.Softmax(dim=1)), None),
+]
+
+
+def test_every_kind_has_a_planted_case():
+    assert [kind for kind, _, _ in PLANTED] == list(KINDS)
+
+
+@pytest.mark.parametrize(("kind", "make", "loss"), PLANTED, ids=[p[0] for p in PLANTED])
+def test_every_kind_is_found_where_it_is_planted(kind, make, loss):
+    result = lint(make(), loss)
+    assert kind in kinds(result)
+    f = next(f for f in result if f.kind == kind)
+    assert f.severity == KINDS[kind] and f.message and f.fix and f.where
+
+
+def test_lint_leaves_the_model_and_the_random_state_as_they_were():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten(), nn.LazyLinear(K))
+    model(torch.zeros(2, 3, 32, 32))
+    model.eval()
+    model[2].train()  # a module left in its own mode stays in it
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(3)
+    lint(model, nn.CrossEntropyLoss())
+    after = torch.rand(1)
+    torch.manual_seed(3)
+    assert torch.equal(after, torch.rand(1))
+    assert [m.training for m in model] == [False, False, True, False, False]
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_outputs_in_a_tuple_or_a_dict_are_linted():
+    class Two(nn.Module):
+        def __init__(self, wrap) -> None:
+            super().__init__()
+            self.net, self.wrap = sequential(nn.Softmax(dim=1)), wrap
+
+        def forward(self, x):
+            return self.wrap(self.net(x))
+
+    assert kinds(lint(Two(lambda p: (p, p.detach())), nn.CrossEntropyLoss())) == ["double_softmax"]
+    assert kinds(lint(Two(lambda p: {"aux": 0, "logits": p}), nn.CrossEntropyLoss())) == ["double_softmax"]
+
+
+def test_bad_models_and_losses_are_user_errors():
+    with pytest.raises(UserError, match=r"fails on a batch of shape \(2, 1, 32, 32\).*--input-shape"):
+        lint(sequential(), example=torch.randn(2, 1, 32, 32))
+    with pytest.raises(UserError, match="returned a str"):
+        lint(Lambda(lambda x: "no tensor"))
+    with pytest.raises(UserError, match=r"loss cannot be called.*TypeError"):
+        lint(sequential(), nn.TripletMarginLoss())
+
+
+def test_findings_become_warnings_of_the_pitfall_classes():
+    double = lint(sequential(nn.Softmax(dim=1)), nn.CrossEntropyLoss())
+    nll = lint(sequential(nn.Softmax(dim=1)), nn.NLLLoss())
+    hidden = lint(Hidden(build_activation("softmax_hw")), nn.CrossEntropyLoss())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_findings([*double, *nll, *hidden])
+    assert [w.category for w in caught] == [DoubleSoftmaxWarning, SoftmaxNLLWarning, SoftmaxPitfallWarning]
+    assert str(caught[0].message).startswith("double_softmax (error) at 2: ")
+    assert all(".py:" not in str(w.message) for w in caught)  # one line for the CLI, no source line
+
+
+def test_the_public_api():
+    assert softmaxlab.lint is lint and softmaxlab.Finding is Finding
+    f = Finding("a", "b", "head", "m", "f")
+    assert list(f.to_dict()) == ["kind", "severity", "where", "message", "fix", "source"]  # the JSON's keys, in order
+    assert f.to_dict()["source"] == "" and str(f) == "a (b) at head: m; fix: f"
