@@ -8,7 +8,8 @@ Run from the repository root after the sweeps of configs/studies/ (each writes
 weights by ``docs/studies/keep.py``. Every number in the
 generated blocks of docs/studies/*.md (between ``<!-- build:KEY -->`` and
 ``<!-- /build:KEY -->``) comes from those files: means and sample standard deviations over
-the seeds, never typed by hand. A sweep that has not been run leaves its blocks as they are.
+the seeds, never typed by hand. A sweep that has not been run, or not to its end, leaves its
+blocks as they are.
 """
 
 from __future__ import annotations
@@ -850,6 +851,9 @@ def main() -> None:
     sweeps["intermediate-adam"] = runs / "intermediate-softmax-adam"
     sweeps["many-classes"] = runs / "double-softmax-100-classes"
     have = {name: read_rows(path) for name, path in sweeps.items() if (path / "results.csv").is_file()}
+    for name in [n for n, rows in have.items() if any(r["status"] in ("pending", "unfinished") for r in rows)]:
+        print(f"{sweeps[name]}: runs not trained yet; its blocks stay as they are until the sweep is finished")
+        del have[name]
     compared = {name: read_comparisons(sweeps[name]) for name in have}
     fill(DOCS / "output-heads.md", {"numerics": numerics_table()})
 
