@@ -297,6 +297,7 @@ PLANTED = [
     ("sigmoid_into_bce_with_logits", lambda: sequential(nn.Sigmoid()), nn.BCEWithLogitsLoss()),
     ("softmax_into_bce_with_logits", lambda: sequential(nn.Softmax(dim=1)), nn.BCEWithLogitsLoss()),
     ("softmax_into_kl_div", lambda: sequential(nn.Softmax(dim=1)), nn.KLDivLoss(reduction="batchmean")),
+    ("logits_into_nll", lambda: sequential(), nn.NLLLoss()),
     ("softmax_over_batch", lambda: sequential(nn.Softmax(dim=0)), None),
     ("constant_softmax", lambda: nn.Sequential(features(), nn.Linear(8, 1), nn.Softmax(dim=1)), None),
     ("log_of_softmax", lambda: Net(lambda z: z.softmax(1).log()), nn.NLLLoss()),
@@ -373,3 +374,44 @@ def test_the_public_api():
     f = Finding("a", "b", "head", "m", "f")
     assert list(f.to_dict()) == ["kind", "severity", "where", "message", "fix", "source"]  # the JSON's keys, in order
     assert f.to_dict()["source"] == "" and str(f) == "a (b) at head: m; fix: f"
+
+
+# --------------------------------------------------------------------------- from an outside review
+
+
+def label_smoothing_cross_entropy(output, target, smoothing=0.1):
+    """Label-smoothing cross-entropy written with log_softmax, as timm's LabelSmoothingCrossEntropy is."""
+    logp = F.log_softmax(output, dim=-1)
+    nll = -logp.gather(1, target[:, None]).squeeze(1)
+    return ((1 - smoothing) * nll - smoothing * logp.mean(-1)).mean()
+
+
+def test_a_loss_that_takes_log_softmax_of_probabilities_is_a_double_softmax():
+    findings = lint(sequential(nn.Softmax(dim=1)), label_smoothing_cross_entropy)
+    assert kinds(findings) == ["double_softmax"] and "F.log_softmax" in findings[0].message
+    assert lint(sequential(), label_smoothing_cross_entropy) == []  # on logits it is a correct loss
+
+
+class InferenceSoftmax(Net):
+    """Softmax only where no gradient is taken: a correct model for inference."""
+
+    def forward(self, x):
+        z = super().forward(x)
+        return z if torch.is_grad_enabled() else z.softmax(1)
+
+
+def test_the_model_is_run_with_gradients_on_as_the_loss_sees_it_in_training():
+    assert lint(InferenceSoftmax(), nn.CrossEntropyLoss()) == []
+
+
+def test_scaled_probabilities_are_a_double_softmax_without_the_floor_of_exact_ones():
+    (exact,) = lint(Net(lambda z: z.softmax(1)), nn.CrossEntropyLoss())
+    (scaled,) = lint(Net(lambda z: 100 * z.softmax(1)), nn.CrossEntropyLoss())
+    assert exact.kind == scaled.kind == "double_softmax"
+    assert "loss stuck above" in exact.message and "loss stuck above" not in scaled.message
+
+
+def test_logits_into_nll_is_found_from_the_values_and_hand_written_log_probabilities_pass():
+    assert kinds(lint(sequential(), nn.NLLLoss())) == ["logits_into_nll"]
+    assert lint(Net(lambda z: z - z.logsumexp(1, keepdim=True)), nn.NLLLoss()) == []
+    assert lint(sequential(nn.LogSoftmax(dim=1)), nn.NLLLoss()) == []

@@ -432,3 +432,16 @@ def test_malicious_checkpoint_is_refused_and_never_executed(tmp_path):
     with pytest.raises(UserError, match="not loaded"):
         fit(tiny_config("train.epochs=1", "data.train_size=128"), run, resume=True)
     assert not marker.exists()
+
+
+def test_a_model_that_cannot_take_the_images_is_a_one_line_user_error():
+    from softmaxlab.train import check_forward
+
+    class FixedSize(torch.nn.Module):  # as a timm ViT built for 224 px refuses 32 px images
+        def forward(self, x):
+            assert x.shape[-1] == 224, f"Input height ({x.shape[-1]}) doesn't match model (224)."
+            return x
+
+    with pytest.raises(UserError, match=r"fails on images of shape \(3, 32, 32\) \(AssertionError: Input height") as e:
+        check_forward(FixedSize(), (3, 32, 32), torch.device("cpu"))
+    assert "\n" not in str(e.value) and "model.kwargs" in str(e.value)

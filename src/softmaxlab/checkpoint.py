@@ -248,9 +248,17 @@ def load_trained(run_dir: str | Path) -> tuple[Classifier, Config, dict[str, Any
     if not norm:
         raise UserError(f"{where!r} has no normalisation statistics (written by an older softmaxlab); retrain the run")
     # The trained weights follow: no pretrained download, no model.weights file (it may have moved).
-    model = build_model(
-        cfg, len(norm["mean"]), len(payload["classes"]), payload.get("coarse_of"), initial_weights=False
-    )
+    try:
+        model = build_model(
+            cfg, len(norm["mean"]), len(payload["classes"]), payload.get("coarse_of"), initial_weights=False
+        )
+    except UserError as exc:  # a user factory's file, named relative to where the run was trained
+        if ".py:" not in cfg.model.name:
+            raise
+        raise UserError(
+            f"{exc}; the run's model.name {cfg.model.name!r} names its file from the folder the run was trained "
+            "in: run this command from there"
+        ) from None
     runs.load_state_checked(model, payload["state_dict"], f"{where!r}")
     return model.eval(), cfg, payload
 

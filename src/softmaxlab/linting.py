@@ -30,6 +30,10 @@ The rules, one :class:`Finding` kind each (:data:`KINDS` gives the severities):
 * ``sigmoid_into_bce_with_logits`` (error): sigmoid outputs into
   ``F.binary_cross_entropy_with_logits`` / ``nn.BCEWithLogitsLoss``: a double sigmoid.
 * ``softmax_into_bce_with_logits`` (error): softmax probabilities into BCE-with-logits.
+* ``logits_into_nll`` (error): into ``F.nll_loss``, untagged values that are not
+  log-probabilities: some positive, or rows whose logsumexp is not 0 (it checks the values,
+  so ``z - z.logsumexp(1, keepdim=True)`` written by hand passes). The loss is then -z_y,
+  unbounded below.
 * ``softmax_into_kl_div`` (error): probabilities as the input of ``F.kl_div`` /
   ``nn.KLDivLoss``, which takes log-probabilities there.
 * ``softmax_over_batch`` (error): a softmax or log_softmax over axis 0 of a tensor of two or
@@ -96,6 +100,7 @@ KINDS: dict[str, str] = {
     "sigmoid_into_bce_with_logits": "error",
     "softmax_into_bce_with_logits": "error",
     "softmax_into_kl_div": "error",
+    "logits_into_nll": "error",
     "softmax_over_batch": "error",
     "constant_softmax": "error",
     "log_of_softmax": "warning",
@@ -473,6 +478,11 @@ class _Trace(TorchFunctionMode):
         self._normaliser("softmax", name, args, kwargs, out)
 
     def _on_log_softmax(self, name: str, args: tuple, kwargs: dict, out: Tensor) -> None:
+        tag = self.tag_of(_arg(args, kwargs, 0, "input"))
+        if tag is not None and tag.probabilities():
+            # log_softmax of probabilities is a second softmax, wherever it runs: inside a loss
+            # such as label-smoothing or soft-target cross-entropy written with log_softmax.
+            self._on_cross_entropy(name, args, kwargs, out)
         self._normaliser("log_softmax", name, args, kwargs, out)
 
     def _normaliser(self, kind: str, name: str, args: tuple, kwargs: dict, out: Tensor) -> None:
@@ -642,12 +652,14 @@ class _Trace(TorchFunctionMode):
         s, loss = tag.source, self.by(name)
         k = _class_count(x)
         floor = f"ln(1 + (K-1)/e) = {double_softmax_floor(k):.2f} for K = {k}"
+        # Scaled probabilities (c * softmax(z)) span [0, c]: the floor holds only for the exact ones.
+        effect = f"loss stuck above {floor}, damped gradients" if tag.level == _EXACT else "damped gradients"
         if tag.probabilities() and s.kind == "softmax":
             self.find(
                 "double_softmax",
                 s,
                 f"softmax probabilities ({s.by}) go into {loss}, which applies a second softmax: the double-softmax "
-                f"pitfall (loss stuck above {floor}, damped gradients)",
+                f"pitfall ({effect})",
                 "remove the softmax and pass the logits to cross-entropy (softmax only for inference), or take "
                 "log_softmax and use NLLLoss",
             )
@@ -655,8 +667,8 @@ class _Trace(TorchFunctionMode):
             self.find(
                 "sigmoid_into_cross_entropy",
                 s,
-                f"sigmoid outputs ({s.by}), squashed into (0, 1), go into {loss}, which applies a softmax: logits "
-                f"that span at most 1 (loss stuck above {floor}, damped gradients)",
+                f"sigmoid outputs ({s.by}), squashed into (0, 1), go into {loss}, which applies a softmax"
+                + (f": logits that span at most 1 ({effect})" if tag.level == _EXACT else f" ({effect})"),
                 "pass the logits before the sigmoid to cross-entropy (one label per image), or use "
                 "BCEWithLogitsLoss on them (several labels per image)",
             )
@@ -670,9 +682,20 @@ class _Trace(TorchFunctionMode):
             )
 
     def _on_nll(self, name: str, args: tuple, kwargs: dict, out: Tensor) -> None:
-        """``softmax_into_nll``: probabilities where NLLLoss wants log-probabilities."""
-        tag = self.tag_of(_arg(args, kwargs, 0, "input"))
+        """``softmax_into_nll``: probabilities where NLLLoss wants log-probabilities;
+        ``logits_into_nll``: untagged values that are not log-probabilities."""
+        x = _arg(args, kwargs, 0, "input")
+        tag = self.tag_of(x)
         self.axis_rules(tag)
+        if tag is None and isinstance(x, Tensor) and not _log_probabilities(x):
+            source = _Source("logits", name, self.module, self.by(name), _site(), "")
+            self.find(
+                "logits_into_nll",
+                source,
+                f"values that are not log-probabilities (positive ones, or rows whose logsumexp is not 0) go into "
+                f"{self.by(name)}: the loss is -z_y, unbounded below, and the model learns to grow one logit",
+                "apply log_softmax before NLLLoss (nn.LogSoftmax(dim=1)), or pass the logits to cross-entropy",
+            )
         if tag is None or not tag.probabilities():
             return
         s = tag.source
@@ -791,7 +814,9 @@ def lint(
     with _untouched(model):
         x = example if example is not None else random_batch(model)
         trace = _Trace(int(x.shape[0]) if x.ndim else 1)
-        with torch.no_grad(), trace.hooked({"": model, **loss_modules}), trace:
+        # Gradients on, as in training: a model may branch on torch.is_grad_enabled() (a softmax for
+        # inference only); nothing is backpropagated.
+        with torch.enable_grad(), trace.hooked({"": model, **loss_modules}), trace:
             output = _output_tensor(_call_model(model, x))
             trace.output_rules(output, loss is not None)
             if loss is not None:
@@ -826,6 +851,15 @@ def random_batch(model: nn.Module, shape: Sequence[int] = (3, 32, 32), batch: in
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     return torch.randn(batch, *shape, device=device, dtype=dtype)
+
+
+def _log_probabilities(x: Tensor) -> bool:
+    """Whether ``x`` (N, C, ...) holds log-probabilities over axis 1: none positive and every
+    row's logsumexp 0, to float32 rounding (an integer or empty tensor is not checked)."""
+    if not x.is_floating_point() or x.ndim < 2 or x.numel() == 0:
+        return True
+    v = x.detach().float()
+    return bool((v <= 1e-4).all() and (torch.logsumexp(v, dim=1).abs() <= 1e-3).all())
 
 
 def _call_model(model: nn.Module, x: Tensor) -> Any:

@@ -235,6 +235,15 @@ def check_forward(model: Classifier, image_shape: tuple[int, int, int], device: 
     model.eval()
     try:
         model(torch.zeros(1, *image_shape, device=device))
+    except (UserError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:  # a library or user model that cannot take these images: the user's to fix
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise UserError(
+            f"the model fails on images of shape {image_shape} ({type(exc).__name__}: {message[:200]}); set "
+            "data.image_size to a size it takes, or pass its own size option in model.kwargs (e.g. img_size for a "
+            "timm ViT)"
+        ) from None
     finally:
         model.train(was_training)
 

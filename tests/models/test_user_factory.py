@@ -14,7 +14,7 @@ from torch import nn
 from softmaxlab.config import load_config
 from softmaxlab.errors import UserError
 from softmaxlab.models import build_model
-from softmaxlab.models.external import build_user_model, load_factory
+from softmaxlab.models.external import build_user_model, call_factory, load_factory
 from softmaxlab.models.families import logit_heads
 from softmaxlab.train import fit
 
@@ -172,3 +172,28 @@ def test_options_of_user_factories_are_validated():
     with pytest.raises(UserError, match=r"'model\.pretrained'.*applies to model\.name=timm:<name> and torchvision"):
         load_config(None, ["model.name=nets.py:logits", "model.pretrained=true"])
     assert load_config(None, ["model.name=nets.py:logits"]).model.activation == "keep"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_factories_that_exit_or_return_torchscript_are_one_line_and_compiled_ones_are_unwrapped():
+    def exits():
+        raise SystemExit(3)
+
+    with pytest.raises(UserError, match=r"raised SystemExit"):
+        call_factory("nets.py:exits", exits)
+    with pytest.raises(UserError, match=r"TorchScript module.*before torch\.jit\.script"):
+        call_factory("nets.py:scripted", lambda: torch.jit.script(nn.Linear(2, 2)))
+    net = nn.Linear(2, 2)
+    assert call_factory("nets.py:compiled", lambda: torch.compile(net)) is net
+
+
+def test_a_run_of_a_factory_named_by_a_relative_path_says_where_to_load_it_from(nets, tmp_path, monkeypatch):
+    from softmaxlab.checkpoint import load_trained
+
+    monkeypatch.chdir(nets.parent)
+    fit(load_config(None, [*FAST, "model.name=nets.py:features"]), tmp_path / "run")
+    assert load_trained(tmp_path / "run")[1].model.name == "nets.py:features"  # from where it was trained
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match=r"names its file from the folder the run was trained in: run this command"):
+        load_trained(tmp_path / "run")

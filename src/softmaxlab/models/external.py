@@ -363,11 +363,18 @@ def call_factory(spec: str, factory: Callable[..., Any], kwargs: Mapping[str, An
         module = factory(**dict(kwargs or {}))
     except torch.OutOfMemoryError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a factory that calls sys.exit is a failing factory too
         raise UserError(f"{spec} raised {_short(exc)} when called with kwargs {dict(kwargs or {})}") from None
     if not isinstance(module, nn.Module):
         raise UserError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module; return the network")
-    return module
+    if isinstance(module, torch.jit.ScriptModule):
+        raise UserError(
+            f"{spec} returned a TorchScript module, whose calls cannot be traced or hooked; return the nn.Module "
+            "before torch.jit.script / torch.jit.trace"
+        )
+    # torch.compile's wrapper: the module it compiles is the network (softmaxlab compiles with train.compile)
+    inner = getattr(module, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else module
 
 
 def build_user_model(spec: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
