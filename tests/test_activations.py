@@ -31,7 +31,7 @@ def test_shape_preserving_and_differentiable(name):
 
 def test_keep_is_no_module_and_says_where_it_applies():
     # `keep` leaves a library or user model's own activations; there is no module to build.
-    with pytest.raises(UserError, match="library model or user factory; a built-in model needs one: choose relu"):
+    with pytest.raises(UserError, match="factory; a built-in model builds its own activation modules: choose relu"):
         build_activation(KEEP)
 
 

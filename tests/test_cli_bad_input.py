@@ -648,7 +648,7 @@ CASES: list[Case] = [
     (
         "library weights that do not fit",
         lambda c: ["run", *model_sets("model.name=timm:resnet18", f"model.weights={foreign_state(c)}")],
-        "does not fit the model (missing conv1.weight",
+        "does not fit this model (missing keys: conv1.weight",
     ),
     (
         "pretrained and a weights file",

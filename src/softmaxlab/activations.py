@@ -83,13 +83,18 @@ def sigmoid() -> nn.Module:
 KEEP = "keep"
 
 
+def keep_refused(model: str = "a built-in model") -> UserError:
+    """The error for ``model.activation: keep`` on a model that has no activations of its own."""
+    return UserError(
+        f"model.activation={KEEP} keeps the activations of a library model or user factory; {model} "
+        f"builds its own activation modules: choose {', '.join(n for n in ACTIVATIONS.names() if n != KEEP)}"
+    )
+
+
 @ACTIVATIONS.register(KEEP)
 def keep() -> nn.Module:
     """the model's own activations, unchanged (library models and user factories only; their default)."""
-    raise UserError(
-        f"model.activation={KEEP} keeps the activations of a library model or user factory; a built-in model "
-        f"needs one: choose {', '.join(n for n in ACTIVATIONS.names() if n != KEEP)}"
-    )
+    raise keep_refused()
 
 
 # --------------------------------------------------------------------------- softmax family
@@ -270,10 +275,7 @@ class BlockActivations:
     def names(self, num_blocks: int) -> list[str]:
         """The activation name of each of ``num_blocks`` blocks (UserError: a listed block it lacks)."""
         if self.name == KEEP:
-            raise UserError(
-                f"model.activation={KEEP} applies to library models and user factories; model {self.model!r} "
-                f"builds its own activation modules: choose {', '.join(n for n in ACTIVATIONS.names() if n != KEEP)}"
-            )
+            raise keep_refused(f"model {self.model!r}")
         blocks = getattr(self.options, "softmax_blocks", None)
         if blocks is None:
             return [self.name] * num_blocks

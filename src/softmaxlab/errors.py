@@ -15,6 +15,18 @@ from pathlib import Path
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
 
 
+#: What one-line errors keep of another library's exception message.
+MAX_MESSAGE = 160
+
+
+def short_error(exc: BaseException) -> str:
+    """``Type: first line of the message`` (cut at :data:`MAX_MESSAGE` characters), for quoting
+    another library's exception inside a one-line error."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class UserError(Exception):
     """Bad input from the user: exit code 2 with this one-line message."""
 

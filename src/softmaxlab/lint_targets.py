@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from softmaxlab.errors import UserError
+from softmaxlab.errors import UserError, short_error
 from softmaxlab.inference import load_trained_run
-from softmaxlab.linting import BATCH, Finding, lint, random_batch, short_error
+from softmaxlab.linting import BATCH, Finding, lint, random_batch
 from softmaxlab.models.external import LIBRARIES, call_factory, create_library_model, load_factory
 
 #: The (C, H, W) of the example images when neither --input-shape nor a run says otherwise.

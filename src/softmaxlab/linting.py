@@ -88,7 +88,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from softmaxlab.errors import UserError
+from softmaxlab.errors import UserError, short_error
 from softmaxlab.heads.check import DoubleSoftmaxWarning, SoftmaxNLLWarning, SoftmaxPitfallWarning
 from softmaxlab.heads.pitfalls import double_softmax_floor
 
@@ -313,13 +313,6 @@ def _moved_dim(mapping: list[tuple[int, ...]], dim: int | None) -> int | None:
 
 def _join(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-
-
-def short_error(exc: BaseException) -> str:
-    """``Type: first line of the message`` (at most 160 characters), for one-line errors."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = text if len(text) <= 160 else text[:157] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _site() -> str:

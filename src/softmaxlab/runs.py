@@ -775,9 +775,11 @@ def remove_checkpoints(run_dir: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """``module.load_state_dict(state)``, or a :class:`UserError` naming the keys missing from
-    ``state``, the unexpected ones, and those whose shapes differ (at most 5 of each)."""
+def load_state_checked(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, hint: str = "use the run's own config"
+) -> None:
+    """``module.load_state_dict(state)``, or a one-line :class:`UserError` naming the keys missing
+    from ``state``, the unexpected ones, and those whose shapes differ (at most 5 of each), then ``hint``."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -792,7 +794,7 @@ def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], 
         if keys
     ]
     if parts:
-        raise UserError(f"{source} does not fit this model ({'; '.join(parts)}); use the run's own config")
+        raise UserError(f"{source} does not fit this model ({'; '.join(parts)}); {hint}")
     module.load_state_dict(state)
 
 

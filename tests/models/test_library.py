@@ -106,7 +106,9 @@ def test_the_default_activation_keeps_the_models_own():
     cfg = load_config(None, ["model.name=timm:convnext_atto"])
     assert cfg.model.activation == "keep"
     assert kinds(build_model(cfg, 3, 5).backbone.net) == kinds(timm.create_model("convnext_atto", num_classes=0))
-    with pytest.raises(UserError, match="keep applies to library models and user factories; model 'simple_cnn'"):
+    with pytest.raises(
+        UserError, match="keep keeps the activations of a library model or user factory; model 'simple_cnn' builds"
+    ):
         build_model(load_config(None, ["model.activation=keep"]), 3, 5)
 
 
@@ -178,8 +180,9 @@ def test_weights_that_do_not_fit_are_one_line_naming_a_few_keys(tmp_path):
     with pytest.raises(UserError) as err:
         model_of("model.name=timm:resnet18", f"model.weights={tmp_path / 'w.pt'}")
     message = str(err.value)
-    assert "\n" not in message and "does not fit the model" in message
-    assert "missing conv1.weight" in message and "unexpected extra.weight" in message and "bn1.weight" in message
+    assert "\n" not in message and "does not fit this model" in message
+    assert "missing keys: conv1.weight" in message and "unexpected keys: extra.weight" in message
+    assert "shapes differ: bn1.weight (7,) vs (64,)" in message
 
 
 def test_pretrained_without_a_network_is_one_line_naming_model_weights(monkeypatch):

@@ -130,7 +130,9 @@ def test_weights_of_a_users_model(nets, tmp_path):
     backbone = build(f"{nets}:features", f"model.weights={tmp_path / 'w.pt'}").backbone
     torch.testing.assert_close(backbone.net.stage1[0].weight, net.stage1[0].weight)
     torch.save({"stage1.0.weight": torch.zeros(1)}, tmp_path / "bad.pt")
-    with pytest.raises(UserError, match=r"does not fit the model \(missing stage1\.0\.bias, .*other shapes stage1"):
+    with pytest.raises(
+        UserError, match=r"does not fit this model \(missing keys: stage1\.0\.bias, .*shapes differ: stage1"
+    ):
         build(f"{nets}:features", f"model.weights={tmp_path / 'bad.pt'}")
 
 

@@ -48,23 +48,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from softmaxlab.errors import UserError
+from softmaxlab.errors import UserError, short_error
+from softmaxlab.runs import load_state_checked
 from softmaxlab.untrusted import regular_file
 
 #: The libraries whose models ``model.name`` reaches by a prefix: ``timm:resnet18``.
 LIBRARIES = ("timm", "torchvision")
-#: What one-line errors keep of a library's exception message.
-MAX_MESSAGE = 160
+
+#: Refusal of ``model.pretrained: true`` together with ``model.weights`` (config and API).
+BOTH_WEIGHTS = "model.pretrained and model.weights both ask for weights; keep one of them"
 
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-
-
-def _short(exc: BaseException) -> str:
-    """``Type: first line of the message`` (cut at :data:`MAX_MESSAGE`), for one-line errors."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- library names
@@ -145,13 +140,13 @@ def construct_library_model(
         if not pretrained:
             raise
         raise UserError(
-            f"cannot download the pretrained weights of {name!r} ({_short(exc)}); download them where there is a "
+            f"cannot download the pretrained weights of {name!r} ({short_error(exc)}); download them where there is a "
             f"network (torch.save of the model's state_dict(), or its .safetensors file) and set model.weights: "
             "PATH instead of model.pretrained"
         ) from None
     except (TypeError, ValueError, AssertionError, KeyError, RuntimeError, NotImplementedError) as exc:
         raise UserError(
-            f"cannot build {name!r} with kwargs {dict(kwargs)} ({_short(exc)}); check model.kwargs"
+            f"cannot build {name!r} with kwargs {dict(kwargs)} ({short_error(exc)}); check model.kwargs"
         ) from None
 
 
@@ -194,7 +189,7 @@ def create_library_model(
             failed download, an unreadable weights file or one that does not fit.
     """
     if pretrained and weights is not None:
-        raise UserError("model.pretrained and model.weights both ask for weights; keep one of them")
+        raise UserError(BOTH_WEIGHTS)
     model = construct_library_model(name, pretrained, dict(kwargs or {}))
     if weights is not None:
         load_weights_into(model, load_weights_file(weights), f"model.weights {weights!r}")
@@ -227,7 +222,7 @@ def load_weights_file(path: str | Path) -> dict[str, Tensor]:
         why = "holds code or objects other than tensors and was not loaded" if foreign else "is not a torch file"
         raise UserError(f"model.weights {str(p)!r} {why}; {hint}") from None
     except Exception as exc:  # truncated or corrupt, whatever the loader calls it
-        raise UserError(f"model.weights {str(p)!r} cannot be read ({_short(exc)}); {hint}") from None
+        raise UserError(f"model.weights {str(p)!r} cannot be read ({short_error(exc)}); {hint}") from None
     return _state_dict_of(state, p, hint)
 
 
@@ -244,27 +239,9 @@ def _state_dict_of(payload: Any, path: Path, hint: str) -> dict[str, Tensor]:
     return payload
 
 
-def _listed(keys: list[str], most: int = 3) -> str:
-    return ", ".join(keys[:most]) + (f" and {len(keys) - most} more" if len(keys) > most else "")
-
-
 def load_weights_into(module: nn.Module, state: dict[str, Tensor], source: str) -> None:
-    """``module.load_state_dict(state)``; a one-line UserError naming a few of the missing,
-    unexpected and differently shaped keys when ``state`` does not fit."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    parts = [
-        f"{what} {_listed(keys)}"
-        for what, keys in (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes))
-        if keys
-    ]
-    if parts:
-        raise UserError(
-            f"{source} does not fit the model ({'; '.join(parts)}); use weights saved from the same model and kwargs"
-        )
-    module.load_state_dict(state)
+    """``module.load_state_dict(state)``; a one-line UserError naming the keys that do not fit."""
+    load_state_checked(module, state, source, "use weights saved from the same model and kwargs")
 
 
 # --------------------------------------------------------------------------- user factories
@@ -332,7 +309,7 @@ def _import_file(target: str) -> ModuleType:
         spec.loader.exec_module(module)
     except (Exception, SystemExit) as exc:
         del sys.modules[name]
-        raise UserError(f"importing {str(target)!r} failed ({_short(exc)}); fix the file") from None
+        raise UserError(f"importing {str(target)!r} failed ({short_error(exc)}); fix the file") from None
     return module
 
 
@@ -348,9 +325,9 @@ def _import_module(target: str) -> ModuleType:
                 f"no module {target!r}; check the name, run from the folder that holds it, or pass its file "
                 "as path/to/file.py:factory"
             ) from None
-        raise UserError(f"importing {target!r} failed ({_short(exc)}); install what it needs") from None
+        raise UserError(f"importing {target!r} failed ({short_error(exc)}); install what it needs") from None
     except (Exception, SystemExit) as exc:
-        raise UserError(f"importing {target!r} failed ({_short(exc)}); fix the module") from None
+        raise UserError(f"importing {target!r} failed ({short_error(exc)}); fix the module") from None
 
 
 def call_factory(spec: str, factory: Callable[..., Any], kwargs: Mapping[str, Any] | None = None) -> nn.Module:
@@ -364,7 +341,7 @@ def call_factory(spec: str, factory: Callable[..., Any], kwargs: Mapping[str, An
     except torch.OutOfMemoryError:
         raise
     except (Exception, SystemExit) as exc:  # a factory that calls sys.exit is a failing factory too
-        raise UserError(f"{spec} raised {_short(exc)} when called with kwargs {dict(kwargs or {})}") from None
+        raise UserError(f"{spec} raised {short_error(exc)} when called with kwargs {dict(kwargs or {})}") from None
     if not isinstance(module, nn.Module):
         raise UserError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module; return the network")
     if isinstance(module, torch.jit.ScriptModule):

@@ -38,6 +38,7 @@ from softmaxlab.errors import UserError
 from softmaxlab.heads import HEADS
 from softmaxlab.models.base import MODELS
 from softmaxlab.models.external import (
+    BOTH_WEIGHTS,
     build_user_model,
     construct_library_model,
     is_factory_spec,
@@ -85,7 +86,7 @@ class LibraryOptions(ExternalOptions):
     @model_validator(mode="after")
     def _one_source_of_weights(self) -> LibraryOptions:
         if self.pretrained and self.weights is not None:
-            raise ValueError("model.pretrained and model.weights both ask for weights; keep one of them")
+            raise ValueError(BOTH_WEIGHTS)
         return self
 
 
