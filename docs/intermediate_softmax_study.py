@@ -3,6 +3,7 @@
     python docs/intermediate_softmax_study.py run    # the sweep: 9 variants x 3 seeds (resumable)
     python docs/intermediate_softmax_study.py plot   # figures from runs/intermediate-softmax-study/
     python docs/intermediate_softmax_study.py        # both
+    python docs/intermediate_softmax_study.py batchnorm  # BatchNorm's inputs at initialisation
 
 Run from the repository root; see docs/intermediate-softmax.md. ``run`` is
 ``softmaxlab sweep configs/studies/intermediate-softmax.yaml --workers 2``; the tables of the
@@ -60,6 +61,56 @@ def main(argv: list[str]) -> None:
         run_all()
     if what in ("plot", "all"):
         plot_all()
+    if what == "batchnorm":
+        print_batchnorm_at_init()
+
+
+# --------------------------------------------------------------------------- BatchNorm at init
+
+
+def batchnorm_at_init(eps: float, seed: int, images: int = 256) -> list[tuple[float, float]]:
+    """Per BatchNorm of a freshly initialised softmax_hw ``simple_cnn`` (widths 32-64-128, batch
+    statistics): (mean over channels of the per-channel input variance, mean over channels of the
+    per-channel output std) on the first ``images`` Intel images at 32 px, standardised per channel.
+
+    With input variance v and eps, BatchNorm outputs (x - mean) / sqrt(v + eps), whose std is
+    sqrt(v / (v + eps)): near 1 only while v is much larger than eps.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from softmaxlab.config import load_config
+    from softmaxlab.models import build_model
+
+    data = np.load("../shared/data/intel64-train.npz")
+    x = torch.from_numpy(data["x"][:images]).permute(0, 3, 1, 2).float() / 255
+    x = F.interpolate(x, size=32, mode="bilinear", antialias=True, align_corners=False)
+    x = (x - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), keepdim=True)
+    torch.manual_seed(seed)
+    overrides = ["model.widths=[32,64,128]", "model.activation=softmax_hw", f"model.bn_eps={eps}"]
+    model = build_model(load_config(None, overrides), 3, 6).train()
+    rows: list[tuple[float, float]] = []
+
+    def record(_module, inputs, output) -> None:
+        rows.append((inputs[0].var((0, 2, 3), unbiased=False).mean().item(), output.std((0, 2, 3)).mean().item()))
+
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.register_forward_hook(record)
+    with torch.no_grad():
+        model(x)
+    return rows
+
+
+def print_batchnorm_at_init() -> None:
+    """The table of docs/intermediate-softmax.md: BatchNorm's input variance and output std per block."""
+    print("| BatchNorm eps | block | input variance (seeds 0, 1, 2) | output std (seeds 0, 1, 2) |")
+    print("| --- | --- | --- | --- |")
+    for eps in (1e-5, 1e-10):
+        per_seed = [batchnorm_at_init(eps, seed) for seed in (0, 1, 2)]
+        for block in range(len(per_seed[0])):
+            var = ", ".join(f"{rows[block][0]:.2g}" for rows in per_seed)
+            std = ", ".join(f"{rows[block][1]:.2f}" for rows in per_seed)
+            print(f"| {eps:g} | {block} | {var} | {std} |")
 
 
 # --------------------------------------------------------------------------- figures
