@@ -5,7 +5,7 @@ Two logits z = (0, -s): the log-probability of the second class is
 (on the CPU), this finds the first s at which
 
 * ``torch.log(torch.softmax(z))`` returns -inf (the softmax underflowed to 0), and at which
-  its gradient with respect to z stops being finite (the log's backward divides by 0);
+  its gradient with respect to z stops being finite (the log's backward, 1/p, overflows);
 * its value is off by more than 1 % of the float64 reference (before -inf: precision lost
   in the subnormal range);
 * ``torch.log_softmax(z)`` does either (it never should: it computes z - logsumexp(z));
