@@ -9,13 +9,21 @@ import torch
 from entmax import sparsemax
 
 from softmaxlab import runs
+from softmaxlab.config import load_config
 from softmaxlab.data import load_data
 from softmaxlab.errors import UserError
-from softmaxlab.inference import evaluate_run, load_trained_run, predict_images, read_image, write_evaluation
+from softmaxlab.inference import (
+    evaluate_run,
+    load_trained_run,
+    predict_images,
+    read_image,
+    visualize_run,
+    write_evaluation,
+)
 from softmaxlab.metrics import apply_temperature
 from softmaxlab.train import fit
 
-from .conftest import tiny_config
+from .conftest import TINY, tiny_config
 
 SMALL = ["data.train_size=512", "data.val_size=64", "data.test_size=96"]
 
@@ -169,3 +177,67 @@ def test_read_image_resizes_and_rejects_bad_files(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(UserError, match="cannot read"):
         read_image(tmp_path / "bad.png", 16, 3)
+
+
+# --------------------------------------------------------------------------- visualize
+
+
+def test_visualize_draws_the_maps_of_each_block(run, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "pattern.png"
+    pattern = np.zeros((16, 16, 3), dtype=np.uint8)
+    pattern[4:12, 4:12] = (220, 40, 40)
+    pattern[::3] = 255
+    Image.fromarray(pattern).save(image)
+    path = visualize_run(run.run_dir, image, tmp_path / "maps.png", channels=4)
+    drawn = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
+    assert len(np.unique(drawn, axis=0)) > 20  # maps in many colours, not a blank page
+
+
+#: A factory file whose network exposes its stage as ``blocks`` only once the user has added
+#: them (here: once the file ``stages`` exists beside it), and one whose stages output vectors.
+STAGELESS = """
+from pathlib import Path
+
+from torch import nn
+
+
+def make():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    if (Path(__file__).parent / "stages").exists():
+        net.blocks = [net[1]]  # a plain list: the state dict, and so the trained weights, stay as they are
+    return net
+
+
+def vectors():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 8), nn.ReLU())
+    net.blocks = [net[4]]  # a stage whose output is (B, 8): no map to draw
+    return net
+"""
+
+
+def factory_run(tmp_path, factory):
+    """A 1-epoch run of ``factory`` in :data:`STAGELESS` (16 px shapes)."""
+    (tmp_path / "nets.py").write_text(STAGELESS)
+    sets = [s for s in TINY if not s.startswith("model.widths")] + SMALL + ["train.epochs=1"]
+    return fit(load_config(None, [*sets, f"model.name={tmp_path / 'nets.py'}:{factory}"]), tmp_path / factory).run_dir
+
+
+def test_visualize_a_model_without_stages_says_how_to_name_them_and_writes_nothing(tmp_path):
+    run_dir = factory_run(tmp_path, "make")
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    with pytest.raises(UserError, match=r"exposes no stages.*`blocks` attribute, a plain list of its stage modules"):
+        visualize_run(run_dir, _image(tmp_path))
+    with pytest.raises(UserError, match="exposes no stages"):
+        visualize_run(run_dir, _image(tmp_path), tmp_path / "maps.png")
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before and not (tmp_path / "maps.png").exists()
+    (tmp_path / "stages").touch()  # the user follows the hint: the same run now has maps
+    assert visualize_run(run_dir, _image(tmp_path), tmp_path / "maps.png").stat().st_size > 0
+
+
+def test_visualize_a_model_whose_stages_output_no_maps_writes_nothing(tmp_path):
+    run_dir = factory_run(tmp_path, "vectors")
+    with pytest.raises(UserError, match=r"output no \(C, H, W\) feature maps"):
+        visualize_run(run_dir, _image(tmp_path), tmp_path / "maps.png")
+    assert not (tmp_path / "maps.png").exists()

@@ -49,6 +49,11 @@ class Hidden(nn.Module):
 instance = good()
 
 
+def sized(width=8, softmax=False):
+    layers = [nn.Conv2d(3, width, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 4)]
+    return nn.Sequential(*layers, *([nn.Softmax(dim=1)] if softmax else []))
+
+
 def broken():
     raise RuntimeError("no weights here")
 
@@ -172,6 +177,99 @@ def test_a_run_directory_is_linted_with_its_head_loss(double_softmax_run):
     assert other.exit_code == 4 and json.loads(other.stdout)["findings"][0]["kind"] == "softmax_into_nll"
 
 
+@pytest.mark.parametrize(
+    ("loss", "kind"),
+    [
+        ("nn.CrossEntropyLoss", "double_softmax"),
+        ("F.cross_entropy", "double_softmax"),
+        ("nn.functional.nll_loss", "softmax_into_nll"),
+        ("F.nll_loss", "softmax_into_nll"),
+    ],
+)
+def test_losses_named_as_code_names_them(nets, loss, kind):
+    result = lint("nets.py:ends_in_softmax", "--loss", loss, "--json")
+    assert result.exit_code == 4, result.output
+    assert [f["kind"] for f in json.loads(result.stdout)["findings"]] == [kind]
+
+
+def test_kwargs_reach_the_factory_parsed_as_yaml(nets):
+    # softmax=false must arrive as False: the string "false" would be truthy and add a softmax.
+    for value, code in (("true", 4), ("false", 0)):
+        kwargs = ["--kwarg", "width=4", "--kwarg", f"softmax={value}"]
+        result = lint("nets.py:sized", *kwargs, "--loss", "nn.CrossEntropyLoss")
+        assert result.exit_code == code, result.output
+
+
+def test_kwargs_reach_a_library_constructor():
+    pytest.importorskip("timm")
+    from softmaxlab.lint_targets import load_target, parse_kwargs
+
+    target = load_target("timm:resnet18", kwargs=parse_kwargs(["num_classes=7"]), input_shape="3,16,16")
+    assert target.model.get_classifier().out_features == 7 and target.example.shape == (2, 3, 16, 16)
+    refused = lint("timm:resnet18", "--kwarg", "nope=1")
+    assert refused.exit_code == 2 and "unexpected keyword argument 'nope'" in refused.stderr
+    assert refused.stderr.rstrip().endswith("; check --kwarg")  # not the config's model.kwargs
+
+
+def test_kwargs_that_reach_no_constructor_exit_2(nets, double_softmax_run):
+    for args, fragment in (
+        (["nets.py:instance", "--kwarg", "width=4"], "it is an nn.Module instance"),
+        ([str(double_softmax_run), "--kwarg", "width=4"], "does not apply to the run directory"),
+    ):
+        result = lint(*args)
+        assert result.exit_code == 2 and fragment in result.stderr, result.output
+
+
+def test_json_errors_are_an_object_on_stdout_too(nets, monkeypatch):
+    import softmaxlab.lint_targets
+
+    result = lint("nets.py:nope", "--json")
+    assert result.exit_code == 2
+    [line] = result.stderr.strip().splitlines()
+    assert json.loads(result.stdout) == {"target": "nets.py:nope", "error": line[len("error: ") :], "exit_code": 2}
+    assert lint("nets.py:nope").stdout == ""  # text mode: the stderr line only
+
+    def fails(error):
+        def lint_target(*args, **kwargs):
+            raise error
+
+        monkeypatch.setattr(softmaxlab.lint_targets, "lint_target", lint_target)
+        return lint("nets.py:good", "--json")
+
+    denied = fails(PermissionError(13, "Permission denied", "/data/nets.py"))
+    assert denied.exit_code == 2 and json.loads(denied.stdout)["error"] in denied.stderr
+    crashed = fails(RuntimeError("a bug"))  # exit 1 and its traceback, and still an object
+    assert crashed.exit_code == 1 and isinstance(crashed.exception, RuntimeError)
+    assert json.loads(crashed.stdout) == {"target": "nets.py:good", "error": "RuntimeError: a bug", "exit_code": 1}
+
+
+def test_json_of_findings_keeps_its_shape(nets):
+    for target, code in (("nets.py:ends_in_softmax", 4), ("nets.py:good", 0)):
+        result = lint(target, "--loss", "nn.CrossEntropyLoss", "--json")
+        assert result.exit_code == code and result.stderr == ""
+        assert list(json.loads(result.stdout)) == ["target", "findings"]
+
+
+def test_help_names_the_loss_aliases_the_kwargs_and_the_json_error():
+    result = runner.invoke(app, ["lint", "--help"], env={"COLUMNS": "400"})  # one line per option
+    assert result.exit_code == 0
+    options = {line.split()[1]: line for line in result.stdout.splitlines() if line.strip("│ ").startswith("--")}
+    assert "nn.CrossEntropyLoss" in options["--loss"] and "F.cross_entropy" in options["--loss"]
+    assert "F. is torch.nn.functional." in options["--loss"]
+    assert "NAME=VALUE" in options["--kwarg"] and "repeatable" in options["--kwarg"]
+    assert "{target, error, exit_code}" in options["--json"] and "3 positive integers" in options["--input-shape"]
+
+
+def test_parse_input_shape_wants_exactly_three_positive_integers():
+    from softmaxlab.errors import UserError
+    from softmaxlab.lint_targets import parse_input_shape
+
+    assert parse_input_shape(" 1,8, 9 ") == (1, 8, 9)
+    for text in ("32,32", "1,3,32,32", "3,32,", "", "3,²,32", "3,-1,32", "3,+2,32"):
+        with pytest.raises(UserError, match=r"is not C,H,W: write 3 positive integers"):
+            parse_input_shape(text)
+
+
 def test_fit_warns_each_finding_once(tmp_path):
     cfg = tiny_config("head.name=softmax_nll", "train.epochs=1", "data.train_size=64", "diagnostics.enabled=false")
     with warnings.catch_warnings(record=True) as caught:
@@ -198,6 +296,19 @@ BAD_INPUT = [
     ("wrong input shape", ["nets.py:good", "--input-shape", "1,32,32"], "fails on a batch of shape (2, 1, 32, 32)"),
     ("malformed input shape", ["nets.py:good", "--input-shape", "3,x,32"], "--input-shape '3,x,32' is not C,H,W"),
     ("zero in the input shape", ["nets.py:good", "--input-shape", "3,0,32"], "positive integers"),
+    ("input shape of two values", ["nets.py:good", "--input-shape", "32,32"], "--input-shape '32,32' is not C,H,W"),
+    ("input shape of four values", ["nets.py:good", "--input-shape", "2,3,32,32"], "3 positive integers"),
+    ("input shape of a superscript digit", ["nets.py:good", "--input-shape", "3,²,32"], "is not C,H,W"),
+    ("input shape too big for memory", ["nets.py:good", "--input-shape", "3,99999,99999"], "smaller --input-shape"),
+    ("kwarg without a value", ["nets.py:sized", "--kwarg", "width"], "--kwarg 'width' must look like NAME=VALUE"),
+    ("kwarg of no identifier", ["nets.py:sized", "--kwarg", "1w=2"], "must look like NAME=VALUE"),
+    ("kwarg given twice", ["nets.py:sized", "--kwarg", "width=2", "--kwarg", "width=3"], "given twice"),
+    ("kwarg of invalid YAML", ["nets.py:sized", "--kwarg", "width=[2,"], "--kwarg 'width=[2,' is not valid YAML"),
+    ("kwarg the factory refuses", ["nets.py:sized", "--kwarg", "depth=2"], "unexpected keyword argument 'depth'"),
+    ("loss alias of no such loss", ["nets.py:good", "--loss", "nn.CrossEntropy"], "mean 'nn.CrossEntropyLoss'?)"),
+    ("F. function named as torch.nn's", ["nets.py:good", "--loss", "nll_loss"], "(did you mean 'F.nll_loss'?)"),
+    ("loss of no dotted name", ["nets.py:good", "--loss", ".."], "--loss '..' is not a dotted name"),
+    ("loss module that fails to import", ["nets.py:good", "--loss", "bad.Loss"], "importing 'bad' failed (ImportError"),
     ("unknown loss class", ["nets.py:good", "--loss", "torch.nn.NoSuchLoss"], "torch.nn has no 'NoSuchLoss'"),
     ("loss module missing", ["nets.py:good", "--loss", "nosuchpkg.Loss"], "no module 'nosuchpkg'"),
     ("loss file missing", ["nets.py:good", "--loss", "losses.py:loss"], "--loss 'losses.py:loss': no file"),
@@ -206,16 +317,23 @@ BAD_INPUT = [
     ("loss that cannot be called", ["nets.py:good", "--loss", "torch.nn.TripletMarginLoss"], "cannot be called"),
     ("loss function that raises", ["nets.py:good", "--loss", "nets.py:raising_loss"], "wants three arguments"),
     ("no target form", ["nothing"], "cannot lint 'nothing'"),
+    ("a file without its factory", ["nets.py"], "name the factory in the file"),
+    ("an empty target", [""], "cannot lint ''"),
     ("unknown timm model", ["timm:resnet18x"], "timm has no model 'resnet18x'"),
     ("folder without a run", ["."], "model.pt"),
 ]
 
 
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 @pytest.mark.parametrize(("case", "args", "fragment"), BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
-def test_bad_input_exits_2_with_one_line(nets, case, args, fragment):
+def test_bad_input_exits_2_with_one_line(nets, case, args, fragment, as_json):
     (nets / "bad.py").write_text(BAD)
-    result = lint(*args)
+    result = lint(*args, *(["--json"] if as_json else []))
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.output and fragment in lines[0], lines[0]
+    if as_json:  # the same message as one object on stdout, for scripts
+        assert json.loads(result.stdout) == {"target": args[0], "error": lines[0][len("error: ") :], "exit_code": 2}
+    else:
+        assert result.stdout == ""

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 import softmaxlab
 from softmaxlab.activations import build_activation
+from softmaxlab.config import load_config
 from softmaxlab.errors import UserError
 from softmaxlab.heads import DoubleSoftmaxWarning, SoftmaxNLLWarning
 from softmaxlab.heads.check import SoftmaxPitfallWarning
-from softmaxlab.linting import KINDS, Finding, has_errors, lint, warn_findings
+from softmaxlab.linting import KINDS, Finding, _origin, has_errors, lint, warn_findings
+from softmaxlab.models import build_model
+from softmaxlab.models.external import call_factory, load_factory
+from softmaxlab.train import fit
+
+from .conftest import TINY
 
 K = 5  # classes of every model here
 
@@ -171,6 +180,7 @@ class Lambda(nn.Module):
         (Lambda(lambda x: x.flatten(2).softmax(-1).view_as(x) * 9), "over height and width of a (B, C, H, W) map"),
         (Lambda(lambda x: x.permute(0, 2, 3, 1).softmax(-1).permute(0, 3, 1, 2)), "over channels"),
         (Lambda(lambda x: F.relu(x.softmax(2)) + x), "over height of a (B, C, H, W) map"),  # mixed, still fed on
+        (Lambda(lambda x: F.interpolate(x.softmax(1)[:, :, 1:], size=x.shape[2:])), "over channels of a (B, C, H, W)"),
     ],
 )
 def test_an_intermediate_softmax_is_found_with_its_axes(act, axes):
@@ -228,7 +238,7 @@ class SqueezeExcite(nn.Module):
 
 
 class SoftmaxOnlyForInference(nn.Module):
-    """Logits in training, probabilities in eval: the common correct pattern (lint runs in training mode)."""
+    """Logits in training, probabilities in eval: evaluation that normalises the outputs does it twice."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -246,11 +256,10 @@ class SoftmaxOnlyForInference(nn.Module):
         (SqueezeExcite(), nn.CrossEntropyLoss()),
         (Hidden(nn.GELU()), nn.CrossEntropyLoss()),
         (Hidden(build_activation("relu")), nn.CrossEntropyLoss()),
-        (SoftmaxOnlyForInference().eval(), nn.CrossEntropyLoss()),
         (sequential(nn.LogSoftmax(dim=1)), nn.NLLLoss()),
         (sequential(), nn.BCEWithLogitsLoss()),
     ],
-    ids=["attention", "squeeze_excite", "gelu", "relu", "softmax_at_inference", "log_softmax_nll", "bce_logits"],
+    ids=["attention", "squeeze_excite", "gelu", "relu", "log_softmax_nll", "bce_logits"],
 )
 def test_clean_models_have_no_findings(model, loss):
     assert lint(model, loss) == []
@@ -300,9 +309,11 @@ PLANTED = [
     ("logits_into_nll", lambda: sequential(), nn.NLLLoss()),
     ("softmax_over_batch", lambda: sequential(nn.Softmax(dim=0)), None),
     ("constant_softmax", lambda: nn.Sequential(features(), nn.Linear(8, 1), nn.Softmax(dim=1)), None),
+    ("probabilities_in_eval", lambda: SoftmaxOnlyForInference(), nn.CrossEntropyLoss()),
     ("log_of_softmax", lambda: Net(lambda z: z.softmax(1).log()), nn.NLLLoss()),
     ("log_of_sigmoid", lambda: Net(lambda z: z.sigmoid().log()), None),
     ("intermediate_softmax", lambda: Hidden(build_activation("softmax_hw")), nn.CrossEntropyLoss()),
+    ("log_probabilities_in_eval", lambda: Net(lambda z: z if torch.is_grad_enabled() else z.log_softmax(1)), None),
     ("log_softmax_into_cross_entropy", lambda: sequential(nn.LogSoftmax(dim=1)), nn.CrossEntropyLoss()),
     ("softmax_output", lambda: sequential(nn.Softmax(dim=1)), None),
 ]
@@ -393,7 +404,7 @@ def test_a_loss_that_takes_log_softmax_of_probabilities_is_a_double_softmax():
 
 
 class InferenceSoftmax(Net):
-    """Softmax only where no gradient is taken: a correct model for inference."""
+    """Softmax only where no gradient is taken: probabilities where evaluation runs it."""
 
     def forward(self, x):
         z = super().forward(x)
@@ -401,7 +412,8 @@ class InferenceSoftmax(Net):
 
 
 def test_the_model_is_run_with_gradients_on_as_the_loss_sees_it_in_training():
-    assert lint(InferenceSoftmax(), nn.CrossEntropyLoss()) == []
+    # No double_softmax (the loss sees logits); the evaluation's forward, without gradients, sees probabilities.
+    assert kinds(lint(InferenceSoftmax(), nn.CrossEntropyLoss())) == ["probabilities_in_eval"]
 
 
 def test_scaled_probabilities_are_a_double_softmax_without_the_floor_of_exact_ones():
@@ -415,3 +427,311 @@ def test_logits_into_nll_is_found_from_the_values_and_hand_written_log_probabili
     assert kinds(lint(sequential(), nn.NLLLoss())) == ["logits_into_nll"]
     assert lint(Net(lambda z: z - z.logsumexp(1, keepdim=True)), nn.NLLLoss()) == []
     assert lint(sequential(nn.LogSoftmax(dim=1)), nn.NLLLoss()) == []
+
+
+# --------------------------------------------------------------------------- eval mode
+
+
+def line_of(obj, text: str) -> int:
+    """The line of ``obj``'s source (in this file) that holds ``text``."""
+    lines, start = inspect.getsourcelines(obj)
+    return start + next(i for i, line in enumerate(lines) if text in line)
+
+
+def test_probabilities_only_in_eval_mode_are_an_error():
+    result = lint(SoftmaxOnlyForInference(), nn.CrossEntropyLoss())
+    assert kinds(result) == ["probabilities_in_eval"] and has_errors(result)
+    f = result[0]
+    assert f.where == "Tensor.softmax" and "in eval mode the model outputs softmax probabilities" in f.message
+    assert "outputs logits" in f.message and "model.user_head: none" in f.message and "logits" in f.fix
+    assert f.source == f"test_linting.py:{line_of(SoftmaxOnlyForInference.forward, 'softmax(-1)')}"
+    assert lint(SoftmaxOnlyForInference().eval(), nn.CrossEntropyLoss()) == result  # whichever mode it is left in
+    sigmoid = Net(lambda z: z if torch.is_grad_enabled() else torch.sigmoid(z))
+    assert kinds(lint(sigmoid, nn.CrossEntropyLoss())) == ["probabilities_in_eval"]
+    log_then_p = Net(lambda z: F.log_softmax(z, 1) if torch.is_grad_enabled() else F.softmax(z, 1))
+    assert kinds(lint(log_then_p, nn.NLLLoss())) == ["probabilities_in_eval"]
+
+
+class LogSoftmaxOn(nn.Module):
+    """``F.log_softmax`` of what ``net`` outputs, as softmaxlab's log_softmax head with ``model.user_head: none``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return F.log_softmax(self.net(x), dim=-1)
+
+
+def test_a_normaliser_of_eval_only_probabilities_is_found_at_the_probabilities():
+    # log-probabilities in both modes, but in eval mode those of probabilities: normalised twice
+    result = lint(LogSoftmaxOn(SoftmaxOnlyForInference()), nn.NLLLoss())
+    assert kinds(result) == ["probabilities_in_eval"]
+    assert result[0].where == "net"
+    assert "(Tensor.softmax in SoftmaxOnlyForInference, then F.log_softmax" in result[0].message
+    assert lint(LogSoftmaxOn(sequential()), nn.NLLLoss()) == []
+
+
+def test_log_probabilities_only_in_eval_mode_are_a_warning():
+    result = lint(Net(lambda z: z if torch.is_grad_enabled() else F.log_softmax(z, 1)), nn.CrossEntropyLoss())
+    assert kinds(result) == ["log_probabilities_in_eval"] and not has_errors(result)
+    assert "softmax(log_softmax(z)) = softmax(z)" in result[0].message and "sigmoid" in result[0].message
+
+
+def test_the_same_values_in_both_modes_are_no_eval_finding():
+    assert kinds(lint(sequential(nn.Softmax(dim=1)), nn.CrossEntropyLoss())) == ["double_softmax"]  # training's rule
+    assert kinds(lint(sequential(nn.Softmax(dim=1)))) == ["softmax_output"]
+    assert lint(sequential(nn.LogSoftmax(dim=1)), nn.NLLLoss()) == []
+    assert lint(Net(lambda z: z if torch.is_grad_enabled() else z / 2), nn.CrossEntropyLoss()) == []  # logits both
+
+
+class FailsInEval(Net):
+    def forward(self, x):
+        if not self.training:
+            raise RuntimeError("no eval path")
+        return super().forward(x)
+
+
+def test_a_model_that_fails_in_eval_mode_is_a_user_error():
+    with pytest.raises(UserError, match=r"fails in eval mode on a batch of shape \(2, 3, 32, 32\).*no eval path"):
+        lint(FailsInEval(), nn.CrossEntropyLoss())
+
+
+EVAL_SOFTMAX = """
+from torch import nn
+
+
+class EvalSoftmax(nn.Module):
+    def __init__(self, num_classes=4):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+    def forward(self, x):
+        z = self.net(x)
+        return z if self.training else z.softmax(-1)  # probabilities for inference, as user code often has it
+"""
+
+
+def user_config(spec: str, *overrides: str):
+    """The tiny config (without the built-in CNN's widths) for the factory ``spec``, its own logits as the logits."""
+    tiny = [o for o in TINY if not o.startswith("model.widths")]
+    return load_config(None, [*tiny, f"model.name={spec}", "model.user_head=none", *overrides])
+
+
+def test_fit_warns_about_a_user_model_with_probabilities_in_eval_mode(tmp_path):
+    (tmp_path / "evalnet.py").write_text(EVAL_SOFTMAX)
+    spec = f"{tmp_path / 'evalnet.py'}:EvalSoftmax"
+    cfg = user_config(spec, "train.epochs=1", "data.train_size=64", "diagnostics.enabled=false")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(cfg, tmp_path / "run")
+    pitfalls = [str(w.message) for w in caught if issubclass(w.category, SoftmaxPitfallWarning)]
+    assert len(pitfalls) == 1 and pitfalls[0].startswith("probabilities_in_eval (error) at backbone.net: ")
+    assert [w.category for w in caught if str(w.message) == pitfalls[0]] == [DoubleSoftmaxWarning]
+    model = build_model(user_config(spec, "head.name=log_softmax"), 3, 4)  # the head's log_softmax on them
+    assert kinds(lint(model, model.head.loss)) == ["probabilities_in_eval"]
+
+
+# --------------------------------------------------------------------------- the model stays as it was
+
+
+def test_lint_leaves_a_model_in_training_mode_and_its_batch_norm_statistics_as_they_were():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model.append(nn.Linear(4, K))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    lint(model, nn.CrossEntropyLoss())  # a training-mode forward would update the statistics, and count it
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert int(model[1].num_batches_tracked) == 0
+    inference = SoftmaxOnlyForInference()
+    lint(inference, nn.CrossEntropyLoss())  # after its eval-mode forward too
+    assert all(m.training for m in inference.modules())
+
+
+def test_lint_leaves_a_lazy_model_lazy():
+    model = nn.Sequential(nn.LazyConv2d(4, 3), nn.LazyBatchNorm2d(), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model.append(nn.LazyLinear(K)).append(nn.Softmax(dim=1))
+    assert kinds(lint(model, nn.CrossEntropyLoss())) == ["double_softmax"]  # linted on a copy
+    assert [type(model[i]).__name__ for i in (0, 1, 5)] == ["LazyConv2d", "LazyBatchNorm2d", "LazyLinear"]
+    assert all(is_lazy(t) for t in (*model.parameters(), model[1].running_mean, model[1].running_var))
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, K) and type(model[5]) is nn.Linear  # as before lint
+
+
+# --------------------------------------------------------------------------- where a finding points
+
+
+FACTORY = """
+from torch import nn
+
+from softmaxlab.activations import build_activation
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.act, self.conv2 = nn.Conv2d(3, 4, 3), build_activation("softmax_hw"), nn.Conv2d(4, 4, 3)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        x = self.conv2(self.act(self.conv1(x)))  # softmaxlab's softmax activation, called here
+        return self.fc(x.mean((2, 3)))
+
+
+def ends_in_softmax():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5), nn.Softmax(1))
+"""
+
+
+@pytest.fixture
+def factory_file(tmp_path):
+    path = tmp_path / "user_net.py"
+    path.write_text(FACTORY)
+    return path
+
+
+def user_model(spec: str) -> nn.Module:
+    """The factory's model as ``softmaxlab run`` builds it: softmaxlab's backbone and head around it."""
+    return build_model(load_config(None, [f"model.name={spec}", "model.user_head=none", "data.num_classes=5"]), 3, 5)
+
+
+def test_a_finding_points_at_the_users_line_not_into_softmaxlab(factory_file):
+    line = next(i for i, text in enumerate(FACTORY.splitlines(), 1) if "softmax activation, called here" in text)
+    spec = f"{factory_file}:Net"
+    wrapped = user_model(spec)
+    for findings in (lint(call_factory(spec, load_factory(spec))), lint(wrapped, wrapped.head.loss)):
+        assert [(f.kind, f.source) for f in findings] == [("intermediate_softmax", f"user_net.py:{line}")]
+
+
+def test_without_a_user_line_a_finding_points_at_the_line_that_made_the_op(factory_file):
+    wrapped = user_model(f"{factory_file}:ends_in_softmax")
+    [double] = lint(wrapped, wrapped.head.loss)
+    # An nn.Softmax runs inside torch: no line made it (not softmaxlab's wrapper that called the network)
+    assert (double.kind, double.where, double.source) == ("double_softmax", "backbone.net.4", "")
+    builtin = build_model(load_config(None, ["head.name=double_softmax"]), 3, 5)
+    [head] = lint(builtin, builtin.head.loss)
+    assert head.where == "head" and head.source.startswith("softmaxlab/heads/pitfalls.py:")  # its own head
+
+
+def test_whose_code_a_frame_is():
+    timm = pytest.importorskip("timm")
+    import torchvision
+
+    assert _origin(timm.models.resnet.__file__, "timm.models.resnet") == "library"
+    assert _origin(torchvision.models.resnet.__file__, "torchvision.models.resnet") == "library"
+    assert _origin(softmaxlab.activations.__file__, "softmaxlab.activations") == "library"
+    assert _origin(inspect.__file__, "inspect") == "library"  # the standard library
+    assert _origin(F.__file__, "torch.nn.functional") == "torch"
+    assert _origin(__file__, __name__) == "user"
+
+
+# --------------------------------------------------------------------------- provenance through combinations
+
+
+def ensemble_mean(z):
+    return torch.stack([z.softmax(1), (2 * z).softmax(1)]).mean(0)
+
+
+#: (model end, whether its rows are still distributions: the double softmax's floor holds).
+COMBINATIONS = {
+    "rows by index": (lambda z: z.softmax(1)[torch.arange(z.shape[0])], True),
+    "full slice": (lambda z: z.softmax(1)[:, :K], True),
+    "index_select rows": (lambda z: z.softmax(1).index_select(0, torch.tensor([1, 0])), True),
+    "cat along the batch": (lambda z: torch.cat([z.softmax(1), (2 * z).softmax(1)])[: z.shape[0]], True),
+    "where picks rows": (lambda z: torch.where(z[:, :1] > 0, z.softmax(1), (2 * z).softmax(1)), True),
+    "ensemble mean": (ensemble_mean, True),
+    "test-time augmentation": (lambda z: torch.stack([z.softmax(1), (2 * z).softmax(1)], dim=1).mean(1), True),
+    "zero classes padded": (lambda z: F.pad(z.softmax(1), (0, 2)), True),
+    "ensemble sum / 2": (lambda z: (z.softmax(1) + (2 * z).softmax(1)) / 2, False),
+    "sum of three / 3": (lambda z: sum(F.softmax(t * z, 1) for t in (1, 2, 3)) / 3, False),
+    "classes sliced": (lambda z: z.softmax(1)[:, :3], False),
+    "classes narrowed": (lambda z: z.softmax(1).narrow(1, 0, 3), False),
+    "one class per image": (lambda z: z.softmax(1)[:, 1:2], False),
+    "cat along the classes": (lambda z: torch.cat([z.softmax(1), z.softmax(1)], 1), False),
+    "where within rows": (lambda z: torch.where(z > 0, z.softmax(1), (2 * z).softmax(1)), False),
+    "where with a scalar": (lambda z: torch.where(z > 0, z.softmax(1), 0.0), False),
+    "masked_fill": (lambda z: z.softmax(1).masked_fill(z < -1, 0.0), False),
+    "gather": (lambda z: z.softmax(1).gather(1, torch.zeros(z.shape[0], 3, dtype=torch.long)), False),
+}
+
+
+@pytest.mark.parametrize("case", list(COMBINATIONS))
+def test_probabilities_are_followed_through_selections_joins_and_ensembles(case):
+    end, distributions = COMBINATIONS[case]
+    [f] = lint(Net(end), nn.CrossEntropyLoss())
+    assert f.kind == "double_softmax" and ("loss stuck above" in f.message) == distributions
+
+
+class Dense(nn.Module):
+    """(B, 3, 32, 32) -> per-pixel scores (B, K, 8, 8) -> ``end``."""
+
+    def __init__(self, end) -> None:
+        super().__init__()
+        self.conv, self.end = nn.Conv2d(3, K, 3, stride=4), end
+
+    def forward(self, x):
+        return self.end(self.conv(x))
+
+
+@pytest.mark.parametrize(
+    ("end", "distributions"),
+    [
+        (lambda m: F.interpolate(m.softmax(1), size=(16, 16), mode="bilinear"), True),
+        (lambda m: F.interpolate(m.softmax(1), scale_factor=2.0), True),  # nearest
+        (lambda m: F.pad(m.softmax(1), (1, 1, 1, 1), mode="replicate"), True),
+        (lambda m: m.softmax(1).mean((2, 3)), True),  # the mean of the pixels' distributions
+        (lambda m: F.interpolate(m.softmax(1), size=(16, 16), mode="bicubic"), False),  # overshoots [0, 1]
+        (lambda m: F.pad(m.softmax(1), (1, 1, 1, 1)), False),  # zero pixels: rows that sum to 0
+    ],
+    ids=["bilinear", "nearest", "replicate_pad", "spatial_mean", "bicubic", "zero_pad"],
+)
+def test_per_pixel_probabilities_are_followed_through_resampling(end, distributions):
+    [f] = lint(Dense(end), nn.CrossEntropyLoss())
+    assert f.kind == "double_softmax" and ("loss stuck above" in f.message) == distributions
+
+
+def test_sigmoids_and_logs_through_combinations():
+    assert kinds(lint(Net(lambda z: z.sigmoid()[:, 0]), nn.BCEWithLogitsLoss())) == ["sigmoid_into_bce_with_logits"]
+    [log] = lint(Net(lambda z: ensemble_mean(z).log()), nn.NLLLoss())
+    assert log.kind == "log_of_softmax" and "torch.logsumexp" in log.fix  # no log_softmax gives a mean's log
+    [double] = lint(Net(ensemble_mean), nn.CrossEntropyLoss())
+    assert "torch.logsumexp" in double.fix
+
+
+def log_space_ensemble(z):
+    """log of the members' mean probabilities, computed stably."""
+    return torch.logsumexp(torch.stack([F.log_softmax(z, 1), F.log_softmax(2 * z, 1)]), 0) - math.log(2)
+
+
+def entropy_of_the_mean_prediction(out, y):
+    """Cross-entropy minus the entropy of the batch's mean prediction (a diversity regulariser)."""
+    mean = out.softmax(1).mean(0)
+    return F.cross_entropy(out, y) + (mean * mean.log()).sum()
+
+
+class ClassTokenAttention(nn.Module):
+    """The first token's attention row (indexed out of the map) weights the tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches, self.fc = nn.Conv2d(3, 8, 8, stride=8), nn.Linear(8, K)
+
+    def forward(self, x):
+        t = self.patches(x).flatten(2).transpose(1, 2)  # (B, 16, 8)
+        a = (t @ t.transpose(1, 2)).softmax(-1)  # (B, 16, 16)
+        return self.fc((a[:, :1] @ t).squeeze(1))
+
+
+@pytest.mark.parametrize(
+    ("model", "loss"),
+    [
+        (Net(lambda z: torch.where(z > 0, z.softmax(1), z)), nn.CrossEntropyLoss()),  # logits elsewhere: mixed
+        (Net(lambda z: torch.cat([z.softmax(1), z], 1)[:, K:]), nn.CrossEntropyLoss()),  # beside untagged: dropped
+        (Net(lambda z: z * z.softmax(1).sum(1, keepdim=True)), nn.CrossEntropyLoss()),  # a sum over classes: 1
+        (Net(log_space_ensemble), nn.NLLLoss()),  # the stable ensemble
+        (Net(), entropy_of_the_mean_prediction),  # a mean over the batch is no image's distribution
+        (ClassTokenAttention(), nn.CrossEntropyLoss()),
+    ],
+    ids=["where_with_logits", "cat_with_logits", "sum_over_classes", "log_space", "batch_mean", "cls_attention"],
+)
+def test_combinations_that_are_no_pitfall(model, loss):
+    assert lint(model, loss) == []

@@ -34,11 +34,12 @@ from softmaxlab import runs
 from softmaxlab.checkpoint import load_trained
 from softmaxlab.config import Config, DataConfig, validate_config
 from softmaxlab.data import Normalize, TensorLoader, load_data, parse_data_spec
-from softmaxlab.diagnostics import feature_maps
+from softmaxlab.diagnostics import blocks_of, feature_maps
 from softmaxlab.distributed import World, resolve_device
 from softmaxlab.errors import UserError
 from softmaxlab.metrics import after_temperature, classification_metrics, temperature_scaled_probs, validate_probs
 from softmaxlab.models import Classifier
+from softmaxlab.models.external import is_factory_spec
 from softmaxlab.report.figures import feature_map_figure, save_png
 from softmaxlab.train import evaluate
 from softmaxlab.untrusted import regular_file
@@ -356,12 +357,32 @@ def visualize_run(run_dir: str | Path, image: str | Path, out: str | Path | None
     ``out`` defaults to ``RUN_DIR/figures/feature_maps-<image name>.png``.
 
     Raises:
-        UserError: a run directory without (valid) weights, or a missing / unreadable image.
+        UserError: a run directory without (valid) weights, a missing / unreadable image, or a
+            model with no stages whose output is a (C, H, W) map (nothing is written then).
     """
     if channels < 1:
         raise UserError(f"--channels must be at least 1, got {channels}")
     model, cfg, payload = load_trained(run_dir)
+    if not blocks_of(model):  # before the image is read: no image would give this model maps
+        raise UserError(_no_stages_message(cfg.model.name))
     x = model_input(image, cfg.data.image_size, payload["normalization"])  # (1, C, S, S), as in training
     out = Path(out) if out is not None else Path(run_dir) / "figures" / f"feature_maps-{Path(image).stem}.png"
     maps = feature_maps(model, x)
+    if not maps:  # stages that output no maps (a ViT's tokens): an empty figure would be a blank PNG
+        raise UserError(
+            f"the stages of model {cfg.model.name!r} output no (C, H, W) feature maps (tokens or vectors), so there "
+            "are none to show; feature maps need a convolutional model"
+        )
     return save_png(feature_map_figure([m for _, m in maps], [n for n, _ in maps], channels), out)
+
+
+def _no_stages_message(model_name: str) -> str:
+    """Why a model without stages (``backbone.blocks`` empty) has no feature maps, and what to do."""
+    what = f"model {model_name!r} exposes no stages, so it has no feature maps to show"
+    if is_factory_spec(model_name):
+        # A plain list registers nothing, so the run's state dict, and its weights, stay as they are.
+        return (
+            f"{what}; give the network your factory returns a `blocks` attribute, a plain list of its stage modules "
+            "(self.blocks = [self.stage1, self.stage2]), and run visualize again: the trained weights still load"
+        )
+    return f"{what}; choose a model with stages (simple_cnn, resnet12, a timm or torchvision CNN)"

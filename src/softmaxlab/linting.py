@@ -1,7 +1,8 @@
-"""The softmax linter: softmax pitfalls in any ``nn.Module`` with its loss, found by running it once.
+"""The softmax linter: softmax pitfalls in any ``nn.Module`` with its loss, found by running them.
 
 :func:`lint` runs the model on a small batch (2 random images unless given one), then its
-loss on fake targets, and watches every call into torch: a
+loss on fake targets, and then the model once more in eval mode without gradients (as
+evaluation runs it), and watches every call into torch: a
 :class:`torch.overrides.TorchFunctionMode` sees functional calls (``F.softmax``,
 ``torch.log``, ``Tensor.softmax``, ``x @ y``, ...) even in models that ``torch.fx`` cannot
 trace, and forward hooks on every submodule say which module made each call. Checking
@@ -13,12 +14,28 @@ where it came from (provenance), and the tag follows the tensor:
 * ops that only move or copy values keep the tag as it is (``view``, ``reshape``, ``flatten``,
   ``squeeze``, ``permute``, ``transpose``, ``contiguous``, ``clone``, ``to``, ``float``,
   ``detach``, dropout; ``nn.Identity`` calls nothing), the normalised axis renumbered;
-* arithmetic with a scalar (``p * 2``, ``p + 1e-8``, ``1 - p``, ``clamp``) makes it *scaled*;
-* pointwise activations (ReLU, GELU, ...) and adding another tensor (a residual) make it
-  *mixed*: no longer probabilities, but still a softmax's output flowing on;
+* so do ops whose every row along the normalised axis is still one of the input's rows (or
+  a mean of such rows): selecting rows (``p[idx]``, ``p[:n]``, ``index_select``,
+  ``narrow`` or ``select`` on another axis), ``torch.cat`` / ``torch.stack`` of tensors
+  tagged alike along another axis, ``torch.where`` between them with a condition constant
+  along it, ``F.interpolate`` (nearest, linear, area) or a reflect / replicate ``F.pad``
+  over other axes, and the mean over a stack's axis (an ensemble,
+  ``torch.stack(ps).mean(0)``) or over another axis but the batch (``(B, T, K)`` test-time
+  augmentation, a spatial mean);
+* arithmetic with a scalar (``p * 2``, ``p + 1e-8``, ``1 - p``, ``clamp``) makes it *scaled*,
+  and so do ops that keep values in [0, 1] but break the rows' sum: the sum of two tensors
+  tagged alike (``(p1 + p2) / 2``), a sum over another axis, slicing or gathering classes
+  (``p[:, :k]``, ``p[:, 3]``, ``gather``), ``torch.cat`` along the normalised axis,
+  ``torch.where`` / ``masked_fill`` with a scalar or a condition that varies along it, a
+  zero ``F.pad`` of other axes, a bicubic ``F.interpolate``;
+* pointwise activations (ReLU, GELU, ...), adding another tensor (a residual) and
+  ``torch.where`` with an untagged tensor make it *mixed*: no longer probabilities, but
+  still a softmax's output flowing on;
 * every other op drops it: multiplying or dividing by another tensor (attention weighting
   values, gating, renormalising), ``matmul`` / ``bmm`` / ``einsum`` /
-  ``scaled_dot_product_attention`` / ``nn.MultiheadAttention``, indexing, ``cat``, reductions.
+  ``scaled_dot_product_attention`` / ``nn.MultiheadAttention``, a ``cat`` or ``stack`` with
+  untagged tensors, reductions over the normalised axis or the batch, ``chunk`` / ``split``
+  / ``unbind``, and every op not named here.
 
 The rules, one :class:`Finding` kind each (:data:`KINDS` gives the severities):
 
@@ -44,6 +61,12 @@ The rules, one :class:`Finding` kind each (:data:`KINDS` gives the severities):
   for a binary task), when its output reaches the model's output or a loss: 1 (or 0)
   everywhere, no gradient. (Inside a model, axis 0 of the batch's size may be a stack of
   branches, and attention over a single token is constant by design: neither rule applies.)
+* ``probabilities_in_eval`` (error): in eval mode (no gradients) the model outputs
+  probabilities, or normalises probabilities again (a log_softmax head on them), where in
+  training mode it outputs logits or log-probabilities
+  (``return x if self.training else x.softmax(-1)``): an evaluation that applies a softmax
+  or the training loss (softmaxlab's head with ``model.user_head: none``, a validation
+  loss) normalises twice.
 * ``log_of_softmax`` (warning): ``torch.log`` / ``Tensor.log`` (log2, log10) of softmax
   probabilities, exact or scaled (``log(p + eps)``, ``log(p.clamp(min=eps))``).
 * ``log_of_sigmoid`` (warning): the log of sigmoid outputs (``F.logsigmoid`` is stable).
@@ -53,6 +76,10 @@ The rules, one :class:`Finding` kind each (:data:`KINDS` gives the severities):
   the flatten / view / permute that led to the softmax) and the layer. Not when the layer
   is linear and its output then weights values: talking-heads attention (CaiT) mixes the
   heads' attention maps with a linear layer before the product with the values.
+* ``log_probabilities_in_eval`` (warning): as ``probabilities_in_eval``, with
+  log-probabilities in eval mode where training gives logits: harmless where evaluation
+  takes a softmax (softmax(log_softmax(z)) = softmax(z)), wrong for a sigmoid, sparsemax or
+  entmax head.
 * ``log_softmax_into_cross_entropy`` (note): exact log-probabilities (``log_softmax``, or
   the log of a softmax) into cross-entropy: redundant but harmless.
 * ``softmax_output`` (note, only when no loss is given): the model outputs softmax
@@ -67,24 +94,34 @@ the model's output (only the loss decides whether it is a pitfall); ``F.gumbel_s
 
 Which module made an op is the innermost module whose forward was running (``where``:
 ``classifier.2``); an op of the model's own ``forward`` is named by itself (``torch.softmax``).
-A finding's ``source`` is the ``file.py:line`` that called the op, when Python code outside
-torch did. The cost is the model's forward plus a few microseconds per torch call
-(``benchmarks/bench_lint.py``).
+A finding's ``source`` is ``file.py:line`` of the innermost frame of the user's code
+(outside torch, other installed libraries such as timm and torchvision, the standard
+library and softmaxlab) on the way to the op: the line that made it, or that called the
+library or the module that made it. Without one, it is the library's own line that made the
+op (``timm/models/vision_transformer.py:97``, ``softmaxlab/heads/pitfalls.py:64``), or ""
+when the op ran inside a torch module (an ``nn.Softmax`` in an ``nn.Sequential``). Models
+with lazy modules not yet initialised are linted on a copy, so that the user's model stays
+lazy. The cost is the model's forward twice (training and eval mode) plus a few
+microseconds per torch call (``benchmarks/bench_lint.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
+import site
 import sys
+import sysconfig
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parameter import UninitializedBuffer, UninitializedParameter, is_lazy
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -103,9 +140,11 @@ KINDS: dict[str, str] = {
     "logits_into_nll": "error",
     "softmax_over_batch": "error",
     "constant_softmax": "error",
+    "probabilities_in_eval": "error",
     "log_of_softmax": "warning",
     "log_of_sigmoid": "warning",
     "intermediate_softmax": "warning",
+    "log_probabilities_in_eval": "warning",
     "log_softmax_into_cross_entropy": "note",
     "softmax_output": "note",
 }
@@ -181,6 +220,12 @@ _ROLES: dict[str, tuple[str, ...]] = {
     + _names("Tensor.clamp_max", "torch.neg", "Tensor.neg", "Tensor.__neg__"),
     "pointwise": _names("F.relu", "F.relu_", "torch.relu", "Tensor.relu", "Tensor.relu_", "F.relu6", "F.gelu")
     + _names("F.silu", "F.elu", "F.leaky_relu", "F.hardswish", "F.mish", "torch.tanh", "Tensor.tanh", "F.tanh"),
+    "select": _names("Tensor.__getitem__", "torch.index_select", "Tensor.index_select", "torch.narrow")
+    + _names("Tensor.narrow", "torch.select", "Tensor.select", "torch.gather", "Tensor.gather"),
+    "where": _names("torch.where", "Tensor.where", "torch.masked_fill", "Tensor.masked_fill", "Tensor.masked_fill_"),
+    "join": _names("torch.cat", "torch.concat", "torch.concatenate", "torch.stack"),
+    "reduce": _names("torch.mean", "Tensor.mean", "torch.sum", "Tensor.sum"),
+    "resample": _names("F.interpolate", "F.pad"),
     "weight": _names("torch.matmul", "Tensor.matmul", "Tensor.__matmul__", "Tensor.__rmatmul__", "torch.bmm")
     + _names("Tensor.bmm", "torch.baddbmm", "Tensor.baddbmm", "torch.einsum", "F.scaled_dot_product_attention"),
     "layer": _names("F.conv1d", "F.conv2d", "F.conv3d", "F.conv_transpose1d", "F.conv_transpose2d", "F.linear")
@@ -240,6 +285,9 @@ class _Tag:
     dim: int | None  # the normalised axis in this tensor (None: unknown, or a sigmoid)
     logged: bool = False  # the log of the source's output (log-probabilities)
     through_linear: bool = False  # a linear layer mixed the softmax's output (talking-heads attention)
+    members: int | None = None  # the axis a torch.stack of tagged tensors made (an ensemble's members)
+    pooled: bool = False  # a mean or sum of several rows (an ensemble): its log is no log_softmax
+    renormalised: _Source | None = None  # the softmax or sigmoid whose probabilities this normaliser's input held
 
     def probabilities(self) -> bool:
         """Softmax or sigmoid values, at most scaled: what a loss on logits or log-probabilities must not get."""
@@ -247,6 +295,21 @@ class _Tag:
 
     def log_probabilities(self) -> bool:
         return self.level == _EXACT and (self.logged or self.source.kind == "log_softmax")
+
+    def family(self) -> str | None:
+        """What the values are: "probabilities", "log-probabilities", or None (mixed, or scaled log-probabilities)."""
+        return "probabilities" if self.probabilities() else "log-probabilities" if self.log_probabilities() else None
+
+
+def _alike(tags: Sequence[_Tag]) -> _Tag | None:
+    """The tag of a combination of tensors tagged alike (the same family of values from the same
+    kind of normaliser, over the same axis), at the least exact level of them; None otherwise."""
+    first = tags[0]
+    key = (first.family(), first.source.kind, first.dim)
+    if key[0] is None or any((t.family(), t.source.kind, t.dim) != key for t in tags):
+        return None
+    members = first.members if all(t.members == first.members for t in tags) else None
+    return replace(first, level=max(t.level for t in tags), members=members, pooled=any(t.pooled for t in tags))
 
 
 @dataclass(frozen=True)
@@ -316,21 +379,73 @@ def _join(names: Sequence[str]) -> str:
 
 
 def _site() -> str:
-    """``file.py:line`` of the innermost Python frame outside torch and this module: the line
-    of the model's (or the loss's) code that made the op; "" when torch's own modules made it
-    (an ``nn.Softmax`` in an ``nn.Sequential``)."""
+    """``file.py:line`` of the innermost frame of the user's code on the way to the op (see
+    :func:`_origin`); without one, ``package/path.py:line`` of the library or softmaxlab line
+    that made the op itself; "" when a torch module made it (an ``nn.Softmax`` in an
+    ``nn.Sequential``: the line that built it is not on the stack)."""
     frame = sys._getframe(1)
+    fallback = ""
+    in_module = False  # a torch module's __call__ ran between the op and this frame
     while frame is not None:
         code = frame.f_code
-        if code.co_filename == __file__ and code.co_name in _CALLERS:
-            return ""  # reached the linter's own call of the model or the loss
-        if not code.co_filename.startswith(_TORCH_DIR) and code.co_filename != __file__:
+        origin = _origin(code.co_filename, frame.f_globals.get("__name__", ""))
+        if origin == "linter" and code.co_name in _CALLERS:
+            break  # reached the linter's own call of the model or the loss
+        if origin == "user":
             return f"{os.path.basename(code.co_filename)}:{frame.f_lineno}"
+        if origin == "torch":
+            in_module = in_module or code.co_name in ("_call_impl", "_wrapped_call_impl")
+        elif origin == "library" and not fallback and not in_module:
+            fallback = f"{_package_path(code.co_filename, frame.f_globals.get('__name__', ''))}:{frame.f_lineno}"
         frame = frame.f_back
-    return ""
+    return fallback
 
 
 _CALLERS = ("_call_model", "_call_loss")
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__))
+#: Where installed libraries and the standard library live: their frames are not the user's code.
+_LIBRARY_DIRS = tuple(
+    os.path.join(os.path.abspath(d), "")
+    for d in {
+        *(sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")),
+        *site.getsitepackages(),
+        site.getusersitepackages(),
+    }
+    if d
+)
+_LIBRARY_DIRS += (os.path.join(_OWN_DIR, ""),)  # softmaxlab's own files, wherever it is installed from
+#: Top-level packages that are libraries even when installed from a source tree (pip install -e).
+_LIBRARIES = ("softmaxlab", "timm", "torchvision")
+_ORIGINS: dict[str, str] = {}
+
+
+def _origin(filename: str, module: str) -> str:
+    """Whose code ``filename`` (of module ``module``) is: "linter" (this file), "torch",
+    "library" (softmaxlab, timm, torchvision, anything installed, the standard library) or
+    "user" (the rest: the user's model and loss files, scripts, tests, notebooks)."""
+    key = f"{filename}|{module}"
+    origin = _ORIGINS.get(key)
+    if origin is None:
+        top = module.partition(".")[0]
+        path = os.path.abspath(filename)
+        if path == os.path.abspath(__file__):
+            origin = "linter"
+        elif top == "torch" or path.startswith(os.path.join(_TORCH_DIR, "")):
+            origin = "torch"
+        elif top in _LIBRARIES or path.startswith(_LIBRARY_DIRS) or filename.startswith("<frozen"):
+            origin = "library"
+        else:
+            origin = "user"
+        _ORIGINS[key] = origin
+    return origin
+
+
+def _package_path(filename: str, module: str) -> str:
+    """``filename`` from its top package's folder on: ``timm/models/vision_transformer.py``."""
+    top = module.partition(".")[0]
+    parts = os.path.abspath(filename).split(os.sep)
+    at = [i for i, part in enumerate(parts[:-1]) if part == top]
+    return "/".join(parts[at[-1] :]) if top and at else os.path.basename(filename)
 
 
 def _is_scalar(x: Any) -> bool:
@@ -376,6 +491,11 @@ class _Trace(TorchFunctionMode):
             "add": self._on_arithmetic,
             "scale": self._on_arithmetic,
             "pointwise": self._on_pointwise,
+            "select": self._on_select,
+            "where": self._on_where,
+            "join": self._on_join,
+            "reduce": self._on_reduce,
+            "resample": self._on_resample,
             "layer": self._on_layer,
             "weight": self._on_weight,
             "cross_entropy": self._on_cross_entropy,
@@ -489,7 +609,11 @@ class _Trace(TorchFunctionMode):
         axis = (dim % n if n else 0) if isinstance(dim, int) else None
         axes = self.describe(x, axis) if n else "over a scalar"
         source = _Source(kind, name, self.module, self.by(name), _site(), axes, tuple(x.shape), axis)
-        self.tags[out] = _Tag(source, _EXACT, axis)
+        before = self.tag_of(x)
+        # A normaliser of probabilities (a log_softmax head on a model's softmax): what evaluation
+        # compares with training (probabilities_in_eval) is the probabilities that reached it.
+        again = (before.renormalised or before.source) if before is not None and before.probabilities() else None
+        self.tags[out] = _Tag(source, _EXACT, axis, renormalised=again)
 
     def axis_rules(self, tag: _Tag | None) -> None:
         """``softmax_over_batch`` and ``constant_softmax``, for a softmax's output that reaches
@@ -528,8 +652,8 @@ class _Trace(TorchFunctionMode):
             return
         tag = self.tags.get(x)
         if tag is not None:
-            dim = _moved_dim(mapping, tag.dim) if mapping is not None else None
-            self.tags[out] = _Tag(tag.source, tag.level, dim, tag.logged, tag.through_linear)
+            dim, members = (_moved_dim(mapping, tag.dim), _moved_dim(mapping, tag.members)) if mapping else (None, None)
+            self.tags[out] = replace(tag, dim=dim, members=members)
         axes = self.axes_of(x)
         if axes is not None and mapping is not None:
             names = tuple(tuple(n for i in g for n in axes.names[i]) for g in mapping)
@@ -560,7 +684,12 @@ class _Trace(TorchFunctionMode):
             return
         x, tag, other = (a, ta, b) if ta is not None else (b, tb, a)
         unary = "clamp" in name or "clip" in name or "neg" in name
-        if unary or _is_scalar(other):
+        both = _alike([ta, tb]) if ta is not None and tb is not None else None
+        alpha = kwargs.get("alpha", 1)
+        if both is not None and both.probabilities() and "add" in name and _is_scalar(alpha) and float(alpha) > 0:
+            # An ensemble's sum (p1 + p2, before / 2): values in [0, 2], rows that sum to 2.
+            self._retag(x, out, both, _SCALED, pooled=True)
+        elif unary or _is_scalar(other):
             self._retag(x, out, tag, _SCALED)
         elif name in _ROLES["add"]:
             self._retag(x, out, tag, _MIXED)
@@ -573,11 +702,129 @@ class _Trace(TorchFunctionMode):
         if tag is not None:
             self._retag(x, out, tag, _MIXED)
 
-    def _retag(self, x: Tensor, out: Tensor, tag: _Tag, level: int) -> None:
-        dim = tag.dim if out.shape == x.shape else None
-        self.tags[out] = _Tag(tag.source, max(tag.level, level), dim, tag.logged, tag.through_linear)
-        if x in self.axes and out.shape == x.shape:
+    def _retag(self, x: Tensor, out: Tensor, tag: _Tag, level: int, pooled: bool = False) -> None:
+        """``out`` holds the values of ``x`` (its shape, or broadcast) at ``level`` or less exact."""
+        same = out.shape == x.shape
+        self.tags[out] = replace(
+            tag,
+            level=max(tag.level, level),
+            dim=tag.dim if same else None,
+            members=tag.members if same else None,
+            pooled=tag.pooled or pooled,
+        )
+        if x in self.axes and same:
             self.axes[out] = self.axes[x]
+
+    def _reshaped(self, x: Tensor, out: Tensor, picked: Selection) -> None:
+        """``out`` holds values of the tagged ``x``: each axis the one ``picked`` maps it to, some
+        axes cut to some of their slices, some indexed away. The normalised axis cut or gone
+        leaves probability-like values (scaled); any other keeps the rows."""
+        mapping, parts, gone = picked
+        tag = self.tags[x]
+        cut = tag.dim is not None and tag.dim in parts | gone
+        self._carry(x, out, mapping)
+        carried = self.tags[out]
+        self.tags[out] = replace(carried, level=max(tag.level, _SCALED) if cut else tag.level)
+
+    def _on_select(self, name: str, args: tuple, kwargs: dict, out: Tensor) -> None:
+        """Indexing, ``index_select``, ``narrow``, ``select``, ``gather`` (see :func:`_selection`)."""
+        x = _arg(args, kwargs, 0, "input")
+        if not isinstance(x, Tensor) or x not in self.tags:
+            return  # the common case, kept cheap: nothing to carry
+        picked = _selection(name, args, kwargs, x, out)
+        if picked is None:
+            return
+        self._reshaped(x, out, picked)
+
+    def _on_where(self, name: str, args: tuple, kwargs: dict, out: Tensor) -> None:
+        """``torch.where(c, a, b)``, ``a.where(c, b)``, ``a.masked_fill(c, v)``: rows of tensors
+        tagged alike stay; a scalar, or a condition that varies along the normalised axis,
+        scales; an untagged tensor mixes."""
+        if name == "torch.where":
+            cond, a, b = (_arg(args, kwargs, i, k) for i, k in enumerate(("condition", "input", "other")))
+        else:  # a.where(condition, other), a.masked_fill(mask, value)
+            names = ("input", "condition", "other") if "where" in name else ("input", "mask", "value")
+            a, cond, b = (_arg(args, kwargs, i, k) for i, k in enumerate(names))
+        ta, tb = self.tag_of(a), self.tag_of(b)
+        if ta is None and tb is None:
+            return
+        x, tag, other = (a, ta, b) if ta is not None else (b, tb, a)
+        both = _alike([ta, tb]) if ta is not None and tb is not None else None
+        if both is None and not _is_scalar(other):
+            self._retag(x, out, tag, _MIXED)
+            return
+        tag = both or tag
+        # Rows are kept whole when the condition is constant along the normalised axis (read on x's
+        # own axes: a broadcast x counts as varying).
+        along = x.shape != out.shape or (isinstance(cond, Tensor) and _size_along(cond, out, tag.dim) != 1)
+        varies = tag.dim is not None and along
+        self._retag(x, out, tag, _SCALED if varies or both is None else tag.level)
+
+    def _on_join(self, name: str, args: tuple, kwargs: dict, out: Tensor) -> None:
+        """``torch.cat`` / ``torch.stack`` of tensors tagged alike: the rows stay, along the
+        normalised axis a cat scales (rows that sum to the count); with an untagged one, dropped."""
+        parts = _arg(args, kwargs, 0, "tensors")
+        if not isinstance(parts, (list, tuple)) or not parts:
+            return
+        tags = [self.tag_of(t) for t in parts]
+        if any(t is None for t in tags):
+            return  # partly tagged (a softmax beside features): dropped, as before, to keep false positives out
+        tag = _alike([t for t in tags if t is not None])
+        axis = _arg(args, kwargs, 1, "dim")
+        axis = kwargs.get("axis", 0) if axis is None else axis
+        if tag is None or not isinstance(axis, int):
+            return
+        if name == "torch.stack":
+            d = axis % out.ndim
+            shift = [(i,) for i in range(d)] + [()] + [(i,) for i in range(d, out.ndim - 1)]
+            dim, members = _moved_dim(shift, tag.dim), d
+            self.tags[out] = replace(tag, dim=dim, members=members)
+            return
+        d = axis % out.ndim
+        self.tags[out] = replace(tag, level=max(tag.level, _SCALED) if d == tag.dim else tag.level)
+
+    def _on_reduce(self, name: str, args: tuple, kwargs: dict, out: Tensor) -> None:
+        """A mean over a stack's axis, or over an axis that is neither the normalised one nor the
+        batch, keeps the rows (pooled); a sum scales them; every other reduction drops the tag."""
+        x = _arg(args, kwargs, 0, "input")
+        tag = self.tag_of(x)
+        if tag is None:
+            return
+        axes = _axes_of(_arg(args, kwargs, 1, "dim"), x.ndim)
+        if axes is None:
+            return
+        ensemble = axes == {tag.members}
+        if not ensemble and (tag.dim is None or tag.dim in axes or 0 in axes or tag.members in axes):
+            return
+        keep = bool(_arg(args, kwargs, 2, "keepdim"))
+        mapping = [() if i in axes else (i,) for i in range(x.ndim) if keep or i not in axes]
+        level = tag.level if name.endswith("mean") else max(tag.level, _SCALED)
+        self._carry(x, out, mapping)
+        self.tags[out] = replace(self.tags[out], level=level, pooled=True)
+
+    def _on_resample(self, name: str, args: tuple, kwargs: dict, out: Tensor) -> None:
+        """``F.interpolate`` (a convex combination of neighbours, but bicubic) over axes other
+        than the normalised one keeps the rows; ``F.pad`` keeps them when it repeats rows
+        (reflect, replicate, circular) or adds zero classes; otherwise both scale."""
+        x = _arg(args, kwargs, 0, "input")
+        tag = self.tag_of(x)
+        if tag is None:
+            return
+        spatial = set(range(2, x.ndim))
+        if name == "F.interpolate":
+            kept = _arg(args, kwargs, 3, "mode") in _CONVEX and tag.dim not in spatial
+        else:
+            mode, value = _arg(args, kwargs, 2, "mode") or "constant", _arg(args, kwargs, 3, "value")
+            padded = _padded_axes(_arg(args, kwargs, 1, "pad"), x.ndim)
+            if padded is None:
+                return
+            zero_classes = mode == "constant" and not value and set(padded) == {tag.dim} and min(padded[tag.dim]) >= 0
+            kept = not padded or zero_classes or (mode != "constant" and tag.dim not in padded)
+            spatial = set(padded)
+        self._carry(x, out, [(i,) for i in range(x.ndim)])
+        carried = self.tags[out]
+        members = None if carried.members in spatial else carried.members
+        self.tags[out] = replace(carried, level=tag.level if kept else max(tag.level, _SCALED), members=members)
 
     # ------------------------------------------------------------------ the rules
 
@@ -587,13 +834,24 @@ class _Trace(TorchFunctionMode):
         if tag is None or not tag.probabilities():
             return
         s = tag.source
-        if s.kind == "sigmoid":
+        sigmoid = s.kind == "sigmoid"
+        if tag.pooled:  # the log of a mean of probabilities (an ensemble) is a logsumexp of the members' logs
+            member = "F.logsigmoid(z_i)" if sigmoid else "F.log_softmax(z_i, dim)"
+            fix = (
+                f"average in log space: torch.logsumexp(torch.stack([{member} for each member]), 0) - math.log(M), "
+                "the same values computed stably"
+            )
+        elif sigmoid:
+            fix = "use F.logsigmoid(z) (nn.LogSigmoid), or BCEWithLogitsLoss on the logits"
+        else:
+            fix = "use log_softmax(z, dim) (F.log_softmax, nn.LogSoftmax): the same values, computed stably"
+        if sigmoid:
             self.find(
                 "log_of_sigmoid",
                 s,
                 f"log of sigmoid outputs ({s.by}, then {name}) underflows to -inf for logits below about -100 "
                 "(float32; -17 in float16) and loses precision well before",
-                "use F.logsigmoid(z) (nn.LogSigmoid), or BCEWithLogitsLoss on the logits",
+                fix,
             )
             return
         self.find(
@@ -601,7 +859,7 @@ class _Trace(TorchFunctionMode):
             s,
             f"log of softmax probabilities ({s.by}, then {name}) is -inf wherever a probability underflows to 0 "
             "(logits about 100 apart in float32, 17 in float16), and an added epsilon only hides it",
-            "use log_softmax(z, dim) (F.log_softmax, nn.LogSoftmax): the same values, computed stably",
+            fix,
         )
         self.tags[out] = _Tag(s, _EXACT, tag.dim, logged=True)
 
@@ -653,7 +911,11 @@ class _Trace(TorchFunctionMode):
                 s,
                 f"softmax probabilities ({s.by}) go into {loss}, which applies a second softmax: the double-softmax "
                 f"pitfall ({effect})",
-                "remove the softmax and pass the logits to cross-entropy (softmax only for inference), or take "
+                "for a mean of probabilities (an ensemble, test-time augmentation) output its log computed stably "
+                "(torch.logsumexp of log_softmax over the averaged axis, minus the log of its size) and use NLLLoss, "
+                "or train on each member's logits with cross-entropy"
+                if tag.pooled
+                else "remove the softmax and pass the logits to cross-entropy (softmax only for inference), or take "
                 "log_softmax and use NLLLoss",
             )
         elif tag.probabilities():
@@ -751,6 +1013,46 @@ class _Trace(TorchFunctionMode):
                 "for NLLLoss; lint with the loss (--loss) to check the pairing",
             )
 
+    def eval_rules(self, trained: _Tag | None, evaluated: _Tag | None) -> None:
+        """``probabilities_in_eval`` / ``log_probabilities_in_eval``: the tags of the model's
+        output in training mode and in eval mode disagree about what the values are."""
+        before, _ = _values(trained)
+        after, s = _values(evaluated)
+        if s is None or after == before or before == "probabilities":  # probabilities in training: rules above
+            return
+        then = f", then {evaluated.source.by}" if evaluated is not None and evaluated.renormalised else ""
+        if after == "probabilities":
+            self.find(
+                "probabilities_in_eval",
+                s,
+                f"in eval mode the model outputs {s.kind} probabilities ({s.by}{then}) where in training mode it "
+                f"outputs {before}: an evaluation that applies a softmax or a loss to the outputs (softmaxlab's head "
+                "with model.user_head: none, a validation loss with the training criterion) normalises them twice, "
+                "so its metrics are wrong",
+                "return the same values in both modes (the logits; no `if not self.training` or "
+                "`torch.is_grad_enabled()` softmax) and apply the softmax where probabilities are needed: "
+                "softmaxlab's head applies it at evaluation",
+            )
+        elif before == "logits":
+            self.find(
+                "log_probabilities_in_eval",
+                s,
+                f"in eval mode the model outputs log-probabilities ({s.by}) where in training mode it outputs logits: "
+                "harmless where evaluation takes a softmax (softmax(log_softmax(z)) = softmax(z)), wrong for a "
+                "sigmoid, sparsemax or entmax head, which then gets log p instead of the logits",
+                "return the logits in both modes and take log_softmax where log-probabilities are needed",
+            )
+
+
+def _values(tag: _Tag | None) -> tuple[str, _Source | None]:
+    """What a model's output holds, by its tag: "probabilities" (also a normaliser of
+    probabilities: a log_softmax head on them), "log-probabilities" or "logits"; and the
+    normaliser that made them."""
+    if tag is not None and tag.renormalised is not None:
+        return "probabilities", tag.renormalised
+    family = tag.family() if tag is not None else None
+    return (family, tag.source) if family is not None and tag is not None else ("logits", None)
+
 
 def _permutation(name: str, args: tuple, kwargs: dict, n: int) -> list[int] | None:
     """The source axis of each output axis of a permute, transpose or t; None when unreadable (named axes)."""
@@ -770,6 +1072,102 @@ def _permutation(name: str, args: tuple, kwargs: dict, n: int) -> list[int] | No
     return perm
 
 
+#: The modes of ``F.interpolate`` whose outputs are convex combinations of the input's values.
+_CONVEX = (None, "nearest", "nearest-exact", "linear", "bilinear", "trilinear", "area")
+
+
+def _size_along(x: Tensor, out: Tensor, dim: int) -> int:
+    """The size of ``x``, broadcast against ``out``, along ``out``'s axis ``dim`` (1 where it broadcasts)."""
+    k = dim - (out.ndim - x.ndim)
+    return int(x.shape[k]) if 0 <= k < x.ndim else 1
+
+
+def _axes_of(dim: Any, n: int) -> set[int] | None:
+    """The axes a reduction's ``dim`` names in an ``n``-axis tensor; None for all of them or unreadable ones."""
+    dims = [dim] if isinstance(dim, int) else list(dim) if isinstance(dim, (list, tuple)) else []
+    if n == 0 or not dims or not all(isinstance(d, int) for d in dims):
+        return None
+    return {d % n for d in dims}
+
+
+def _padded_axes(pad: Any, n: int) -> dict[int, tuple[int, int]] | None:
+    """The axes ``F.pad(x, pad)`` pads (pairs from the last axis backwards) and by how much; None when unreadable."""
+    if not isinstance(pad, (list, tuple)) or len(pad) % 2 or len(pad) // 2 > n:
+        return None
+    try:
+        pairs = [(int(pad[2 * k]), int(pad[2 * k + 1])) for k in range(len(pad) // 2)]
+    except (TypeError, ValueError):
+        return None
+    return {n - 1 - k: pair for k, pair in enumerate(pairs) if pair != (0, 0)}
+
+
+Selection = tuple[list[tuple[int, ...]], set[int], set[int]]
+
+
+def _selection(name: str, args: tuple, kwargs: dict, x: Tensor, out: Tensor) -> Selection | None:
+    """What a selection of ``x`` keeps: the input axis of each output axis, the axes cut to some
+    of their slices, and the axes indexed away (see :func:`_index_axes`); None when unreadable.
+    ``gather`` counts as cutting every axis: its rows mix values of several input rows."""
+    n = x.ndim
+    if name == "Tensor.__getitem__":
+        return _index_axes(tuple(x.shape), args[1] if len(args) > 1 else None)
+    axis = _arg(args, kwargs, 1, "dim")
+    if not isinstance(axis, int) or n == 0 or out.ndim not in (n, n - 1):
+        return None
+    d, same = axis % n, [(i,) for i in range(n)]
+    if name.endswith("gather"):
+        return same, set(range(n)), set()
+    if name.endswith("index_select"):
+        return same, {d}, set()
+    if name.endswith("narrow"):
+        return same, set() if out.shape[d] == x.shape[d] else {d}, set()
+    return [(i,) for i in range(n) if i != d], set(), {d}  # select(dim, i)
+
+
+def _index_axes(shape: tuple[int, ...], index: Any) -> Selection | None:
+    """For ``x[index]`` with ``x`` of ``shape``: each output axis's input axis (``()`` for a
+    new one), the axes a slice or an index tensor cuts, and those an integer indexes away.
+    None for what it does not read: several index tensors, or one beside an integer (NumPy
+    then moves the axes), a mask over several axes, an index tensor of two or more axes."""
+    items = index if isinstance(index, tuple) else (index,)
+    n = len(shape)
+    rest = n - sum(1 for it in items if it is not None and it is not Ellipsis)
+    mapping: list[tuple[int, ...]] = []
+    parts: set[int] = set()
+    gone: set[int] = set()
+    i = tensors = 0
+    for it in items:
+        if it is None:
+            mapping.append(())
+            continue
+        if it is Ellipsis:
+            mapping += [(j,) for j in range(i, i + rest)]
+            i += max(rest, 0)
+            continue
+        if i >= n or isinstance(it, bool):
+            return None
+        if isinstance(it, int) or (isinstance(it, Tensor) and it.ndim == 0 and it.dtype != torch.bool):
+            gone.add(i)
+        elif isinstance(it, slice):
+            mapping.append((i,))
+            if it.indices(shape[i]) != (0, shape[i], 1):
+                parts.add(i)
+        elif (isinstance(it, Tensor) and it.ndim == 1) or (isinstance(it, list) and _flat(it)):
+            tensors += 1
+            mapping.append((i,))
+            parts.add(i)
+        else:
+            return None
+        i += 1
+    if rest < 0 or tensors > 1 or (tensors and gone):
+        return None
+    return mapping + [(j,) for j in range(i, n)], parts, gone
+
+
+def _flat(items: list) -> bool:
+    return all(isinstance(v, (int, bool)) for v in items)
+
+
 # --------------------------------------------------------------------------- lint
 
 
@@ -783,14 +1181,17 @@ def lint(
     """The softmax pitfalls of ``model`` paired with ``loss``, errors first (see the module
     docstring for the rules and what is deliberately not a finding).
 
-    The model runs once on ``example`` (default: 2 random (3, 32, 32) images on the model's
-    device and dtype), in training mode, as the loss sees it, without gradients; then
-    ``loss(output, target)`` runs on its output (a tuple's first tensor, a dict's ``logits``
-    or ``out``, an object's ``.logits``). Without ``target`` the fake targets are tried in
-    turn: int64 class indices in [0, K) (K the output's axis 1, its axis 0 when 1-D), as
-    cross-entropy and NLL take them, then 0/1 floats of the output's shape, as BCE takes
-    them; the loss's warnings about them are silenced. Every module's training flag, every
-    buffer (BatchNorm statistics) and the random number generators are as they were after.
+    The model runs on ``example`` (default: 2 random (3, 32, 32) images on the model's device
+    and dtype) in training mode with gradients on, as the loss sees it (nothing is
+    backpropagated); then ``loss(output, target)`` runs on its output (a tuple's first tensor,
+    a dict's ``logits`` or ``out``, an object's ``.logits``); then the model runs once more in
+    eval mode without gradients, as evaluation runs it, and what its output holds is compared
+    (``probabilities_in_eval``). Without ``target`` the fake targets are tried in turn: int64
+    class indices in [0, K) (K the output's axis 1, its axis 0 when 1-D), as cross-entropy and
+    NLL take them, then 0/1 floats of the output's shape, as BCE takes them; the loss's
+    warnings about them are silenced. Every module's training flag, every buffer (BatchNorm
+    statistics) and the random number generators are as they were after; a model with lazy
+    modules not yet initialised is linted on a deep copy, so that it stays lazy.
 
     Args:
         model: any ``nn.Module``; functional calls inside its forward are seen too.
@@ -800,10 +1201,11 @@ def lint(
         target: the targets to call the loss with, instead of fake ones.
 
     Raises:
-        UserError: the model fails on ``example``, returns no tensor, or the loss cannot be
-            called on the output.
+        UserError: the model fails on ``example`` (in either mode), returns no tensor, or the
+            loss cannot be called on the output; a lazy model cannot be copied.
     """
     loss_modules = {"loss": loss} if isinstance(loss, nn.Module) else {}
+    model = _materialisable(model)
     with _untouched(model):
         x = example if example is not None else random_batch(model)
         trace = _Trace(int(x.shape[0]) if x.ndim else 1)
@@ -814,7 +1216,42 @@ def lint(
             trace.output_rules(output, loss is not None)
             if loss is not None:
                 _call_loss(loss, output, target)
+        trace.eval_rules(trace.tag_of(output), _eval_output_tag(model, x, trace.batch))
     return trace.findings()
+
+
+def _eval_output_tag(model: nn.Module, x: Tensor, batch: int) -> _Tag | None:
+    """The tag of the model's output in eval mode without gradients, as evaluation runs it
+    (a model may return probabilities only there: ``x if self.training else x.softmax(-1)``).
+    A trace of its own: only what the output holds is compared, no rule runs twice."""
+    model.eval()  # _untouched restores every module's flag
+    trace = _Trace(batch)
+    with torch.no_grad(), trace.hooked({"": model}), trace:
+        output = _output_tensor(_call_model(model, x, " in eval mode"), " in eval mode")
+    return trace.tag_of(output)
+
+
+def _materialisable(model: nn.Module) -> nn.Module:
+    """``model``, or a deep copy of it when it holds lazy parameters or buffers not yet
+    initialised: a forward would materialise them on the user's model (and turn its
+    ``nn.LazyLinear`` into an ``nn.Linear``). The copy gets fresh uninitialised ones."""
+    lazy = [t for t in (*model.parameters(), *model.buffers()) if is_lazy(t)]
+    if not lazy:
+        return model
+    # deepcopy refuses uninitialised tensors: put their copies in its memo beforehand.
+    memo: dict[int, Any] = {
+        id(t): UninitializedBuffer(t.requires_grad, t.device, t.dtype, getattr(t, "persistent", True))
+        if isinstance(t, UninitializedBuffer)
+        else UninitializedParameter(t.requires_grad, t.device, t.dtype)
+        for t in lazy
+    }
+    try:
+        return copy.deepcopy(model, memo)
+    except Exception as exc:
+        raise UserError(
+            f"the model has lazy modules that are not initialised yet and cannot be copied to lint "
+            f"({short_error(exc)}); run it once on a batch of the data before linting it"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -822,7 +1259,7 @@ def _untouched(model: nn.Module) -> Iterator[None]:
     """Training mode inside; every module's training flag, every buffer and the CPU and CUDA
     random states as they were after."""
     modes = [(m, m.training) for m in model.modules()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers() if not is_lazy(b)]
     cuda = {t.device for t in (*model.parameters(), *model.buffers()) if t.device.type == "cuda"}
     devices = [d.index if d.index is not None else torch.cuda.current_device() for d in cuda]
     with torch.random.fork_rng(devices=devices):
@@ -855,19 +1292,23 @@ def _log_probabilities(x: Tensor) -> bool:
     return bool((v <= 1e-4).all() and (torch.logsumexp(v, dim=1).abs() <= 1e-3).all())
 
 
-def _call_model(model: nn.Module, x: Tensor) -> Any:
+def _call_model(model: nn.Module, x: Tensor, when: str = "") -> Any:
+    """``model(x)``; a UserError when the model fails (``when``: " in eval mode", or "")."""
     try:
         return model(x)
     except (_LinterBug, torch.OutOfMemoryError):
         raise
     except Exception as exc:
-        raise UserError(
-            f"the model fails on a batch of shape {tuple(x.shape)} ({short_error(exc)}); give it an input of the "
-            "shape it takes (softmaxlab lint --input-shape C,H,W)"
-        ) from None
+        fix = (
+            "make its eval-mode forward take what its training-mode forward takes (evaluation runs it)"
+            if when
+            else "give it an input of the shape it takes (softmaxlab lint --input-shape C,H,W)"
+        )
+        shape = tuple(x.shape)
+        raise UserError(f"the model fails{when} on a batch of shape {shape} ({short_error(exc)}); {fix}") from None
 
 
-def _output_tensor(output: Any) -> Tensor:
+def _output_tensor(output: Any, when: str = "") -> Tensor:
     """The logits in what a model returns: the tensor itself, a tuple's or list's first tensor,
     a dict's ``logits`` or ``out`` (else its first tensor), an object's ``.logits``."""
     if isinstance(output, Tensor):
@@ -883,7 +1324,7 @@ def _output_tensor(output: Any) -> Tensor:
         if isinstance(c, Tensor):
             return c
     raise UserError(
-        f"the model returned a {type(output).__name__} without a tensor; return the logits (or a tuple or dict "
+        f"the model returned a {type(output).__name__} without a tensor{when}; return the logits (or a tuple or dict "
         "holding them)"
     )
 
@@ -924,13 +1365,15 @@ def _fake_targets(output: Tensor) -> list[Tensor]:
 #: The warning each finding kind is issued as by :func:`warn_findings` (fit's first-batch check).
 WARNINGS: dict[str, type[SoftmaxPitfallWarning]] = {
     "double_softmax": DoubleSoftmaxWarning,
+    "probabilities_in_eval": DoubleSoftmaxWarning,  # evaluation applies a second softmax
     "softmax_into_nll": SoftmaxNLLWarning,
 }
 
 
 def warn_findings(findings: Sequence[Finding], stacklevel: int = 2) -> None:
     """Issue each finding as one warning: :class:`~softmaxlab.heads.DoubleSoftmaxWarning` for
-    ``double_softmax``, :class:`~softmaxlab.heads.SoftmaxNLLWarning` for ``softmax_into_nll``,
+    ``double_softmax`` and ``probabilities_in_eval`` (evaluation's second softmax),
+    :class:`~softmaxlab.heads.SoftmaxNLLWarning` for ``softmax_into_nll``,
     :class:`~softmaxlab.heads.check.SoftmaxPitfallWarning` for the other kinds."""
     for finding in findings:
         warnings.warn(str(finding), WARNINGS.get(finding.kind, SoftmaxPitfallWarning), stacklevel=stacklevel + 1)

@@ -1,13 +1,10 @@
 """check_logits: the double-softmax pitfall is recognised from the model's outputs."""
 
-import warnings
-
 import pytest
 import torch
 
 import softmaxlab
-from softmaxlab.heads import DoubleSoftmaxWarning, SoftmaxNLLWarning, check_logits
-from softmaxlab.heads.check import warn_if_probabilities
+from softmaxlab.heads import check_logits
 
 
 def test_fires_on_probabilities():
@@ -33,15 +30,11 @@ def test_quiet_on_logits(outputs):
     assert check_logits(outputs) is None
 
 
-def test_strict_raises_and_the_warning_helper_warns():
+def test_strict_raises():
     p = torch.softmax(torch.randn(8, 3), -1)
     with pytest.raises(ValueError, match="double-softmax"):
         check_logits(p, strict=True)
-    with pytest.warns(DoubleSoftmaxWarning, match="double-softmax"):
-        warn_if_probabilities(p)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        warn_if_probabilities(torch.randn(8, 3))
+    assert check_logits(torch.randn(8, 3), strict=True) is None  # logits: nothing to raise
 
 
 def test_exported_from_the_package():
@@ -53,7 +46,5 @@ def test_softmax_into_nll_is_recognised_and_log_probabilities_are_not():
     message = check_logits(p, loss="nll")
     assert message is not None and "softmax-into-NLL" in message and "log_softmax" in message
     assert check_logits(p.log(), loss="nll") is None  # what NLLLoss expects
-    with pytest.warns(SoftmaxNLLWarning, match="softmax-into-NLL"):
-        warn_if_probabilities(p, "nll")
     with pytest.raises(ValueError, match="loss must be"):
         check_logits(p, loss="mse")

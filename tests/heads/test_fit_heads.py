@@ -145,3 +145,38 @@ def test_every_head_trains_and_evaluates_under_bfloat16_autocast(name, bf16_data
         warnings.simplefilter("ignore", SoftmaxPitfallWarning)
         result = fit(cfg, tmp_path / name, data=bf16_data)
     assert result.summary["status"] == "finished" and 0 <= result.summary["test"]["accuracy"] <= 1
+
+
+def test_softmax_activations_in_every_block_are_one_warning_not_one_per_module(smoke_data, tmp_path):
+    cfg = tiny_config(*SMOKE, "head.name=double_softmax", "model.widths=[8,8,8]", "model.activation=softmax_hw")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(cfg, tmp_path / "run", data=smoke_data)
+    pitfalls = [w for w in caught if issubclass(w.category, SoftmaxPitfallWarning)]
+    assert [w.category for w in pitfalls] == [DoubleSoftmaxWarning, SoftmaxPitfallWarning]
+    hidden = str(pitfalls[1].message)
+    assert hidden.startswith("intermediate_softmax (warning) at 3 places: backbone.blocks.0.2, backbone.blocks.1.2, ")
+    assert "fix: use a pointwise activation" in hidden and "softmaxlab lint RUN_DIR" in hidden
+
+
+def test_merge_repeated_counts_the_places_and_keeps_single_findings():
+    from softmaxlab.linting import Finding
+    from softmaxlab.train import SHOWN_PLACES, merge_repeated
+
+    def finding(kind, where, fix="use relu"):
+        return Finding(kind, "warning", where, f"{kind} at {where}", fix)
+
+    hidden = [finding("intermediate_softmax", f"blocks.{i}") for i in range(SHOWN_PLACES + 3)]
+    single = finding("log_of_softmax", "head")
+    other = finding("intermediate_softmax", "x", fix="other")
+    merged = merge_repeated([hidden[0], single, *hidden[1:], hidden[1], other, other])  # found twice: one place
+    assert [(f.kind, f.where) for f in merged] == [
+        ("intermediate_softmax", f"{SHOWN_PLACES + 3} places"),
+        ("log_of_softmax", "head"),
+        ("intermediate_softmax", "x"),  # another fix: another warning
+    ]
+    assert merged[0].message == ", ".join(f"blocks.{i}" for i in range(SHOWN_PLACES)) + " and 3 more"
+    assert merged[1] is single
+    assert merged[0].fix.startswith("use relu; ")
+    four = merge_repeated(hidden[: SHOWN_PLACES + 1])  # one more than shown: named, not "and 1 more"
+    assert four[0].message == ", ".join(f"blocks.{i}" for i in range(SHOWN_PLACES + 1))

@@ -1,11 +1,16 @@
 """Tests parametrised over the head registry: a new head gets them for free."""
 
+import inspect
+import re
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import softmaxlab
 from softmaxlab.config import HeadConfig
-from softmaxlab.heads import HEADS, build_head, check_probs
+from softmaxlab.heads import HEADS, Head, build_head, check_probs
 from softmaxlab.metrics import fit_loss_temperature, temperature_scaled_probs
 
 NAMES = HEADS.names()
@@ -231,3 +236,14 @@ def test_check_probs():
     assert check_probs(torch.softmax(torch.randn(4, 3), -1))
     assert not check_probs(torch.randn(4, 3))
     assert not check_probs(torch.full((2, 3), 0.5))
+
+
+def test_every_class_attribute_a_head_declares_is_read_by_the_library():
+    # A flag a head sets that nothing reads is an option accepted and ignored (applies_softmax
+    # and expects_log_probs were, once the linter took over the pitfall warnings): every
+    # ClassVar of Head must be read as an attribute (``head.<name>``) somewhere in the package.
+    flags = [n for n, a in inspect.get_annotations(Head).items() if str(a).startswith("ClassVar")]
+    assert {"temperature_scalable", "uses_fc", "maps_logits"} <= set(flags)
+    source = "\n".join(p.read_text() for p in Path(softmaxlab.__file__).parent.rglob("*.py"))
+    unread = [n for n in flags if not re.search(rf"\.{n}\b", source)]
+    assert not unread, f"Head declares {unread}, which nothing reads: remove them or use them"

@@ -24,7 +24,6 @@ class FocalHead(Head):
     """Focal loss (Lin et al., 2017) on softmax(z): L = -(1 - p_y)^gamma log p_y; p = softmax(z)."""
 
     options: FocalOptions
-    applies_softmax = True
 
     def loss(self, scores, target):
         log_p = F.log_softmax(scores.float(), dim=-1).gather(1, target[:, None]).squeeze(1)

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import math
 import urllib.error
+import warnings
 from collections import Counter
+from pathlib import Path
 
+import huggingface_hub
 import pytest
 import timm
 import torch
@@ -21,6 +24,7 @@ from softmaxlab.config import load_config
 from softmaxlab.errors import UserError
 from softmaxlab.models import build_model
 from softmaxlab.models.external import create_library_model, load_weights_file
+from softmaxlab.models.families import timm_stages
 from softmaxlab.train import fit
 
 from ..conftest import TINY
@@ -66,7 +70,7 @@ def test_timm_resnet18_is_its_features_and_each_parameter_once():
     assert model.head.fc.in_features == 512 and model.head.fc.out_features == 5
     assert parameters(backbone) == parameters(timm.create_model("resnet18", num_classes=0)) == 11_176_512
     # The stages are references into the network, not copies: no key or parameter twice.
-    assert backbone.stage_paths == ("act1", "layer1", "layer2", "layer3", "layer4")  # timm's feature_info
+    assert backbone.stage_paths == ("layer1", "layer2", "layer3", "layer4")  # its own stages, not the stem
     assert all(b is backbone.net.get_submodule(p) for b, p in zip(backbone.blocks, backbone.stage_paths, strict=True))
     keys = list(model.state_dict())
     assert len(keys) == len(set(keys)) and all(k.startswith(("backbone.net.", "head.")) for k in keys)
@@ -91,6 +95,93 @@ def test_torchvision_classifier_keeps_its_hidden_layers_and_only_the_last_linear
     assert isinstance(backbone.net.classifier[0], nn.Linear)
     assert backbone.stage_paths[:2] == ("features.0", "features.1") and len(backbone.blocks) == 13
     assert backbone(torch.randn(2, 3, 32, 32)).shape == (2, 1024)
+
+
+@pytest.mark.parametrize(
+    ("name", "stages"),
+    [
+        # feature_info: blocks.0, 1, 2, 4, 6 (where the resolution changes), so blocks.3 and 5 were no stage
+        ("timm:efficientnet_b0", [f"blocks.{i}" for i in range(7)]),
+        ("timm:mobilenetv3_small_100", [f"blocks.{i}" for i in range(6)]),  # feature_info begins with the stem
+        ("timm:convnext_atto", [f"stages.{i}" for i in range(4)]),
+        ("timm:regnetx_002", ["s1", "s2", "s3", "s4"]),
+    ],
+)
+def test_timm_stages_are_the_models_own_stage_containers_without_the_stem(name, stages):
+    with torch.device("meta"):  # shapes only: the stages are module names
+        backbone = model_of(f"model.name={name}").backbone
+    assert list(backbone.stage_paths) == stages
+
+
+def test_softmax_blocks_of_a_timm_model_count_its_own_stages():
+    cfg = ["model.name=timm:efficientnet_b0", "model.activation=softmax_hw", "model.softmax_blocks=[3]"]
+    with pytest.warns(UserWarning, match=r"3 pooled \(B, C, 1, 1\), as in squeeze-excitation gates \(blocks\.3\.0"):
+        backbone = model_of(*cfg).backbone
+    where = {p.split(".")[1] for p, m in backbone.net.named_modules() if isinstance(m, AxisSoftmax)}
+    assert where == {"3"}  # blocks.3, which timm's feature_info skips
+    assert [b.activation_name for b in backbone.blocks] == ["silu"] * 3 + ["softmax_hw"] + ["silu"] * 3
+
+
+def test_the_gate_warning_on_the_page_is_the_one_a_run_prints():
+    page = Path(__file__).resolve().parents[2] / "docs" / "bring-your-own-model.md"
+    (shown,) = [line for line in page.read_text().splitlines() if line.startswith("warning: model.activation=")]
+    with pytest.warns(UserWarning) as caught:
+        model_of("model.name=timm:efficientnet_b0", "model.activation=softmax_hw")
+    assert shown in [f"warning: {w.message}" for w in caught]
+
+
+def test_timm_stages_fall_back_on_numbered_children_then_on_feature_info():
+    net = nn.Module()
+    for i in range(3):  # SENet's layer0 is its stem
+        net.add_module(f"layer{i}", nn.Conv2d(3, 3, 1))
+    assert timm_stages(net) == ["layer1", "layer2"]
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    net.feature_info = [{"module": ""}, {"module": "1"}, {"module": "gone"}]  # "": TResNet's tap on the whole model
+    assert timm_stages(net) == ["1"]
+
+
+# --------------------------------------------------------------------------- GoogLeNet and Inception v3
+
+
+def test_torchvision_googlenet_is_a_backbone_without_its_auxiliary_classifiers():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torchvision's FutureWarning when init_weights is not given
+        backbone = model_of("model.name=torchvision:googlenet").backbone
+    assert backbone.net.aux1 is None and backbone.net.aux2 is None and backbone.out_features == 1024
+    assert backbone.train()(torch.randn(2, 3, 32, 32)).shape == (2, 1024)  # a tensor in training too
+    # Asked for, the auxiliary outputs come as a named tuple in training: model.output names the features.
+    aux = ["model.name=torchvision:googlenet", "model.kwargs={aux_logits: true}"]
+    chosen = model_of(*aux, "model.output=logits").backbone.train()
+    assert chosen(torch.randn(2, 3, 32, 32)).shape == (2, 1024)
+    with pytest.raises(UserError) as err:
+        model_of(*aux).backbone.train()(torch.randn(2, 3, 32, 32))
+    assert str(err.value) == (
+        "model 'torchvision:googlenet' outputs GoogLeNetOutputs of 3: logits (2, 1024), aux_logits2 (2, 1000), "
+        "aux_logits1 (2, 1000); choose the tensor to use with model.output: logits, aux_logits2 or aux_logits1"
+    )
+
+
+def test_googlenets_pretrained_and_full_weights_load_without_the_auxiliary_classifiers(monkeypatch, tmp_path):
+    full = torchvision.models.googlenet(aux_logits=True, init_weights=True)  # as torchvision's weights are
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", lambda *a, **k: full.state_dict())
+    pretrained = model_of("model.name=torchvision:googlenet", "model.pretrained=true").backbone
+    assert pretrained.net.aux1 is None  # torchvision drops them itself: softmaxlab passes no aux_logits
+    torch.testing.assert_close(pretrained.net.conv1.conv.weight, full.conv1.conv.weight)
+    torch.save(full.state_dict(), tmp_path / "g.pt")
+    with pytest.warns(UserWarning, match=r"left out torchvision:googlenet's classifier \(aux1\.conv\.bn\.bias, "):
+        loaded = model_of("model.name=torchvision:googlenet", f"model.weights={tmp_path / 'g.pt'}").backbone
+    torch.testing.assert_close(loaded.net.inception5b.branch1.conv.weight, full.inception5b.branch1.conv.weight)
+
+
+def test_torchvision_inception_v3_runs_from_75_px_and_says_so_in_one_line_below():
+    backbone = model_of("model.name=torchvision:inception_v3").backbone.train()
+    assert backbone.net.AuxLogits is None and backbone(torch.randn(2, 3, 75, 75)).shape == (2, 2048)
+    with pytest.raises(UserError) as err:
+        backbone(torch.randn(2, 3, 32, 32))  # a 3 x 3 kernel on a 1 x 1 map, deep inside
+    message = str(err.value)
+    assert message.startswith("model 'torchvision:inception_v3' fails on 32 x 32 px images (RuntimeError: ")
+    assert message.endswith("at least 75 px: set data.image_size to 75 or more, or choose another model")
+    assert "\n" not in message
 
 
 def test_kwargs_reach_the_constructor_and_dropout_the_features():
@@ -191,12 +282,68 @@ def test_pretrained_without_a_network_is_one_line_naming_model_weights(monkeypat
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     monkeypatch.setattr(timm.models._builder, "load_state_dict_from_hf", offline)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: "/cache/model.safetensors")
     for name in ("torchvision:resnet18", "timm:resnet18"):
         cfg = load_config(None, [f"model.name={name}", "model.pretrained=true"])
         with pytest.raises(UserError, match=r"cannot download the pretrained weights .*set model\.weights: PATH"):
             build_model(cfg, 3, 5)
         # A trained run's model is rebuilt without its initial weights: nothing is downloaded.
         assert build_model(cfg, 3, 5, initial_weights=False).backbone.out_features == 512
+
+
+class Hub:
+    """A stand-in for the Hugging Face Hub and timm's downloader: what was asked, and how it answers."""
+
+    def __init__(self, monkeypatch, cached: bool = False, answer: Exception | None = None) -> None:
+        self.heads: list[tuple[str, float]] = []
+        self.downloads: list[str] = []
+        self.answer = answer
+        monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: "/c/f" if cached else None)
+        monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", self.head)
+        monkeypatch.setattr(timm.models._builder, "load_state_dict_from_hf", self.download)
+
+    def head(self, url: str, timeout: float = 10, **kwargs):
+        self.heads.append((url, timeout))
+        if self.answer is not None:
+            raise self.answer
+
+    def download(self, model_id: str, *args, **kwargs):
+        self.downloads.append(model_id)  # the real one would retry for about a minute without a network
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+
+def test_pretrained_timm_weights_without_a_network_fail_at_once_without_timms_retries(monkeypatch):
+    import httpx2
+    from huggingface_hub import constants
+
+    hub = Hub(monkeypatch, answer=httpx2.ConnectError("[Errno -2] Name or service not known"))
+    cfg = load_config(None, ["model.name=timm:resnet18", "model.pretrained=true"])
+    with pytest.raises(UserError) as err:
+        build_model(cfg, 3, 5)
+    message = str(err.value)
+    assert message.startswith("cannot download the pretrained weights of 'timm:resnet18' (ConnectError: [Errno -2]")
+    assert message.endswith("set model.weights: PATH instead of model.pretrained") and "\n" not in message
+    assert hub.downloads == []  # timm's downloader was never reached
+    ((url, timeout),) = hub.heads  # one request, within the hub's own timeout
+    assert url.endswith("timm/resnet18.a1_in1k/resolve/main/model.safetensors")
+    assert timeout == constants.HF_HUB_ETAG_TIMEOUT
+
+
+@pytest.mark.parametrize("case", ["cached", "answered", "offline"])
+def test_the_hub_check_leaves_cached_weights_an_answering_hub_and_hf_hub_offline_to_timm(monkeypatch, case):
+    import httpx2
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    not_found = httpx2.Response(404, request=httpx2.Request("HEAD", "https://huggingface.co/timm/x"))
+    answer = HfHubHTTPError("404 Client Error: Entry Not Found", response=not_found) if case == "answered" else None
+    hub = Hub(monkeypatch, cached=case == "cached", answer=answer)
+    if case == "offline":
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match=r"cannot download the pretrained weights of 'timm:resnet18' \(URLError"):
+        create_library_model("timm:resnet18", pretrained=True)
+    assert hub.downloads == ["timm/resnet18.a1_in1k"]  # timm went on to its own downloader
+    assert len(hub.heads) == (1 if case == "answered" else 0)
 
 
 # --------------------------------------------------------------------------- the full classifier (lint)
@@ -268,7 +415,7 @@ def test_cli_run_timm_resnet18_with_sparsemax_trains_and_reports(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert 0 <= summary["test"]["accuracy"] <= 1 and summary["model"] == "timm:resnet18"
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert list(record["activation_stats"]) == [f"block{i}" for i in range(5)]  # act1, layer1..4
+    assert list(record["activation_stats"]) == [f"block{i}" for i in range(4)]  # layer1..4
     assert "backbone.net.layer4.1.conv2" in record["grad_norms"]
     assert (out / "figures" / "feature_maps.png").stat().st_size > 0 and (out / "report.html").is_file()
     image = tmp_path / "x.png"

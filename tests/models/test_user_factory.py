@@ -3,6 +3,7 @@ its features or (``model.user_head: none``) its logits, and every way it can be 
 
 from __future__ import annotations
 
+import collections
 import math
 import textwrap
 from collections import Counter
@@ -14,7 +15,7 @@ from torch import nn
 from softmaxlab.config import load_config
 from softmaxlab.errors import UserError
 from softmaxlab.models import build_model
-from softmaxlab.models.external import build_user_model, call_factory, load_factory
+from softmaxlab.models.external import build_user_model, call_factory, load_factory, select_output
 from softmaxlab.models.families import logit_heads
 from softmaxlab.train import fit
 
@@ -61,6 +62,26 @@ def maps():
 
 def no_blocks():
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+class Pair(Net):
+    def forward(self, x):
+        features = self.pool(self.stage2(self.stage1(x)))
+        return self.fc(features), features
+
+
+class Named(Net):
+    def forward(self, x):
+        features = self.pool(self.stage2(self.stage1(x)))
+        return {"logits": self.fc(features), "features": features}
+
+
+def pair(num_classes=4):
+    return Pair(8, num_classes)
+
+
+def named(num_classes=4):
+    return Named(8, num_classes)
 """
 
 
@@ -116,12 +137,64 @@ def test_user_head_none_keeps_the_users_final_layer(nets):
 
 
 def test_a_user_factory_trains_on_features_and_on_logits(nets, tmp_path):
-    for name, extra in (("features", []), ("logits", ["model.user_head=none", "head.name=log_softmax"])):
+    runs = (
+        ("features", []),
+        ("logits", ["model.user_head=none", "head.name=log_softmax"]),
+        ("named", ["model.output=features"]),  # a dict output, in training and in evaluation
+    )
+    for name, extra in runs:
         cfg = load_config(None, [*FAST, f"model.name={nets}:{name}", *extra])
         result = fit(cfg, tmp_path / name)
         (record,) = result.history
         assert math.isfinite(record["train_loss"]) and list(record["activation_stats"]) == ["block0", "block1"]
         assert result.summary["model"] == f"{nets}:{name}" and 0 <= result.summary["test"]["accuracy"] <= 1
+
+
+def test_model_output_picks_the_features_or_the_logits_of_a_tuple_or_dict(nets):
+    features = build(f"{nets}:pair", "model.output=1").backbone
+    assert features.out_features == 16 and features(torch.randn(2, 3, 16, 16)).shape == (2, 16)
+    logits = build(f"{nets}:named", "model.output=logits", "model.user_head=none").backbone
+    assert logits.outputs_logits and logits(torch.randn(2, 3, 16, 16)).shape == (2, 4)
+    last = build(f"{nets}:pair", "model.output=-1").backbone  # from the end, as Python counts
+    assert last.out_features == 16
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "message"),
+    [
+        ("pair", [], "outputs a tuple of 2: 0 (1, 4), 1 (1, 16); choose the tensor to use with model.output: 0 or 1"),
+        (
+            "named",
+            [],
+            "outputs a dict of 2: logits (1, 4), features (1, 16); choose the tensor to use with model.output: "
+            "logits or features",
+        ),
+        ("named", ["model.output=feature"], "model.output='feature': the output of NETS:named has no such entry"),
+        ("pair", ["model.output=logits"], "model.output='logits': the output of NETS:pair has no such entry"),
+        ("pair", ["model.output=2"], "(a tuple of 2: 0 (1, 4), 1 (1, 16)); set model.output: 0 or 1"),
+    ],
+)
+def test_a_tuple_or_dict_output_without_a_fitting_model_output_is_one_line(nets, name, overrides, message):
+    with pytest.raises(UserError) as err:
+        build(f"{nets}:{name}", *overrides)
+    assert message.replace("NETS", str(nets)) in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("value", ["true", "1.5", "[0]"])
+def test_model_output_is_an_index_or_a_key(value):
+    with pytest.raises(UserError, match=r"'model\.output'.*must be an index \(0, -1\) or a key \(logits\)"):
+        load_config(None, ["model.name=nets.py:pair", f"model.output={value}"])
+
+
+def test_select_output_never_indexes_a_tensor_and_reads_named_tuples_by_name():
+    x = torch.ones(2, 3)
+    assert select_output(x, 0) is x  # output[0] would be the first image: a tensor is the answer itself
+    aux = collections.namedtuple("InceptionOutputs", ["logits", "aux_logits"])(x, None)
+    assert select_output(aux, "logits") is x and select_output(aux, 0) is x
+    with pytest.raises(UserError, match=r"aux_logits': the output of the model has a NoneType there, not a tensor"):
+        select_output(aux, "aux_logits")
+    with pytest.raises(UserError, match=r"m outputs a str, not a tensor, a tuple or a dict"):
+        select_output("logits", None, model="m")
 
 
 def test_weights_of_a_users_model(nets, tmp_path):

@@ -39,6 +39,7 @@ def test_two_worker_sweep_killed_midway_then_rerun_finishes_every_run_once(tmp_p
     assert "finished" in {r["status"] for r in before} and "pending" in {r["status"] for r in before}
     done_before = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")}
     assert 1 <= len(done_before) < 4
+    _wait_until_unlocked(out / "runs")  # the killed workers' runs, before the rerun takes them
     # The same command again (one worker here, warm): finishes the rest, skips the finished.
     result = CliRunner().invoke(app, ["sweep", str(path), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -51,6 +52,30 @@ def test_two_worker_sweep_killed_midway_then_rerun_finishes_every_run_once(tmp_p
     changed = write_sweep(tmp_path / "s2.yaml", grid, extra=["train.lr=0.01"])
     refused = CliRunner().invoke(app, ["sweep", str(changed), "--out", str(out)])
     assert refused.exit_code == 2 and "another base config" in refused.output
+
+
+def _locked(directory):
+    """Whether a process holds the write lock of ``directory`` (:func:`softmaxlab.runs.lock_dir`)."""
+    try:
+        with runs.lock_dir(directory):
+            return False
+    except UserError:
+        return True
+
+
+def _wait_until_unlocked(runs_dir, timeout=30.0):
+    """Wait until no run under ``runs_dir`` is locked by a process of a killed sweep.
+
+    SIGKILL reaches every process of the group at once, but a worker lets go of its run's
+    lock (an flock) only when the kernel has torn it down, which can come after the sweep
+    process itself was reaped: a rerun that is warm, as one in this process is, would find
+    the run still locked and record it as failed ("being written by another softmaxlab
+    process"), which is right for a live writer and is what the rerun must not race.
+    """
+    deadline = time.monotonic() + timeout
+    while any(_locked(d) for d in runs_dir.iterdir() if d.is_dir()):
+        assert time.monotonic() < deadline, f"a run under {runs_dir} is still locked {timeout:g} s after the kill"
+        time.sleep(0.01)
 
 
 def _workers(pid):

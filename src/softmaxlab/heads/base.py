@@ -68,12 +68,6 @@ class Head(nn.Module):
         "p_T = softmax(log p / T), which equals dividing the logits by T (log p is the logits minus a "
         "constant per image)"
     )
-    #: Whether the loss applies a softmax to the scores, so scores that already look like
-    #: probabilities are the double-softmax pitfall (``fit`` warns on the first batch).
-    applies_softmax: ClassVar[bool] = False
-    #: Whether the loss takes the scores as log-probabilities (``NLLLoss``), so scores that
-    #: look like probabilities are the softmax-into-NLL pitfall (``fit`` warns on the first batch).
-    expects_log_probs: ClassVar[bool] = False
     #: Whether the head uses the base linear layer ``fc`` (K x F); heads with their own output
     #: layers set this to False so a 100,000-class head does not allocate an unused matrix.
     uses_fc: ClassVar[bool] = True

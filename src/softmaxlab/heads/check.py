@@ -16,8 +16,6 @@ True
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor
 
@@ -84,15 +82,3 @@ def check_logits(outputs: Tensor, *, strict: bool = False, loss: str = "cross_en
     if strict:
         raise ValueError(message)
     return message
-
-
-def warn_if_probabilities(outputs: Tensor, loss: str = "cross_entropy") -> None:
-    """Issue a :class:`DoubleSoftmaxWarning` (``loss="cross_entropy"``) or a
-    :class:`SoftmaxNLLWarning` (``loss="nll"``) when ``outputs`` look like probabilities.
-
-    Reads the outputs back to the host once, so call it on one batch, not every step.
-    """
-    message = check_logits(outputs, loss=loss)
-    if message is not None:
-        category = SoftmaxNLLWarning if loss == "nll" else DoubleSoftmaxWarning
-        warnings.warn(message, category, stacklevel=2)

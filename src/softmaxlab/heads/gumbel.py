@@ -118,8 +118,6 @@ class GumbelSoftmaxHead(Head):
     straight-through variant would have the same gradients and predictions, so it is no option.
     """
 
-    applies_softmax = True
-
     options: GumbelOptions
 
     @property

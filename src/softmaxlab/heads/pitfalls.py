@@ -57,7 +57,6 @@ class DoubleSoftmaxHead(Head):
 
     temperature_scalable = True
     temperature_note = "p_T = softmax(log p / T) = softmax(z / T), the logits before the network's softmax layer"
-    applies_softmax = True  # that is the pitfall: fit warns about it on the first batch
 
     def forward(self, features: Tensor) -> Tensor:
         """p = softmax(W f + b): the network ends in a softmax layer."""
@@ -88,8 +87,6 @@ class SoftmaxNLLHead(Head):
     """
 
     temperature_note = DoubleSoftmaxHead.temperature_note
-    applies_softmax = False  # its loss applies none: NLLLoss takes the scores as log-probabilities
-    expects_log_probs = True  # that is the pitfall: fit warns about it on the first batch
 
     # The network and its evaluation are the double softmax's (it ends in a softmax); the loss is not.
     forward = DoubleSoftmaxHead.forward
@@ -111,8 +108,6 @@ class NaiveSoftmaxHead(Head):
     while the logits stay small; a non-finite loss once they do not (then ``fit`` stops with
     a :class:`~softmaxlab.errors.DivergedError`).
     """
-
-    applies_softmax = True
 
     def loss(self, scores: Tensor, target: Tensor) -> Tensor:
         """L = -log(exp(z_y) / sum_k exp(z_k)), without the max shift."""

@@ -17,8 +17,6 @@ from softmaxlab.heads.base import HEADS, Head, at_least_float32
 class SoftmaxHead(Head):
     """Logits z; loss = cross-entropy(z, y); p = softmax(z) (the standard classifier)."""
 
-    applies_softmax = True
-
     def loss(self, scores: Tensor, target: Tensor) -> Tensor:
         """L = -z_y + log sum_k exp(z_k), averaged over the batch (max-shifted by torch)."""
         return F.cross_entropy(scores, target)
@@ -31,8 +29,6 @@ class SoftmaxHead(Head):
 @HEADS.register("log_softmax")
 class LogSoftmaxHead(Head):
     """Outputs log p = log_softmax(z); loss = NLL(log p, y). Identical model to softmax."""
-
-    expects_log_probs = True
 
     def forward(self, features: Tensor) -> Tensor:
         """s = log_softmax(W f + b): the network itself outputs log-probabilities."""

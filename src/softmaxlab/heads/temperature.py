@@ -33,7 +33,6 @@ class TemperatureHead(Head):
     each epoch as ``head_temperature``.
     """
 
-    applies_softmax = True
     temperature_note = (
         "p_T = softmax(log p / T) = softmax(z / (T_head T)): the fitted T multiplies the head's own temperature"
     )

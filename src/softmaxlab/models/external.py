@@ -120,39 +120,66 @@ def construct_library_model(
 
     Raises:
         UserError: an unknown name; keyword arguments the model refuses; pretrained weights
-            that cannot be downloaded (no network): download them elsewhere and pass the file.
+            that cannot be downloaded (no network, found out at once where timm would retry for
+            a minute: :func:`_check_hub_reachable`): download them elsewhere and pass the file.
     """
     library, arch = check_library_name(name)
     if library == "timm":
-        _check_timm_weights(arch, pretrained)
+        cfg = _check_timm_weights(arch, pretrained)
+        if pretrained:
+            _check_hub_reachable(name, cfg, kwargs.get("cache_dir"))
     arguments = {**kwargs, **(own or {})}
     try:
-        if library == "timm":
-            import timm
-
-            return timm.create_model(arch, pretrained=pretrained, **arguments)
-        import torchvision
-
-        return torchvision.models.get_model(arch, weights="DEFAULT" if pretrained else None, **arguments)
+        return _construct_off_meta(library, arch, pretrained, arguments)
     except torch.OutOfMemoryError:
         raise
     except OSError as exc:  # URLError, ConnectionError, huggingface_hub's LocalEntryNotFoundError: no network
         if not pretrained:
             raise
-        raise UserError(
-            f"cannot download the pretrained weights of {name!r} ({short_error(exc)}); download them where there is a "
-            f"network (torch.save of the model's state_dict(), or its .safetensors file) and set model.weights: "
-            "PATH instead of model.pretrained"
-        ) from None
+        raise _download_error(name, exc) from None
     except (TypeError, ValueError, AssertionError, KeyError, RuntimeError, NotImplementedError) as exc:
         raise UserError(
             f"cannot build {name!r} with kwargs {dict(kwargs)} ({short_error(exc)}); check model.kwargs"
         ) from None
 
 
-def _check_timm_weights(arch: str, pretrained: bool) -> None:
-    """A UserError for a pretrained tag timm lacks (``resnet18.nope``), or ``pretrained`` for an
-    architecture without weights (timm would log a warning and go on with random weights)."""
+def _construct(library: str, arch: str, pretrained: bool, arguments: Mapping[str, Any]) -> nn.Module:
+    """The library's own constructor call."""
+    if library == "timm":
+        import timm
+
+        return timm.create_model(arch, pretrained=pretrained, **arguments)
+    import torchvision
+
+    return torchvision.models.get_model(arch, weights="DEFAULT" if pretrained else None, **arguments)
+
+
+def _construct_off_meta(library: str, arch: str, pretrained: bool, arguments: Mapping[str, Any]) -> nn.Module:
+    """:func:`_construct`; on the meta device (where softmaxlab counts parameters before it
+    builds), a model whose constructor computes with tensors (torchvision's RegNet widths:
+    ``.tolist()`` of a meta tensor fails) is built on the CPU instead, where the values exist."""
+    try:
+        return _construct(library, arch, pretrained, arguments)
+    except NotImplementedError as exc:
+        if torch.get_default_device().type != "meta" or "meta" not in str(exc):
+            raise
+    with torch.device("cpu"):
+        return _construct(library, arch, pretrained, arguments)
+
+
+def _download_error(name: str, exc: BaseException) -> UserError:
+    """The one-line refusal of ``model.pretrained`` without a network: use a local ``model.weights``."""
+    return UserError(
+        f"cannot download the pretrained weights of {name!r} ({short_error(exc)}); download them where there is a "
+        f"network (torch.save of the model's state_dict(), or its .safetensors file) and set model.weights: "
+        "PATH instead of model.pretrained"
+    )
+
+
+def _check_timm_weights(arch: str, pretrained: bool) -> Any:
+    """timm's pretrained config of ``arch`` (None when neither a tag nor ``pretrained`` asks for
+    one); a UserError for a pretrained tag timm lacks (``resnet18.nope``), or ``pretrained`` for
+    an architecture without weights (timm would log a warning and go on with random weights)."""
     from timm.models import get_pretrained_cfg
 
     base, _, tag = arch.partition(".")
@@ -167,6 +194,51 @@ def _check_timm_weights(arch: str, pretrained: bool) -> None:
             f"timm has no pretrained weights for {arch!r}; set model.pretrained: false, or choose one of "
             "timm.list_models(pretrained=True)"
         )
+    return cfg
+
+
+#: The files timm asks the Hugging Face Hub for, by the file its config names (it tries the
+#: safetensors alternative first, as ``timm.models._hub.load_state_dict_from_hf`` does).
+_HUB_FILES = {
+    "pytorch_model.bin": ("model.safetensors", "pytorch_model.bin"),
+    "open_clip_pytorch_model.bin": ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+}
+
+
+def _check_hub_reachable(name: str, cfg: Any, cache_dir: str | None) -> None:
+    """A UserError at once where timm would download ``name``'s weights from the Hugging Face
+    Hub and the hub cannot be reached: without a network, huggingface_hub retries a file it
+    lacks for about a minute before it gives up.
+
+    Nothing is asked when the weights do not come from the hub (a URL fails at once), when
+    they are in the local cache (timm then loads them offline), or under ``HF_HUB_OFFLINE=1``
+    (the hub then fails at once itself). Otherwise one HEAD request without retries, within
+    the hub's own ``HF_HUB_ETAG_TIMEOUT`` (10 s by default), tells: any HTTP answer (a 404 of
+    one file name included) means the hub is there and timm goes on. No global state changes.
+    """
+    if cfg is None or not cfg.hf_hub_id or cfg.file or cfg.state_dict or cfg.source == "local-dir":
+        return
+    try:
+        import huggingface_hub
+        from huggingface_hub import constants
+        from huggingface_hub.errors import HfHubHTTPError
+    except ImportError:  # timm then takes the URL of its config
+        return
+    if getattr(constants, "is_offline_mode", lambda: constants.HF_HUB_OFFLINE)():  # read at each call since 1.0
+        return
+    repo, _, tag = cfg.hf_hub_id.partition("@")
+    revision = tag or None
+    files = _HUB_FILES.get(cfg.hf_hub_filename or "pytorch_model.bin", (cfg.hf_hub_filename,))
+    for file in files:
+        if isinstance(huggingface_hub.try_to_load_from_cache(repo, file, cache_dir=cache_dir, revision=revision), str):
+            return
+    try:
+        url = huggingface_hub.hf_hub_url(repo, files[0], revision=revision)
+        huggingface_hub.get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except HfHubHTTPError:  # the hub answered: timm says the rest
+        return
+    except Exception as exc:  # httpx's ConnectError, a timeout, a proxy that refuses: no hub
+        raise _download_error(name, exc) from None
 
 
 def create_library_model(
@@ -194,6 +266,84 @@ def create_library_model(
     if weights is not None:
         load_weights_into(model, load_weights_file(weights), f"model.weights {weights!r}")
     return model
+
+
+# --------------------------------------------------------------------------- outputs
+
+#: How many entries of a tuple or dict output a message describes.
+_SHOWN = 6
+
+
+def select_output(output: Any, choice: int | str | None, *, model: str = "the model") -> Tensor:
+    """The tensor that ``choice`` (``model.output``) names in a model's ``output``.
+
+    * A tensor is the answer itself, whatever ``choice``: it is never indexed (``output[0]``
+      would be the first image), and a model may return extras only in training (torchvision's
+      GoogLeNet with ``aux_logits``) and one tensor in evaluation.
+    * A tuple or list: ``output[choice]`` for an int (a negative one counts from the end); a
+      named tuple also by field name (``logits``).
+    * A mapping (a dict, Hugging Face's ``ModelOutput``): ``output[choice]`` for a str key.
+
+    ``model`` names the model in the messages.
+
+    >>> select_output((torch.ones(2, 3), torch.zeros(2)), 0).shape
+    torch.Size([2, 3])
+    >>> select_output({"logits": torch.ones(2, 4), "features": torch.ones(2, 8)}, "features").shape
+    torch.Size([2, 8])
+
+    Raises:
+        UserError: a tuple or mapping without ``choice`` (the message lists the choices and
+            names ``model.output``), a choice it lacks or that picks no tensor, or an output
+            that is neither a tensor, a tuple, a list nor a mapping.
+    """
+    if isinstance(output, Tensor):
+        return output
+    if not isinstance(output, (tuple, list, Mapping)):
+        raise UserError(
+            f"{model} outputs a {type(output).__name__}, not a tensor, a tuple or a dict; return the tensor from "
+            "its forward"
+        )
+    entries = _output_entries(output)
+    tensors = [str(k) for k, v in entries[:_SHOWN] if isinstance(v, Tensor)]
+    hint = f"model.output: {_or(tensors)}" if tensors else "a forward that returns a tensor"
+    if choice is None:
+        raise UserError(f"{model} outputs {_describe(output, entries)}; choose the tensor to use with {hint}")
+    if isinstance(output, Mapping):
+        found = output.get(choice, _MISSING)
+    elif isinstance(choice, int):
+        found = output[choice] if -len(output) <= choice < len(output) else _MISSING
+    else:  # a named tuple's field
+        found = dict(entries).get(choice, _MISSING)
+    if not isinstance(found, Tensor):
+        what = "has no such entry" if found is _MISSING else f"has a {type(found).__name__} there, not a tensor"
+        described = _describe(output, entries)
+        raise UserError(f"model.output={choice!r}: the output of {model} {what} ({described}); set {hint}")
+    return found
+
+
+_MISSING = object()
+
+
+def _output_entries(output: tuple | list | Mapping) -> list[tuple[int | str, Any]]:
+    """(choice, value) of each entry, as the messages name them: a mapping's keys, a named
+    tuple's field names (its indices work too), a sequence's indices."""
+    if isinstance(output, Mapping):
+        return list(output.items())
+    fields = getattr(output, "_fields", None)
+    return list(zip(fields, output, strict=True)) if fields else list(enumerate(output))
+
+
+def _describe(output: tuple | list | Mapping, entries: list[tuple[int | str, Any]]) -> str:
+    """``a tuple of 2: 0 (2, 10), 1 (2, 3)``; ``a dict of 2: logits (2, 10), features (2, 16)``."""
+    parts = [f"{k} {tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}" for k, v in entries[:_SHOWN]]
+    more = ", ..." if len(entries) > _SHOWN else ""
+    kind = type(output).__name__ if hasattr(output, "_fields") else f"a {type(output).__name__}"
+    return f"{kind} of {len(entries)}: {', '.join(parts)}{more}"
+
+
+def _or(items: list[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
 
 # --------------------------------------------------------------------------- weights files
@@ -370,6 +520,7 @@ __all__ = [
     "load_factory",
     "load_weights_file",
     "load_weights_into",
+    "select_output",
     "split_factory_spec",
     "split_library_name",
 ]
