@@ -34,3 +34,10 @@ def _torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _user_cache(tmp_path_factory, monkeypatch):
+    # Image-folder caches go to the user cache folder by default: a fresh one per test, never the
+    # developer's ~/.cache (and no test sees another's cache).
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))

@@ -710,6 +710,157 @@ CASES: list[Case] = [
         lambda c: ["run", str(run_file(c)), "--set", "model.name=timm:resnet18", "--set", "model.batch_norm=false"],
         "'model.batch_norm'",
     ),
+    # --- lint: its input shape, keyword arguments and loss names ----------------------------
+    ("lint input shape of two values", lambda c: ["lint", "timm:resnet18", "--input-shape", "32,32"], "is not C,H,W"),
+    ("lint --kwarg without a value", lambda c: ["lint", "timm:resnet18", "--kwarg", "num_classes"], "NAME=VALUE"),
+    ("lint --kwarg timm refuses", lambda c: ["lint", "timm:resnet18", "--kwarg", "nope=1"], "; check --kwarg"),
+    (
+        "lint --kwarg on a run directory",
+        lambda c: ["lint", str(c.run()), "--kwarg", "width=4"],
+        "--kwarg does not apply to the run directory",
+    ),
+    (
+        "lint --loss alias of no such loss",
+        lambda c: ["lint", "timm:resnet18", "--loss", "nn.CrossEntropy", "--json"],
+        "did you mean 'nn.CrossEntropyLoss'",
+    ),
+    # --- data.max_train_images: more than the training split, fewer than the classes -------------
+    (
+        "max_train_images above the shapes training split",
+        lambda c: ["run", *sets("data.max_train_images=500"), "--out", str(c.tmp / "out")],
+        "data.max_train_images=500 is more than the 128 training images",
+    ),
+    (
+        "max_train_images below the classes",
+        lambda c: ["run", *sets("data.max_train_images=3"), "--out", str(c.tmp / "out")],
+        "data.max_train_images=3 is below the 4 classes",
+    ),
+    (
+        "max_train_images above an npz training split",
+        lambda c: npz_run(c, c.npz(), "data.max_train_images=40"),
+        "data.max_train_images=40 is more than the 29 training images",
+    ),
+    (
+        "max_train_images below an image folder's classes",
+        lambda c: [
+            "run",
+            *data_sets("data.name=imagefolder", f"data.root={c.folder()}", "data.max_train_images=1"),
+            "--out",
+            str(c.tmp / "out"),
+        ],
+        "data.max_train_images=1 is below the 2 classes",
+    ),
+    (
+        "max_train_images of zero",
+        lambda c: ["run", *sets("data.max_train_images=0"), "--out", str(c.tmp / "out")],
+        "'data.max_train_images' in the command line: Input should be greater than or equal to 1",
+    ),
+    # --- visualize: a model with no stages has no feature maps (a blank PNG before) --------------
+    (
+        "visualize a run of a factory without stages",
+        lambda c: (
+            runner.invoke(app, ["run", *model_sets(f"model.name={user_nets(c)}:make"), "--out", str(c.tmp / "r")]),
+            ["visualize", str(c.tmp / "r"), str(an_image(c))],  # the default --out: RUN_DIR/figures/
+        )[1],
+        "exposes no stages, so it has no feature maps to show; give the network your factory returns a `blocks`",
+    ),
+    # --- trackers: train.loggers and `export mlflow` (missing extras: test_a_missing_tracker_extra_...) ---
+    ("an unknown logger", lambda c: ["run", *sets("train.loggers=[wandb]")], "'train.loggers.0'"),
+    ("a logger listed twice", lambda c: ["run", *sets("train.loggers=[mlflow, mlflow]")], "names a logger twice"),
+    (
+        "an MLflow URI without the mlflow logger",
+        lambda c: ["run", *sets("train.mlflow_uri=sqlite:///x.db")],
+        "applies with mlflow in train.loggers only",
+    ),
+    (
+        "an MLflow store that cannot be opened",
+        lambda c: ["run", *sets("train.loggers=mlflow", "train.mlflow_uri=nosuch://x"), "--out", str(c.tmp / "out")],
+        "cannot open the MLflow tracking store 'nosuch://x'",
+    ),
+    ("export of a directory without runs", lambda c: ["export", "mlflow", str(c.tmp)], "holds no runs"),
+    (
+        "export of a directory without finished runs",
+        lambda c: ["export", "mlflow", str(interrupted(c)), "--uri", f"sqlite:///{c.tmp / 'mlflow.db'}"],
+        "holds no finished runs (1 unfinished or unreadable)",
+    ),
+    # --- lint: the eval-mode forward, and lazy models it copies ------------------------------------
+    (
+        "lint a model that fails in eval mode",
+        lambda c: [
+            "lint",
+            str(
+                c.write(
+                    "ev.py",
+                    "import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n"
+                    "        return x.mean((2, 3)) if self.training else 1 / 0\n",
+                )
+            )
+            + ":Net",
+        ],
+        "the model fails in eval mode on a batch of shape (2, 3, 32, 32) (ZeroDivisionError",
+    ),
+    (
+        "lint a model without a tensor in eval mode",
+        lambda c: [
+            "lint",
+            str(
+                c.write(
+                    "ev.py",
+                    "import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n"
+                    "        return x.mean((2, 3)) if self.training else None\n",
+                )
+            )
+            + ":Net",
+        ],
+        "the model returned a NoneType without a tensor in eval mode",
+    ),
+    (
+        "lint a lazy model that cannot be copied",
+        lambda c: [
+            "lint",
+            str(
+                c.write(
+                    "lz.py",
+                    "import threading, torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n"
+                    "        super().__init__()\n        self.fc = torch.nn.LazyLinear(4)\n"
+                    "        self.lock = threading.Lock()  # deepcopy refuses it\n"
+                    "    def forward(self, x):\n        return self.fc(x.mean((2, 3)))\n",
+                )
+            )
+            + ":Net",
+        ],
+        "lazy modules that are not initialised yet and cannot be copied",
+    ),
+    # --- model.output and library models' input sizes -----------------------------------------
+    (
+        "a factory whose forward returns a tuple, without model.output",
+        lambda c: [
+            "run",
+            *model_sets(
+                "model.name="
+                + str(
+                    c.write(
+                        "pair.py",
+                        "import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n"
+                        "        super().__init__()\n        self.conv = torch.nn.Conv2d(3, 4, 3)\n"
+                        "    def forward(self, x):\n        f = self.conv(x).mean((2, 3))\n        return f, f\n",
+                    )
+                )
+                + ":Net"
+            ),
+        ],
+        "choose the tensor to use with model.output: 0 or 1",
+    ),
+    (
+        "model.output that is neither an index nor a key",
+        lambda c: ["run", *model_sets(f"model.name={user_nets(c)}:make", "model.output=1.5")],
+        "must be an index (0, -1) or a key (logits)",
+    ),
+    (
+        "a torchvision model on images below its smallest size",
+        lambda c: ["run", *model_sets("model.name=torchvision:googlenet", "data.image_size=8")],
+        "its library gives it images of at least 15 px: set data.image_size to 15 or more",
+    ),
 ]
 
 
@@ -925,8 +1076,10 @@ def test_bad_input_exits_2_with_one_line_and_changes_nothing(tmp_path, trained, 
     ctx.tmp.mkdir()
     argv = make(ctx)
     before = snapshot(ctx.tmp)
+    here = set(os.listdir())  # the working directory gains nothing either (no runs/ left behind)
     result = runner.invoke(app, argv)
     assert result.exit_code == 2, f"{name}: exit {result.exit_code}\n{result.output}"
+    assert set(os.listdir()) == here, f"{name}: wrote {sorted(set(os.listdir()) - here)} in the working directory"
     assert "Traceback" not in result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, f"{name}: {result.stderr}"
@@ -1038,3 +1191,25 @@ def test_read_only_output_directory_exits_2(tmp_path):
         locked.chmod(0o755)
     assert result.exit_code == 2, result.output
     assert len(result.stderr.strip().splitlines()) == 1 and "locked" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "argv"),
+    [
+        ("tensorboard", lambda c: ["run", *sets("train.loggers=[tensorboard]"), "--out", str(c.tmp / "out")]),
+        ("mlflow", lambda c: ["export", "mlflow", str(c.run()), "--uri", f"sqlite:///{c.tmp / 'mlflow.db'}"]),
+    ],
+)
+def test_a_missing_tracker_extra_exits_2_naming_it_and_writes_nothing(tmp_path, trained, monkeypatch, extra, argv):
+    import sys
+
+    ctx = Ctx(tmp_path / "case", trained)
+    ctx.tmp.mkdir()
+    args = argv(ctx)
+    before = snapshot(ctx.tmp)
+    monkeypatch.setitem(sys.modules, extra, None)  # as if not installed: importing it fails
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"pip install 'softmaxlab[{extra}]'" in lines[0], lines
+    assert snapshot(ctx.tmp) == before and not (ctx.tmp / "out").exists()

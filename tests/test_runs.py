@@ -187,6 +187,12 @@ def test_the_lock_is_reentrant_in_one_process_and_leaves_no_trace(tmp_path):
     with runs.lock_dir(tmp_path / "kept"):
         pass
     assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())
+    with runs.lock_dir(tmp_path / "runs" / "sweep" / "run"):  # parents made for it go too
+        pass
+    assert not (tmp_path / "runs").exists()
+    with runs.lock_dir(tmp_path / "runs" / "sweep" / "run"):
+        (tmp_path / "runs" / "sweep" / "note.txt").write_text("x")  # a parent that got a file stays
+    assert sorted(p.name for p in (tmp_path / "runs").rglob("*")) == ["note.txt", "sweep"]
 
 
 def test_a_second_run_on_a_directory_in_training_is_refused_and_the_first_is_untouched(tmp_path):

@@ -17,7 +17,7 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NamedTuple, TypeVar
 
 import typer
 from rich.console import Console
@@ -378,27 +378,65 @@ def lint_cmd(
     loss: Annotated[
         str | None,
         typer.Option(
-            help="The loss: path/to/file.py:NAME (a loss class, instance or function loss(output, target)) or a "
-            "dotted class such as torch.nn.CrossEntropyLoss (default: a run's head loss, else none)."
+            help="The loss: a dotted class or function such as torch.nn.CrossEntropyLoss, nn.CrossEntropyLoss or "
+            "F.cross_entropy (nn. is torch.nn., F. is torch.nn.functional.; a bare name is torch.nn's), or "
+            "path/to/file.py:NAME or package.module:NAME (a loss class, instance or function loss(output, target)); "
+            "a class is built without arguments (default: a run's head loss, else none)."
         ),
     ] = None,
     input_shape: Annotated[
         str | None,
-        typer.Option("--input-shape", help="C,H,W of the 2 random example images (default 3,32,32; a run's own)."),
+        typer.Option(
+            "--input-shape",
+            help="C,H,W: 3 positive integers, the shape of the 2 random example images (default 3,32,32; a run's own).",
+        ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print {target, findings} as JSON instead of text.")] = False,
+    kwarg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--kwarg",
+            help="A keyword argument of the library model's constructor or of the factory, as model.kwargs in "
+            "training: NAME=VALUE, the value parsed as YAML as --set parses it (repeatable), e.g. num_classes=100.",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print JSON instead of text: {target, findings: each {kind, severity, where, message, fix, source}}; "
+            "when the target cannot be linted, {target, error, exit_code}, with the same stderr line and exit code "
+            "as without --json (an error of the command line itself, such as an unknown option, prints only that "
+            "line).",
+        ),
+    ] = False,
 ) -> None:
     """Find softmax pitfalls in a model and its loss by running it once (exit 4 on an error finding)."""
-    from softmaxlab.lint_targets import lint_target
+    from softmaxlab.lint_targets import lint_target, parse_kwargs
     from softmaxlab.linting import has_errors
 
-    findings = lint_target(target, loss, input_shape)
+    try:
+        findings = lint_target(target, loss, input_shape, kwargs=parse_kwargs(kwarg or []))
+    except Exception as exc:
+        if as_json:  # a script reading stdout gets an object whatever happened
+            _print_lint_error(target, exc)
+        raise  # _exit_codes prints the stderr line and chooses the exit code
     if as_json:
         typer.echo(json.dumps({"target": target, "findings": [f.to_dict() for f in findings]}, indent=2))
     else:
         _print_findings(findings)
     if has_errors(findings):
         raise typer.Exit(EXIT_LINT_ERROR)
+
+
+def _print_lint_error(target: str, exc: Exception) -> None:
+    """``{target, error, exit_code}`` of a failed ``lint --json`` on stdout: the message and code that
+    :func:`_exit_codes` gives ``exc`` (2 for bad input), or exit 1 and the exception in one line."""
+    from softmaxlab.errors import short_error
+
+    error = access_error(exc) if isinstance(exc, OSError) else exc if isinstance(exc, UserError) else None
+    code = EXIT_BAD_INPUT if error is not None else EXIT_UNEXPECTED
+    message = str(error) if error is not None else short_error(exc)
+    typer.echo(json.dumps({"target": target, "error": message, "exit_code": code}, indent=2))
 
 
 def _print_findings(findings: list[Any]) -> None:
@@ -415,40 +453,78 @@ def _print_findings(findings: list[Any]) -> None:
     out_console.print("\n".join(lines), highlight=False, soft_wrap=True, markup=False)
 
 
-@app.command("list")
-@_exit_codes
-def list_cmd(what: Annotated[str, typer.Argument(help="heads, activations, models or datasets.")]) -> None:
-    """List the registered heads, activations, models or datasets, with their own options."""
+#: What ``softmaxlab list`` lists, with the config section their options go in.
+LISTS = {"heads": "head", "activations": "model", "models": "model", "datasets": "data"}
+
+
+class Listed(NamedTuple):
+    """One row of ``softmaxlab list``: a registered name (or a family's label such as
+    ``timm:<name>``), its one-line description, its options model and the option keys shown."""
+
+    name: str
+    summary: str
+    options: type[Any]
+    keys: list[str]
+    family: bool
+
+
+def list_entries(what: str) -> list[Listed]:
+    """Every component ``softmaxlab list WHAT`` shows, in its order: the registered names, then
+    the families. A dataset's rows leave out the options every dataset shares (:func:`list_footer`
+    names them), a family's the ``activation`` its options default. The docs' reference pages
+    are built from this too."""
     from softmaxlab.activations import ACTIVATIONS
     from softmaxlab.data import DATASETS, DataOptions
     from softmaxlab.heads import HEADS
-    from softmaxlab.models import MODELS, backbone_parameters
+    from softmaxlab.models import MODELS
 
     registries = {"heads": HEADS, "activations": ACTIVATIONS, "models": MODELS, "datasets": DATASETS}
     if what not in registries:
         raise UserError(f"cannot list {what!r}; choose one of: {', '.join(registries)}")
     registry = registries[what]
-    section = {"heads": "head", "datasets": "data"}.get(what, "model")
     shared = set(DataOptions.model_fields) if what == "datasets" else set()  # every dataset's: not repeated
+    rows = []
+    for name in registry.names():
+        options = registry.options(name)
+        keys = [k for k in options.model_fields if k not in shared]
+        rows.append(Listed(name, registry.summary(name), options, keys, family=False))
+    for family in registry.families():  # names of a pattern: timm:<name>, path/to/file.py:factory
+        keys = [k for k in family.options.model_fields if k not in shared and k != "activation"]
+        rows.append(Listed(family.label, family.summary, family.options, keys, family=True))
+    return rows
+
+
+def list_footer(what: str) -> str | None:
+    """The line ``softmaxlab list WHAT`` ends with (None: none)."""
+    from softmaxlab.data import DataOptions
+
+    if what == "datasets":
+        return f"every dataset also takes data.{', data.'.join(DataOptions.model_fields)}"
+    if what == "models":
+        return _models_footer()
+    return None
+
+
+@app.command("list")
+@_exit_codes
+def list_cmd(what: Annotated[str, typer.Argument(help="heads, activations, models or datasets.")]) -> None:
+    """List the registered heads, activations, models or datasets, with their own options."""
+    from softmaxlab.models import backbone_parameters
+
+    rows = list_entries(what)
     table = Table(show_header=True, header_style="bold", box=None)
-    table.add_column(registry.kind)
+    table.add_column({"heads": "head", "activations": "activation", "models": "model", "datasets": "dataset"}[what])
     if what == "models":
         table.add_column("parameters", justify="right")
     table.add_column("description")
-    table.add_column(f"options ({section}.*)")
-    for name in registry.names():
-        extra = [f"{backbone_parameters(name) / 1e6:.2f} M"] if what == "models" else []
-        options = ", ".join(k for k in registry.options(name).model_fields if k not in shared)
-        table.add_row(name, *extra, registry.summary(name), options)
-    for family in registry.families():  # names of a pattern: timm:<name>, path/to/file.py:factory
-        extra = ["varies"] if what == "models" else []
-        options = ", ".join(k for k in family.options.model_fields if k not in shared and k != "activation")
-        table.add_row(family.label, *extra, family.summary, options)
+    table.add_column(f"options ({LISTS[what]}.*)")
+    for row in rows:
+        extra = [] if what != "models" else ["varies" if row.family else f"{backbone_parameters(row.name) / 1e6:.2f} M"]
+        table.add_row(row.name, *extra, row.summary, ", ".join(row.keys))
     out_console.print(table)
-    if what == "datasets":
-        out_console.print(f"every dataset also takes data.{', data.'.join(DataOptions.model_fields)}", soft_wrap=True)
-    if what == "models":
-        out_console.print(_models_footer(), soft_wrap=True, highlight=False, markup=False)
+    footer = list_footer(what)
+    if footer is not None:
+        out_console.print(footer, soft_wrap=True, highlight=False, markup=False)
 
 
 def _models_footer() -> str:
@@ -461,6 +537,39 @@ def _models_footer() -> str:
         "their model.activation defaults to keep (their own activations); with model.user_head=none "
         f"(your factory outputs logits) the head is one of {', '.join(logit_heads())}"
     )
+
+
+export_app = typer.Typer(
+    help="Send finished runs to an experiment tracker after the fact. `export mlflow DIR`: each run of DIR (a "
+    "run, a sweep or a demo directory) becomes one MLflow run with its config as parameters, each epoch's "
+    "metrics.jsonl record as metrics (step = epoch), the test metrics, and config.yaml, metrics.jsonl, "
+    "summary.json and the report as artifacts. Idempotent: a run already in the store (exported before, or "
+    "logged while it trained) is skipped and named; an export cut short is replaced by the next. To log while "
+    "training instead, list tensorboard and/or mlflow in train.loggers (docs/guide/trackers.md).",
+    no_args_is_help=True,
+)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("mlflow")
+@_exit_codes
+def export_mlflow_cmd(
+    directory: Annotated[Path, typer.Argument(help="A run directory, or a directory of runs (a sweep, a demo).")],
+    uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)."),
+    ] = None,
+    experiment: Annotated[
+        str | None,
+        typer.Option(help="MLflow experiment (default: DIR's name; for one run, the one it logs to itself)."),
+    ] = None,
+) -> None:
+    """Send the finished runs of DIR to an MLflow tracking store (skipping those already there)."""
+    from softmaxlab.progress import ConsoleCountProgress
+    from softmaxlab.trackers import export_mlflow
+
+    result = export_mlflow(directory, uri, experiment, progress=ConsoleCountProgress(err_console, "export"))
+    out_console.print(result.line(), highlight=False, soft_wrap=True, markup=False)
 
 
 bench_app = typer.Typer(help="Benchmarks of the library's cost.", no_args_is_help=True)

@@ -303,6 +303,17 @@ class TrainConfig(_Section):
     low_res_size: int | None = Field(None, ge=8)
     # Also checkpoint every this-many optimisation steps (0 = only at the end of each epoch).
     checkpoint_every: int = Field(0, ge=0)
+    # Experiment trackers (softmaxlab.trackers, docs/guide/trackers.md): tensorboard, mlflow, both or none.
+    # Each epoch's metrics.jsonl record as scalars at step = epoch (train/loss, val/accuracy, lr,
+    # grad_norm/<layer>, head/tau, ...), then the test metrics with this config as hyper-parameters;
+    # rank 0 only; a resumed run continues the same logs. tensorboard writes RUN_DIR/tensorboard/
+    # (`tensorboard --logdir runs/`). Each needs its extra: pip install 'softmaxlab[tensorboard]' / '[mlflow]'.
+    loggers: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
+    # MLflow tracking URI; null = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory
+    # (MLflow's default; `mlflow ui` there shows it). RUN_DIR/mlflow.json keeps the store and run a resume continues.
+    mlflow_uri: str | None = None
+    # MLflow experiment; null = the sweep's directory name for a run of a sweep, else the run's name.
+    mlflow_experiment: str | None = None
 
     @field_validator("low_res_fraction")
     @classmethod
@@ -324,6 +335,26 @@ class TrainConfig(_Section):
         # Silently ignored otherwise; low_res_fraction is validated first (field order).
         if v is not None and info.data.get("low_res_fraction", 1) == 0:
             raise ValueError("applies with train.low_res_fraction > 0 only (progressive resizing is off)")
+        return v
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _one_logger(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v  # --set train.loggers=tensorboard
+
+    @field_validator("loggers")
+    @classmethod
+    def _each_once(cls, v: list[str]) -> list[str]:
+        if len(set(v)) < len(v):
+            raise ValueError("names a logger twice; list each once")
+        return v
+
+    @field_validator("mlflow_uri", "mlflow_experiment")
+    @classmethod
+    def _mlflow_only(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # Silently ignored otherwise; loggers is validated first (field order), absent when invalid.
+        if v is not None and "mlflow" not in info.data.get("loggers", ["mlflow"]):
+            raise ValueError("applies with mlflow in train.loggers only")
         return v
 
 

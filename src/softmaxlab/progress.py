@@ -29,6 +29,9 @@ class Progress:
     def stop(self) -> None:
         """The run ended (finished, diverged or failed)."""
 
+    def note(self, text: str) -> None:
+        """One line about the run to show as it is (the data's split sizes, a cache it filled)."""
+
 
 def _epoch_line(label: str, record: dict[str, Any], epochs: int) -> str:
     return (
@@ -81,6 +84,10 @@ class ConsoleProgress(Progress):
             self._bar.stop()
             self._bar = None
 
+    def note(self, text: str) -> None:
+        console = self._bar.console if self._bar is not None else self.console
+        console.print(text, highlight=False, soft_wrap=True, markup=False)
+
 
 class ConsoleSweepProgress:
     """A rich bar over a sweep's runs (done, running, failed, ETA) on a terminal; one line
@@ -118,6 +125,49 @@ class ConsoleSweepProgress:
         (self._bar.console if self._bar is not None else self.console).print(
             line, highlight=False, soft_wrap=True, markup=False
         )
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+class CountProgress:
+    """Silent progress over a number of items (the runs an export sends). Subclass to show something."""
+
+    def start(self, total: int) -> None:
+        """``total`` items follow."""
+
+    def item_end(self, line: str) -> None:
+        """One item is done; ``line`` says how it went."""
+
+    def stop(self) -> None:
+        """The work ended (done or failed)."""
+
+
+class ConsoleCountProgress(CountProgress):
+    """A rich bar over the items on a terminal with each item's line above it; the lines alone
+    when the output is not a terminal (logs, CI)."""
+
+    def __init__(self, console: Console | None = None, label: str = "items") -> None:
+        self.console = console or Console(stderr=True)
+        self.label = label
+        self.interactive = self.console.is_terminal and sys.stderr.isatty()
+        self._bar: RichBar | None = None
+
+    def start(self, total: int) -> None:
+        if not self.interactive:
+            return
+        columns = (TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        self._bar = RichBar(*columns, console=self.console, transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task(self.label, total=total)
+
+    def item_end(self, line: str) -> None:
+        console = self._bar.console if self._bar is not None else self.console
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+        if self._bar is not None:
+            self._bar.advance(self._task)
 
     def stop(self) -> None:
         if self._bar is not None:

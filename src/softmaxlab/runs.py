@@ -27,6 +27,7 @@ import os
 import pickle
 import platform
 import re
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -57,6 +58,10 @@ REPORT_MD = "report.md"
 FIGURES = "figures"
 #: What is drawn from a run's files: replaced along with them (``--overwrite``).
 DERIVED_FILES = (REPORT_HTML, REPORT_MD)
+#: What the trackers (softmaxlab.trackers, ``train.loggers``) keep in a run directory: TensorBoard's
+#: event files and the MLflow store and run it logs to; removed with the run's files (``--overwrite``).
+TENSORBOARD_DIR = "tensorboard"
+MLFLOW_FILE = "mlflow.json"
 CHECKPOINT_FORMAT = "softmaxlab-checkpoint-1"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -354,12 +359,13 @@ def lock_dir(directory: str | Path) -> Iterator[Path]:
     system when the holder dies, so a killed run never leaves its directory locked. It is
     re-entrant within one process (an experiment holds it around ``fit``, which takes it
     too). On release the lock file is removed, and the directory too when this call
-    created it and nothing else was written there.
+    created it and nothing else was written there, with the parents it created for it
+    (``runs/`` of a default ``--out``).
     """
     path = Path(directory)
     if path.exists() and not path.is_dir():
         raise UserError(f"output path {str(path)!r} is a file, not a directory; choose another --out")
-    created = not path.exists()
+    created = [d for d in (path, *path.parents) if not d.exists()]  # innermost first
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -380,9 +386,9 @@ def lock_dir(directory: str | Path) -> Iterator[Path]:
         del _held[key]
         (path / LOCK).unlink(missing_ok=True)  # while still holding it: see _acquire
         os.close(fd)
-        if created:
-            with contextlib.suppress(OSError):
-                path.rmdir()  # only succeeds when empty: nothing was written after all
+        with contextlib.suppress(OSError):
+            for made in created:
+                made.rmdir()  # only succeeds when empty: nothing was written after all
 
 
 def _acquire(lock: Path) -> int:
@@ -439,10 +445,10 @@ def prepare_run_dir(run_dir: str | Path, overwrite: bool = False) -> Path:
     """Check that ``run_dir`` may receive a new run and create it.
 
     A directory that already holds a run is refused (:class:`UserError`) unless
-    ``overwrite``; then only the run's own files are removed (with its report and the PNGs
-    in ``figures/``, so that a new run killed early never sits beside the old one's report),
-    nothing else. The run files go last, ``config.yaml`` the very last: until it is gone the
-    directory still reads as the old run.
+    ``overwrite``; then only the run's own files are removed (with its report, the PNGs in
+    ``figures/`` and the trackers' ``tensorboard/`` and ``mlflow.json``, so that a new run killed
+    early never sits beside the old one's report or curves), nothing else. The run files go
+    last, ``config.yaml`` the very last: until it is gone the directory still reads as the old run.
     """
     path = Path(run_dir)
     if path.exists() and not path.is_dir():
@@ -452,8 +458,9 @@ def prepare_run_dir(run_dir: str | Path, overwrite: bool = False) -> Path:
         what = "a finished run" if is_finished(path) else "an unfinished run"
         raise UserError(f"{str(path)!r} already holds {what}; choose another --out or pass --overwrite to replace it")
     if existing:
-        for f in (*DERIVED_FILES, *(p.relative_to(path) for p in (path / FIGURES).glob("*.png"))):
+        for f in (*DERIVED_FILES, MLFLOW_FILE, *(p.relative_to(path) for p in (path / FIGURES).glob("*.png"))):
             (path / f).unlink(missing_ok=True)
+        shutil.rmtree(path / TENSORBOARD_DIR, ignore_errors=True)  # the old run's curves, shown as this run's
         for f in sorted(existing, key=lambda name: name == CONFIG):
             (path / f).unlink()
     try:

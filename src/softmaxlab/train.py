@@ -17,8 +17,9 @@ The loop runs in named phases::
     test      head.probs on the test split -> predictions.npz and the metrics -> summary.json
               (:func:`run_summary`, which also writes the summary of a diverged run)
 
-Hooks (:class:`Hook`) are called at fixed points: progress, checkpoints every N steps, and
-whatever a caller passes (a test's kill points). The report and the feature-map figure are
+Hooks (:class:`Hook`) are called at fixed points: progress, checkpoints every N steps, the
+trackers of ``train.loggers`` (:class:`TrackerHook`, :mod:`softmaxlab.trackers`), and whatever
+a caller passes (a test's kill points). The report and the feature-map figure are
 not the loop's: :mod:`softmaxlab.experiment` draws them from what ``fit`` returns.
 
 In a notebook::
@@ -34,9 +35,10 @@ import contextlib
 import math
 import random
 import statistics
+import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,7 +47,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from softmaxlab import distributed, runs
+from softmaxlab import distributed, runs, trackers
 from softmaxlab.checkpoint import TrainingState, load_trained
 from softmaxlab.config import Config, TrainConfig, load_run_config, validate_config
 from softmaxlab.data import ImageData, Normalize, TensorLoader, load_data
@@ -53,7 +55,7 @@ from softmaxlab.diagnostics import Diagnostics
 from softmaxlab.distributed import World, all_reduce, resolve_device
 from softmaxlab.dotted import differences
 from softmaxlab.errors import DivergedError, UserError
-from softmaxlab.linting import lint, warn_findings
+from softmaxlab.linting import Finding, lint, warn_findings
 from softmaxlab.metrics import after_temperature, classification_metrics, fit_head_temperature
 from softmaxlab.models import Classifier, build_model
 from softmaxlab.progress import Progress
@@ -192,6 +194,31 @@ class Checkpointer(Hook):
         return bool(all_reduce(flag, self.world, "max").item())
 
 
+class TrackerHook(Hook):
+    """Drives the run's ``train.loggers`` (a :class:`~softmaxlab.trackers.Tracking`): each epoch's
+    record once it is written and checkpointed, then the summary, or how training stopped."""
+
+    def __init__(self, tracking: trackers.Tracking) -> None:
+        self.tracking = tracking
+        self._outer: BaseException | None = None
+
+    def on_fit_start(self, label: str, epochs: int, steps_per_epoch: int) -> None:
+        self._outer = sys.exc_info()[1]  # fit called while the caller handles an exception: not ours
+        self.tracking.start()
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        self.tracking.sync()
+
+    def on_fit_end(self) -> None:
+        # Called from the loop's `finally`: the exception on its way out, if any, is how training stopped.
+        stopped = sys.exc_info()[1]
+        if stopped is not None and stopped is not self._outer:
+            self.tracking.stop("diverged" if isinstance(stopped, DivergedError) else "interrupted")
+
+    def on_run_finished(self, result: FitResult) -> None:
+        self.tracking.finish(result.summary)
+
+
 # --------------------------------------------------------------------------- setup
 
 
@@ -248,16 +275,55 @@ def check_forward(model: Classifier, image_shape: tuple[int, int, int], device: 
         model.train(was_training)
 
 
+#: Module paths a merged pitfall warning names before "and N more" (``softmaxlab lint`` lists all).
+SHOWN_PLACES = 3
+
+
+def merge_repeated(findings: Sequence[Finding]) -> list[Finding]:
+    """``findings`` with each group of the same kind, severity and fix found at several places
+    merged into one, in the order each group first occurs.
+
+    A softmax activation in every block of a ResNet is 8 to 17 ``intermediate_softmax``
+    findings with the same fix; warned one by one they bury the run's output. The merged
+    finding counts them and names the first :data:`SHOWN_PLACES`, or all with one more (its
+    ``where`` is ``"N places"``, its ``message`` the list of paths); its fix ends by pointing to
+    ``softmaxlab lint``, which explains each. A finding found at one place is kept as it is.
+    """
+    groups: dict[tuple[str, str, str], list[Finding]] = {}
+    for finding in findings:
+        groups.setdefault((finding.kind, finding.severity, finding.fix), []).append(finding)
+    merged = []
+    for group in groups.values():
+        first = group[0]
+        places = list(dict.fromkeys(f.where for f in group))  # one module found twice is one place
+        if len(places) == 1:
+            merged.append(first)
+            continue
+        cut = SHOWN_PLACES if len(places) > SHOWN_PLACES + 1 else len(places)  # "and 1 more" saves nothing
+        shown = ", ".join(places[:cut])
+        more = f" and {len(places) - cut} more" if cut < len(places) else ""
+        merged.append(
+            replace(
+                first,
+                where=f"{len(places)} places",
+                message=shown + more,
+                fix=f"{first.fix}; `softmaxlab lint RUN_DIR` explains each",
+            )
+        )
+    return merged
+
+
 def lint_first_batch(model: Classifier, loader: TensorLoader, amp: str = "none") -> None:
-    """Warn once about each softmax pitfall of ``model`` with its head's loss
-    (:func:`softmaxlab.linting.lint`): the double-softmax and softmax-into-NLL pitfall heads
-    as a DoubleSoftmaxWarning and a SoftmaxNLLWarning, a softmax activation as an
-    ``intermediate_softmax``. One traced forward of the first two training images (and
-    their labels), in training mode under ``amp``'s autocast, which leaves the weights, the
-    BatchNorm statistics and the random number generators as they were."""
+    """Warn once about each kind of softmax pitfall of ``model`` with its head's loss
+    (:func:`softmaxlab.linting.lint`, repeated findings merged by :func:`merge_repeated`): the
+    double-softmax and softmax-into-NLL pitfall heads as a DoubleSoftmaxWarning and a
+    SoftmaxNLLWarning, softmax activations as one ``intermediate_softmax``. One traced forward
+    of the first two training images (and their labels), in training mode under ``amp``'s
+    autocast, which leaves the weights, the BatchNorm statistics and the random number
+    generators as they were."""
     x, y = loader.normalize(loader.x[:2]), loader.y[:2]
     with autocast(x.device, amp):
-        warn_findings(lint(model, model.head.loss, x, target=y))
+        warn_findings(merge_repeated(lint(model, model.head.loss, x, target=y)))
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -478,6 +544,7 @@ def _fit(job: _Job, world: World, device: torch.device) -> FitResult:
     if decision == "finished":
         return _finished_result(job.run_dir)
     cfg, data, model = _setup(job.cfg, job.data, world, device)
+    tracking = _tracking(cfg, job.run_dir, world, decision)
     _on_main(world, lambda: _prepare_run_dir(cfg, job.run_dir, decision, job.overwrite))
     if world.distributed:
         # Same initial weights on every rank (seeded above, and DDP broadcasts rank 0's), but
@@ -489,11 +556,14 @@ def _fit(job: _Job, world: World, device: torch.device) -> FitResult:
     diagnostics = Diagnostics(model, loaders["val"], cfg.diagnostics.enabled, cfg.diagnostics.probe_size)
     checkpoints = Checkpointer(job.run_dir, world, cfg.train.checkpoint_every, Hooks(job.hooks), cfg.to_dict())
     progress = ProgressHook(job.progress if world.is_main else Progress())
-    hooks = Hooks([*job.hooks, checkpoints, progress])
+    hooks = Hooks([*job.hooks, checkpoints, progress, TrackerHook(tracking)])
     run = _Run(cfg, data, loaders, diagnostics, job.run_dir, world, device, hooks, checkpoints)
     state = _training_state(run, model)
     if decision == "continue":
         _restore(run, state)
+    # The run's first line (after every check that could refuse it): what it trains and tests on.
+    for line in (f"{cfg.data.name}, {data.split_sizes()}", *data.notes):
+        progress.progress.note(f"data: {line}")
     try:
         _train_epochs(run, state)
     except DivergedError as exc:
@@ -566,7 +636,9 @@ def _with_image_size(cfg: Config, size: int | None) -> Config:
 
 
 def _check_world(cfg: Config, world: World, device: torch.device) -> None:
-    """What the device and the number of processes allow, checked before any process waits for another."""
+    """What the device, the number of processes and the installed trackers allow, checked before any
+    process waits for another."""
+    trackers.require(cfg.train.loggers)  # a missing extra: before anything is written
     if cfg.train.amp == "fp16" and device.type != "cuda":
         raise UserError("train.amp=fp16 (float16 with loss scaling) needs CUDA; use --set train.amp=bf16 on the CPU")
     if cfg.train.batch_size % world.size:
@@ -608,6 +680,18 @@ def _check_forwards(model: Classifier, cfg: Config, data: ImageData, device: tor
                 f"progressive resizing trains the first epochs at {size} px (train.low_res_size), too small "
                 f"for the model: {e}; raise train.low_res_size or set train.low_res_fraction=0"
             ) from None
+
+
+def _tracking(cfg: Config, run_dir: Path, world: World, decision: str) -> trackers.Tracking:
+    """The run's ``train.loggers``, on rank 0 only; their stores are opened here, so that one that
+    cannot be opened (a bad ``train.mlflow_uri``) fails before the run directory is written."""
+    t = cfg.train
+    names = t.loggers if world.is_main else []
+    tracking = trackers.Tracking(
+        names, run_dir, cfg.to_dict(), fresh=decision == "new", uri=t.mlflow_uri, experiment=t.mlflow_experiment
+    )
+    _on_main(world, tracking.open)
+    return tracking
 
 
 def _prepare_run_dir(cfg: Config, run_dir: Path, decision: str, overwrite: bool) -> None:

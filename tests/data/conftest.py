@@ -122,6 +122,20 @@ def finishes(call: Callable[[], object], fifo: Path | None = None, timeout: floa
     return outcome[0]
 
 
+def listing(root):
+    """Every entry under ``root``, hidden ones and folders included: (kind, size, mtime_ns). A
+    folder's mtime changes when anything is created in it, even a temporary file removed again."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            kind = "dir" if name in dirnames else "file"
+            out[os.path.relpath(os.path.join(dirpath, name), root)] = (kind, st.st_size, st.st_mtime_ns)
+    st = os.stat(root)
+    out["."] = ("dir", st.st_size, st.st_mtime_ns)
+    return out
+
+
 CLASS_COLOURS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "eel": (30, 30, 200)}
 
 
@@ -138,7 +152,7 @@ def files(tmp_path: Path) -> SimpleNamespace:
 
     ``files.cifar(kind, **kw)`` writes a release under a fresh root and returns the root;
     ``files.tree``, ``files.image``, ``files.png_claiming``: :func:`write_tree`, :func:`write_image`,
-    :func:`write_png_claiming`; ``files.finishes``: :func:`finishes`;
+    :func:`write_png_claiming`; ``files.finishes``: :func:`finishes`; ``files.listing``: :func:`listing`;
     ``files.shared``: the real data folder ``../shared/data`` (may be absent).
     """
 
@@ -153,6 +167,7 @@ def files(tmp_path: Path) -> SimpleNamespace:
         image=write_image,
         png_claiming=write_png_claiming,
         finishes=finishes,
+        listing=listing,
         shared=SHARED_DATA,
         colours=CLASS_COLOURS,
         cifar10_names=CIFAR10_NAMES,

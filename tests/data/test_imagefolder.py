@@ -2,20 +2,27 @@ import errno
 import json
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from softmaxlab.config import DataConfig, load_config
-from softmaxlab.data import imagefolder, load_data
+from softmaxlab.data import imagefolder, load_data, user_cache_dir
 from softmaxlab.errors import UserError
 
 
 def load(root, **kw):
     return load_data(DataConfig(name="imagefolder", root=str(root), **{"image_size": 8, **kw}))
+
+
+def cache_of(root):
+    """The default cache folder of the image folder ``root`` (under the test's XDG_CACHE_HOME)."""
+    return imagefolder.default_cache_folder(root)
 
 
 def no_decoding(monkeypatch):
@@ -107,7 +114,7 @@ def test_non_images_and_hidden_entries_are_ignored(tmp_path, files):
 def test_second_load_reads_the_cache_without_decoding(tmp_path, files, monkeypatch):
     files.tree(tmp_path / "tree")
     first = load(tmp_path / "tree")
-    cache = tmp_path / "tree" / ".softmaxlab-cache"
+    cache = cache_of(tmp_path / "tree")
     index = json.loads(next(cache.glob("index-*.json")).read_text())
     assert index["image_size"] == 8 and len(index["files"]) == 15 and index["bad"] == []
     assert np.load(next(cache.glob("images-*.npy")), mmap_mode="r").shape == (15, 3, 8, 8)
@@ -120,7 +127,7 @@ def test_second_load_reads_the_cache_without_decoding(tmp_path, files, monkeypat
 def test_cache_is_rebuilt_when_a_file_changes_and_the_stale_one_removed(tmp_path, files):
     files.tree(tmp_path / "tree")
     load(tmp_path / "tree")
-    cache = tmp_path / "tree" / ".softmaxlab-cache"
+    cache = cache_of(tmp_path / "tree")
     old = {p.name for p in cache.iterdir()}
     changed = tmp_path / "tree" / "cat" / "00.png"
     files.image(changed, (0, 0, 0))  # same size on disk is possible: the mtime still differs
@@ -135,25 +142,144 @@ def test_a_new_image_size_gets_its_own_cache(tmp_path, files, monkeypatch):
     files.tree(tmp_path / "tree")
     load(tmp_path / "tree", image_size=8)
     load(tmp_path / "tree", image_size=10)
-    assert len(list((tmp_path / "tree" / ".softmaxlab-cache").glob("images-*.npy"))) == 2
+    assert len(list(cache_of(tmp_path / "tree").glob("images-*.npy"))) == 2
     no_decoding(monkeypatch)
     assert load(tmp_path / "tree", image_size=10).image_shape == (3, 10, 10)
 
 
-def test_cache_dir_and_read_only_root_fallback(tmp_path, files, monkeypatch):
-    files.tree(tmp_path / "tree")
-    load(tmp_path / "tree", cache_dir=str(tmp_path / "elsewhere"))
-    assert list((tmp_path / "elsewhere").glob("index-*.json"))
-    assert not (tmp_path / "tree" / ".softmaxlab-cache").exists()
-    # A read-only root (even to root, which could write anyway): the user cache folder.
+def read_only(root, on=True):
+    """Folders 0555 and files 0444 (or back to 0755 / 0644). As root the process could write there
+    anyway, which is why the tests compare listings instead of relying on a PermissionError."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o444 if on else 0o644)
+        os.chmod(dirpath, 0o555 if on else 0o755)
+
+
+def test_the_cache_goes_to_the_user_cache_folder_and_nothing_into_the_image_folder(tmp_path, files, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    (tmp_path / "tree").chmod(0o555)
+    files.tree(tmp_path / "tree")
+    before = files.listing(tmp_path / "tree")
+    read_only(tmp_path / "tree")
     try:
-        load(tmp_path / "tree")
+        first = load(tmp_path / "tree")
+        second = load(tmp_path / "tree")
     finally:
-        (tmp_path / "tree").chmod(0o755)
-    assert list((tmp_path / "xdg" / "softmaxlab" / "imagefolder").glob("*/index-*.json"))
-    assert not (tmp_path / "tree" / ".softmaxlab-cache").exists()
+        read_only(tmp_path / "tree", on=False)
+    assert files.listing(tmp_path / "tree") == before
+    folder = cache_of(tmp_path / "tree")
+    assert folder.parent == tmp_path / "xdg" / "softmaxlab" / "imagefolder"
+    assert re.fullmatch("[0-9a-f]{16}", folder.name)
+    assert json.loads(next(folder.glob("index-*.json")).read_text())["root"] == str((tmp_path / "tree").resolve())
+    # The run that filled the cache says where and how big (15 images of 3 x 8 x 8 bytes); a hit says nothing.
+    assert first.notes == [f"cached 15 decoded images of 8 px in {str(folder)!r} (2.9 kB)"]
+    assert second.notes == []
+
+
+def test_without_xdg_cache_home_the_cache_is_under_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for xdg in (None, "", "relative/cache"):  # unset, empty or relative: ignored, as the XDG spec asks
+        if xdg is None:
+            monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        else:
+            monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+        assert user_cache_dir() == tmp_path / "home" / ".cache" / "softmaxlab"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert user_cache_dir() == tmp_path / "xdg" / "softmaxlab"
+
+
+def test_cache_dir_overrides_the_user_cache_folder(tmp_path, files):
+    files.tree(tmp_path / "tree")
+    before = files.listing(tmp_path / "tree")
+    data = load(tmp_path / "tree", cache_dir=str(tmp_path / "elsewhere"))
+    assert list((tmp_path / "elsewhere").glob("index-*.json")) and list((tmp_path / "elsewhere").glob("images-*.npy"))
+    assert not cache_of(tmp_path / "tree").exists() and files.listing(tmp_path / "tree") == before
+    assert str(tmp_path / "elsewhere") in data.notes[0]
+
+
+def test_a_user_cache_folder_inside_the_image_folder_is_refused(tmp_path, files, monkeypatch):
+    files.tree(tmp_path / "tree")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "tree" / ".cache"))
+    with pytest.raises(UserError, match=r"lies inside the image folder .*never written to; set data\.cache_dir"):
+        load(tmp_path / "tree")
+    assert not (tmp_path / "tree" / ".cache").exists()
+
+
+def test_two_folders_with_the_same_listing_never_share_a_cache(tmp_path, files):
+    # Same names, sizes and modification times (copy2 keeps them), other pixels: only the path tells them apart.
+    files.tree(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for path in (tmp_path / "b").rglob("*.png"):
+        st = path.stat()
+        img = np.asarray(Image.open(path)).copy()
+        Image.fromarray(255 - img).save(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    tree_a, tree_b = imagefolder.scan(tmp_path / "a"), imagefolder.scan(tmp_path / "b")
+    assert tree_a.files == tree_b.files and imagefolder.cache_key(tree_a, 8) != imagefolder.cache_key(tree_b, 8)
+    shared = str(tmp_path / "cache")
+    a, b = load(tmp_path / "a", cache_dir=shared), load(tmp_path / "b", cache_dir=shared)
+    assert len(list((tmp_path / "cache").glob("images-*.npy"))) == 2
+    assert not torch.equal(a.train.x, b.train.x)
+    assert torch.equal(load(tmp_path / "a", cache_dir=shared).train.x, a.train.x)  # each still finds its own
+
+
+def counting_decodes(monkeypatch):
+    """A list that grows by one path per decoded image."""
+    decoded, real = [], imagefolder.decode_image
+
+    def decode(path, size):
+        decoded.append(path)
+        return real(path, size)
+
+    monkeypatch.setattr(imagefolder, "decode_image", decode)
+    return decoded
+
+
+def touch(path, files):
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # explicit: mtime clocks can be coarse
+
+
+def replace(path, files):
+    files.image(path.with_name("new.tmp.png"), (0, 0, 0), size=(9, 9))
+    os.replace(path.with_name("new.tmp.png"), path)
+
+
+@pytest.mark.parametrize("change", [touch, replace])
+def test_a_touched_or_replaced_image_is_decoded_again(tmp_path, files, monkeypatch, change):
+    files.tree(tmp_path / "tree")
+    decoded = counting_decodes(monkeypatch)
+    load(tmp_path / "tree")
+    load(tmp_path / "tree")
+    assert len(decoded) == 15  # the second load was a hit
+    change(tmp_path / "tree" / "cat" / "00.png", files)
+    data = load(tmp_path / "tree")
+    assert len(decoded) == 30 and data.notes  # decoded again, and said so
+    assert len(list(cache_of(tmp_path / "tree").glob("images-*.npy"))) == 1  # the stale cache is gone
+    if change is replace:  # the new pixels, not the cached old ones: one dark image among the red cats
+        cats = torch.cat([data.train.x[data.train.y == 0], data.val.x[data.val.y == 0], data.test.x[data.test.y == 0]])
+        assert (cats[:, 0].float().mean(dim=(1, 2)) < 100).sum() == 1
+
+
+def test_two_processes_filling_the_same_cache_both_succeed(tmp_path, files, monkeypatch):
+    # Another process (a sweep's other worker) fills the same cache while this one decodes: each writes
+    # its own temporary file and renames it into place, so both succeed and one whole cache remains.
+    files.tree(tmp_path / "tree")
+    real, nested = imagefolder.decode_tree, []
+
+    def decode_while_another_fills(tree, size, out, workers=None):
+        if not nested:
+            nested.append(None)  # the other process decodes plainly
+            nested[0] = load(tmp_path / "tree")  # from start to end, while this one has not renamed yet
+        return real(tree, size, out, workers)
+
+    monkeypatch.setattr(imagefolder, "decode_tree", decode_while_another_fills)
+    mine = load(tmp_path / "tree")
+    assert torch.equal(mine.train.x, nested[0].train.x) and torch.equal(mine.test.x, nested[0].test.x)
+    names = sorted(p.name for p in cache_of(tmp_path / "tree").iterdir())
+    assert len(names) == 2 and names[0].startswith("images-") and names[1].startswith("index-"), names
+    no_decoding(monkeypatch)
+    assert torch.equal(load(tmp_path / "tree").train.x, mine.train.x)
 
 
 def test_corrupt_files_are_named_or_skipped(tmp_path, files, monkeypatch):
@@ -249,7 +375,7 @@ def test_progress_bar_on_a_terminal(tmp_path, files, monkeypatch):
 
 
 def no_tmp_left(tree_root):
-    cache = tree_root / ".softmaxlab-cache"
+    cache = cache_of(tree_root)
     return not [p.name for p in cache.iterdir() if p.name.endswith(".tmp")] if cache.exists() else True
 
 
@@ -265,7 +391,7 @@ def test_full_disk_reserving_the_cache_is_a_user_error_naming_it(tmp_path, files
     with pytest.raises(UserError) as err:
         load(tmp_path / "tree")
     msg = str(err.value)
-    cache = tmp_path / "tree" / ".softmaxlab-cache"
+    cache = cache_of(tmp_path / "tree")
     assert "\n" not in msg and str(cache) in msg and "images-" in msg
     assert "the disk is full (No space left on device)" in msg and "free space" in msg and "data.cache_dir" in msg
     assert no_tmp_left(tmp_path / "tree") and not list(cache.glob("*.npy")) and not list(cache.glob("*.json"))
@@ -282,7 +408,7 @@ def test_an_os_error_while_decoding_into_the_cache_leaves_nothing(tmp_path, file
     with pytest.raises(UserError, match=r"cannot write the image cache '.*images-.*\.npy': the write failed \(Input"):
         load(tmp_path / "tree")
     assert no_tmp_left(tmp_path / "tree")
-    assert not list((tmp_path / "tree" / ".softmaxlab-cache").glob("*-*.*"))
+    assert not list(cache_of(tmp_path / "tree").glob("*-*.*"))
 
 
 def test_a_file_system_without_fallocate_gets_zeros_written(tmp_path, files, monkeypatch):
@@ -443,7 +569,7 @@ TAMPERINGS = {
 def test_a_tampered_cache_index_is_a_miss_and_rebuilt(tmp_path, files, tamper):
     files.tree(tmp_path / "tree")
     want = load(tmp_path / "tree")
-    index_path = next((tmp_path / "tree" / ".softmaxlab-cache").glob("index-*.json"))
+    index_path = next(cache_of(tmp_path / "tree").glob("index-*.json"))
     tamper(json.loads(index_path.read_text()), index_path)
     got = load(tmp_path / "tree")
     assert torch.equal(got.train.x, want.train.x) and torch.equal(got.test.y, want.test.y)
@@ -458,5 +584,34 @@ def test_a_tampered_cache_index_is_a_miss_and_rebuilt(tmp_path, files, tamper):
 def test_a_cache_array_of_another_shape_is_a_miss(tmp_path, files, array):
     files.tree(tmp_path / "tree")
     want = load(tmp_path / "tree")
-    np.save(next((tmp_path / "tree" / ".softmaxlab-cache").glob("images-*.npy")), array)
+    np.save(next(cache_of(tmp_path / "tree").glob("images-*.npy")), array)
     assert torch.equal(load(tmp_path / "tree").train.x, want.train.x)
+
+
+# ---------------------------------------------------------------- what a run says about its data
+
+
+def test_a_run_says_where_it_cached_the_images_once_and_leaves_the_folder_alone(tmp_path, files):
+    from typer.testing import CliRunner
+
+    from softmaxlab.cli import app
+
+    files.tree(tmp_path / "tree", per_class=10)
+    before = files.listing(tmp_path / "tree")
+    plain = ["data.image_size=16", "model.widths=[8,16]", "train.epochs=1", "train.batch_size=8", "train.device=cpu"]
+    args = ["run", "--data", f"imagefolder:{tmp_path / 'tree'}", *(a for o in plain for a in ("--set", o))]
+    runner = CliRunner()
+    first = runner.invoke(app, [*args, "--set", "data.max_train_images=12", "--out", str(tmp_path / "r1")])
+    assert first.exit_code == 0, first.output
+    lines = [line for line in first.stderr.splitlines() if line.startswith("data: ")]
+    assert lines == [
+        "data: imagefolder, 12 train / 2 val / 6 test images",
+        f"data: cached 30 decoded images of 16 px in {str(cache_of(tmp_path / 'tree'))!r} (23.0 kB)",
+    ]
+    assert first.stderr.splitlines()[0] == lines[0]  # the run's first line
+    second = runner.invoke(app, [*args, "--out", str(tmp_path / "r2")])
+    assert second.exit_code == 0, second.output
+    assert [line for line in second.stderr.splitlines() if line.startswith("data: ")] == [
+        "data: imagefolder, 22 train / 2 val / 6 test images"  # a cache hit: nothing to say about it
+    ]
+    assert files.listing(tmp_path / "tree") == before

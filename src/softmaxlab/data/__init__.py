@@ -14,6 +14,7 @@ from softmaxlab.data import shapes  # noqa: F401  (registers it first: the defau
 # isort: split
 from softmaxlab.data import arrays, cifar, imagefolder  # noqa: F401  (register the on-disk datasets)
 from softmaxlab.data.base import DATASETS, DataOptions, ImageData, Split
+from softmaxlab.data.common import limit_train, user_cache_dir
 from softmaxlab.data.loader import Normalize, TensorLoader, random_crop, random_flip
 from softmaxlab.data.spec import parse_data_spec
 from softmaxlab.registry import NamedOptions
@@ -21,8 +22,11 @@ from softmaxlab.registry import NamedOptions
 
 def load_data(cfg: NamedOptions) -> ImageData:
     """Build the dataset named ``cfg.name`` from the registry, with ``cfg`` (the ``data``
-    config section, an instance of the dataset's options) as its options."""
-    return DATASETS.create(cfg.name, cfg)
+    config section, an instance of the dataset's options) as its options; then, with
+    ``data.max_train_images``, keep a stratified subset of its training split (here, once for
+    every dataset, rather than in each of them)."""
+    data = DATASETS.create(cfg.name, cfg)
+    return limit_train(data, getattr(cfg, "max_train_images", None), getattr(cfg, "seed", 0))
 
 
 __all__ = [
@@ -36,4 +40,5 @@ __all__ = [
     "parse_data_spec",
     "random_crop",
     "random_flip",
+    "user_cache_dir",
 ]

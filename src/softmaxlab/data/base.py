@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
@@ -36,6 +36,11 @@ class DataOptions(Options):
     # side is a typo (100000 would ask for 30 GB per image) rather than a study.
     image_size: int | None = Field(None, ge=8, le=MAX_IMAGE_SIZE)
     seed: int = 0  # seed of the data itself (generation, splits), separate from train.seed
+    # Quick checks on any dataset: train on a stratified subset of this many training images (each class
+    # in its share, at least one image per class; seeded by data.seed), taken after the validation split,
+    # which stays whole, as does the test split. Unset = every training image. shapes' train_size instead
+    # sets how many images are generated.
+    max_train_images: int | None = Field(None, ge=1)
     crop_padding: int = Field(4, ge=0)  # random-crop augmentation: pad by this many pixels
     flip: bool = True  # random horizontal flips
     # Random-resized crop (for larger images, e.g. 64 px and up): crop a box covering a fraction of the
@@ -101,10 +106,17 @@ class ImageData:
     classes: list[str]
     coarse_classes: list[str] | None = None
     coarse_of: Tensor | None = None  # (K,) int64: coarse class of each fine class
+    # One line each about what loading did that the user should know (where a cache was filled, its size);
+    # the run prints them. Data never prints itself, so a library caller decides where they go.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def split_sizes(self) -> str:
+        """``"5,400 train / 600 val / 2,000 test images"``: the run's first line shows it."""
+        return f"{len(self.train):,} train / {len(self.val):,} val / {len(self.test):,} test images"
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -21,16 +21,21 @@ pixels is an unreadable file, never decoded.
 Why a cache: decoding JPEGs costs far more than a small CNN's epoch on the decoded pixels.
 The tree is decoded once, in parallel threads (PIL releases the GIL while decoding and
 resizing), into a uint8 ``images-<key>.npy`` of shape (N, 3, S, S) with an
-``index-<key>.json`` beside it. The key hashes the file list with each file's size and
-modification time and the image size, so an added, removed or edited image, or a new
-``data.image_size``, builds a new cache, and anything else is a hit that reads the
-memory-mapped array without decoding. The cache lives in ``data.cache_dir``, by default
-``<root>/.softmaxlab-cache/``, or the user cache folder (``~/.cache/softmaxlab/``) when the
-root is read-only.
-Both files are written to a temporary name and renamed, so an interrupted build leaves no
-half-written cache and parallel runs of a sweep can build it at the same time; the array's
-space is reserved before decoding, so a full disk is a one-line error, not a crash. An index
-that does not match the tree in every field is a cache miss: the tree is decoded again.
+``index-<key>.json`` beside it. The key hashes the tree's absolute path, its listing (each
+image's relative name, size and modification time), the classes and the image size, so an
+added, removed, replaced or touched image, or a new ``data.image_size``, builds a new cache,
+two folders never share one, and anything else is a hit that reads the memory-mapped array
+without decoding. The cache lives in ``data.cache_dir`` when set, by default in the user cache
+folder: ``$XDG_CACHE_HOME/softmaxlab/imagefolder/<digest of the root>/`` (``~/.cache/...``
+without XDG_CACHE_HOME). Nothing is ever written into the image folder itself. The run that
+fills a cache says where and how big it is (:attr:`ImageData.notes`).
+The array is decoded into a temporary file of its own (pid and a random part in the name)
+and renamed into place, then the index is written the same way, so an interrupted build
+leaves no half-written cache and parallel runs of a sweep can build it at the same time (the
+last rename wins; all hold the same pixels); the array's space is reserved before decoding,
+so a full disk is a one-line error, not a crash. An index that does not match the tree in
+every field is a cache miss: the tree is decoded again. Older caches of the same folder and
+image size are removed once a new one is in place.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import stat
 import sys
 import tempfile
@@ -54,13 +60,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from softmaxlab import runs
 from softmaxlab.data.base import DATASETS, HoldoutOptions, ImageData
-from softmaxlab.data.common import assemble, expand_root
+from softmaxlab.data.common import assemble, expand_root, user_cache_dir
 from softmaxlab.errors import WRITE_ERRNOS, UserError
 from softmaxlab.untrusted import regular_file
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-CACHE_VERSION = 1  # bump when the decoding changes, so old caches are not reused
+CACHE_VERSION = 2  # bump when the decoding or the key changes, so old caches are not reused
 SPLITS = ("train", "val", "test")
 # px, when data.image_size is unset: the images of a tree differ in size, so none is "its own". The Intel
 # scenes at 64 px score 3.4 points above the same images at 32 px with the default recipe (README "Why
@@ -72,8 +79,9 @@ class ImageFolderOptions(HoldoutOptions):
     """Options of ``imagefolder``."""
 
     skip_corrupt: bool = False  # skip unreadable images with a warning (false: stop, naming them)
-    # Where decoded images are cached; None = <root>/.softmaxlab-cache, or the user cache folder
-    # (~/.cache/softmaxlab) when the root is read-only.
+    # Where decoded images are cached; None = the user cache folder, $XDG_CACHE_HOME/softmaxlab/imagefolder/
+    # (~/.cache/softmaxlab/imagefolder/ without XDG_CACHE_HOME), one subfolder per image folder. Nothing
+    # is written into the image folder itself unless this points there.
     cache_dir: str | None = None
 
 
@@ -270,10 +278,11 @@ def scan(root: Path) -> Tree:
 
 
 def cache_key(tree: Tree, image_size: int) -> str:
-    """SHA-256 over the file list with sizes and modification times, the image size and
-    the cache version: any change to the images or the decoding gives a new key."""
+    """SHA-256 over the tree's absolute path, its listing (split, relative name, size and
+    modification time of every image), the classes, the image size and the cache version: a
+    changed folder or decoding gives a new key, and two folders never share one."""
     h = hashlib.sha256()
-    h.update(json.dumps([CACHE_VERSION, image_size, tree.classes]).encode())
+    h.update(json.dumps([CACHE_VERSION, str(tree.root.resolve()), image_size, tree.classes]).encode())
     root = str(tree.root)
     stats = tree.stats or [(st.st_size, st.st_mtime_ns) for st in (os.stat(os.path.join(root, f)) for f in tree.files)]
     for rel, split, (size, mtime_ns) in zip(tree.files, tree.splits, stats, strict=True):
@@ -281,9 +290,11 @@ def cache_key(tree: Tree, image_size: int) -> str:
     return h.hexdigest()
 
 
-def _user_cache_dir(root: Path) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "softmaxlab" / "imagefolder" / hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+def default_cache_folder(root: Path) -> Path:
+    """``<user cache folder>/imagefolder/<16 hex digits of the root's absolute path>``: one folder
+    per image folder, so its caches are found (and removed) without reading any other's."""
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    return user_cache_dir() / "imagefolder" / digest
 
 
 def _writable(folder: Path) -> bool:
@@ -297,18 +308,24 @@ def _writable(folder: Path) -> bool:
 
 
 def cache_folder(cfg: ImageFolderOptions, root: Path) -> Path | None:
-    """Where the cache of ``root`` lives; None when no folder can be written."""
+    """Where the cache of ``root`` lives: ``data.cache_dir``, else :func:`default_cache_folder`;
+    None when the default cannot be written (the tree is then decoded on every run).
+
+    Never inside the image folder unless ``data.cache_dir`` says so: data folders are often
+    shared, read-only or synced, and tens of MB of decoded pixels do not belong there.
+    """
     if cfg.cache_dir is not None:
         folder = expand_root(cfg.cache_dir, "data.cache_dir")
         if not _writable(folder):
             raise UserError(f"data.cache_dir {str(folder)!r} cannot be written; choose a writable folder")
         return folder
-    # A root without any write permission bit is left alone even when the process could
-    # write there anyway (as root): shared, read-only data stays untouched.
-    if root.stat().st_mode & 0o222 and _writable(root / ".softmaxlab-cache"):
-        return root / ".softmaxlab-cache"
-    user = _user_cache_dir(root)
-    return user if _writable(user) else None
+    folder = default_cache_folder(root)
+    if folder.resolve().is_relative_to(root.resolve()):  # XDG_CACHE_HOME inside the data
+        raise UserError(
+            f"the user cache folder {str(folder)!r} lies inside the image folder {str(root)!r}, which is never "
+            "written to; set data.cache_dir (or XDG_CACHE_HOME) to a folder outside it"
+        )
+    return folder if _writable(folder) else None
 
 
 def _index_bad(index: Any, tree: Tree, key: str, image_size: int) -> list[tuple[int, str]] | None:
@@ -457,7 +474,8 @@ def _reserve(path: Path, shape: tuple[int, ...]) -> None:
     fallocate), a full disk is an ENOSPC here, before anything is decoded.
     """
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape}
-    with open(path, "wb") as f:
+    # O_EXCL: a name another process (a sweep's other worker) is filling is never opened twice.
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
         np.lib.format.write_array_header_2_0(f, header)
         total = f.tell() + math.prod(shape)
         fallocate = getattr(os, "posix_fallocate", None)  # absent on macOS
@@ -488,11 +506,27 @@ def _cache_error(exc: OSError, path: Path) -> UserError:
     )
 
 
+def _tmp_name(path: Path) -> Path:
+    """A temporary name beside ``path``, distinct for every process and call (pid and a random part):
+    two processes filling the same cache each write their own file, and the last rename wins."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _size_text(n: int) -> str:
+    """``2.3 MB`` (decimal units, as ``du --si`` and file managers show them)."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
 def build_cache(tree: Tree, size: int, folder: Path | None, key: str) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Decode the tree into ``folder`` (or into memory when it is None): (images, bad files).
 
     Any OSError writing the cache (a full disk, above all) is a UserError naming the file;
-    the temporary files are removed and no cache is left half-written.
+    the temporary files are removed and no cache is left half-written. Safe when several
+    processes build the same cache at once: each decodes into its own temporary file and
+    renames it into place, and every one of them holds the same pixels.
     """
     n = len(tree.files)
     shape = (n, 3, size, size)
@@ -500,54 +534,51 @@ def build_cache(tree: Tree, size: int, folder: Path | None, key: str) -> tuple[n
         out = np.zeros(shape, dtype=np.uint8)
         return out, decode_tree(tree, size, out)
     array_path, index_path = folder / f"images-{key[:16]}.npy", folder / f"index-{key[:16]}.json"
-    tmp = array_path.with_name(f".{array_path.name}.{os.getpid()}.tmp")
-    index_tmp = index_path.with_name(f".{index_path.name}.{os.getpid()}.tmp")
-    target = array_path
+    tmp = _tmp_name(array_path)
     try:
         _reserve(tmp, shape)
         out = np.lib.format.open_memmap(tmp, mode="r+")
         bad = decode_tree(tree, size, out)
         out.flush()
         del out
-        index = {
-            "version": CACHE_VERSION,
-            "key": key,
-            "root": str(tree.root.resolve()),
-            "image_size": size,
-            "classes": tree.classes,
-            "files": tree.files,
-            "bad": [[i, reason] for i, reason in bad],
-        }
-        target = index_path
-        # No fsync: a torn index is a cache miss (see _index_bad), not a wrong answer.
-        index_tmp.write_text(json.dumps(index), encoding="utf-8")
-        target = array_path
         # The array first: an array without its index is a miss, an index without its array too.
         os.replace(tmp, array_path)
-        os.replace(index_tmp, index_path)
     except OSError as exc:
-        raise _cache_error(exc, target) from None
+        raise _cache_error(exc, array_path) from None
     finally:
         tmp.unlink(missing_ok=True)
-        index_tmp.unlink(missing_ok=True)
+    index = {
+        "version": CACHE_VERSION,
+        "key": key,
+        "root": str(tree.root.resolve()),
+        "image_size": size,
+        "classes": tree.classes,
+        "files": tree.files,
+        "bad": [[i, reason] for i, reason in bad],
+    }
+    runs.atomic_write_text(index_path, json.dumps(index))  # a UserError naming the file when it fails
     _prune(folder, tree.root, size, key)
     return np.load(array_path, mmap_mode="r"), bad
 
 
-def load_tree(cfg: ImageFolderOptions, tree: Tree) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """(images (N, 3, S, S) uint8, possibly memory-mapped, bad files) from the cache or by decoding."""
+def load_tree(cfg: ImageFolderOptions, tree: Tree) -> tuple[np.ndarray, list[tuple[int, str]], str | None]:
+    """(images (N, 3, S, S) uint8, possibly memory-mapped, bad files, note) from the cache or by
+    decoding; the note, when this call filled the cache, says where and how big it is."""
     size = cfg.image_size if cfg.image_size is not None else DEFAULT_SIZE
     key = cache_key(tree, size)
     folder = cache_folder(cfg, tree.root)
-    if folder is not None:
-        hit = _read_cache(folder, tree, key, size)
-        if hit is not None:
-            return hit
-    else:
+    if folder is None:
         warnings.warn(
             f"no writable cache folder for {str(tree.root)!r}; decoding every run (set data.cache_dir)", stacklevel=3
         )
-    return build_cache(tree, size, folder, key)
+        return (*build_cache(tree, size, None, key), None)
+    hit = _read_cache(folder, tree, key, size)
+    if hit is not None:
+        return (*hit, None)
+    x, bad = build_cache(tree, size, folder, key)
+    # The pixels' size, not the files' (stat-ing them again races a parallel run's pruning): within 0.1 %.
+    note = f"cached {len(tree.files):,} decoded images of {size} px in {str(folder)!r} ({_size_text(x.nbytes)})"
+    return x, bad, note
 
 
 # ---------------------------------------------------------------- the dataset
@@ -560,7 +591,7 @@ def load_imagefolder(cfg: ImageFolderOptions) -> ImageData:
     tree = scan(expand_root(cfg.root))
     if not tree.files:
         raise UserError(f"no images under {cfg.root!r}")
-    x, bad = load_tree(cfg, tree)
+    x, bad, note = load_tree(cfg, tree)
     if bad:
         shown = "; ".join(f"{tree.files[i]} ({reason})" for i, reason in bad[:_SHOWN_BAD])
         more = f" and {len(bad) - _SHOWN_BAD} more" if len(bad) > _SHOWN_BAD else ""
@@ -583,7 +614,9 @@ def load_imagefolder(cfg: ImageFolderOptions) -> ImageData:
             raise UserError(f"no readable {split} images under {cfg.root!r}; all of them are unreadable")
         # Fancy indexing copies the rows out of the memory map into memory.
         parts[split] = (torch.from_numpy(x[idx]), labels[torch.from_numpy(idx)], None)
-    return assemble(cfg, parts["train"], tree.classes, test=parts.get("test"), val=parts.get("val"))
+    data = assemble(cfg, parts["train"], tree.classes, test=parts.get("test"), val=parts.get("val"))
+    data.notes.extend([note] if note else [])
+    return data
 
 
 @DATASETS.register("imagefolder", options=ImageFolderOptions)
