@@ -2,10 +2,11 @@
 
 Both run in this process on the same model and the same batch of 2 random images (the
 CLI's example batch): the lint is ``LintTarget.lint()`` of the target the command builds
-(the forward under the torch-function mode and the forward hooks, in training mode without
-gradients, with the module state saved and restored around it; the loss too when
-``--loss`` names one); the plain forward is the model's forward in training mode under
-``torch.no_grad()``, what the lint's forward is without the tracing. They alternate (lint,
+(a forward under the torch-function mode and the forward hooks in training mode with
+gradients on, then one in eval mode without them, with the module state saved and restored
+around them; the loss too when ``--loss`` names one); the plain forward is the model's
+forward in training mode under ``torch.no_grad()``, what one of the lint's forwards is
+without the tracing and the autograd graph. They alternate (lint,
 plain, lint, plain, ...) after one warm-up of each, so that drifts in machine speed hit
 both; each time is the median over the repeats, and the ratio is the median of the
 per-pair ratios, with their min-max. Building the model (and importing timm) is not timed.

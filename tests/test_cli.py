@@ -330,10 +330,24 @@ def test_an_interrupt_exits_130_with_a_resume_hint_where_something_resumes(tmp_p
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("softmaxlab.train.fit", interrupt)
+    monkeypatch.setattr("softmaxlab.train._train_epochs", interrupt)  # after the run directory is written
     monkeypatch.setattr("softmaxlab.models.backbone_parameters", interrupt)
-    run = invoke("run", *sets(), "--out", str(tmp_path / "run"))
+    out = tmp_path / "my run"
+    run = invoke("run", *sets(), "--out", str(out))
     listing = invoke("list", "models")
     assert run.exit_code == listing.exit_code == 130
-    assert run.stderr.strip() == ("interrupted: softmaxlab resume RUN_DIR continues from the last checkpoint")
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"interrupted: softmaxlab resume '{out}' continues from the last checkpoint"  # the real path, quoted
+    )
     assert listing.stderr.strip() == "interrupted"  # nothing to continue: no hint
+    monkeypatch.setattr("softmaxlab.train.fit", interrupt)  # before anything is written
+    early = invoke("run", *sets(), "--out", str(tmp_path / "other"))
+    assert early.stderr.strip() == "interrupted: nothing to resume was written yet; run the same command again"
+
+
+def test_flags_are_shown_as_flags_and_a_value_after_one_is_explained():
+    for command in ("run", "demo", "sweep", "predict", "lint", "evaluate"):
+        shown = invoke(command, "--help")
+        assert shown.exit_code == 0 and "<bool>" not in shown.output, command
+    assert "--overwrite" in invoke("run", "--help").output
+    assert_bad_input(invoke("run", "--overwrite", "true"), "flags such as --overwrite take no value")

@@ -76,6 +76,14 @@ class Ctx:
         path.write_text(text, encoding="utf-8")
         return path
 
+    def files(self, name: str, files: dict[str, str]) -> Path:
+        """A folder ``name`` holding ``files`` (name -> text)."""
+        path = self.tmp / name
+        path.mkdir()
+        for file, text in files.items():
+            (path / file).write_text(text, encoding="utf-8")
+        return path
+
     def npz(self, name: str = "d.npz", n: int = 40, **arrays: np.ndarray) -> Path:
         rng = np.random.default_rng(0)
         data = {"x": rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8), "y": np.arange(n) % 4}
@@ -358,7 +366,21 @@ CASES: list[Case] = [
         ],
         "parameters, more than",
     ),
-    ("predict a directory", lambda c: ["predict", str(c.run()), str(c.tmp)], "is a directory"),
+    (
+        "predict a folder without images",
+        lambda c: ["predict", str(c.run()), str(c.files("docs", {"notes.txt": "no image"}))],
+        "holds no PNG or JPEG image",
+    ),
+    (
+        "predict --csv onto an existing file",
+        lambda c: ["predict", str(c.run()), str(an_image(c)), "--csv", str(c.write("p.csv", "kept"))],
+        "already exists; choose another path or pass --overwrite",
+    ),
+    (
+        "predict --csv into a missing folder",
+        lambda c: ["predict", str(c.run()), str(an_image(c)), "--csv", str(c.tmp / "no" / "p.csv")],
+        "does not exist; create it first",
+    ),
     (
         "resume with a config.yaml that is a key twice",
         lambda c: ["resume", str(doubled_key_config(c))],

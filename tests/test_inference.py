@@ -119,6 +119,62 @@ def test_predict_gives_temperature_scaled_top_k(run, tmp_path):
         assert all(c["class"] == loaded.classes[c["index"]] for c in item["top"])
 
 
+def test_predict_walks_folders_in_batches_and_writes_a_csv(run, tmp_path, monkeypatch):
+    import csv
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from softmaxlab import inference
+    from softmaxlab.cli import app
+
+    photos = tmp_path / "photos"
+    for i, name in enumerate(["a.png", "sub/b.JPG", "sub/deeper/c.jpeg", ".hidden/d.png", "notes.txt"]):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith("txt"):
+            (photos / name).write_text("not an image")
+        else:
+            kind = "PNG" if "png" in name else "JPEG"
+            Image.new("RGB", (20, 20), (40 * i, 200 - 40 * i, 90)).save(photos / name, kind)
+    single = _image(tmp_path)
+    before = sorted((p.relative_to(photos), p.stat().st_mtime_ns) for p in photos.rglob("*"))
+    seen = []
+    monkeypatch.setattr(inference, "PROGRESS_FROM", 2)
+
+    class Counting(inference.CountProgress):
+        def advance(self, count=1):
+            seen.append(count)
+
+    def in_pairs(run_dir):  # the run's eval_batch_size, 2 here: batches of 2, 2
+        loaded = load_trained_run(run_dir)
+        loaded.cfg.train.eval_batch_size = 2
+        return loaded
+
+    monkeypatch.setattr(inference, "load_trained_run", in_pairs)
+    result = predict_images(run.run_dir, [photos, single], top_k=2, progress=Counting())
+    monkeypatch.undo()
+    names = [item["image"] for item in result["predictions"]]
+    assert names == [str(photos / "a.png"), str(photos / "sub/b.JPG"), str(photos / "sub/deeper/c.jpeg"), str(single)]
+    assert seen == [2, 2]
+    whole = predict_images(run.run_dir, names, top_k=2)  # one batch: the same numbers
+
+    def numbers(res):
+        return [(c["index"], c["probability"]) for item in res["predictions"] for c in item["top"]]
+
+    assert [i for i, _ in numbers(whole)] == [i for i, _ in numbers(result)]
+    assert [p for _, p in numbers(whole)] == pytest.approx([p for _, p in numbers(result)], abs=1e-6)
+    out = tmp_path / "p.csv"
+    cli = CliRunner().invoke(app, ["predict", str(run.run_dir), str(photos), "--top-k", "2", "--csv", str(out)])
+    assert cli.exit_code == 0 and "wrote the predictions of 3 images" in cli.stdout
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["image", "class_1", "probability_1", "class_2", "probability_2"] and len(rows) == 4
+    assert rows[1][0] == str(photos / "a.png") and rows[1][1] == result["predictions"][0]["top"][0]["class"]
+    assert float(rows[1][2]) == pytest.approx(result["predictions"][0]["top"][0]["probability"], rel=1e-5)
+    again = CliRunner().invoke(app, ["predict", str(run.run_dir), str(photos), "--csv", str(out), "--overwrite"])
+    assert again.exit_code == 0 and len(next(csv.reader(out.open()))) == 9  # top 5 of 4 classes: capped at 4
+    assert sorted((p.relative_to(photos), p.stat().st_mtime_ns) for p in photos.rglob("*")) == before
+
+
 def test_predict_rescales_a_sparse_head_on_its_scores(tmp_path):
     sparse = fit(tiny_config(*SMALL, "train.epochs=1", "head.name=sparsemax"), tmp_path / "sparse")
     t = sparse.summary["temperature"]

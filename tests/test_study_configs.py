@@ -38,7 +38,7 @@ def test_study_config_expands_to_its_runs(name, count):
 
 
 def test_defaults_ablation_starts_from_the_defaults():
-    # configs/defaults/ablation.yaml backs README "Why these defaults": its first variant must be
+    # configs/defaults/ablation.yaml backs docs/guide/defaults.md: its first variant must be
     # the defaults themselves, each other variant one choice away from them.
     from softmaxlab.config import load_config
 
@@ -57,7 +57,7 @@ def test_defaults_ablation_starts_from_the_defaults():
 
 
 def test_defaults_heads_sweep_covers_every_head():
-    # configs/defaults/heads.yaml backs the README's claim that every head trains with the defaults.
+    # configs/defaults/heads.yaml backs the docs' claim that every head trains with the defaults.
     from softmaxlab.heads import HEADS
 
     base, spec = sweep.load_sweep(STUDIES.parent / "defaults" / "heads.yaml")

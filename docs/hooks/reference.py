@@ -396,6 +396,14 @@ RUN_FILES = {
     ),
     "report.html": "the run's report, one self-contained file ([The report](../guide/report.md))",
     "report.md": "the same tables in Markdown, with the figures as PNG files in `figures/`",
+    "tensorboard": (
+        "with `train.loggers: [tensorboard]`: TensorBoard's event files, one scalar per epoch record "
+        "([Trackers](../guide/trackers.md)); `tensorboard --logdir runs/` shows them"
+    ),
+    "mlflow.json": (
+        "with `train.loggers: [mlflow]`: the tracking store and the MLflow run id this run logs to, so a resumed "
+        "run continues the same MLflow run"
+    ),
     ".softmaxlab.lock": (
         "the lock of the process writing the directory (`flock`, released by the operating system when the "
         "process dies)"
@@ -427,7 +435,7 @@ def files_table(names: list[str], described: dict[str, str], where: str) -> str:
 def run_files(_: str | None = None) -> str:
     from softmaxlab import runs
 
-    names = [*runs.RUN_FILES, runs.FIGURES, *runs.DERIVED_FILES, runs.LOCK]
+    names = [*runs.RUN_FILES, runs.FIGURES, *runs.DERIVED_FILES, runs.TENSORBOARD_DIR, runs.MLFLOW_FILE, runs.LOCK]
     return files_table(names, RUN_FILES, "run-files (softmaxlab.runs)")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 import traceback
 import warnings
@@ -27,6 +28,22 @@ from softmaxlab.errors import DivergedError, UserError, access_error
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_LINT_ERROR = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's code for Ctrl-C
+
+
+def _flags_take_no_value() -> None:
+    """Show flags (``--overwrite``, ``--json``, ``--help``) in ``--help`` without a ``<bool>``
+    type: typer 0.2x prints one beside every flag, which reads as if the flag took a value
+    (and ``--overwrite true`` then takes ``true`` for the config argument)."""
+    shown = typer.core.TyperOption.display_type_rich
+
+    def display_type_rich(self: typer.core.TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag and not self.secondary_opts else shown(self, ctx)
+
+    typer.core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+if hasattr(typer.core, "TyperOption") and hasattr(typer.core.TyperOption, "display_type_rich"):
+    _flags_take_no_value()
 
 app = typer.Typer(
     name="softmaxlab",
@@ -47,12 +64,23 @@ def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__
     err_console.print(f"warning: {message}", highlight=False, soft_wrap=True, markup=False)
 
 
-#: What continues an interrupted command, for the commands that checkpoint.
+#: What continues an interrupted command, for the commands that checkpoint ({run}: the run's directory).
 _RESUME_HINTS = {
-    "run_cmd": ": softmaxlab resume RUN_DIR continues from the last checkpoint",
+    "run_cmd": ": softmaxlab resume {run} continues from the last checkpoint",
     "resume_cmd": ": the same command continues from the last checkpoint",
     "sweep_cmd": ": the same command continues the sweep from its runs' last checkpoints",
 }
+
+
+def _interrupt_hint(command: str, run_dir: Path | None) -> str:
+    """What continues ``command`` after Ctrl-C: resuming the run in ``run_dir`` (named as
+    written, quoted for the shell), or, before a run wrote anything, running it again."""
+    hint = _RESUME_HINTS.get(command, "")
+    if "{run}" not in hint:
+        return hint
+    if run_dir is None:
+        return ": nothing to resume was written yet; run the same command again"
+    return hint.format(run=shlex.quote(str(run_dir)))
 
 
 def _exit_codes(command: F) -> F:
@@ -83,8 +111,8 @@ def _exit_codes(command: F) -> F:
         except DivergedError as exc:
             err_console.print(f"diverged: {exc}", highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(EXIT_DIVERGED) from None
-        except KeyboardInterrupt:  # Ctrl-C; SIGTERM too during a sweep's local runs
-            hint = _RESUME_HINTS.get(command.__name__, "")
+        except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM too during a sweep's local runs
+            hint = _interrupt_hint(command.__name__, getattr(exc, "run_dir", None))
             err_console.print(f"interrupted{hint}", highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
@@ -232,16 +260,35 @@ def evaluate_cmd(
 def predict_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `softmaxlab run`.")],
     images: Annotated[
-        list[Path], typer.Argument(help="Image files (PNG, JPEG, ...), resized and normalised as in training.")
+        list[Path],
+        typer.Argument(
+            help="Image files (PNG, JPEG) or folders of them (searched recursively), resized and normalised as "
+            "in training."
+        ),
     ],
     top_k: Annotated[int, typer.Option("--top-k", help="Classes shown per image (capped at the class count).")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    csv_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--csv", help="Write one row per image (image, class_1, probability_1, ...) to this CSV, not to stdout."
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the --csv file.")] = False,
 ) -> None:
     """Top-k classes of each image with the run's probabilities (temperature-scaled when fitted)."""
     from softmaxlab import runs
-    from softmaxlab.inference import predict_images
+    from softmaxlab.inference import predict_images, predictions_csv
+    from softmaxlab.progress import ConsoleCountProgress
 
-    result = predict_images(run_dir, images, top_k)
+    if csv_out is not None:
+        _check_new_file(csv_out, overwrite)
+    result = predict_images(run_dir, images, top_k, progress=ConsoleCountProgress(err_console, label="images"))
+    if csv_out is not None:
+        runs.atomic_write_text(csv_out, predictions_csv(result))
+        n = len(result["predictions"])
+        out_console.print(f"wrote the predictions of {n} image{'s' * (n != 1)} to {csv_out}", highlight=False)
+        return
     if as_json:
         typer.echo(runs.to_json(result))
         return
@@ -257,6 +304,16 @@ def predict_cmd(
         width = max(len(c["class"]) for c in item["top"])
         lines += [f"  {rank}. {c['class']:<{width}}  {c['probability']:.4f}" for rank, c in enumerate(item["top"], 1)]
     out_console.print("\n".join(lines), highlight=False, soft_wrap=True, markup=False)
+
+
+def _check_new_file(path: Path, overwrite: bool) -> None:
+    """Refuse an output file that exists (unless ``overwrite``) or whose folder does not."""
+    if path.is_dir():
+        raise UserError(f"--csv {str(path)!r} is a folder; pass the path of the CSV file to write")
+    if path.exists() and not overwrite:
+        raise UserError(f"--csv {str(path)!r} already exists; choose another path or pass --overwrite to replace it")
+    if not path.parent.is_dir():
+        raise UserError(f"--csv {str(path)!r}: folder {str(path.parent)!r} does not exist; create it first")
 
 
 @app.command("visualize")
@@ -294,7 +351,8 @@ def sweep_cmd(
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs and their state; train nothing.")] = False,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace a sweep with another config in the output directory.")
+        bool,
+        typer.Option("--overwrite", help="Replace a sweep with another config in the output directory."),
     ] = False,
     launcher: Annotated[
         str, typer.Option(help="Where runs train: local (processes here) or submitit (Slurm jobs; sweep.submitit).")

@@ -298,7 +298,7 @@ class TrainConfig(_Section):
     # by the last epoch; validation, test and prediction always see data.image_size. Unset size = half
     # of data.image_size but not below 32 px, so with it unset images of 32 px and less are never
     # resized. 0.5 on the 64 px Intel scenes: about half the training time for about a point of
-    # accuracy (README "Why these defaults"). Config.train_image_size gives the size of each epoch.
+    # accuracy (docs/guide/defaults.md). Config.train_image_size gives the size of each epoch.
     low_res_fraction: float = Field(0.0, ge=0, lt=1)
     low_res_size: int | None = Field(None, ge=8)
     # Also checkpoint every this-many optimisation steps (0 = only at the end of each epoch).
@@ -602,10 +602,16 @@ def _drop_inapplicable(
     return dropped, changed
 
 
+_FLAG_VALUES = ("true", "false", "yes", "no", "on", "off", "1", "0")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from ``path``; missing files and non-YAML content are UserErrors."""
     p = Path(path)
-    text = untrusted.read_text(p, "config file", "pass the path of a YAML file")
+    hint = "pass the path of a YAML file"
+    if str(path).lower() in _FLAG_VALUES and not p.exists():  # `--overwrite true`: the value became the config
+        hint += f"; flags such as --overwrite take no value: drop the {str(path)!r} after them"
+    text = untrusted.read_text(p, "config file", hint)
     data = untrusted.load_yaml(text, f"config file {str(p)!r}")
     if data is None:
         return {}

@@ -48,21 +48,22 @@ DEMO_VARIANTS = (
         "log_softmax",
         ("head.name=log_softmax",),
         "NLL on log_softmax outputs: the same model and loss as softmax, so the same numbers to rounding. "
-        "A study that finds one clearly better paired one of them with the wrong loss.",
+        "A study that finds one clearly better measured something other than the normaliser "
+        "(a wrong loss pairing on one side would explain it).",
     ),
     DemoVariant(
         "double_softmax",
         ("head.name=double_softmax",),
         "the pitfall kept on purpose: softmax outputs fed to cross-entropy, which applies softmax again. "
         "Its loss cannot go below ln(1 + (K-1)/e) = {floor:.2f} for K = {classes}, and the second softmax "
-        "Jacobian damps its gradients, so it learns far slower on the same budget.",
+        "Jacobian damps its gradients (to 1/K of softmax's at the start).",
     ),
     DemoVariant(
         "temperature",
         ("head.name=temperature", "head.learn_temperature=true"),
         "softmax(z / T) with log T learned with the network from T = 1 (T after training: {temperature}). "
-        "T < 1 scales the logits up by 1/T, which on this short budget brings confident, correct "
-        "predictions sooner; with T fixed at 1 this head is exactly softmax.",
+        "T < 1 scales the logits up by 1/T; whether that is why it differs from softmax on this short "
+        "budget the demo does not test; with T fixed at 1 this head is exactly softmax.",
     ),
     DemoVariant(
         "gumbel",

@@ -18,6 +18,8 @@ the head's mapping of z / T: see :mod:`softmaxlab.metrics`).
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import re
 import warnings
@@ -40,6 +42,7 @@ from softmaxlab.errors import UserError
 from softmaxlab.metrics import after_temperature, classification_metrics, temperature_scaled_probs, validate_probs
 from softmaxlab.models import Classifier
 from softmaxlab.models.external import is_factory_spec
+from softmaxlab.progress import CountProgress
 from softmaxlab.report.figures import feature_map_figure, save_png
 from softmaxlab.train import evaluate
 from softmaxlab.untrusted import regular_file
@@ -107,7 +110,8 @@ def data_config(run_cfg: Config, spec: str) -> Config:
     """The run's config with its data section pointed at the dataset ``spec``.
 
     The run's data options that also apply to the new dataset are kept (``image_size``,
-    which the model needs, the split seed and fractions, ...); those that do not (e.g.
+    which the model needs, the split seed and fractions, ...) but ``max_train_images``, which
+    only thins the training split; those that do not (e.g.
     ``num_classes`` of ``shapes`` when the spec is ``npz:PATH``) are dropped, and so are
     the run's data location options (``root``, ``cache_dir``, ``download``) when the spec
     names another kind of dataset: an image folder's root is not where CIFAR lives. With the
@@ -117,13 +121,20 @@ def data_config(run_cfg: Config, spec: str) -> Config:
     run_data = run_cfg.data.model_dump(mode="json")
     other_kind = overrides["name"] != run_cfg.data.name
     applies = type(DataConfig(name=overrides["name"])).model_fields  # the new dataset's options
-    kept = {k: v for k, v in run_data.items() if k in applies and k != "name" and not (other_kind and k in _LOCATION)}
+    kept = {
+        k: v
+        for k, v in run_data.items()
+        if k in applies and k not in _TRAINING_ONLY and not (other_kind and k in _LOCATION)
+    }
     raw = run_cfg.to_dict()
     raw["data"] = {**kept, **overrides}
     return validate_config(raw, source=f"--data {spec}")
 
 
 _LOCATION = ("root", "cache_dir", "download")  # where a dataset lives: not carried to another kind
+#: Options of the run's training split only: evaluation reads the validation and test splits,
+#: which they never change (a subset of another dataset's training images could not even exist).
+_TRAINING_ONLY = ("name", "max_train_images")
 
 
 def class_mapping(run_classes: list[str], data_classes: list[str], spec: str) -> torch.Tensor | None:
@@ -259,31 +270,72 @@ def write_evaluation(result: dict[str, Any], out: str | Path) -> Path:
 # --------------------------------------------------------------------------- predict
 
 
-@torch.no_grad()
-def predict_images(run_dir: str | Path, images: Sequence[str | Path], top_k: int = 5) -> dict[str, Any]:
-    """The ``top_k`` most probable classes (capped at the class count) of each image file.
+#: The image files ``predict`` finds in a folder (case-insensitive suffixes).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: Above this many images ``predict`` shows a progress bar.
+PROGRESS_FROM = 256
 
-    Every image is read first, resized and normalised as in training; the probabilities are
-    the head's, after temperature scaling when the run fitted a temperature. Returns
-    ``{"run_dir", "head", "temperature", "temperature_note", "top_k", "predictions": [{"image",
-    "top": [{"class", "index", "probability"}, ...]}, ...]}``, most probable first.
+
+def expand_images(paths: Sequence[str | Path]) -> list[Path]:
+    """``paths`` with each folder replaced by the PNG and JPEG files under it (recursively,
+    sorted by path; hidden files and folders skipped); files are kept as given, in order.
 
     Raises:
-        UserError: ``top_k`` < 1, no images, a missing or unreadable image, missing or
-            corrupt weights.
+        UserError: no path, or a folder that holds no PNG or JPEG file.
+    """
+    if not paths:
+        raise UserError("no image given; pass one or more PNG or JPEG files or folders of them")
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            found.append(path)  # read_image names a missing or unreadable file
+            continue
+        inside = sorted(
+            f
+            for f in path.rglob("*")
+            if f.suffix.lower() in IMAGE_SUFFIXES
+            and not any(part.startswith(".") for part in f.relative_to(path).parts)
+            and f.is_file()
+        )
+        if not inside:
+            raise UserError(
+                f"folder {str(path)!r} holds no PNG or JPEG image (searched recursively); pass a folder of images"
+            )
+        found.extend(inside)
+    return found
+
+
+@torch.no_grad()
+def predict_images(
+    run_dir: str | Path,
+    images: Sequence[str | Path],
+    top_k: int = 5,
+    progress: CountProgress | None = None,
+) -> dict[str, Any]:
+    """The ``top_k`` most probable classes (capped at the class count) of each image file, or
+    of each PNG / JPEG under a folder (:func:`expand_images`).
+
+    The images are read, resized and normalised as in training, ``train.eval_batch_size`` at
+    a time; the probabilities are the head's, after temperature scaling when the run fitted
+    a temperature. Returns ``{"run_dir", "head", "temperature", "temperature_note", "top_k",
+    "predictions": [{"image", "top": [{"class", "index", "probability"}, ...]}, ...]}``, most
+    probable first. ``progress`` (more than :data:`PROGRESS_FROM` images) counts the images.
+
+    Raises:
+        UserError: ``top_k`` < 1, no images, a folder without images, a missing or unreadable
+            image, missing or corrupt weights.
     """
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}")
-    if not images:
-        raise UserError("no image given; pass one or more PNG or JPEG files")
+    files = expand_images(images)
     run = load_trained_run(run_dir)
-    x = torch.cat([model_input(image, run.cfg.data.image_size, run.normalization) for image in images])
-    head = run.model.head
-    scores = torch.cat([run.model(b).float() for b in x.split(run.cfg.train.eval_batch_size)])
-    probs = head.probs(scores).float()
-    validate_probs(probs, source=f"head {run.cfg.head.name!r}")
-    if run.temperature is not None:
-        probs = temperature_scaled_probs(head, probs, run.temperature, scores)
+    batch = run.cfg.train.eval_batch_size
+    shown = progress if progress is not None and len(files) > PROGRESS_FROM else CountProgress()
+    shown.start(len(files))
+    try:
+        probs = torch.cat([_predict_batch(run, files[i : i + batch], shown) for i in range(0, len(files), batch)])
+    finally:
+        shown.stop()
     k = min(top_k, probs.shape[1])
     values, indices = probs.topk(k, dim=1)  # (N, k) each, most probable first
     predictions = [
@@ -291,7 +343,7 @@ def predict_images(run_dir: str | Path, images: Sequence[str | Path], top_k: int
             "image": str(image),
             "top": [{"class": run.classes[i], "index": i, "probability": v} for v, i in zip(vs, idx, strict=True)],
         }
-        for image, vs, idx in zip(images, values.tolist(), indices.tolist(), strict=True)
+        for image, vs, idx in zip(files, values.tolist(), indices.tolist(), strict=True)
     ]
     return {
         "run_dir": str(run.run_dir),
@@ -301,6 +353,31 @@ def predict_images(run_dir: str | Path, images: Sequence[str | Path], top_k: int
         "top_k": k,
         "predictions": predictions,
     }
+
+
+def _predict_batch(run: TrainedRun, files: Sequence[Path], progress: CountProgress) -> torch.Tensor:
+    """(len(files), K) probabilities of one batch of image files (temperature-scaled when fitted)."""
+    x = torch.cat([model_input(image, run.cfg.data.image_size, run.normalization) for image in files])
+    head = run.model.head
+    scores = run.model(x).float()
+    probs = head.probs(scores).float()
+    validate_probs(probs, source=f"head {run.cfg.head.name!r}")
+    if run.temperature is not None:
+        probs = temperature_scaled_probs(head, probs, run.temperature, scores)
+    progress.advance(len(files))
+    return probs
+
+
+def predictions_csv(result: dict[str, Any]) -> str:
+    """``predict``'s result as CSV: one row per image, ``image, class_1, probability_1, ...,
+    class_k, probability_k`` (most probable first)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    k = result["top_k"]
+    writer.writerow(["image", *(f"{what}_{r}" for r in range(1, k + 1) for what in ("class", "probability"))])
+    for item in result["predictions"]:
+        writer.writerow([item["image"], *(v for c in item["top"] for v in (c["class"], f"{c['probability']:.6g}"))])
+    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------- images and feature maps

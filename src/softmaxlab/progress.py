@@ -141,6 +141,9 @@ class CountProgress:
     def item_end(self, line: str) -> None:
         """One item is done; ``line`` says how it went."""
 
+    def advance(self, count: int = 1) -> None:
+        """``count`` more items are done, without a line each (the images of a batch)."""
+
     def stop(self) -> None:
         """The work ended (done or failed)."""
 
@@ -168,6 +171,10 @@ class ConsoleCountProgress(CountProgress):
         console.print(line, highlight=False, soft_wrap=True, markup=False)
         if self._bar is not None:
             self._bar.advance(self._task)
+
+    def advance(self, count: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, count)
 
     def stop(self) -> None:
         if self._bar is not None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import shlex
 import statistics
 import sys
 import time
@@ -279,7 +280,7 @@ def check_forward(model: Classifier, image_shape: tuple[int, int, int], device: 
 SHOWN_PLACES = 3
 
 
-def merge_repeated(findings: Sequence[Finding]) -> list[Finding]:
+def merge_repeated(findings: Sequence[Finding], run_dir: str | Path = "RUN_DIR") -> list[Finding]:
     """``findings`` with each group of the same kind, severity and fix found at several places
     merged into one, in the order each group first occurs.
 
@@ -287,7 +288,7 @@ def merge_repeated(findings: Sequence[Finding]) -> list[Finding]:
     findings with the same fix; warned one by one they bury the run's output. The merged
     finding counts them and names the first :data:`SHOWN_PLACES`, or all with one more (its
     ``where`` is ``"N places"``, its ``message`` the list of paths); its fix ends by pointing to
-    ``softmaxlab lint``, which explains each. A finding found at one place is kept as it is.
+    ``softmaxlab lint`` on ``run_dir``, which explains each. A finding found at one place is kept as it is.
     """
     groups: dict[tuple[str, str, str], list[Finding]] = {}
     for finding in findings:
@@ -307,23 +308,25 @@ def merge_repeated(findings: Sequence[Finding]) -> list[Finding]:
                 first,
                 where=f"{len(places)} places",
                 message=shown + more,
-                fix=f"{first.fix}; `softmaxlab lint RUN_DIR` explains each",
+                fix=f"{first.fix}; `softmaxlab lint {shlex.quote(str(run_dir))}` explains each",
             )
         )
     return merged
 
 
-def lint_first_batch(model: Classifier, loader: TensorLoader, amp: str = "none") -> None:
+def lint_first_batch(
+    model: Classifier, loader: TensorLoader, amp: str = "none", run_dir: str | Path = "RUN_DIR"
+) -> None:
     """Warn once about each kind of softmax pitfall of ``model`` with its head's loss
     (:func:`softmaxlab.linting.lint`, repeated findings merged by :func:`merge_repeated`): the
     double-softmax and softmax-into-NLL pitfall heads as a DoubleSoftmaxWarning and a
-    SoftmaxNLLWarning, softmax activations as one ``intermediate_softmax``. One traced forward
-    of the first two training images (and their labels), in training mode under ``amp``'s
-    autocast, which leaves the weights, the BatchNorm statistics and the random number
-    generators as they were."""
+    SoftmaxNLLWarning, softmax activations as one ``intermediate_softmax``. Traced forwards of
+    the first two training images (and their labels), in training mode under ``amp``'s
+    autocast and then in eval mode (outputs that become probabilities only there), which
+    leave the weights, the BatchNorm statistics and the random number generators as they were."""
     x, y = loader.normalize(loader.x[:2]), loader.y[:2]
     with autocast(x.device, amp):
-        warn_findings(merge_repeated(lint(model, model.head.loss, x, target=y)))
+        warn_findings(merge_repeated(lint(model, model.head.loss, x, target=y), run_dir))
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -517,6 +520,10 @@ def fit(
             # Rank 0 writes the directory, so it alone holds its lock (a second writer is refused).
             _on_main(world, lambda: lock.enter_context(runs.lock_dir(run_dir)) and None)
             return _fit(job, world, device)
+    except KeyboardInterrupt as exc:
+        if (run_dir / runs.CONFIG).is_file():  # written: `softmaxlab resume RUN_DIR` continues it
+            exc.run_dir = run_dir  # type: ignore[attr-defined]
+        raise
     finally:
         distributed.teardown(world)
 
@@ -552,7 +559,7 @@ def _fit(job: _Job, world: World, device: torch.device) -> FitResult:
         torch.manual_seed(cfg.train.seed + 1_000_003 * world.rank)
     loaders = make_loaders(data, cfg, device, world)
     if world.is_main:  # before torch.compile and DistributedDataParallel wrap the model
-        lint_first_batch(model, loaders["train"], cfg.train.amp)
+        lint_first_batch(model, loaders["train"], cfg.train.amp, job.run_dir)
     diagnostics = Diagnostics(model, loaders["val"], cfg.diagnostics.enabled, cfg.diagnostics.probe_size)
     checkpoints = Checkpointer(job.run_dir, world, cfg.train.checkpoint_every, Hooks(job.hooks), cfg.to_dict())
     progress = ProgressHook(job.progress if world.is_main else Progress())

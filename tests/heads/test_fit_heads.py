@@ -156,7 +156,7 @@ def test_softmax_activations_in_every_block_are_one_warning_not_one_per_module(s
     assert [w.category for w in pitfalls] == [DoubleSoftmaxWarning, SoftmaxPitfallWarning]
     hidden = str(pitfalls[1].message)
     assert hidden.startswith("intermediate_softmax (warning) at 3 places: backbone.blocks.0.2, backbone.blocks.1.2, ")
-    assert "fix: use a pointwise activation" in hidden and "softmaxlab lint RUN_DIR" in hidden
+    assert "fix: use a pointwise activation" in hidden and f"softmaxlab lint {tmp_path / 'run'}` explains" in hidden
 
 
 def test_merge_repeated_counts_the_places_and_keeps_single_findings():

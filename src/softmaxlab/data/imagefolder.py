@@ -70,8 +70,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".t
 CACHE_VERSION = 2  # bump when the decoding or the key changes, so old caches are not reused
 SPLITS = ("train", "val", "test")
 # px, when data.image_size is unset: the images of a tree differ in size, so none is "its own". The Intel
-# scenes at 64 px score 3.4 points above the same images at 32 px with the default recipe (README "Why
-# these defaults").
+# scenes at 64 px score 3.4 points above the same images at 32 px with the default recipe (docs/guide/defaults.md).
 DEFAULT_SIZE = 64
 
 

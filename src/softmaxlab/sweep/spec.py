@@ -103,7 +103,7 @@ def load_sweep(
     except ValidationError as err:
         e = err.errors()[0]
         where = ".".join(str(p) for p in ("sweep", *e["loc"]))
-        raise UserError(f"invalid {where!r} in {path}: {e['msg']}; see the Sweeps section of the README") from None
+        raise UserError(f"invalid {where!r} in {path}: {e['msg']}; see docs/guide/sweeps.md") from None
     check_spec(spec, str(path))
     if dropped is not None and on_note is not None:
         on_note(dropped.note())
