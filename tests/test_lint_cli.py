@@ -73,6 +73,17 @@ def nll_of_log(output, target):
 
 def raising_loss(output, target):
     raise ValueError("wants three arguments")
+
+
+class Pair(nn.Module):  # (probabilities, logits), as models that return both for inference do
+
+    def __init__(self):
+        super().__init__()
+        self.net = good()
+
+    def forward(self, x):
+        z = self.net(x)
+        return {"probs": z.softmax(-1), "logits": z} if getattr(self, "as_dict", False) else (z.softmax(-1), z)
 """
 
 
@@ -337,3 +348,29 @@ def test_bad_input_exits_2_with_one_line(nets, case, args, fragment, as_json):
         assert json.loads(result.stdout) == {"target": args[0], "error": lines[0][len("error: ") :], "exit_code": 2}
     else:
         assert result.stdout == ""
+
+
+def test_output_picks_the_entry_of_a_tuple_or_dict_that_the_loss_takes(nets):
+    ce = ("--loss", "nn.CrossEntropyLoss")
+    first = lint("nets.py:Pair", *ce)  # the default: the first tensor, here the probabilities
+    assert first.exit_code == 4 and "double_softmax" in first.stdout
+    assert lint("nets.py:Pair", *ce, "--output", "1").exit_code == 0
+    assert lint("nets.py:Pair", *ce, "--output", "-1").exit_code == 0
+    assert lint("nets.py:Pair", *ce, "--output", "0").exit_code == 4
+    wrong = lint("nets.py:Pair", *ce, "--output", "logits")
+    assert wrong.exit_code == 2 and "--output logits: the output of the model has no such entry" in wrong.stderr
+    assert "set --output 0 or 1" in wrong.stderr
+
+
+def test_lint_output_on_a_dict_names_the_key():
+    import torch
+
+    from softmaxlab.linting import lint as lint_model
+
+    namespace: dict = {}
+    exec(NETS, namespace)
+    model = namespace["Pair"]()
+    model.as_dict = True
+    ce = torch.nn.CrossEntropyLoss()
+    assert [f.kind for f in lint_model(model, ce, output="logits")] == []
+    assert "double_softmax" in [f.kind for f in lint_model(model, ce, output="probs")]

@@ -457,6 +457,14 @@ def lint_cmd(
             "training: NAME=VALUE, the value parsed as YAML as --set parses it (repeatable), e.g. num_classes=100.",
         ),
     ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            help="Which entry of a tuple or dict output the loss takes, as model.output in training: an index "
+            "(0, -1) or a key (logits). Default: the first tensor, a dict's logits or out.",
+        ),
+    ] = None,
     as_json: Annotated[
         bool,
         typer.Option(
@@ -473,7 +481,7 @@ def lint_cmd(
     from softmaxlab.linting import has_errors
 
     try:
-        findings = lint_target(target, loss, input_shape, kwargs=parse_kwargs(kwarg or []))
+        findings = lint_target(target, loss, input_shape, kwargs=parse_kwargs(kwarg or []), output=output)
     except Exception as exc:
         if as_json:  # a script reading stdout gets an object whatever happened
             _print_lint_error(target, exc)

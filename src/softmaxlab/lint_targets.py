@@ -66,10 +66,11 @@ class LintTarget:
     loss: Callable[..., Any] | None
     example: Tensor
     target: Tensor | None = None
+    output: int | str | None = None  # --output: the entry of a tuple or dict output the loss takes
 
     def lint(self) -> list[Finding]:
         """:func:`softmaxlab.linting.lint` of this target."""
-        return lint(self.model, self.loss, self.example, target=self.target)
+        return lint(self.model, self.loss, self.example, target=self.target, output=self.output)
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:
@@ -262,11 +263,31 @@ def _example(model: nn.Module, shape: tuple[int, ...]) -> Tensor:
 
 
 def lint_target(
-    spec: str, loss: str | None = None, input_shape: str | None = None, *, kwargs: Mapping[str, Any] | None = None
+    spec: str,
+    loss: str | None = None,
+    input_shape: str | None = None,
+    *,
+    kwargs: Mapping[str, Any] | None = None,
+    output: str | None = None,
 ) -> list[Finding]:
-    """The findings of ``softmaxlab lint SPEC [--loss LOSS] [--input-shape C,H,W] [--kwarg ...]`` (see
-    :func:`load_target`)."""
-    return load_target(spec, loss, input_shape, kwargs=kwargs).lint()
+    """The findings of ``softmaxlab lint SPEC [--loss LOSS] [--input-shape C,H,W] [--kwarg ...]
+    [--output I|KEY]`` (see :func:`load_target`; ``output``: :func:`parse_output`)."""
+    target = load_target(spec, loss, input_shape, kwargs=kwargs)
+    target.output = parse_output(output)
+    return target.lint()
+
+
+def parse_output(text: str | None) -> int | str | None:
+    """``--output``: an entry of a tuple (an integer, negative from the end) or a key of a dict.
+
+    >>> parse_output("-1"), parse_output("logits"), parse_output(None)
+    (-1, 'logits', None)
+    """
+    if text is None:
+        return None
+    if not text.strip():
+        raise UserError("--output is empty; give the index of a tuple's entry (0, 1, -1) or the key of a dict's")
+    return int(text) if re.fullmatch(r"[-+]?[0-9]+", text.strip()) else text.strip()
 
 
 __all__ = [

@@ -128,6 +128,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from softmaxlab.errors import UserError, short_error
 from softmaxlab.heads.check import DoubleSoftmaxWarning, SoftmaxNLLWarning, SoftmaxPitfallWarning
 from softmaxlab.heads.pitfalls import double_softmax_floor
+from softmaxlab.models.external import select_output
 
 #: Every finding kind and its severity (the names are a contract: scripts match on them).
 KINDS: dict[str, str] = {
@@ -1177,6 +1178,7 @@ def lint(
     example: Tensor | None = None,
     *,
     target: Tensor | None = None,
+    output: int | str | None = None,
 ) -> list[Finding]:
     """The softmax pitfalls of ``model`` paired with ``loss``, errors first (see the module
     docstring for the rules and what is deliberately not a finding).
@@ -1199,35 +1201,37 @@ def lint(
             None checks the model alone (a final softmax is then a ``softmax_output`` note).
         example: the input batch (its first axis is the batch).
         target: the targets to call the loss with, instead of fake ones.
+        output: which entry of a tuple or dict output the loss takes (an index or a key, as
+            ``model.output`` in training); None: the first tensor, a dict's ``logits`` or ``out``.
 
     Raises:
         UserError: the model fails on ``example`` (in either mode), returns no tensor, or the
             loss cannot be called on the output; a lazy model cannot be copied.
     """
     loss_modules = {"loss": loss} if isinstance(loss, nn.Module) else {}
-    model = _materialisable(model)
+    choice, model = output, _materialisable(model)
     with _untouched(model):
         x = example if example is not None else random_batch(model)
         trace = _Trace(int(x.shape[0]) if x.ndim else 1)
         # Gradients on, as in training: a model may branch on torch.is_grad_enabled() (a softmax for
         # inference only); nothing is backpropagated.
         with torch.enable_grad(), trace.hooked({"": model, **loss_modules}), trace:
-            output = _output_tensor(_call_model(model, x))
+            output = _output_tensor(_call_model(model, x), choice=choice)
             trace.output_rules(output, loss is not None)
             if loss is not None:
                 _call_loss(loss, output, target)
-        trace.eval_rules(trace.tag_of(output), _eval_output_tag(model, x, trace.batch))
+        trace.eval_rules(trace.tag_of(output), _eval_output_tag(model, x, trace.batch, choice))
     return trace.findings()
 
 
-def _eval_output_tag(model: nn.Module, x: Tensor, batch: int) -> _Tag | None:
+def _eval_output_tag(model: nn.Module, x: Tensor, batch: int, choice: int | str | None = None) -> _Tag | None:
     """The tag of the model's output in eval mode without gradients, as evaluation runs it
     (a model may return probabilities only there: ``x if self.training else x.softmax(-1)``).
     A trace of its own: only what the output holds is compared, no rule runs twice."""
     model.eval()  # _untouched restores every module's flag
     trace = _Trace(batch)
     with torch.no_grad(), trace.hooked({"": model}), trace:
-        output = _output_tensor(_call_model(model, x, " in eval mode"), " in eval mode")
+        output = _output_tensor(_call_model(model, x, " in eval mode"), " in eval mode", choice)
     return trace.tag_of(output)
 
 
@@ -1308,11 +1312,14 @@ def _call_model(model: nn.Module, x: Tensor, when: str = "") -> Any:
         raise UserError(f"the model fails{when} on a batch of shape {shape} ({short_error(exc)}); {fix}") from None
 
 
-def _output_tensor(output: Any, when: str = "") -> Tensor:
+def _output_tensor(output: Any, when: str = "", choice: int | str | None = None) -> Tensor:
     """The logits in what a model returns: the tensor itself, a tuple's or list's first tensor,
-    a dict's ``logits`` or ``out`` (else its first tensor), an object's ``.logits``."""
+    a dict's ``logits`` or ``out`` (else its first tensor), an object's ``.logits``; with
+    ``choice``, the entry it names (:func:`~softmaxlab.models.external.select_output`)."""
     if isinstance(output, Tensor):
         return output
+    if choice is not None:
+        return select_output(output, choice, model=f"the model{when}", option="--output")
     if isinstance(output, dict):
         keyed = [output[k] for k in ("logits", "out") if k in output]
         candidates: list[Any] = [*keyed, *output.values()]

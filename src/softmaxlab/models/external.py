@@ -274,7 +274,9 @@ def create_library_model(
 _SHOWN = 6
 
 
-def select_output(output: Any, choice: int | str | None, *, model: str = "the model") -> Tensor:
+def select_output(
+    output: Any, choice: int | str | None, *, model: str = "the model", option: str = "model.output"
+) -> Tensor:
     """The tensor that ``choice`` (``model.output``) names in a model's ``output``.
 
     * A tensor is the answer itself, whatever ``choice``: it is never indexed (``output[0]``
@@ -284,7 +286,8 @@ def select_output(output: Any, choice: int | str | None, *, model: str = "the mo
       named tuple also by field name (``logits``).
     * A mapping (a dict, Hugging Face's ``ModelOutput``): ``output[choice]`` for a str key.
 
-    ``model`` names the model in the messages.
+    ``model`` names the model in the messages, ``option`` the setting that chooses
+    (``softmaxlab lint --output``).
 
     >>> select_output((torch.ones(2, 3), torch.zeros(2)), 0).shape
     torch.Size([2, 3])
@@ -305,7 +308,8 @@ def select_output(output: Any, choice: int | str | None, *, model: str = "the mo
         )
     entries = _output_entries(output)
     tensors = [str(k) for k, v in entries[:_SHOWN] if isinstance(v, Tensor)]
-    hint = f"model.output: {_or(tensors)}" if tensors else "a forward that returns a tensor"
+    flag = option.startswith("-")  # a command-line option (`--output 0`) or a config key (`model.output: 0`)
+    hint = f"{option}{' ' if flag else ': '}{_or(tensors)}" if tensors else "a forward that returns a tensor"
     if choice is None:
         raise UserError(f"{model} outputs {_describe(output, entries)}; choose the tensor to use with {hint}")
     if isinstance(output, Mapping):
@@ -317,7 +321,8 @@ def select_output(output: Any, choice: int | str | None, *, model: str = "the mo
     if not isinstance(found, Tensor):
         what = "has no such entry" if found is _MISSING else f"has a {type(found).__name__} there, not a tensor"
         described = _describe(output, entries)
-        raise UserError(f"model.output={choice!r}: the output of {model} {what} ({described}); set {hint}")
+        given = f"{option} {choice}" if flag else f"{option}={choice!r}"
+        raise UserError(f"{given}: the output of {model} {what} ({described}); set {hint}")
     return found
 
 
