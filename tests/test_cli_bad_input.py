@@ -808,32 +808,12 @@ CASES: list[Case] = [
     # --- lint: the eval-mode forward, and lazy models it copies ------------------------------------
     (
         "lint a model that fails in eval mode",
-        lambda c: [
-            "lint",
-            str(
-                c.write(
-                    "ev.py",
-                    "import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n"
-                    "        return x.mean((2, 3)) if self.training else 1 / 0\n",
-                )
-            )
-            + ":Net",
-        ],
+        lambda c: ["lint", eval_net(c, "1 / 0")],
         "the model fails in eval mode on a batch of shape (2, 3, 32, 32) (ZeroDivisionError",
     ),
     (
         "lint a model without a tensor in eval mode",
-        lambda c: [
-            "lint",
-            str(
-                c.write(
-                    "ev.py",
-                    "import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n"
-                    "        return x.mean((2, 3)) if self.training else None\n",
-                )
-            )
-            + ":Net",
-        ],
+        lambda c: ["lint", eval_net(c, "None")],
         "the model returned a NoneType without a tensor in eval mode",
     ),
     (
@@ -1041,6 +1021,15 @@ def tampered_weights(ctx: Ctx, change: Callable[[dict], None]) -> Path:
     change(saved)
     torch.save(saved, run / runs.WEIGHTS)
     return run
+
+
+def eval_net(c: Ctx, in_eval: str) -> str:
+    """A model file whose forward returns ``in_eval`` in eval mode (features in training); its target."""
+    code = (
+        "import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n"
+        f"        return x.mean((2, 3)) if self.training else {in_eval}\n"
+    )
+    return f"{c.write('ev.py', code)}:Net"
 
 
 def half_weights(ctx: Ctx) -> Path:
