@@ -369,12 +369,22 @@ CASES: list[Case] = [
     (
         "predict a folder without images",
         lambda c: ["predict", str(c.run()), str(c.files("docs", {"notes.txt": "no image"}))],
-        "holds no PNG or JPEG image",
+        "holds no image (.jpg, .jpeg, .png",
     ),
     (
         "predict --csv onto an existing file",
         lambda c: ["predict", str(c.run()), str(an_image(c)), "--csv", str(c.write("p.csv", "kept"))],
         "already exists; choose another path or pass --overwrite",
+    ),
+    (
+        "predict --overwrite without --csv",
+        lambda c: ["predict", str(c.run()), str(an_image(c)), "--overwrite"],
+        "no --csv was given; drop --overwrite or add --csv",
+    ),
+    (
+        "predict --json with --csv",
+        lambda c: ["predict", str(c.run()), str(an_image(c)), "--json", "--csv", str(c.tmp / "p.csv")],
+        "--json and --csv both choose the output",
     ),
     (
         "predict --csv into a missing folder",

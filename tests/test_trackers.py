@@ -165,6 +165,20 @@ def test_a_diverged_run_is_marked_failed(tmp_path, store, client):
     assert run.data.tags[trackers.RUN_ID_TAG] == trackers.run_key(tmp_path / "diverged")
 
 
+def test_a_run_whose_test_phase_fails_is_not_left_running(tmp_path, store, client, monkeypatch):
+    from softmaxlab import train
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train, "_test_metrics", full_disk)  # after the last epoch was logged
+    cfg = tiny_config(*SMALL, "train.epochs=1", "train.loggers=mlflow", f"train.mlflow_uri={store}")
+    with pytest.raises(OSError):
+        fit(cfg, tmp_path / "untested")
+    (run,) = mlflow_runs(client, "untested")
+    assert run.info.status == "KILLED"  # resumable, as an interrupted run: not RUNNING for good
+
+
 def test_trackers_are_opt_in(tmp_path):
     result = fit(tiny_config(*SMALL, "train.epochs=1"), tmp_path / "plain")
     assert not (result.run_dir / trackers.TENSORBOARD_DIR).exists()

@@ -147,6 +147,11 @@ def run_cmd(
     from softmaxlab.data import parse_data_spec
     from softmaxlab.experiment import run_experiment
 
+    if config is not None and str(config).lower() in _FLAG_VALUES and not config.exists():
+        raise UserError(
+            f"config file {str(config)!r} does not exist; flags such as --overwrite take no value: drop the "
+            f"{str(config)!r} after them"
+        )
     # The spec's values are JSON-quoted so a path such as "2024" stays a string; --set wins.
     spec = [f"data.{k}={json.dumps(v)}" for k, v in parse_data_spec(data).items()] if data else []
     cfg = load_config(config, [*spec, *(set_ or [])], on_note=_note)
@@ -155,6 +160,10 @@ def run_cmd(
         cfg, out, overwrite=overwrite, progress=_progress(), resume=False if overwrite else "unfinished"
     )
     _print_run(result)
+
+
+#: What a user may write after a flag, as if it took a value (`--overwrite true`).
+_FLAG_VALUES = ("true", "false", "yes", "no", "on", "off", "1", "0")
 
 
 def _note(text: str) -> None:
@@ -262,7 +271,7 @@ def predict_cmd(
     images: Annotated[
         list[Path],
         typer.Argument(
-            help="Image files (PNG, JPEG) or folders of them (searched recursively), resized and normalised as "
+            help="Image files (PNG, JPEG, ...) or folders of them (searched recursively), resized and normalised as "
             "in training."
         ),
     ],
@@ -281,6 +290,10 @@ def predict_cmd(
     from softmaxlab.inference import predict_images, predictions_csv
     from softmaxlab.progress import ConsoleCountProgress
 
+    if csv_out is None and overwrite:
+        raise UserError("--overwrite replaces the --csv file, and no --csv was given; drop --overwrite or add --csv")
+    if csv_out is not None and as_json:
+        raise UserError("--json and --csv both choose the output; keep one of them")
     if csv_out is not None:
         _check_new_file(csv_out, overwrite)
     result = predict_images(run_dir, images, top_k, progress=ConsoleCountProgress(err_console, label="images"))

@@ -602,16 +602,10 @@ def _drop_inapplicable(
     return dropped, changed
 
 
-_FLAG_VALUES = ("true", "false", "yes", "no", "on", "off", "1", "0")
-
-
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from ``path``; missing files and non-YAML content are UserErrors."""
     p = Path(path)
-    hint = "pass the path of a YAML file"
-    if str(path).lower() in _FLAG_VALUES and not p.exists():  # `--overwrite true`: the value became the config
-        hint += f"; flags such as --overwrite take no value: drop the {str(path)!r} after them"
-    text = untrusted.read_text(p, "config file", hint)
+    text = untrusted.read_text(p, "config file", "pass the path of a YAML file")
     data = untrusted.load_yaml(text, f"config file {str(p)!r}")
     if data is None:
         return {}

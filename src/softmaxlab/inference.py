@@ -36,6 +36,7 @@ from softmaxlab import runs
 from softmaxlab.checkpoint import load_trained
 from softmaxlab.config import Config, DataConfig, validate_config
 from softmaxlab.data import Normalize, TensorLoader, load_data, parse_data_spec
+from softmaxlab.data.imagefolder import IMAGE_EXTENSIONS
 from softmaxlab.diagnostics import blocks_of, feature_maps
 from softmaxlab.distributed import World, resolve_device
 from softmaxlab.errors import UserError
@@ -270,18 +271,17 @@ def write_evaluation(result: dict[str, Any], out: str | Path) -> Path:
 # --------------------------------------------------------------------------- predict
 
 
-#: The image files ``predict`` finds in a folder (case-insensitive suffixes).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Above this many images ``predict`` shows a progress bar.
 PROGRESS_FROM = 256
 
 
 def expand_images(paths: Sequence[str | Path]) -> list[Path]:
-    """``paths`` with each folder replaced by the PNG and JPEG files under it (recursively,
+    """``paths`` with each folder replaced by the image files under it (the suffixes an image
+    folder dataset reads, :data:`~softmaxlab.data.imagefolder.IMAGE_EXTENSIONS`; recursively,
     sorted by path; hidden files and folders skipped); files are kept as given, in order.
 
     Raises:
-        UserError: no path, or a folder that holds no PNG or JPEG file.
+        UserError: no path, or a folder that holds no image file.
     """
     if not paths:
         raise UserError("no image given; pass one or more PNG or JPEG files or folders of them")
@@ -293,13 +293,14 @@ def expand_images(paths: Sequence[str | Path]) -> list[Path]:
         inside = sorted(
             f
             for f in path.rglob("*")
-            if f.suffix.lower() in IMAGE_SUFFIXES
+            if f.suffix.lower() in IMAGE_EXTENSIONS
             and not any(part.startswith(".") for part in f.relative_to(path).parts)
             and f.is_file()
         )
         if not inside:
             raise UserError(
-                f"folder {str(path)!r} holds no PNG or JPEG image (searched recursively); pass a folder of images"
+                f"folder {str(path)!r} holds no image ({', '.join(IMAGE_EXTENSIONS)}; searched recursively); pass a "
+                "folder of images"
             )
         found.extend(inside)
     return found

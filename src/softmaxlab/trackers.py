@@ -234,10 +234,12 @@ def experiment_id(client: Any, name: str) -> str:
     if found is None:
         try:
             return client.create_experiment(name)
-        except Exception:  # another process (a parallel sweep's run) created it meanwhile
+        except Exception as exc:  # another process (a parallel sweep's run) created it meanwhile
             found = client.get_experiment_by_name(name)
             if found is None:
-                raise
+                raise UserError(
+                    f"cannot create the MLflow experiment {name!r} ({short_error(exc)}); check the tracking store"
+                ) from None
     if found.lifecycle_stage == "deleted":
         raise UserError(
             f"the MLflow experiment {name!r} was deleted; restore it (mlflow experiments restore) "
@@ -468,9 +470,10 @@ class Tracking:
     def start(self) -> None:
         self._each(lambda logger: logger.start())
 
-    def sync(self) -> None:
+    def sync(self, records: Sequence[dict[str, Any]] | None = None) -> None:
+        """Log ``records`` (each epoch once), by default every epoch of ``metrics.jsonl``."""
         if self.loggers:
-            history = runs.read_history(self.run_dir)
+            history = runs.read_history(self.run_dir) if records is None else records
             self._each(lambda logger: logger.log_epochs(history))
 
     def finish(self, summary: dict[str, Any]) -> None:

@@ -36,7 +36,6 @@ import math
 import random
 import shlex
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -197,24 +196,18 @@ class Checkpointer(Hook):
 
 class TrackerHook(Hook):
     """Drives the run's ``train.loggers`` (a :class:`~softmaxlab.trackers.Tracking`): each epoch's
-    record once it is written and checkpointed, then the summary, or how training stopped."""
+    record once it is written and checkpointed, then the summary (how a run that does not
+    finish stopped is told by ``_fit``, which sees the test phase fail too)."""
 
     def __init__(self, tracking: trackers.Tracking) -> None:
         self.tracking = tracking
-        self._outer: BaseException | None = None
 
     def on_fit_start(self, label: str, epochs: int, steps_per_epoch: int) -> None:
-        self._outer = sys.exc_info()[1]  # fit called while the caller handles an exception: not ours
         self.tracking.start()
+        self.tracking.sync()  # a resumed run's restored epochs that its trackers lack
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
-        self.tracking.sync()
-
-    def on_fit_end(self) -> None:
-        # Called from the loop's `finally`: the exception on its way out, if any, is how training stopped.
-        stopped = sys.exc_info()[1]
-        if stopped is not None and stopped is not self._outer:
-            self.tracking.stop("diverged" if isinstance(stopped, DivergedError) else "interrupted")
+        self.tracking.sync([record])  # the epoch just written: metrics.jsonl is not read again
 
     def on_run_finished(self, result: FitResult) -> None:
         self.tracking.finish(result.summary)
@@ -573,13 +566,19 @@ def _fit(job: _Job, world: World, device: torch.device) -> FitResult:
         progress.progress.note(f"data: {line}")
     try:
         _train_epochs(run, state)
+        return _finish(run, state)
     except DivergedError as exc:
         if world.is_main:
             summary = run_summary(cfg, data, state.history, device, world, diverged=exc)
             runs.atomic_write_json(run.run_dir / runs.SUMMARY, summary)
+        tracking.stop("diverged")
         exc.run_dir = run.run_dir
         raise
-    return _finish(run, state)
+    except BaseException:
+        # Ctrl-C, or a failure in training or in the test phase: the run is not finished and
+        # resumes from its checkpoint (after a finish, the trackers are closed and this is a no-op).
+        tracking.stop("interrupted")
+        raise
 
 
 def _on_main(world: World, work: Any) -> Any:

@@ -306,24 +306,23 @@ def select_output(
             f"{model} outputs a {type(output).__name__}, not a tensor, a tuple or a dict; return the tensor from "
             "its forward"
         )
+    if isinstance(output, Mapping) and choice is not None:
+        found = output.get(choice, _MISSING)
+    elif isinstance(choice, int):
+        found = output[choice] if -len(output) <= choice < len(output) else _MISSING
+    elif choice is not None:  # a named tuple's field
+        found = dict(_output_entries(output)).get(choice, _MISSING)
+    if choice is not None and isinstance(found, Tensor):
+        return found  # every training step of a tuple or dict output: no message is built
     entries = _output_entries(output)
     tensors = [str(k) for k, v in entries[:_SHOWN] if isinstance(v, Tensor)]
     flag = option.startswith("-")  # a command-line option (`--output 0`) or a config key (`model.output: 0`)
     hint = f"{option}{' ' if flag else ': '}{_or(tensors)}" if tensors else "a forward that returns a tensor"
     if choice is None:
         raise UserError(f"{model} outputs {_describe(output, entries)}; choose the tensor to use with {hint}")
-    if isinstance(output, Mapping):
-        found = output.get(choice, _MISSING)
-    elif isinstance(choice, int):
-        found = output[choice] if -len(output) <= choice < len(output) else _MISSING
-    else:  # a named tuple's field
-        found = dict(entries).get(choice, _MISSING)
-    if not isinstance(found, Tensor):
-        what = "has no such entry" if found is _MISSING else f"has a {type(found).__name__} there, not a tensor"
-        described = _describe(output, entries)
-        given = f"{option} {choice}" if flag else f"{option}={choice!r}"
-        raise UserError(f"{given}: the output of {model} {what} ({described}); set {hint}")
-    return found
+    what = "has no such entry" if found is _MISSING else f"has a {type(found).__name__} there, not a tensor"
+    given = f"{option} {choice}" if flag else f"{option}={choice!r}"
+    raise UserError(f"{given}: the output of {model} {what} ({_describe(output, entries)}); set {hint}")
 
 
 _MISSING = object()
