@@ -437,57 +437,34 @@ def report_cmd(
     out_console.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False, soft_wrap=True)
 
 
+#: The help of ``softmaxlab lint``'s options (long: each states the forms it takes).
+_LINT_HELP = {
+    "target": "A run directory, path/to/file.py:factory, package.module:factory, timm:<name> or torchvision:<name>.",
+    "loss": "The loss: a dotted class or function such as torch.nn.CrossEntropyLoss, nn.CrossEntropyLoss or "
+    "F.cross_entropy (nn. is torch.nn., F. is torch.nn.functional.; a bare name is torch.nn's), or "
+    "path/to/file.py:NAME or package.module:NAME (a loss class, instance or function loss(output, target)); "
+    "a class is built without arguments (default: a run's head loss, else none).",
+    "input_shape": "C,H,W: 3 positive integers, the shape of the 2 random example images (default 3,32,32; a run's "
+    "own).",
+    "kwarg": "A keyword argument of the library model's constructor or of the factory, as model.kwargs in "
+    "training: NAME=VALUE, the value parsed as YAML as --set parses it (repeatable), e.g. num_classes=100.",
+    "output": "Which entry of a tuple or dict output the loss takes, as model.output in training: an index "
+    "(0, -1) or a key (logits). Default: the first tensor, a dict's logits or out.",
+    "json": "Print JSON instead of text: {target, findings: each {kind, severity, where, message, fix, source}}; "
+    "when the target cannot be linted, {target, error, exit_code}, with the same stderr line and exit code "
+    "as without --json (an error of the command line itself, such as an unknown option, prints only that line).",
+}
+
+
 @app.command("lint")
 @_exit_codes
 def lint_cmd(
-    target: Annotated[
-        str,
-        typer.Argument(
-            help="A run directory, path/to/file.py:factory, package.module:factory, timm:<name> or torchvision:<name>."
-        ),
-    ],
-    loss: Annotated[
-        str | None,
-        typer.Option(
-            help="The loss: a dotted class or function such as torch.nn.CrossEntropyLoss, nn.CrossEntropyLoss or "
-            "F.cross_entropy (nn. is torch.nn., F. is torch.nn.functional.; a bare name is torch.nn's), or "
-            "path/to/file.py:NAME or package.module:NAME (a loss class, instance or function loss(output, target)); "
-            "a class is built without arguments (default: a run's head loss, else none)."
-        ),
-    ] = None,
-    input_shape: Annotated[
-        str | None,
-        typer.Option(
-            "--input-shape",
-            help="C,H,W: 3 positive integers, the shape of the 2 random example images (default 3,32,32; a run's own).",
-        ),
-    ] = None,
-    kwarg: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--kwarg",
-            help="A keyword argument of the library model's constructor or of the factory, as model.kwargs in "
-            "training: NAME=VALUE, the value parsed as YAML as --set parses it (repeatable), e.g. num_classes=100.",
-        ),
-    ] = None,
-    output: Annotated[
-        str | None,
-        typer.Option(
-            "--output",
-            help="Which entry of a tuple or dict output the loss takes, as model.output in training: an index "
-            "(0, -1) or a key (logits). Default: the first tensor, a dict's logits or out.",
-        ),
-    ] = None,
-    as_json: Annotated[
-        bool,
-        typer.Option(
-            "--json",
-            help="Print JSON instead of text: {target, findings: each {kind, severity, where, message, fix, source}}; "
-            "when the target cannot be linted, {target, error, exit_code}, with the same stderr line and exit code "
-            "as without --json (an error of the command line itself, such as an unknown option, prints only that "
-            "line).",
-        ),
-    ] = False,
+    target: Annotated[str, typer.Argument(help=_LINT_HELP["target"])],
+    loss: Annotated[str | None, typer.Option(help=_LINT_HELP["loss"])] = None,
+    input_shape: Annotated[str | None, typer.Option("--input-shape", help=_LINT_HELP["input_shape"])] = None,
+    kwarg: Annotated[list[str] | None, typer.Option("--kwarg", help=_LINT_HELP["kwarg"])] = None,
+    output: Annotated[str | None, typer.Option("--output", help=_LINT_HELP["output"])] = None,
+    as_json: Annotated[bool, typer.Option("--json", help=_LINT_HELP["json"])] = False,
 ) -> None:
     """Find softmax pitfalls in a model and its loss by running it once (exit 4 on an error finding)."""
     from softmaxlab.lint_targets import lint_target, parse_kwargs
