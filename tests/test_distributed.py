@@ -89,11 +89,14 @@ def test_a_process_that_joined_a_group_ends_without_interpreter_finalization(mon
 _RANK_SCRIPT = """
 import json, sys
 from softmaxlab.config import load_config
-from softmaxlab.distributed import env_world
+from softmaxlab.distributed import end_process, env_world
 from softmaxlab.train import fit
 result = fit(load_config(None, json.loads(sys.argv[2])), sys.argv[1])
 record = result.history[-1]
-print("rank", env_world().rank, json.dumps([record["val_acc"], record["val_coarse_acc"]]), flush=True)
+# One write of the whole line: two ranks share the pipe, and print's separate writes interleave.
+sys.stdout.write(f"rank {env_world().rank} {json.dumps([record['val_acc'], record['val_coarse_acc']])}\\n")
+sys.stdout.flush()
+end_process(0)  # as the CLI ends: gloo's worker threads may outlive the group (see end_process)
 """
 
 
