@@ -57,3 +57,9 @@ def test_lint_benchmark_runs_on_a_small_model(capsys):
     out = capsys.readouterr().out
     assert "softmaxlab lint torchvision:resnet18 --input-shape 3,32,32" in out and "0 findings" in out
     assert re.search(r"^lint / forward: median [\d.]+ \(min ", out, re.M)
+
+
+def test_sweep_benchmark_times_a_small_sweep(capsys):
+    load_script("bench_sweep").main(["--workers", "1", "--seeds", "1", "--epochs", "1", "--train-size", "200"])
+    out = capsys.readouterr().out
+    assert re.search(r"^--workers 1: wall +[\d.]+ s, training summed +[\d.]+ s \(2 runs\), overhead ", out, re.M), out

@@ -1,0 +1,77 @@
+"""What a sweep costs beyond its runs' training, and what running runs side by side buys.
+
+An 8-run sweep (2 heads x 4 seeds of the default ``simple_cnn`` on ``shapes``, a short
+budget; ``--seeds`` sets how many) is trained with ``softmaxlab sweep CONFIG --workers N`` for each N asked, each time
+into a fresh directory, as a user runs it (a subprocess: imports, data loading, the workers'
+start, every run's report and the sweep's tables included). For each N it prints the wall
+time, the sum of the runs' own training time (``timing.total_train_seconds`` of each run's
+``summary.json``: the epochs alone), the overhead ``wall / sum - 1`` where the runs trained
+one at a time, and the speed-up of N workers over one.
+
+    python benchmarks/bench_sweep.py [--workers 1 2] [--seeds 4] [--epochs 2] [--train-size 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+
+def sweep_config(epochs: int, train_size: int, seeds: int = 4) -> dict:
+    """The sweep: 2 heads x ``seeds`` seeds of the defaults on ``shapes`` with ``train_size`` training images."""
+    return {
+        "name": "bench-sweep",
+        "data": {"name": "shapes", "train_size": train_size, "val_size": 500, "test_size": 1000},
+        "train": {"epochs": epochs},
+        "report": {"figures": False},
+        "sweep": {"grid": {"head.name": ["softmax", "log_softmax"], "train.seed": list(range(seeds))}},
+    }
+
+
+def run_sweep(config: Path, out: Path, workers: int) -> tuple[float, float, int]:
+    """(wall seconds, summed training seconds, finished runs) of one sweep into ``out``."""
+    command = [sys.executable, "-m", "softmaxlab", "sweep", str(config), "--out", str(out), "--workers", str(workers)]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    summaries = [json.loads(p.read_text()) for p in sorted(out.glob("runs/*/summary.json"))]
+    trained = sum(s["timing"]["total_train_seconds"] for s in summaries if s.get("status") == "finished")
+    return wall, trained, sum(s.get("status") == "finished" for s in summaries)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--train-size", type=int, default=2000)
+    args = parser.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
+    try:
+        config = root / "sweep.yaml"
+        config.write_text(yaml.safe_dump(sweep_config(args.epochs, args.train_size, args.seeds)))
+        print(f"{2 * args.seeds} runs: simple_cnn on shapes, {args.train_size} training images, {args.epochs} epochs")
+        walls = {}
+        for workers in args.workers:
+            wall, trained, finished = run_sweep(config, root / f"workers-{workers}", workers)
+            walls[workers] = wall
+            line = f"--workers {workers}: wall {wall:6.1f} s, training summed {trained:6.1f} s ({finished} runs)"
+            if workers == 1:
+                line += f", overhead wall / training - 1 = {wall / trained - 1:+.0%}"
+            elif 1 in walls:
+                line += f", speed-up over --workers 1: {walls[1] / wall:.2f}x"
+            print(line, flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
