@@ -219,11 +219,7 @@ def load_target(
 def _build_model(spec: str, kwargs: dict[str, Any]) -> nn.Module:
     """The library model or the factory's module that ``spec`` names, built with ``kwargs``."""
     if spec.partition(":")[0] in LIBRARIES:
-        try:
-            return create_library_model(spec, kwargs=kwargs)
-        except UserError as exc:
-            # Its hint names the config key of `softmaxlab run`; here the arguments came from --kwarg.
-            raise UserError(str(exc).replace("; check model.kwargs", "; check --kwarg")) from None
+        return create_library_model(spec, kwargs=kwargs, option="--kwarg")
     if ":" in spec:
         factory = load_factory(spec)
         if not isinstance(factory, nn.Module):

@@ -112,11 +112,16 @@ def check_library_name(name: str) -> tuple[str, str]:
 
 
 def construct_library_model(
-    name: str, pretrained: bool, kwargs: Mapping[str, Any], own: Mapping[str, Any] | None = None
+    name: str,
+    pretrained: bool,
+    kwargs: Mapping[str, Any],
+    own: Mapping[str, Any] | None = None,
+    option: str = "model.kwargs",
 ) -> nn.Module:
     """``timm.create_model(arch, pretrained=..., **kwargs, **own)`` or ``torchvision.models.get_model(arch,
     weights="DEFAULT" if pretrained else None, **kwargs, **own)``; ``own`` are the arguments softmaxlab
-    sets itself (``num_classes=0``), left out of the messages.
+    sets itself (``num_classes=0``), left out of the messages; ``option`` is where ``kwargs`` came from
+    (``softmaxlab lint --kwarg``), named in the hint when the model refuses them.
 
     Raises:
         UserError: an unknown name; keyword arguments the model refuses; pretrained weights
@@ -139,7 +144,7 @@ def construct_library_model(
         raise _download_error(name, exc) from None
     except (TypeError, ValueError, AssertionError, KeyError, RuntimeError, NotImplementedError) as exc:
         raise UserError(
-            f"cannot build {name!r} with kwargs {dict(kwargs)} ({short_error(exc)}); check model.kwargs"
+            f"cannot build {name!r} with kwargs {dict(kwargs)} ({short_error(exc)}); check {option}"
         ) from None
 
 
@@ -242,7 +247,12 @@ def _check_hub_reachable(name: str, cfg: Any, cache_dir: str | None) -> None:
 
 
 def create_library_model(
-    name: str, *, pretrained: bool = False, weights: str | None = None, kwargs: dict | None = None
+    name: str,
+    *,
+    pretrained: bool = False,
+    weights: str | None = None,
+    kwargs: dict | None = None,
+    option: str = "model.kwargs",
 ) -> nn.Module:
     """The library classifier ``name`` (``timm:<name>`` or ``torchvision:<name>``) as the library
     builds it, its own classifier included (what ``softmaxlab lint`` checks).
@@ -262,7 +272,7 @@ def create_library_model(
     """
     if pretrained and weights is not None:
         raise UserError(BOTH_WEIGHTS)
-    model = construct_library_model(name, pretrained, dict(kwargs or {}))
+    model = construct_library_model(name, pretrained, dict(kwargs or {}), option=option)
     if weights is not None:
         load_weights_into(model, load_weights_file(weights), f"model.weights {weights!r}")
     return model

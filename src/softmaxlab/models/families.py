@@ -46,7 +46,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from softmaxlab.activations import KEEP, BlockActivations
-from softmaxlab.errors import UserError
+from softmaxlab.errors import UserError, short_error
 from softmaxlab.heads import HEADS
 from softmaxlab.models.base import MODELS
 from softmaxlab.models.external import (
@@ -325,7 +325,7 @@ def _features_of(net: nn.Module, name: str, in_channels: int, output: int | str 
     except Exception as exc:
         raise UserError(
             f"{name}: a forward on a (1, {in_channels}, {EXAMPLE_SIZE}, {EXAMPLE_SIZE}) example failed "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); give the module an "
+            f"({short_error(exc)}); give the module an "
             "out_features attribute (the width of its output)"
         ) from None
     finally:
