@@ -28,10 +28,7 @@ The example batch is :data:`~softmaxlab.linting.BATCH` random images of ``--inpu
 from __future__ import annotations
 
 import difflib
-import importlib
-import os
 import re
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +41,7 @@ from torch import Tensor, nn
 from softmaxlab.errors import UserError, short_error
 from softmaxlab.inference import load_trained_run
 from softmaxlab.linting import BATCH, Finding, lint, random_batch
-from softmaxlab.models.external import LIBRARIES, call_factory, create_library_model, load_factory
+from softmaxlab.models.external import LIBRARIES, call_factory, create_library_model, import_module, load_factory
 from softmaxlab.untrusted import load_yaml
 
 #: The (C, H, W) of the example images when neither --input-shape nor a run says otherwise.
@@ -164,17 +161,11 @@ def _dotted_loss(spec: str) -> Any:
 
 
 def _import_loss_module(spec: str, module_name: str) -> ModuleType:
-    """``importlib.import_module(module_name)``, its failures as one line about ``--loss spec``."""
-    if os.getcwd() not in sys.path:  # a module of the working directory, as package.module:NAME finds it
-        sys.path.append(os.getcwd())
+    """:func:`~softmaxlab.models.external.import_module`, its failures as one line about ``--loss spec``."""
     try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise UserError(f"--loss {spec!r}: no module {module_name!r}; name a loss such as {_LOSS_FORMS}") from None
-        raise UserError(f"--loss {spec!r}: importing {module_name!r} failed ({short_error(exc)})") from None
-    except (Exception, SystemExit) as exc:  # the module itself raises when imported
-        raise UserError(f"--loss {spec!r}: importing {module_name!r} failed ({short_error(exc)})") from None
+        return import_module(module_name, missing=f"name a loss such as {_LOSS_FORMS}")
+    except UserError as exc:
+        raise UserError(f"--loss {spec!r}: {exc}") from None
 
 
 def _closest_loss(module: ModuleType, attr: str, prefix: str) -> str:

@@ -442,7 +442,7 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
             exception in one line), no such attribute (with the closest names), not callable.
     """
     target, attr = split_factory_spec(spec)
-    module = _import_file(target) if target.endswith(".py") else _import_module(target)
+    module = _import_file(target) if target.endswith(".py") else import_module(target)
     factory = getattr(module, attr, None)
     if factory is None:
         public = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
@@ -477,18 +477,20 @@ def _import_file(target: str) -> ModuleType:
     return module
 
 
-def _import_module(target: str) -> ModuleType:
-    """``importlib.import_module(target)`` with the current directory on ``sys.path``."""
+def import_module(
+    target: str,
+    missing: str = "check the name, run from the folder that holds it, or pass its file as path/to/file.py:factory",
+) -> ModuleType:
+    """``importlib.import_module(target)`` with the current directory on ``sys.path``, as
+    ``package.module:NAME`` finds a module; its failures as one-line UserErrors (``missing``: what
+    to do when there is no such module)."""
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     try:
         return importlib.import_module(target)
     except ModuleNotFoundError as exc:
         if exc.name and (target == exc.name or target.startswith(exc.name + ".")):
-            raise UserError(
-                f"no module {target!r}; check the name, run from the folder that holds it, or pass its file "
-                "as path/to/file.py:factory"
-            ) from None
+            raise UserError(f"no module {target!r}; {missing}") from None
         raise UserError(f"importing {target!r} failed ({short_error(exc)}); install what it needs") from None
     except (Exception, SystemExit) as exc:
         raise UserError(f"importing {target!r} failed ({short_error(exc)}); fix the module") from None
