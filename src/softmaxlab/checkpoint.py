@@ -10,6 +10,7 @@ with ``weights_only=True``. Its layout is the one earlier versions wrote by hand
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from softmaxlab.diagnostics import GradNorms
 from softmaxlab.distributed import World, all_reduce
 from softmaxlab.errors import UserError
 from softmaxlab.models import Classifier, build_model
+from softmaxlab.models.wrap import KeptActivationsWarning
 
 
 @dataclass
@@ -249,9 +251,11 @@ def load_trained(run_dir: str | Path) -> tuple[Classifier, Config, dict[str, Any
         raise UserError(f"{where!r} has no normalisation statistics (written by an older softmaxlab); retrain the run")
     # The trained weights follow: no pretrained download, no model.weights file (it may have moved).
     try:
-        model = build_model(
-            cfg, len(norm["mean"]), len(payload["classes"]), payload.get("coarse_of"), initial_weights=False
-        )
+        with warnings.catch_warnings():  # said when the run trained; not again on every evaluate or predict
+            warnings.simplefilter("ignore", KeptActivationsWarning)
+            model = build_model(
+                cfg, len(norm["mean"]), len(payload["classes"]), payload.get("coarse_of"), initial_weights=False
+            )
     except UserError as exc:  # a user factory's file, named relative to where the run was trained
         if ".py:" not in cfg.model.name:
             raise

@@ -199,3 +199,17 @@ def test_the_backbone_selects_the_output_that_model_output_names():
         ExternalBackbone(Pair(), NetworkIO("p", 3, 3), [])(torch.ones(2, 3, 4, 4))
     with pytest.raises(UserError, match=r"model 'p' outputs \(2, 3, 4, 4\), not \(B, 3\) features"):
         ExternalBackbone(Pair(), NetworkIO("p", 3, 3, "maps"), [])(torch.ones(2, 3, 4, 4))
+
+
+def test_the_note_of_kept_activations_is_said_in_training_not_when_a_run_is_reloaded(gated, tmp_path):
+    from softmaxlab.checkpoint import load_trained
+    from softmaxlab.models.wrap import KeptActivationsWarning
+    from softmaxlab.train import fit
+
+    model = [f"model.name={gated}:gated", "model.activation=softmax_c", "model.softmax_blocks=[0]"]
+    data = ["data.num_classes=4", "data.image_size=16", "data.train_size=64", "data.val_size=32", "data.test_size=32"]
+    with pytest.warns(KeptActivationsWarning, match="1 activation module"):
+        fit(load_config(None, [*model, *data, "train.epochs=1", "train.batch_size=32"]), tmp_path / "run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KeptActivationsWarning)
+        load_trained(tmp_path / "run")  # evaluate, predict, visualize and lint rebuild the model this way

@@ -46,6 +46,13 @@ from softmaxlab.activations import KEEP, BlockActivations, is_softmax
 from softmaxlab.errors import UserError, short_error
 from softmaxlab.models.external import select_output
 
+
+class KeptActivationsWarning(UserWarning):
+    """A softmax ``model.activation`` left some activation modules as they were (their inputs are
+    no feature maps); said when the model is built for training, not again when a trained run's
+    model is rebuilt to evaluate, predict or lint it."""
+
+
 #: torch's activation modules that ``model.activation`` replaces.
 TORCH_ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU,
@@ -345,10 +352,11 @@ def _warn_kept(kept: list[tuple[str, nn.Module, str]], activations: BlockActivat
         count.setdefault(kind, set()).add(id(module))
     parts = [f"{len(count[k])} {INPUT_KINDS[k]} ({first[k]}, ...)" for k in INPUT_KINDS if k in count]
     warnings.warn(
-        f"model.activation={activations.name}: {len({id(m) for _, m, _ in kept})} activation module(s) in the stages "
-        f"of {activations.model!r} keep the model's own, as their inputs are no (B, C, H, W) feature maps: "
-        f"{'; '.join(parts)}; a softmax there would be constant or normalise other axes",
-        UserWarning,
+        KeptActivationsWarning(
+            f"model.activation={activations.name}: {len({id(m) for _, m, _ in kept})} activation module(s) in the "
+            f"stages of {activations.model!r} keep the model's own, as their inputs are no (B, C, H, W) feature "
+            f"maps: {'; '.join(parts)}; a softmax there would be constant or normalise other axes"
+        ),
         stacklevel=2,
     )
 
