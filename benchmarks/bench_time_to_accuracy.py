@@ -96,11 +96,21 @@ def notebook_run(cfg: Config, data: ImageData, epochs: int, device: torch.device
     return out
 
 
-def ours_run(cfg: Config, data: ImageData) -> list[tuple[float, float]]:
-    """(training seconds, validation accuracy) after each epoch of ``fit`` with ``cfg``."""
+def ours_run(cfg: Config, data: ImageData) -> dict[str, list[tuple[float, float]]]:
+    """(training seconds, validation accuracy) after each epoch of ``fit`` with ``cfg``; with
+    ``train.eval_flip`` also the same epochs' single-view accuracy under ``"single view"``."""
     with tempfile.TemporaryDirectory() as tmp:
         result = fit(cfg, Path(tmp) / "run", data=data)
-    return [(r["epoch_seconds"], r["val_acc"]) for r in result.history]
+    curves = {"": [(r["epoch_seconds"], r["val_acc"]) for r in result.history]}
+    if cfg.train.eval_flip:
+        curves["single view"] = [(r["epoch_seconds"], r["val_acc_single_view"]) for r in result.history]
+    return curves
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``"short:train.epochs=6,train.lr=0.2"`` -> ("short", ["train.epochs=6", "train.lr=0.2"])."""
+    name, _, overrides = text.partition(":")
+    return name, [o for o in overrides.split(",") if o]
 
 
 def time_to(curve: list[tuple[float, float]], target: float) -> tuple[float, int] | None:
@@ -122,56 +132,94 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--set", action="append", default=[], help="a config override for both loops, e.g. data.image_size=32"
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME:KEY=VALUE[,KEY=VALUE]: also train the defaults with these overrides against the same notebook "
+        "curve (repeatable; the plain defaults always run first)",
+    )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     overrides = ["data.name=npz", f"data.root={args.data}", f"train.device={args.device}", *args.set]
-    cfg = load_config(None, overrides)
-    data = load_data(cfg.data)
+    variants = {"defaults": load_config(None, overrides)}
+    extras: dict[str, list[str]] = {"defaults": []}
+    for name, extra in map(parse_variant, args.variant):
+        variants[name], extras[name] = load_config(None, [*overrides, *extra]), extra
+    data = load_data(variants["defaults"].data)
     if args.train_size is not None:
-        from softmaxlab.data import Split
-
-        n = args.train_size
-        data.train = Split(
-            data.train.x[:n], data.train.y[:n], None if data.train.coarse is None else data.train.coarse[:n]
-        )
-    device = resolve_device(cfg.train.device)
-    with_set = f" with {', '.join(args.set)}" if args.set else ""
-    sizes = "-".join(str(cfg.train_image_size(e, data.image_shape[-1])) for e in range(1, cfg.train.epochs + 1))
+        data.train = _first(data.train, args.train_size)
+    device = resolve_device(variants["defaults"].train.device)
+    for name, cfg in variants.items():
+        print(_describe(name, cfg, data, [*args.set, *extras[name]], args.data.name), flush=True)
     print(
-        f"{args.data.name}: {len(data.train)} train / {len(data.val)} val images at {data.image_shape}, "
-        f"{cfg.model.name} {cfg.model.widths}; ours: softmaxlab defaults{with_set} ({cfg.train.optimizer}, "
-        f"lr {cfg.train.lr}, {cfg.train.schedule}, {cfg.train.epochs} epochs at {sizes} px, "
-        f"batch {cfg.train.batch_size}); "
-        f"notebook: Adam 1e-3, batch 64, flips, {args.notebook_epochs} epochs; "
-        f"device {device}, {torch.get_num_threads()} threads",
+        f"notebook: Adam 1e-3, batch 64, flips, {args.notebook_epochs} epochs; device {device}, "
+        f"{torch.get_num_threads()} threads",
         flush=True,
     )
-    ratios, rows = [], []
+    results: dict[str, list[tuple[float, float]]] = {}  # row -> per-seed (ratio, final accuracy)
     for i, seed in enumerate(int(s) for s in args.seeds.split(",")):
-        seeded = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
-        runs = {}
-        for which in ("ours", "notebook") if i % 2 == 0 else ("notebook", "ours"):
-            runs[which] = (
-                ours_run(seeded, data) if which == "ours" else notebook_run(seeded, data, args.notebook_epochs, device)
-            )
-        target = max(acc for _, acc in runs["notebook"])
-        reach = {k: time_to(v, target) for k, v in runs.items()}
-        ratio = reach["ours"][0] / reach["notebook"][0] if reach["ours"] else float("inf")
-        ratios.append(ratio)
-        rows.append((seed, target, reach, runs))
-        show = {k: (f"{r[0]:.1f} s (epoch {r[1]})" if r else "never") for k, r in reach.items()}
-        print(
-            f"seed {seed}: target {target:.4f} (notebook's best); ours {show['ours']}, notebook {show['notebook']}; "
-            f"ours / notebook {ratio:.3f}; final val acc ours {runs['ours'][-1][1]:.4f}, "
-            f"notebook {runs['notebook'][-1][1]:.4f}",
-            flush=True,
-        )
+        curves = _one_seed(seed, variants, data, args.notebook_epochs, device, notebook_first=i % 2 == 1)
+        target = max(acc for _, acc in curves["notebook"])
+        reach_nb = time_to(curves["notebook"], target)
+        print(f"seed {seed}: target {target:.4f} (notebook's best), notebook {_show(reach_nb)}", flush=True)
+        for row, curve in curves.items():
+            if row == "notebook":
+                continue
+            reach = time_to(curve, target)
+            ratio = reach[0] / reach_nb[0] if reach else float("inf")
+            results.setdefault(row, []).append((ratio, curve[-1][1]))
+            print(f"  {row}: {_show(reach)}; ours / notebook {ratio:.3f}; final val acc {curve[-1][1]:.4f}", flush=True)
     print(
-        f"ours / notebook time to the notebook's best: median {statistics.median(ratios):.3f} "
-        f"(min {min(ratios):.3f}, max {max(ratios):.3f}; target <= 0.5)"
+        f"ours / notebook time to the notebook's best, median (min-max) over seeds {args.seeds}; "
+        "final val acc, mean (min-max):"
     )
-    finals = [r[3]["ours"][-1][1] for r in rows]
-    print(f"ours: final val acc {statistics.fmean(finals):.4f} mean over seeds (min {min(finals):.4f})")
+    for row, per_seed in results.items():
+        ratios, finals = [r for r, _ in per_seed], [a for _, a in per_seed]
+        print(
+            f"  {row:<32} {statistics.median(ratios):7.3f} ({min(ratios):.3f}-{max(ratios):.3f})   "
+            f"{statistics.fmean(finals):.4f} ({min(finals):.4f}-{max(finals):.4f})"
+        )
+
+
+def _first(split, n: int):
+    from softmaxlab.data import Split
+
+    return Split(split.x[:n], split.y[:n], None if split.coarse is None else split.coarse[:n])
+
+
+def _describe(name: str, cfg: Config, data: ImageData, changes: list[str], file: str) -> str:
+    t = cfg.train
+    sizes = "-".join(str(cfg.train_image_size(e, data.image_shape[-1])) for e in range(1, t.epochs + 1))
+    return (
+        f"{file}: {len(data.train)} train / {len(data.val)} val images at {data.image_shape}, "
+        f"{cfg.model.name} {cfg.model.widths}; {name}: softmaxlab defaults"
+        f"{' with ' + ', '.join(changes) if changes else ''} ({t.optimizer}, lr {t.lr}, {t.schedule}, "
+        f"{t.epochs} epochs at {sizes} px, batch {t.batch_size}, eval_flip {t.eval_flip})"
+    )
+
+
+def _one_seed(
+    seed: int, variants: dict[str, Config], data: ImageData, epochs: int, device: torch.device, notebook_first: bool
+) -> dict[str, list[tuple[float, float]]]:
+    """Every curve of one seed: the notebook's, and each variant's (its single-view one too)."""
+    order = ["notebook", *variants] if notebook_first else [*variants, "notebook"]
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for which in order:
+        if which == "notebook":
+            base = variants["defaults"]
+            seeded = base.model_copy(update={"train": base.train.model_copy(update={"seed": seed})})
+            curves["notebook"] = notebook_run(seeded, data, epochs, device)
+            continue
+        cfg = variants[which]
+        seeded = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
+        for suffix, curve in ours_run(seeded, data).items():
+            curves[f"{which} ({suffix})" if suffix else which] = curve
+    return curves
+
+
+def _show(reach: tuple[float, int] | None) -> str:
+    return f"{reach[0]:.1f} s (epoch {reach[1]})" if reach else "never"
 
 
 if __name__ == "__main__":

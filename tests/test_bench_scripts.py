@@ -39,17 +39,27 @@ def test_time_to_accuracy_runs_on_a_tiny_npz(time_to_accuracy, tmp_path, capsys)
     np.savez(path, x=x.permute(0, 2, 3, 1).numpy(), y=y.numpy())
     args = ["--data", str(path), "--seeds", "0,1", "--notebook-epochs", "2", "--set", "train.epochs=2"]
     sets = ["--set", "model.widths=[8,16]", "--set", "train.low_res_fraction=0.5", "--set", "train.low_res_size=8"]
-    time_to_accuracy.main([*args, *sets])
+    variant = ["--variant", "flip:train.eval_flip=true,train.lr=0.05"]
+    time_to_accuracy.main([*args, *sets, *variant])
     out = capsys.readouterr().out
     assert "defaults with train.epochs=2, model.widths=[8,16], train.low_res_fraction=0.5, train.low_res_size=8" in out
     assert "2 epochs at 8-16 px" in out  # the npz's own 16 px, the first epoch at 8
-    seeds = re.findall(r"^seed (\d): target ([\d.]+) \(notebook's best\); ours (.+?), notebook (.+?); ", out, re.M)
+    assert re.search(
+        r"; flip: softmaxlab defaults with .*, train\.eval_flip=true, train\.lr=0\.05 \(.*eval_flip True\)$",
+        out,
+        re.M,
+    )
+    seeds = re.findall(r"^seed (\d): target ([\d.]+) \(notebook's best\), notebook (.+)$", out, re.M)
     assert [s[0] for s in seeds] == ["0", "1"]
-    for _, target, ours, notebook in seeds:
+    for _, target, notebook in seeds:
         assert 0 < float(target) <= 1
         assert re.fullmatch(r"[\d.]+ s \(epoch [12]\)", notebook)  # the notebook reaches its own best
-        assert ours == "never" or re.fullmatch(r"[\d.]+ s \(epoch [12]\)", ours)
-    assert re.search(r"^ours / notebook time to the notebook's best: median ([\d.]+|inf) ", out, re.M)
+    rows = re.findall(r"^  (defaults|flip|flip \(single view\)): (.+?); ours / notebook ([\d.]+|inf); ", out, re.M)
+    assert [r[0] for r in rows] == ["defaults", "flip", "flip (single view)"] * 2
+    assert all(r[1] == "never" or re.fullmatch(r"[\d.]+ s \(epoch [12]\)", r[1]) for r in rows)
+    summary = out.split("final val acc, mean (min-max):\n")[1].splitlines()
+    assert [line.split()[0] for line in summary] == ["defaults", "flip", "flip"]
+    assert all(re.search(r" ([\d.]+|inf) \(([\d.]+|inf)-([\d.]+|inf)\) ", line) for line in summary)
 
 
 def test_lint_benchmark_runs_on_a_small_model(capsys):

@@ -297,3 +297,27 @@ def test_visualize_a_model_whose_stages_output_no_maps_writes_nothing(tmp_path):
     with pytest.raises(UserError, match=r"output no \(C, H, W\) feature maps"):
         visualize_run(run_dir, _image(tmp_path), tmp_path / "maps.png")
     assert not (tmp_path / "maps.png").exists()
+
+
+def test_a_run_with_eval_flip_is_evaluated_and_predicted_on_flip_averaged_scores(tmp_path):
+    from PIL import Image
+
+    from softmaxlab.inference import model_input
+
+    flipped = fit(tiny_config(*SMALL, "train.epochs=1", "train.eval_flip=true"), tmp_path / "flip")
+    result = evaluate_run(flipped.run_dir, "shapes", device="cpu")
+    assert result["metrics"]["accuracy"] == pytest.approx(flipped.summary["test"]["accuracy"])
+    path = tmp_path / "half.png"  # left half red, right half green: not its own mirror image
+    Image.fromarray(
+        np.concatenate([np.full((16, 8, 3), (255, 0, 0)), np.full((16, 8, 3), (0, 255, 0))], 1).astype(np.uint8)
+    ).save(path)
+    got = predict_images(flipped.run_dir, [path], top_k=4)
+    loaded = load_trained_run(flipped.run_dir)
+    x = model_input(path, 16, loaded.normalization)
+    with torch.no_grad():
+        z, z_flip = loaded.model(x), loaded.model(x.flip(-1))
+    assert not torch.allclose(z, z_flip, atol=1e-4)
+    t = flipped.summary["temperature"]
+    expected = torch.softmax((z + z_flip) / 2 / t, dim=-1)[0]
+    top = sorted(got["predictions"][0]["top"], key=lambda c: c["index"])
+    assert [c["probability"] for c in top] == pytest.approx(expected.tolist(), abs=1e-5)

@@ -445,3 +445,40 @@ def test_a_model_that_cannot_take_the_images_is_a_one_line_user_error():
     with pytest.raises(UserError, match=r"fails on images of shape \(3, 32, 32\) \(AssertionError: Input height") as e:
         check_forward(FixedSize(), (3, 32, 32), torch.device("cpu"))
     assert "\n" not in str(e.value) and "model.kwargs" in str(e.value)
+
+
+def test_eval_flip_averages_the_scores_of_each_image_and_its_mirror_image():
+    from softmaxlab.data import Normalize, TensorLoader
+    from softmaxlab.distributed import World
+    from softmaxlab.models import build_model
+    from softmaxlab.train import evaluate, flip_averaged
+
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = build_model(cfg, 3, 4).eval()
+    images, y = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8), torch.randint(0, 4, (40,))
+    loader = TensorLoader(images, y, 16, Normalize([0.5] * 3, [0.25] * 3, torch.device("cpu")))
+    x = torch.cat([xb for xb, _ in loader])  # the normalised images the model sees
+    with torch.no_grad():
+        averaged, single = flip_averaged(model, x)
+        expected = (model(x) + model(x.flip(-1))) / 2
+        assert torch.allclose(averaged, expected, atol=1e-6) and torch.allclose(single, model(x))
+        assert not torch.allclose(averaged, single, atol=1e-4)  # a mirror image is another input
+    plain = evaluate(model, loader, World(), keep_probs=True)
+    flipped = evaluate(model, loader, World(), keep_probs=True, flip=True)
+    assert "acc_single_view" not in plain
+    assert flipped["acc_single_view"] == pytest.approx(plain["acc"])
+    assert torch.allclose(flipped["probs"], model.head.probs(expected.detach()), atol=1e-6)
+    assert flipped["acc"] == pytest.approx((flipped["probs"].argmax(1) == y).float().mean().item())
+    assert flipped["loss"] == pytest.approx(model.head.loss(expected, y).item(), rel=1e-5)
+
+
+def test_a_run_with_eval_flip_records_both_accuracies_each_epoch(tmp_path):
+    result = fit(tiny_config("train.epochs=2", "train.eval_flip=true"), tmp_path / "run")
+    for record in result.history:
+        assert 0 <= record["val_acc_single_view"] <= 1 and 0 <= record["val_acc"] <= 1
+    plain = fit(tiny_config("train.epochs=2"), tmp_path / "plain")
+    assert "val_acc_single_view" not in plain.history[-1]
+    # Training is untouched by the option: the same weights, so the single view is the plain run's accuracy.
+    assert [r["val_acc_single_view"] for r in result.history] == pytest.approx([r["val_acc"] for r in plain.history])
+    assert [r["train_loss"] for r in result.history] == [r["train_loss"] for r in plain.history]

@@ -274,6 +274,9 @@ class TrainConfig(_Section):
     epochs: int = Field(8, ge=1)  # passes over the training split
     batch_size: int = Field(128, ge=1)  # images per optimisation step
     eval_batch_size: int = Field(1000, ge=1)  # images per forward pass when evaluating
+    # Test-time flips: validation, test, evaluate and predict average the head's input scores over
+    # each image and its horizontal mirror image (twice the evaluation forwards; training unchanged).
+    eval_flip: bool = False
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0)  # peak learning rate
     momentum: float = Field(0.9, ge=0, lt=1)  # SGD momentum (Nesterov when `nesterov`)

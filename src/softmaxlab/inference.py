@@ -45,7 +45,7 @@ from softmaxlab.models import Classifier
 from softmaxlab.models.external import is_factory_spec
 from softmaxlab.progress import CountProgress
 from softmaxlab.report.figures import feature_map_figure, save_png
-from softmaxlab.train import evaluate
+from softmaxlab.train import evaluate, flip_averaged
 from softmaxlab.untrusted import regular_file
 
 #: The splits ``evaluate_run`` accepts; ``all`` is train + validation + test.
@@ -204,7 +204,7 @@ def evaluate_run(
     model = run.model.to(target)
     norm = Normalize(run.normalization["mean"], run.normalization["std"], target)
     loader = TensorLoader(x.to(target), y.to(target), cfg.train.eval_batch_size, norm)
-    out = evaluate(model, loader, World(), keep_probs=True)
+    out = evaluate(model, loader, World(), keep_probs=True, flip=run.cfg.train.eval_flip)
     head = run.cfg.head.name
     metrics = classification_metrics(out["probs"], out["targets"], source=f"head {head!r}")
     metrics.update(after_temperature(out["probs"], out["targets"], run.temperature, model.head, out.get("scores")))
@@ -360,7 +360,7 @@ def _predict_batch(run: TrainedRun, files: Sequence[Path], progress: CountProgre
     """(len(files), K) probabilities of one batch of image files (temperature-scaled when fitted)."""
     x = torch.cat([model_input(image, run.cfg.data.image_size, run.normalization) for image in files])
     head = run.model.head
-    scores = run.model(x).float()
+    scores = (flip_averaged(run.model, x)[0] if run.cfg.train.eval_flip else run.model(x)).float()
     probs = head.probs(scores).float()
     validate_probs(probs, source=f"head {run.cfg.head.name!r}")
     if run.temperature is not None:

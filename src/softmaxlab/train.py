@@ -410,27 +410,47 @@ def train_one_epoch(state: TrainingState, loader: TensorLoader, hooks: Hook, wor
     return {**state.totals.reduce(world, state.total_steps), "steps": len(loader)}
 
 
+def flip_averaged(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(s, s1): the scores ``s = (f(x) + f(flip(x))) / 2`` averaged over a batch and its
+    horizontal mirror images (test-time augmentation, ``train.eval_flip``), and the single-view
+    scores ``s1 = f(x)``. The average is taken over the head's inputs (logits, or the features
+    of a head with its own layers), so every head normalises the averaged scores its own way."""
+    single = model(x)
+    return (single + model(x.flip(-1))) / 2, single
+
+
 @torch.no_grad()
 def evaluate(
-    model: Classifier, loader: TensorLoader, world: World, *, keep_probs: bool = False, amp: str = "none"
+    model: Classifier,
+    loader: TensorLoader,
+    world: World,
+    *,
+    keep_probs: bool = False,
+    amp: str = "none",
+    flip: bool = False,
 ) -> dict[str, Any]:
     """Mean head loss and accuracy over ``loader``; with ``keep_probs`` also the (N, K)
     probabilities from ``head.probs`` and the (N,) targets, on the CPU, and the (N, K)
     ``scores`` of a head that is temperature-scaled on them (``temperature_input``). ``amp``
-    as ``train.amp`` (the head still normalises in float32). With several processes each
-    rank passes its shard and the sums are added over the ranks (``World()``: one process)."""
+    as ``train.amp`` (the head still normalises in float32). With ``flip`` every number is
+    that of the flip-averaged scores (:func:`flip_averaged`), and ``acc_single_view`` is the
+    accuracy of the images alone. With several processes each rank passes its shard and the
+    sums are added over the ranks (``World()``: one process)."""
     model.eval()
     head = model.head
     device = loader.x.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    correct_single = torch.zeros((), device=device, dtype=torch.long)
     kept: dict[str, list[Tensor]] = {"probs": [], "targets": [], "scores": []}
     keep_scores = keep_probs and head.temperature_input == "scores"
     for x, y in loader:
         with autocast(device, amp):
-            scores = model(x)
+            scores, single = flip_averaged(model, x) if flip else (model(x), None)
             loss_sum += head.loss(scores, y).float() * y.shape[0]
             p = head.probs(scores)
+            if single is not None:
+                correct_single += (head.predict(single) == y).sum()
         correct += (p.argmax(dim=1) == y).sum()
         if keep_probs:
             kept["probs"].append(p.float().cpu())
@@ -438,9 +458,11 @@ def evaluate(
         if keep_scores:
             kept["scores"].append(scores.float().cpu())
     n_local = loss_sum.new_tensor(len(loader.y)).double()
-    totals = all_reduce(torch.stack([loss_sum.double(), correct.double(), n_local]), world)
-    loss_total, correct_total, n = totals.tolist()
+    totals = all_reduce(torch.stack([loss_sum.double(), correct.double(), correct_single.double(), n_local]), world)
+    loss_total, correct_total, single_total, n = totals.tolist()
     out: dict[str, Any] = {"loss": loss_total / n, "acc": correct_total / n}
+    if flip:
+        out["acc_single_view"] = single_total / n
     out.update({k: torch.cat(v) for k, v in kept.items() if v})
     return out
 
@@ -805,7 +827,7 @@ def _epoch(run: _Run, state: TrainingState, epoch: int) -> dict[str, Any]:
     if stats["bad_step"] >= 0 or not math.isfinite(stats["loss"]):
         raise _divergence(cfg, epoch, stats["bad_step"], "loss")
     distributed.broadcast_buffers(state.model, run.world)  # rank 0's BatchNorm statistics, as saved
-    val = evaluate(state.model, run.loaders["val"], run.world, amp=cfg.train.amp)
+    val = evaluate(state.model, run.loaders["val"], run.world, amp=cfg.train.amp, flip=cfg.train.eval_flip)
     if not math.isfinite(val["loss"]):  # e.g. an unstable head overflowing on unseen images
         raise _divergence(cfg, epoch, -1, "validation loss")
     last_step = epoch * len(train) - 1
@@ -816,6 +838,7 @@ def _epoch(run: _Run, state: TrainingState, epoch: int) -> dict[str, Any]:
         "train_acc": stats["acc"],
         "val_loss": val["loss"],
         "val_acc": val["acc"],
+        **({"val_acc_single_view": val["acc_single_view"]} if "acc_single_view" in val else {}),
         "epoch_seconds": seconds,
         "train_images_per_second": stats["images"] / seconds,
         "train_image_size": train.size,  # progressive resizing: smaller in early epochs
@@ -862,12 +885,13 @@ def _test_metrics(run: _Run, model: Classifier) -> tuple[dict[str, Any], float |
     loader may be one rank's shard), then applied to the test probabilities.
     """
     cfg, data, device, test_loader, one = run.cfg, run.data, run.device, run.loaders["test"], World()
-    test = evaluate(model, test_loader, one, keep_probs=True, amp=cfg.train.amp)
+    flip = cfg.train.eval_flip
+    test = evaluate(model, test_loader, one, keep_probs=True, amp=cfg.train.amp, flip=flip)
     metrics = classification_metrics(test["probs"], test["targets"], source=f"head {cfg.head.name!r}")
     runs.save_predictions(run.run_dir / runs.PREDICTIONS, test["probs"], test["targets"], test.get("scores"))
     norm = test_loader.normalize
     val_loader = TensorLoader(data.val.x.to(device), data.val.y.to(device), cfg.train.eval_batch_size, norm)
-    val = evaluate(model, val_loader, one, keep_probs=True, amp=cfg.train.amp)
+    val = evaluate(model, val_loader, one, keep_probs=True, amp=cfg.train.amp, flip=flip)
     source = f"head {cfg.head.name!r} (validation split)"
     head = model.head
     temperature, note = fit_head_temperature(head, val["probs"], val["targets"], source, val.get("scores"))
