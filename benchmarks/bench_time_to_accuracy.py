@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     variants = {"defaults": load_config(None, overrides)}
     extras: dict[str, list[str]] = {"defaults": []}
     for name, extra in map(parse_variant, args.variant):
+        if name in extras or name == "notebook" or not extra:
+            parser.error(f"--variant {name!r}: give a new name and at least one override, NAME:KEY=VALUE[,KEY=VALUE]")
         variants[name], extras[name] = load_config(None, [*overrides, *extra]), extra
     data = load_data(variants["defaults"].data)
     if args.train_size is not None:
@@ -206,13 +208,11 @@ def _one_seed(
     order = ["notebook", *variants] if notebook_first else [*variants, "notebook"]
     curves: dict[str, list[tuple[float, float]]] = {}
     for which in order:
+        cfg = variants["defaults" if which == "notebook" else which]
+        seeded = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
         if which == "notebook":
-            base = variants["defaults"]
-            seeded = base.model_copy(update={"train": base.train.model_copy(update={"seed": seed})})
             curves["notebook"] = notebook_run(seeded, data, epochs, device)
             continue
-        cfg = variants[which]
-        seeded = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
         for suffix, curve in ours_run(seeded, data).items():
             curves[f"{which} ({suffix})" if suffix else which] = curve
     return curves

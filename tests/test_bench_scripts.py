@@ -73,3 +73,10 @@ def test_sweep_benchmark_times_a_small_sweep(capsys):
     load_script("bench_sweep").main(["--workers", "1", "--seeds", "1", "--epochs", "1", "--train-size", "200"])
     out = capsys.readouterr().out
     assert re.search(r"^--workers 1: wall +[\d.]+ s, training summed +[\d.]+ s \(2 runs\), overhead ", out, re.M), out
+
+
+@pytest.mark.parametrize("variant", ["defaults:train.epochs=2", "noop", "noop:"])
+def test_time_to_accuracy_refuses_a_variant_without_a_new_name_or_overrides(time_to_accuracy, variant, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        time_to_accuracy.main(["--data", "missing.npz", "--variant", variant])
+    assert exit_info.value.code == 2 and "give a new name and at least one override" in capsys.readouterr().err

@@ -450,7 +450,7 @@ def evaluate(
             loss_sum += head.loss(scores, y).float() * y.shape[0]
             p = head.probs(scores)
             if single is not None:
-                correct_single += (head.predict(single) == y).sum()
+                correct_single += (head.probs(single).argmax(dim=1) == y).sum()  # as `correct`
         correct += (p.argmax(dim=1) == y).sum()
         if keep_probs:
             kept["probs"].append(p.float().cpu())
