@@ -65,7 +65,10 @@ def test_run_directory_files_and_keys(tiny_run):
     cm = torch.tensor(test["confusion_matrix"])
     assert cm.shape == (4, 4) and cm.sum() == 256
     assert test["accuracy"] == pytest.approx(cm.diag().sum().item() / 256)
-    assert summary["timing"]["mean_epoch_seconds"] > 0 and summary["timing"]["train_images_per_second"] > 0
+    timing = summary["timing"]
+    assert timing["mean_epoch_seconds"] > 0 and timing["train_images_per_second"] > 0
+    # The whole run (data, model, validation, test) takes longer than its epochs' training.
+    assert timing["wall_seconds"] > timing["total_train_seconds"] > 0
     env = summary["env"]
     assert {"python", "torch", "softmaxlab", "device", "seed"} <= set(env) and env["device"] == "cpu"
 

@@ -481,6 +481,7 @@ class _Job:
     progress: Progress
     data: ImageData | None
     hooks: Sequence[Hook]
+    started: float = field(default_factory=time.perf_counter)
 
 
 def fit(
@@ -557,6 +558,7 @@ class _Run:
     device: torch.device
     hooks: Hooks
     checkpoints: Checkpointer
+    started: float  # time.perf_counter() when this fit call began
 
 
 def _fit(job: _Job, world: World, device: torch.device) -> FitResult:
@@ -579,7 +581,7 @@ def _fit(job: _Job, world: World, device: torch.device) -> FitResult:
     checkpoints = Checkpointer(job.run_dir, world, cfg.train.checkpoint_every, Hooks(job.hooks), cfg.to_dict())
     progress = ProgressHook(job.progress if world.is_main else Progress())
     hooks = Hooks([*job.hooks, checkpoints, progress, TrackerHook(tracking)])
-    run = _Run(cfg, data, loaders, diagnostics, job.run_dir, world, device, hooks, checkpoints)
+    run = _Run(cfg, data, loaders, diagnostics, job.run_dir, world, device, hooks, checkpoints, job.started)
     state = _training_state(run, model)
     if decision == "continue":
         _restore(run, state)
@@ -870,6 +872,8 @@ def _finish(run: _Run, state: TrainingState) -> FitResult:
         summary = run_summary(
             run.cfg, run.data, history, run.device, world, test=test, temperature=temperature, note=note
         )
+        # Data, model, epochs, validation and test of this fit call (since the resume, for a resumed run).
+        summary.setdefault("timing", {})["wall_seconds"] = time.perf_counter() - run.started
         maps = run.diagnostics.feature_maps()  # the first validation image
         run.hooks.on_run_finished(FitResult(run.run_dir, summary, history, state.model, feature_maps=maps))
         runs.atomic_write_json(run.run_dir / runs.SUMMARY, summary)

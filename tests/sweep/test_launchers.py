@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,42 @@ def test_submitit_bad_settings_are_user_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"pip install 'softmaxlab\[submitit\]'"):
         sweep.run_sweep(path, tmp_path / "out", launcher="submitit")
     assert not (tmp_path / "out").exists()
+
+
+def test_runs_that_share_a_dataset_load_it_once_and_train_as_alone(tmp_path, monkeypatch):
+    from softmaxlab.config import Config, apply_overrides
+    from softmaxlab.experiment import run_experiment
+    from softmaxlab.sweep import launchers
+
+    from .conftest import SWEEP_BASE
+
+    loads = []
+    real_load = launchers.load_data
+    monkeypatch.setattr(launchers, "load_data", lambda cfg: loads.append(cfg.train_size) or real_load(cfg))
+    real_report = sweep.runner.write_run_report
+    monkeypatch.setattr(sweep.runner, "write_run_report", lambda out, figures, what: real_report(out, False, what))
+    grid = {"data.train_size": [256, 128], "head.name": ["softmax", "log_softmax"]}
+    sweep.run_sweep(write_sweep(tmp_path / "s.yaml", grid), tmp_path / "out")
+    assert loads == [256, 128]  # once per dataset, not once per run
+    assert launchers._DATA == {}  # released with the sweep
+    # A run on the shared dataset trains exactly as the same run with its own.
+    name = "train_size-128_head-log_softmax"
+    swept = json.loads((tmp_path / "out" / sweep.RUNS_DIR / name / runs.SUMMARY).read_text())
+    overrides = [*SWEEP_BASE, "data.train_size=128", "head.name=log_softmax"]
+    alone = run_experiment(Config.model_validate(apply_overrides({}, overrides)), tmp_path / "alone").summary
+    assert swept["test"] == alone["test"] and swept["val"] == alone["val"]
+
+
+def test_a_shared_dataset_comes_without_the_notes_of_its_loading(monkeypatch):
+    from softmaxlab.config import Config, apply_overrides
+    from softmaxlab.data import load_data
+    from softmaxlab.sweep import launchers
+
+    from .conftest import SWEEP_BASE
+
+    monkeypatch.setattr(launchers, "load_data", lambda cfg: replace(load_data(cfg), notes=["cache filled"]))
+    cfg = Config.model_validate(apply_overrides({}, SWEEP_BASE))
+    first, second = launchers.shared_data(cfg), launchers.shared_data(cfg)
+    launchers.forget_data()
+    assert first.notes == ["cache filled"] and second.notes == []
+    assert second.train.x is first.train.x  # the same tensors, not a second copy

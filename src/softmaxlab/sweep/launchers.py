@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import multiprocessing
 import os
 import signal
@@ -26,13 +27,14 @@ import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from softmaxlab.config import Config
+from softmaxlab.data import ImageData, load_data
 from softmaxlab.errors import DivergedError, UserError
 from softmaxlab.experiment import run_experiment
 from softmaxlab.sweep.directory import RUNS_DIR, read_jobs, write_jobs
@@ -47,14 +49,41 @@ class LaunchError(Exception):
     """A run that could not be started; the others go on (recorded as ``failed`` with this text)."""
 
 
+#: The dataset of the last run this process trained, by the JSON of its ``data`` config: the
+#: runs of a sweep mostly share one, so a worker loads and decodes it once, not once per run.
+#: One entry, so that a sweep over datasets holds one of them in memory at a time.
+_DATA: dict[str, ImageData] = {}
+
+
+def shared_data(cfg: Config) -> ImageData:
+    """The dataset of ``cfg.data``, loaded once per process for all the runs that share it.
+
+    Training never changes an :class:`ImageData` (the demo's runs share one the same way);
+    a reused one comes without its loading notes (a cache filled, its size), which the run
+    that loaded it has reported.
+    """
+    key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
+    if key in _DATA:
+        return replace(_DATA[key], notes=[])
+    _DATA.clear()  # before loading: the old dataset and the new one are never both held
+    _DATA[key] = data = load_data(cfg.data)
+    return data
+
+
+def forget_data() -> None:
+    """Drop the dataset :func:`shared_data` holds (a sweep run in this process has ended)."""
+    _DATA.clear()
+
+
 def train_run(config: dict[str, Any], run_dir: str) -> Outcome:
     """Train one run (continuing it when interrupted): its report included; (status, error).
 
     Runs in a worker process or job: every exception is caught and returned as text, so one
-    failed run never stops the others.
+    failed run never stops the others. The dataset comes from :func:`shared_data`.
     """
     try:
-        run_experiment(Config.model_validate(config), run_dir, resume=True)
+        cfg = Config.model_validate(config)
+        run_experiment(cfg, run_dir, resume=True, data=shared_data(cfg))
     except DivergedError as exc:
         return "diverged", str(exc)
     except Exception as exc:  # one failed run must not stop the sweep
@@ -149,6 +178,9 @@ class InlineLauncher(Launcher):
 
     def result(self, job: _InlineJob) -> Outcome:
         return job.outcome
+
+    def close(self) -> None:
+        forget_data()  # the sweep's process lives on in a library caller
 
 
 class ProcessLauncher(Launcher):
