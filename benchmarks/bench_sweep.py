@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,21 @@ def run_sweep(config: Path, out: Path, workers: int) -> tuple[float, float, floa
     return wall, trained, sum(t.get("wall_seconds", 0.0) for t in finished), len(finished)
 
 
+def load_seconds(config: Path, repeats: int = 3) -> float:
+    """Median seconds of loading the sweep's dataset in this process: what each run after a
+    worker's first no longer pays, since the runs that share a dataset load it once."""
+    from softmaxlab.data import load_data
+    from softmaxlab.sweep.spec import load_sweep
+
+    cfg = load_sweep(config)[0]  # the base experiment: every run of the grid has its data
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        load_data(cfg.data)
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -76,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         config.write_text(yaml.safe_dump(sweep_config(args.epochs, args.train_size, args.seeds, args.data)))
         images = args.data.name if args.data else "shapes"
         print(f"{2 * args.seeds} runs: simple_cnn on {images}, {args.train_size} training images, {args.epochs} epochs")
+        print(f"loading the data: {load_seconds(config):.2f} s (median of 3), once per worker", flush=True)
         walls = {}
         for workers in args.workers:
             out = root / f"workers-{workers}"
@@ -85,10 +102,14 @@ def main(argv: list[str] | None = None) -> None:
             if workers == 1:
                 fixed = run_sweep(config, out, workers)[0]  # trains nothing: every run is finished
                 line += f", overhead wall / training - 1 = {wall / trained - 1:+.0%}"
-                line += f"\n  runs summed {runs:.1f} s (training, validation, test)"
-                line += f", wall / runs - 1 = {wall / runs - 1:+.0%}"
+                if runs > 0:
+                    line += f"\n  runs summed {runs:.1f} s (training, validation, test)"
+                    line += f", wall / runs - 1 = {wall / runs - 1:+.0%}"
+                else:  # a version of softmaxlab whose summaries lack timing.wall_seconds
+                    line += "\n  the runs' own times are not recorded (no timing.wall_seconds)"
                 line += f"; fixed {fixed:.1f} s (the same command again, nothing to train)"
-                line += f", {(wall - fixed - runs) / max(1, finished):.2f} s per run beyond the run itself"
+                if runs > 0:
+                    line += f", {(wall - fixed - runs) / max(1, finished):.2f} s per run beyond the run itself"
             elif 1 in walls:
                 line += f", speed-up over --workers 1: {walls[1] / wall:.2f}x"
             print(line, flush=True)

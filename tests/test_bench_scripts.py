@@ -73,6 +73,7 @@ def test_sweep_benchmark_times_a_small_sweep(capsys):
     load_script("bench_sweep").main(["--workers", "1", "--seeds", "1", "--epochs", "1", "--train-size", "200"])
     out = capsys.readouterr().out
     assert re.search(r"^--workers 1: wall +[\d.]+ s, training summed +[\d.]+ s \(2 runs\), overhead ", out, re.M), out
+    assert re.search(r"^loading the data: [\d.]+ s \(median of 3\), once per worker$", out, re.M), out
     assert re.search(r"^  runs summed [\d.]+ s .*, wall / runs - 1 = [+-]\d+%; fixed [\d.]+ s ", out, re.M), out
 
 

@@ -593,7 +593,7 @@ def _fit(job: _Job, world: World, device: torch.device) -> FitResult:
         return _finish(run, state)
     except DivergedError as exc:
         if world.is_main:
-            summary = run_summary(cfg, data, state.history, device, world, diverged=exc)
+            summary = run_summary(cfg, data, state.history, device, world, diverged=exc, started=run.started)
             runs.atomic_write_json(run.run_dir / runs.SUMMARY, summary)
         tracking.stop("diverged")
         exc.run_dir = run.run_dir
@@ -870,10 +870,16 @@ def _finish(run: _Run, state: TrainingState) -> FitResult:
         test, temperature, note = _test_metrics(run, state.model)
         history = state.history
         summary = run_summary(
-            run.cfg, run.data, history, run.device, world, test=test, temperature=temperature, note=note
+            run.cfg,
+            run.data,
+            history,
+            run.device,
+            world,
+            test=test,
+            temperature=temperature,
+            note=note,
+            started=run.started,
         )
-        # Data, model, epochs, validation and test of this fit call (since the resume, for a resumed run).
-        summary.setdefault("timing", {})["wall_seconds"] = time.perf_counter() - run.started
         maps = run.diagnostics.feature_maps()  # the first validation image
         run.hooks.on_run_finished(FitResult(run.run_dir, summary, history, state.model, feature_maps=maps))
         runs.atomic_write_json(run.run_dir / runs.SUMMARY, summary)
@@ -928,10 +934,12 @@ def run_summary(
     temperature: float | None = None,
     note: str = "",
     diverged: DivergedError | None = None,
+    started: float | None = None,
 ) -> dict[str, Any]:
     """``summary.json`` of a run: ``status`` ``finished`` with the ``test`` metrics and the
     fitted ``temperature`` with its ``note``, or ``diverged`` with where and why; both with
-    what the run is, its epochs, timing and environment."""
+    what the run is, its epochs, timing and environment. ``started``: the
+    ``time.perf_counter()`` at which the fit call began, for ``timing.wall_seconds``."""
     summary: dict[str, Any] = {
         "status": "diverged" if diverged is not None else "finished",
         "name": cfg.name,
@@ -949,6 +957,8 @@ def run_summary(
         summary["val"] = {"loss": history[-1]["val_loss"], "accuracy": history[-1]["val_acc"]}
     if history:
         summary["timing"] = _timing(history)
+    if started is not None:  # the fit call's whole time: since the resume, for a resumed run
+        summary.setdefault("timing", {})["wall_seconds"] = time.perf_counter() - started
     summary["env"] = {**runs.environment(device, cfg.train.seed), "processes": world.size}
     return summary
 

@@ -253,6 +253,7 @@ def test_submitit_bad_settings_are_user_errors(tmp_path, monkeypatch):
 
 
 def test_runs_that_share_a_dataset_load_it_once_and_train_as_alone(tmp_path, monkeypatch):
+    from softmaxlab import train
     from softmaxlab.config import Config, apply_overrides
     from softmaxlab.experiment import run_experiment
     from softmaxlab.sweep import launchers
@@ -262,16 +263,19 @@ def test_runs_that_share_a_dataset_load_it_once_and_train_as_alone(tmp_path, mon
     loads = []
     real_load = launchers.load_data
     monkeypatch.setattr(launchers, "load_data", lambda cfg: loads.append(cfg.train_size) or real_load(cfg))
+    monkeypatch.setattr(train, "load_data", lambda cfg: pytest.fail("a sweep run loaded its own data"))
     real_report = sweep.runner.write_run_report
     monkeypatch.setattr(sweep.runner, "write_run_report", lambda out, figures, what: real_report(out, False, what))
-    grid = {"data.train_size": [256, 128], "head.name": ["softmax", "log_softmax"]}
+    grid = {"data.train_size": [256, 128], "data.flip": [True, False], "head.name": ["softmax", "log_softmax"]}
     sweep.run_sweep(write_sweep(tmp_path / "s.yaml", grid), tmp_path / "out")
-    assert loads == [256, 128]  # once per dataset, not once per run
+    # Once per set of images (augmentation options do not change what is loaded), not once per run.
+    assert loads == [256, 128]
     assert launchers._DATA == {}  # released with the sweep
+    monkeypatch.undo()
     # A run on the shared dataset trains exactly as the same run with its own.
-    name = "train_size-128_head-log_softmax"
-    swept = json.loads((tmp_path / "out" / sweep.RUNS_DIR / name / runs.SUMMARY).read_text())
-    overrides = [*SWEEP_BASE, "data.train_size=128", "head.name=log_softmax"]
+    (swept,) = (tmp_path / "out" / sweep.RUNS_DIR).glob("flip-false_train_size-128_head-log_softmax")
+    swept = json.loads((swept / runs.SUMMARY).read_text())
+    overrides = [*SWEEP_BASE, "data.train_size=128", "data.flip=false", "head.name=log_softmax"]
     alone = run_experiment(Config.model_validate(apply_overrides({}, overrides)), tmp_path / "alone").summary
     assert swept["test"] == alone["test"] and swept["val"] == alone["val"]
 
@@ -285,7 +289,9 @@ def test_a_shared_dataset_comes_without_the_notes_of_its_loading(monkeypatch):
 
     monkeypatch.setattr(launchers, "load_data", lambda cfg: replace(load_data(cfg), notes=["cache filled"]))
     cfg = Config.model_validate(apply_overrides({}, SWEEP_BASE))
-    first, second = launchers.shared_data(cfg), launchers.shared_data(cfg)
-    launchers.forget_data()
+    try:
+        first, second = launchers.shared_data(cfg), launchers.shared_data(cfg)
+    finally:
+        launchers.forget_data()
     assert first.notes == ["cache filled"] and second.notes == []
     assert second.train.x is first.train.x  # the same tensors, not a second copy

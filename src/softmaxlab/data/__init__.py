@@ -9,11 +9,13 @@ seed, augmentation) are :class:`~softmaxlab.data.base.DataOptions`.
 
 from __future__ import annotations
 
+import json
+
 from softmaxlab.data import shapes  # noqa: F401  (registers it first: the default is listed first)
 
 # isort: split
 from softmaxlab.data import arrays, cifar, imagefolder  # noqa: F401  (register the on-disk datasets)
-from softmaxlab.data.base import DATASETS, DataOptions, ImageData, Split
+from softmaxlab.data.base import AUGMENTATION_OPTIONS, DATASETS, DataOptions, ImageData, Split
 from softmaxlab.data.common import limit_train, user_cache_dir
 from softmaxlab.data.loader import Normalize, TensorLoader, random_crop, random_flip
 from softmaxlab.data.spec import parse_data_spec
@@ -29,6 +31,13 @@ def load_data(cfg: NamedOptions) -> ImageData:
     return limit_train(data, getattr(cfg, "max_train_images", None), getattr(cfg, "seed", 0))
 
 
+def loading_key(cfg: NamedOptions) -> str:
+    """The options of ``cfg`` (a ``data`` section) that decide what :func:`load_data`
+    returns, as sorted JSON: equal keys, equal images (the loader's augmentation options
+    are left out, as they do not change what is loaded)."""
+    return json.dumps(cfg.model_dump(mode="json", exclude=set(AUGMENTATION_OPTIONS)), sort_keys=True)
+
+
 __all__ = [
     "DATASETS",
     "DataOptions",
@@ -37,6 +46,7 @@ __all__ = [
     "Split",
     "TensorLoader",
     "load_data",
+    "loading_key",
     "parse_data_spec",
     "random_crop",
     "random_flip",

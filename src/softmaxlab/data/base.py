@@ -26,6 +26,11 @@ DATASETS: Registry[Callable[..., ImageData]] = Registry("dataset")
 MAX_IMAGE_SIZE = 4096
 
 
+#: The options of :class:`DataOptions` that only the training loader reads: two configs that
+#: differ in them alone load the same images.
+AUGMENTATION_OPTIONS = frozenset({"crop_padding", "flip", "random_resized_crop", "rrc_scale", "rrc_ratio"})
+
+
 class DataOptions(Options):
     """The ``data.*`` options of every dataset: image size, the seed of the data, augmentation."""
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import multiprocessing
 import os
 import signal
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 
 from softmaxlab.config import Config
-from softmaxlab.data import ImageData, load_data
+from softmaxlab.data import ImageData, load_data, loading_key
 from softmaxlab.errors import DivergedError, UserError
 from softmaxlab.experiment import run_experiment
 from softmaxlab.sweep.directory import RUNS_DIR, read_jobs, write_jobs
@@ -49,9 +48,10 @@ class LaunchError(Exception):
     """A run that could not be started; the others go on (recorded as ``failed`` with this text)."""
 
 
-#: The dataset of the last run this process trained, by the JSON of its ``data`` config: the
-#: runs of a sweep mostly share one, so a worker loads and decodes it once, not once per run.
-#: One entry, so that a sweep over datasets holds one of them in memory at a time.
+#: The dataset of the last run this process trained, by its :func:`~softmaxlab.data.loading_key`:
+#: the runs of a sweep mostly share one, so a worker loads and decodes it once, not once per
+#: run. One entry, so that a sweep over datasets holds one of them in memory at a time (a grid
+#: whose fastest-changing key is a data option that changes the images loads it for every run).
 _DATA: dict[str, ImageData] = {}
 
 
@@ -62,7 +62,7 @@ def shared_data(cfg: Config) -> ImageData:
     a reused one comes without its loading notes (a cache filled, its size), which the run
     that loaded it has reported.
     """
-    key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
+    key = loading_key(cfg.data)
     if key in _DATA:
         return replace(_DATA[key], notes=[])
     _DATA.clear()  # before loading: the old dataset and the new one are never both held
@@ -70,8 +70,18 @@ def shared_data(cfg: Config) -> ImageData:
     return data
 
 
+def grouped_by_data(todo: list[SweepRun]) -> list[SweepRun]:
+    """``todo`` with the runs that load the same images next to each other (in the order of
+    each dataset's first run, the runs of one in their own order), so that a worker's
+    :func:`shared_data` loads each dataset once rather than once per change of dataset."""
+    order: dict[str, int] = {}
+    for run in todo:
+        order.setdefault(loading_key(run.config.data), len(order))
+    return sorted(todo, key=lambda run: order[loading_key(run.config.data)])
+
+
 def forget_data() -> None:
-    """Drop the dataset :func:`shared_data` holds (a sweep run in this process has ended)."""
+    """Drop the dataset :func:`shared_data` holds (the runs this process trains have ended)."""
     _DATA.clear()
 
 
@@ -178,9 +188,6 @@ class InlineLauncher(Launcher):
 
     def result(self, job: _InlineJob) -> Outcome:
         return job.outcome
-
-    def close(self) -> None:
-        forget_data()  # the sweep's process lives on in a library caller
 
 
 class ProcessLauncher(Launcher):
@@ -321,6 +328,7 @@ def schedule(
         raise
     finally:
         launcher.close()
+        forget_data()  # a dataset this process loaded for its runs (the sweep's process lives on)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from softmaxlab.sweep.launchers import (
     ProcessLauncher,
     SubmititLauncher,
     check_submitit,
+    grouped_by_data,
     schedule,
     sigterm_interrupts,
     submitit_executor,
@@ -200,7 +201,7 @@ def _train_missing(
         state = run_state(out, run)
         if state in ("invalid", "finished", "diverged"):
             outcome[run.name] = (state, run.error)
-    todo = [r for r in plan if r.name not in outcome]
+    todo = grouped_by_data([r for r in plan if r.name not in outcome])
     failed = 0
 
     def record(name: str, status: str, error: str | None) -> None:
