@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-size", type=int, default=2000)
     parser.add_argument("--data", type=Path, help="an .npz file (x uint8 N x H x W x C, y) instead of shapes")
     args = parser.parse_args(argv)
+    if args.data is not None and not args.data.is_file():
+        parser.error(f"--data {args.data}: no such file; give an .npz file of images")
     root = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     try:
         config = root / "sweep.yaml"

@@ -82,3 +82,9 @@ def test_time_to_accuracy_refuses_a_variant_without_a_new_name_or_overrides(time
     with pytest.raises(SystemExit) as exit_info:
         time_to_accuracy.main(["--data", "missing.npz", "--variant", variant])
     assert exit_info.value.code == 2 and "give a new name and at least one override" in capsys.readouterr().err
+
+
+def test_sweep_benchmark_refuses_a_missing_data_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("bench_sweep").main(["--data", str(tmp_path / "missing.npz")])
+    assert exit_info.value.code == 2 and "no such file" in capsys.readouterr().err
