@@ -104,14 +104,14 @@ def main(argv: list[str] | None = None) -> None:
             if workers == 1:
                 fixed = run_sweep(config, out, workers)[0]  # trains nothing: every run is finished
                 line += f", overhead wall / training - 1 = {wall / trained - 1:+.0%}"
+                fixed_part = f"fixed {fixed:.1f} s (the same command again, nothing to train)"
                 if runs > 0:
+                    per_run = (wall - fixed - runs) / max(1, finished)
                     line += f"\n  runs summed {runs:.1f} s (training, validation, test)"
-                    line += f", wall / runs - 1 = {wall / runs - 1:+.0%}"
+                    line += f", wall / runs - 1 = {wall / runs - 1:+.0%}; {fixed_part}"
+                    line += f", {per_run:.2f} s per run beyond the run itself"
                 else:  # a version of softmaxlab whose summaries lack timing.wall_seconds
-                    line += "\n  the runs' own times are not recorded (no timing.wall_seconds)"
-                line += f"; fixed {fixed:.1f} s (the same command again, nothing to train)"
-                if runs > 0:
-                    line += f", {(wall - fixed - runs) / max(1, finished):.2f} s per run beyond the run itself"
+                    line += f"\n  the runs' own times are not recorded (no timing.wall_seconds); {fixed_part}"
             elif 1 in walls:
                 line += f", speed-up over --workers 1: {walls[1] / wall:.2f}x"
             print(line, flush=True)

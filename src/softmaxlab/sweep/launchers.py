@@ -74,10 +74,11 @@ def grouped_by_data(todo: list[SweepRun]) -> list[SweepRun]:
     """``todo`` with the runs that load the same images next to each other (in the order of
     each dataset's first run, the runs of one in their own order), so that a worker's
     :func:`shared_data` loads each dataset once rather than once per change of dataset."""
-    order: dict[str, int] = {}
-    for run in todo:
-        order.setdefault(loading_key(run.config.data), len(order))
-    return sorted(todo, key=lambda run: order[loading_key(run.config.data)])
+    keys = [loading_key(run.config.data) for run in todo]
+    group: dict[str, int] = {}
+    for key in keys:
+        group.setdefault(key, len(group))
+    return [todo[i] for i in sorted(range(len(todo)), key=lambda i: group[keys[i]])]  # stable
 
 
 def forget_data() -> None:
